@@ -1,0 +1,17 @@
+//! ferrolm-engine: everything from token ids in to tokens out, no HTTP.
+//!
+//! Data flow (see DESIGN.md in the repository): a request's prompt is tokenized, the
+//! scheduler picks what runs each step, the runner lays the step out as one [`batch::FlatBatch`],
+//! the model computes it through the paged attention backend, and the sampler picks tokens.
+
+pub mod attention;
+pub mod batch;
+pub mod error;
+pub mod gguf;
+pub mod loader;
+pub mod model;
+pub mod quant;
+pub mod runner;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};

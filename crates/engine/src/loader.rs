@@ -1,0 +1,90 @@
+//! Loading a model from disk: GGUF weights, tokenizer and chat template together.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
+use crate::model::LlamaModel;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+
+/// File name of the default model, as `models/fetch-default.sh` stores it.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where `models/fetch-default.sh` puts the default model (same rules as the script).
+pub fn default_model_path() -> PathBuf {
+    let dir = if let Ok(d) = std::env::var("FERROLM_MODEL_DIR") {
+        PathBuf::from(d)
+    } else if let Ok(c) = std::env::var("XDG_CACHE_HOME") {
+        PathBuf::from(c).join("ferrolm/models")
+    } else {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".cache/ferrolm/models")
+    };
+    dir.join(DEFAULT_MODEL_FILE)
+}
+
+/// A model ready to run: weights, tokenizer, chat template.
+pub struct LoadedModel {
+    pub path: PathBuf,
+    pub model: LlamaModel,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl LoadedModel {
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(EngineError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        if path.is_dir() {
+            return Err(EngineError::Unsupported {
+                path: path.to_path_buf(),
+                message: "a directory; give the path of a .gguf file".into(),
+            });
+        }
+        let gguf = GgufFile::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let model = LlamaModel::from_gguf(&gguf, device)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(EngineError::BadModelFile {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the tokenizer has {} tokens but the model's vocabulary is {}",
+                    tokenizer.vocab_size(),
+                    model.config.vocab_size
+                ),
+            });
+        }
+        let chat_template = match &tokenizer.chat_template {
+            Some(src) => {
+                let name = |id: Option<u32>| {
+                    id.and_then(|i| tokenizer.piece(i))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                Some(ChatTemplate::new(
+                    src,
+                    &name(tokenizer.bos_id),
+                    &name(tokenizer.eos_id),
+                )?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            model,
+            tokenizer,
+            chat_template,
+        })
+    }
+
+    pub fn max_model_len(&self) -> usize {
+        self.model.config.max_position_embeddings
+    }
+}

@@ -1,0 +1,71 @@
+//! Rotary position embedding tables.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+
+/// cos/sin for every position up to `max_positions`, `[max_positions, head_dim / 2]`.
+pub struct RopeTable {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeTable {
+    /// `freq_factors` (llama3-style scaling, GGUF `rope_freqs.weight`) divide the base
+    /// frequencies, as llama.cpp applies them.
+    pub fn new(
+        head_dim: usize,
+        theta: f32,
+        linear_scale: f32,
+        freq_factors: Option<&[f32]>,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+                let factor = freq_factors
+                    .and_then(|ff| ff.get(i))
+                    .copied()
+                    .unwrap_or(1.0) as f64;
+                f / factor / linear_scale as f64
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for &f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
+            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// cos and sin rows for the given positions, `[n, 1, head_dim / 2]` each (the layout
+    /// candle's rope kernels take for one position per "batch" entry).
+    pub fn gather(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let n = positions.dims1()?;
+        let half = self.cos.dims()[1];
+        let cos = self
+            .cos
+            .index_select(positions, 0)?
+            .reshape((n, 1, half))?
+            .to_dtype(dtype)?;
+        let sin = self
+            .sin
+            .index_select(positions, 0)?
+            .reshape((n, 1, half))?
+            .to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}

@@ -1,0 +1,96 @@
+//! GGUF block layouts and ggml's reference quantization of activations.
+
+use half::f16;
+
+pub const QK: usize = 32;
+
+/// 4-bit weights with a scale and a minimum: `w = d * q + m`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// 8-bit values with a scale: `x = d * q`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK],
+}
+
+/// 8-bit activations with a scale and `s = d * sum(q)` (pairs with Q4_1's minimum).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; QK],
+}
+
+fn amax(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// ggml's `quantize_row_q8_0`: round half to even, as the SIMD path does.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let max = amax(xs);
+        let d = max / 127.0;
+        let id = if max != 0.0 { 127.0 / max } else { 0.0 };
+        b.d = f16::from_f32(d);
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+        }
+    }
+}
+
+/// ggml's `quantize_row_q8_1`: like Q8_0 plus `s = d * sum(q)` with the unrounded `d`.
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let max = amax(xs);
+        let d = max / 127.0;
+        let id = if max != 0.0 { 127.0 / max } else { 0.0 };
+        b.d = f16::from_f32(d);
+        let mut sum = 0i32;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        b.s = f16::from_f32(d * sum as f32);
+    }
+}
+
+/// Dot product of one Q4_1 weight row with one Q8_1 activation row.
+#[inline]
+pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut acc = 0f32;
+    let mut summs = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for j in 0..QK / 2 {
+            let lo = (wb.qs[j] & 0x0F) as i32;
+            let hi = (wb.qs[j] >> 4) as i32;
+            sumi += lo * xb.qs[j] as i32 + hi * xb.qs[j + QK / 2] as i32;
+        }
+        acc += wb.d.to_f32() * xb.d.to_f32() * sumi as f32;
+        summs += wb.m.to_f32() * xb.s.to_f32();
+    }
+    acc + summs
+}
+
+/// Dot product of one Q8_0 weight row with one Q8_0 activation row.
+#[inline]
+pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    let mut acc = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let mut sumi = 0i32;
+        for j in 0..QK {
+            sumi += wb.qs[j] as i32 * xb.qs[j] as i32;
+        }
+        acc += wb.d.to_f32() * xb.d.to_f32() * sumi as f32;
+    }
+    acc
+}

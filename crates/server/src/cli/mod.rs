@@ -1,0 +1,28 @@
+//! Command-line interface: `ferrolm generate`, `ferrolm serve`, ...
+
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferrolm",
+    version,
+    about = "OpenAI-compatible LLM inference server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a completion for one prompt (greedy), without HTTP.
+    Generate(generate::GenerateArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+    }
+}
