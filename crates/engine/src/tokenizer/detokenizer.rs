@@ -24,7 +24,12 @@ impl IncrementalDecoder {
         if self.skip_special && tokenizer.is_control(id) {
             return String::new();
         }
-        self.pending.extend_from_slice(tokenizer.token_bytes(id));
+        self.push_bytes(tokenizer.token_bytes(id))
+    }
+
+    /// Adds raw bytes (one token's worth); returns the text now complete.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
         self.drain(false)
     }
 
