@@ -8,10 +8,12 @@ pub mod attention;
 pub mod batch;
 pub mod error;
 pub mod gguf;
+pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod runner;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};

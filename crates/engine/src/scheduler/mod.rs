@@ -1,0 +1,13 @@
+//! Continuous batching, vLLM v1 style: each step has a token budget and a sequence cap;
+//! running requests go first (one decode token or their next prompt chunk), then waiting
+//! requests (after a prefix-cache lookup) get what budget remains.
+
+mod request;
+#[allow(clippy::module_inception)]
+mod scheduler;
+
+pub use request::{FinishReason, Request, RequestStatus, SamplingParams};
+pub use scheduler::{ScheduledRequest, Scheduler, SchedulerConfig, SchedulerOutput, StepEvent};
+
+#[cfg(test)]
+mod proptests;

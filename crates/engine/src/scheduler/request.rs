@@ -1,0 +1,94 @@
+//! A request as the scheduler sees it: its tokens, how many are in the KV cache, and when
+//! it stops.
+
+use crate::kv_cache::BlockId;
+
+pub type RequestId = u64;
+
+/// What decides a request's tokens and when it stops (the sampler's parameters grow here).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_tokens: usize,
+    pub min_tokens: usize,
+    pub ignore_eos: bool,
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 16,
+            min_tokens: 0,
+            ignore_eos: false,
+            stop_token_ids: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    Waiting,
+    Running,
+    /// Preempted: its blocks were freed; it recomputes from the start when readmitted.
+    Preempted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishReason {
+    /// An end-of-generation or stop token (or, later, a stop string).
+    Stop,
+    /// `max_tokens` or the model's context length.
+    Length,
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: RequestId,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose K/V are in the cache.
+    pub num_computed: usize,
+    /// Prompt tokens served from the prefix cache at admission.
+    pub num_cached_tokens: usize,
+    pub params: SamplingParams,
+    pub status: RequestStatus,
+    pub num_preemptions: u32,
+    /// Blocks found in the prefix cache, adopted when admitted.
+    pub(crate) pending_cached: Vec<BlockId>,
+}
+
+impl Request {
+    pub fn new(id: RequestId, prompt: Vec<u32>, params: SamplingParams) -> Self {
+        Self {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            num_computed: 0,
+            num_cached_tokens: 0,
+            params,
+            status: RequestStatus::Waiting,
+            num_preemptions: 0,
+            pending_cached: Vec::new(),
+        }
+    }
+
+    pub fn output(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    pub fn num_output(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
