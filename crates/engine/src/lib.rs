@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod batch;
+pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod kv_cache;

@@ -6,7 +6,7 @@ mod request;
 #[allow(clippy::module_inception)]
 mod scheduler;
 
-pub use request::{FinishReason, Request, RequestStatus, SamplingParams};
+pub use request::{FinishReason, Request, RequestId, RequestStatus, SamplingParams};
 pub use scheduler::{ScheduledRequest, Scheduler, SchedulerConfig, SchedulerOutput, StepEvent};
 
 #[cfg(test)]

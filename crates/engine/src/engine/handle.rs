@@ -1,0 +1,227 @@
+//! `EngineHandle`: starts the engine thread and talks to it through channels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::core::EngineCore;
+use super::stats::EngineStats;
+use crate::error::{EngineError, Result};
+use crate::kv_cache::KvCacheManager;
+use crate::model::LlamaModel;
+use crate::scheduler::{
+    FinishReason, Request, RequestId, SamplingParams, Scheduler, SchedulerConfig,
+};
+use crate::tokenizer::Tokenizer;
+
+/// Engine settings, named after vLLM's flags.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Defaults to the model's context length.
+    pub max_model_len: Option<usize>,
+    pub block_size: usize,
+    pub enable_prefix_caching: bool,
+    /// KV cache size in bytes (`--kv-cache-memory-bytes`).
+    pub kv_cache_memory_bytes: usize,
+    /// Fixes the number of KV blocks (`--num-gpu-blocks-override`).
+    pub num_blocks_override: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            max_model_len: None,
+            block_size: 16,
+            enable_prefix_caching: true,
+            kv_cache_memory_bytes: 1 << 30,
+            num_blocks_override: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+/// One step's news for one request: its new token, the text it completes, and whether it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    pub id: RequestId,
+    pub new_token_ids: Vec<u32>,
+    /// Text delta (never a broken UTF-8 character).
+    pub text: String,
+    pub finished: Option<FinishReason>,
+    pub usage: Usage,
+}
+
+enum Command {
+    Add {
+        req: Request,
+        tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
+        reply: mpsc::Sender<Result<()>>,
+    },
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// The server's side of the engine. Cheap to share behind an `Arc`.
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    next_id: AtomicU64,
+    pub stats: Arc<EngineStats>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub max_model_len: usize,
+    pub num_blocks: usize,
+    join: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Threads the machine really offers this process (cgroup quota and affinity aware).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl EngineHandle {
+    /// Sizes the KV cache, checks it can hold one full-length sequence, and starts the
+    /// engine thread, which owns the model from then on.
+    pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, cfg: EngineConfig) -> Result<Self> {
+        let c = &model.config;
+        let max_model_len = cfg.max_model_len.unwrap_or(c.max_position_embeddings);
+        if max_model_len == 0 || max_model_len > c.max_position_embeddings {
+            return Err(EngineError::Config(format!(
+                "max_model_len {max_model_len} must be between 1 and the model's {}",
+                c.max_position_embeddings
+            )));
+        }
+        if cfg.block_size == 0 {
+            return Err(EngineError::Config("block_size must be positive".into()));
+        }
+        // f32 K and V per token per layer on the CPU backend.
+        let bytes_per_block = 2 * c.num_layers * cfg.block_size * c.num_kv_heads * c.head_dim * 4;
+        let num_blocks = match cfg.num_blocks_override {
+            Some(n) => n,
+            None => cfg.kv_cache_memory_bytes / bytes_per_block,
+        };
+        let kv = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching);
+        let sched_cfg = SchedulerConfig {
+            max_num_seqs: cfg.max_num_seqs,
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_model_len,
+        };
+        let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?;
+        // Size rayon's pool to the cores we really have (no-op if already built).
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(available_cores())
+            .build_global();
+        let stats = Arc::new(EngineStats::default());
+        let (tx, rx) = mpsc::channel::<Command>();
+        let thread_stats = stats.clone();
+        let thread_tok = tokenizer.clone();
+        let join = std::thread::Builder::new()
+            .name("ferrolm-engine".into())
+            .spawn(move || {
+                let mut core = EngineCore::new(&model, thread_tok, scheduler, thread_stats);
+                engine_loop(&mut core, rx);
+            })
+            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(Self {
+            tx,
+            next_id: AtomicU64::new(0),
+            stats,
+            tokenizer,
+            max_model_len,
+            num_blocks,
+            join: std::sync::Mutex::new(Some(join)),
+        })
+    }
+
+    /// Queues a request; its outputs arrive on the returned receiver. Dropping the receiver
+    /// aborts the request at the engine's next step (call `abort` to free it at once).
+    pub fn add_request(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<(
+        RequestId,
+        tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
+    )> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        self.tx
+            .send(Command::Add {
+                req: Request::new(id, prompt, params),
+                tx,
+                reply: reply_tx,
+            })
+            .map_err(|_| EngineError::EngineStopped)?;
+        reply_rx.recv().map_err(|_| EngineError::EngineStopped)??;
+        Ok((id, rx))
+    }
+
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.tx.send(Command::Abort(id));
+    }
+
+    /// Stops the engine thread after its current step and waits for it.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Ok(mut j) = self.join.lock() {
+            if let Some(j) = j.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn engine_loop(core: &mut EngineCore<'_>, rx: mpsc::Receiver<Command>) {
+    loop {
+        // Idle: block until something arrives. Busy: take what is queued, then step.
+        let first = if core.has_work() {
+            match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        };
+        let mut next = first;
+        while let Some(cmd) = next {
+            match cmd {
+                Command::Add { req, tx, reply } => {
+                    let _ = reply.send(core.add_request(req, tx));
+                }
+                Command::Abort(id) => core.abort(id),
+                Command::Shutdown => return,
+            }
+            next = rx.try_recv().ok();
+        }
+        if core.has_work() {
+            if let Err(e) = core.step() {
+                // A failed step fails every request in it rather than the whole server.
+                eprintln!("engine step failed: {e}");
+                core.fail_all();
+            }
+        }
+    }
+}

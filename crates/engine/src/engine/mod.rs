@@ -1,0 +1,10 @@
+//! The engine loop on its own OS thread, and the handle the server talks to it through.
+//! Nothing but the engine thread touches the scheduler, the KV cache or the model.
+
+mod core;
+mod handle;
+mod stats;
+
+pub use self::core::EngineCore;
+pub use handle::{EngineConfig, EngineHandle, RequestOutput, Usage};
+pub use stats::EngineStats;

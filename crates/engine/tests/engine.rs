@@ -1,0 +1,257 @@
+//! The engine thread on the real default model: batch invariance (one at a time, all at
+//! once, under preemption, with and without prefix caching), aborts and refusals.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{ids, load_model, read_jsonl};
+use ferrolm_engine::engine::{EngineConfig, EngineHandle, RequestOutput};
+use ferrolm_engine::scheduler::{FinishReason, SamplingParams};
+use ferrolm_engine::tokenizer::ChatMessage;
+
+const MAX_TOKENS: usize = 20;
+
+/// The 12 golden prompts plus 4 chat prompts that share the template's system block.
+fn prompts() -> Vec<Vec<u32>> {
+    let lm = load_model();
+    let tmpl = lm.chat_template.as_ref().unwrap();
+    let mut out: Vec<Vec<u32>> = read_jsonl("smollm2_q4_1_greedy.jsonl")
+        .iter()
+        .map(|r| ids(&r["prompt_ids"]))
+        .collect();
+    for q in [
+        "Name a color.",
+        "What is 2 + 2?",
+        "Say hello in Spanish.",
+        "What is rust?",
+    ] {
+        let text = tmpl.render(&[ChatMessage::new("user", q)], true).unwrap();
+        out.push(lm.tokenizer.encode(&text, true).unwrap());
+    }
+    assert_eq!(out.len(), 16);
+    out
+}
+
+fn start(cfg: EngineConfig) -> EngineHandle {
+    let lm = load_model();
+    EngineHandle::start(lm.model, Arc::new(lm.tokenizer), cfg).unwrap()
+}
+
+fn collect(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
+) -> (Vec<u32>, String, FinishReason) {
+    let mut toks = Vec::new();
+    let mut text = String::new();
+    while let Some(o) = rx.blocking_recv() {
+        toks.extend(&o.new_token_ids);
+        text.push_str(&o.text);
+        if let Some(f) = o.finished {
+            return (toks, text, f);
+        }
+    }
+    panic!("stream ended without a finish");
+}
+
+fn params() -> SamplingParams {
+    SamplingParams {
+        max_tokens: MAX_TOKENS,
+        ..Default::default()
+    }
+}
+
+fn run_all_at_once(engine: &EngineHandle, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.add_request(p.clone(), params()).unwrap().1)
+        .collect();
+    rxs.into_iter().map(|rx| collect(rx).0).collect()
+}
+
+fn small_cfg() -> EngineConfig {
+    EngineConfig {
+        max_model_len: Some(512),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn batch_invariance_alone_together_preempted_and_prefix_cached() {
+    let prompts = prompts();
+    // One at a time.
+    let engine = start(small_cfg());
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| collect(engine.add_request(p.clone(), params()).unwrap().1).0)
+        .collect();
+    assert!(alone.iter().all(|t| !t.is_empty()));
+    // Shared system block: later chat prompts hit the prefix cache.
+    assert!(
+        engine.stats.get(&engine.stats.prefix_cache_hits) > 0,
+        "no prefix-cache hits"
+    );
+    drop(engine);
+
+    // All at once, prefix caching on.
+    let engine = start(small_cfg());
+    assert_eq!(
+        run_all_at_once(&engine, &prompts),
+        alone,
+        "all at once differs from one at a time"
+    );
+    drop(engine);
+
+    // All at once with prefix caching off.
+    let engine = start(EngineConfig {
+        enable_prefix_caching: false,
+        ..small_cfg()
+    });
+    assert_eq!(
+        run_all_at_once(&engine, &prompts),
+        alone,
+        "prefix caching off differs"
+    );
+    assert_eq!(engine.stats.get(&engine.stats.prefix_cache_hits), 0);
+    drop(engine);
+
+    // All at once in a pool so small that requests must be preempted and recomputed.
+    let engine = start(EngineConfig {
+        max_model_len: Some(128),
+        num_blocks_override: Some(12),
+        max_num_batched_tokens: 64,
+        ..Default::default()
+    });
+    assert_eq!(
+        run_all_at_once(&engine, &prompts),
+        alone,
+        "preempted run differs"
+    );
+    assert!(
+        engine.stats.get(&engine.stats.num_preemptions) > 0,
+        "expected preemptions"
+    );
+    assert_eq!(engine.stats.kv_usage(), 0.0);
+}
+
+#[test]
+fn abort_frees_blocks_within_a_step_and_impossible_prompts_are_refused() {
+    let engine = start(small_cfg());
+    let p = prompts()[6].clone();
+    let (id, mut rx) = engine
+        .add_request(
+            p,
+            SamplingParams {
+                max_tokens: 400,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Wait for the first token, then abort.
+    let first = rx.blocking_recv().unwrap();
+    assert!(first.finished.is_none());
+    assert!(engine.stats.kv_usage() > 0.0);
+    engine.abort(id);
+    let t0 = Instant::now();
+    loop {
+        match rx.blocking_recv() {
+            Some(o) if o.finished == Some(FinishReason::Abort) => break,
+            Some(_) => continue,
+            None => panic!("stream closed without an abort"),
+        }
+    }
+    while engine.stats.kv_usage() > 0.0 && t0.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(engine.stats.kv_usage(), 0.0, "blocks not freed after abort");
+    assert_eq!(engine.stats.get(&engine.stats.num_running), 0);
+
+    // A prompt as long as the context can never run: refused, not queued.
+    let err = engine.add_request(vec![504; 512], params()).unwrap_err();
+    assert!(err.to_string().contains("512"), "{err}");
+    assert!(engine.add_request(vec![], params()).is_err());
+    assert_eq!(engine.stats.get(&engine.stats.num_waiting), 0);
+
+    // A dropped receiver is aborted by the engine at its next token.
+    let (_, rx) = engine
+        .add_request(
+            prompts()[0].clone(),
+            SamplingParams {
+                max_tokens: 400,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    drop(rx);
+    let t0 = Instant::now();
+    while (engine.stats.kv_usage() > 0.0 || engine.stats.get(&engine.stats.num_running) > 0)
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        engine.stats.kv_usage(),
+        0.0,
+        "a dropped stream kept its blocks"
+    );
+}
+
+#[test]
+fn a_pool_that_cannot_hold_one_sequence_is_refused_at_start() {
+    let lm = load_model();
+    let err = EngineHandle::start(
+        lm.model,
+        Arc::new(lm.tokenizer),
+        EngineConfig {
+            max_model_len: Some(1024),
+            num_blocks_override: Some(10),
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("a 10-block pool cannot hold 1024 tokens");
+    assert!(err.to_string().contains("blocks"), "{err}");
+}
+
+#[test]
+fn engine_greedy_equals_the_plain_runner_and_reports_usage() {
+    let lm = load_model();
+    let p = prompts()[0].clone();
+    let want = ferrolm_engine::runner::greedy_generate(
+        &lm.model,
+        std::slice::from_ref(&p),
+        MAX_TOKENS,
+        &|t| lm.tokenizer.eog_ids.contains(&t),
+    )
+    .unwrap()
+    .tokens
+    .remove(0);
+    let engine = EngineHandle::start(lm.model, Arc::new(lm.tokenizer), small_cfg()).unwrap();
+    let (_, mut rx) = engine.add_request(p.clone(), params()).unwrap();
+    let mut toks = Vec::new();
+    let mut text = String::new();
+    let last = loop {
+        let o = rx.blocking_recv().unwrap();
+        toks.extend(&o.new_token_ids);
+        text.push_str(&o.text);
+        if o.finished.is_some() {
+            break o;
+        }
+    };
+    assert_eq!(toks, want);
+    assert_eq!(last.finished, Some(FinishReason::Length));
+    assert_eq!(last.usage.prompt_tokens, p.len());
+    assert_eq!(last.usage.completion_tokens, MAX_TOKENS);
+    assert_eq!(text, engine.tokenizer.decode(&toks, true));
+    assert!(text.starts_with(" Paris"), "{text}");
+    assert_eq!(
+        engine.stats.get(&engine.stats.generation_tokens),
+        MAX_TOKENS as u64
+    );
+    assert_eq!(
+        engine.stats.get(&engine.stats.prompt_tokens),
+        p.len() as u64
+    );
+}
