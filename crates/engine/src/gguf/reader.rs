@@ -66,16 +66,20 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
+    /// Fills `buf` from the file after checking the file has that many bytes left.
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        self.need(buf.len() as u64, what)?;
+        self.inner.read_exact(buf).map_err(|e| EngineError::Io {
+            path: self.path.to_path_buf(),
+            source: e,
+        })?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
     fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        self.need(N as u64, what)?;
         let mut buf = [0u8; N];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| EngineError::Io {
-                path: self.path.to_path_buf(),
-                source: e,
-            })?;
-        self.pos += N as u64;
+        self.fill(&mut buf, what)?;
         Ok(buf)
     }
 
@@ -91,15 +95,10 @@ impl<'a> Cursor<'a> {
 
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
+        // Checked before allocating: a corrupt length must not become a huge allocation.
         self.need(len, what)?;
         let mut buf = vec![0u8; len as usize];
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| EngineError::Io {
-                path: self.path.to_path_buf(),
-                source: e,
-            })?;
-        self.pos += len;
+        self.fill(&mut buf, what)?;
         // Token pieces may hold invalid UTF-8 in broken files; keep them readable.
         Ok(match String::from_utf8(buf) {
             Ok(s) => s,
