@@ -63,34 +63,53 @@ pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
-/// Dot product of one Q4_1 weight row with one Q8_1 activation row.
+/// ggml's AVX2 horizontal sum of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
 #[inline]
-pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    let mut acc = 0f32;
-    let mut summs = 0f32;
-    for (wb, xb) in w.iter().zip(x) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let lo = (wb.qs[j] & 0x0F) as i32;
-            let hi = (wb.qs[j] >> 4) as i32;
-            sumi += lo * xb.qs[j] as i32 + hi * xb.qs[j + QK / 2] as i32;
-        }
-        acc += wb.d.to_f32() * xb.d.to_f32() * sumi as f32;
-        summs += wb.m.to_f32() * xb.s.to_f32();
-    }
-    acc + summs
+pub fn hsum8(l: &[f32; 8]) -> f32 {
+    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
 }
 
-/// Dot product of one Q8_0 weight row with one Q8_0 activation row.
+/// Dot product of one Q4_1 weight row with one Q8_1 activation row, in ggml's AVX2 order:
+/// eight f32 lanes of 4-product integer sums, one fused multiply-add per block per lane,
+/// the min terms summed apart. The same bits as llama.cpp on any machine.
+#[inline]
+pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (wb, xb) in w.iter().zip(x) {
+        let d = wb.d.to_f32() * xb.d.to_f32();
+        summs = wb.m.to_f32().mul_add(xb.s.to_f32(), summs);
+        for (lane, a) in acc.iter_mut().enumerate() {
+            let mut sumi = 0i32;
+            for b in lane * 4..lane * 4 + 4 {
+                // Bytes 0..16 are the low nibbles, 16..32 the high ones.
+                let q = if b < 16 {
+                    wb.qs[b] & 0x0F
+                } else {
+                    wb.qs[b - 16] >> 4
+                };
+                sumi += q as i32 * xb.qs[b] as i32;
+            }
+            *a = d.mul_add(sumi as f32, *a);
+        }
+    }
+    hsum8(&acc) + summs
+}
+
+/// Dot product of one Q8_0 weight row with one Q8_0 activation row, in ggml's AVX2 order.
 #[inline]
 pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    let mut acc = 0f32;
+    let mut acc = [0f32; 8];
     for (wb, xb) in w.iter().zip(x) {
-        let mut sumi = 0i32;
-        for j in 0..QK {
-            sumi += wb.qs[j] as i32 * xb.qs[j] as i32;
+        let d = wb.d.to_f32() * xb.d.to_f32();
+        for (lane, a) in acc.iter_mut().enumerate() {
+            let mut sumi = 0i32;
+            for b in lane * 4..lane * 4 + 4 {
+                sumi += wb.qs[b] as i32 * xb.qs[b] as i32;
+            }
+            *a = d.mul_add(sumi as f32, *a);
         }
-        acc += wb.d.to_f32() * xb.d.to_f32() * sumi as f32;
     }
-    acc
+    hsum8(&acc)
 }

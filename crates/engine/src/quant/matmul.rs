@@ -5,6 +5,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::blocks::*;
+use super::dot::{dot_q4_1_q8_1, dot_q8_0_q8_0};
 use crate::attention::with_f32;
 use crate::error::{EngineError, Result};
 

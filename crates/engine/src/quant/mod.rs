@@ -2,8 +2,111 @@
 //! (so numerics track llama.cpp's) and one dot product per output element in a fixed
 //! order (so a row's result never depends on the batch or the thread count).
 
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2;
 mod blocks;
 mod matmul;
 
 pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 pub use matmul::{QuantLinear, QuantWeights};
+
+/// The fastest dot products this build has; bit-identical to the portable ones.
+pub mod dot {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    pub use super::avx2::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocks::*;
+    use half::f16;
+
+    fn rand_f32(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_dots_equal_portable_dots_bit_for_bit() {
+        let mut seed = 42;
+        for kb in [1usize, 3, 18, 48] {
+            let k = kb * QK;
+            let a = rand_f32(k, &mut seed);
+            let b = rand_f32(k, &mut seed);
+            let mut w1 = vec![
+                BlockQ4_1 {
+                    d: f16::ZERO,
+                    m: f16::ZERO,
+                    qs: [0; 16]
+                };
+                kb
+            ];
+            for (i, blk) in w1.iter_mut().enumerate() {
+                blk.d = f16::from_f32(0.01 + i as f32 * 0.001);
+                blk.m = f16::from_f32(-0.08);
+                for (j, q) in blk.qs.iter_mut().enumerate() {
+                    *q = ((i * 7 + j * 13) % 256) as u8;
+                }
+            }
+            let mut x1 = vec![
+                BlockQ8_1 {
+                    d: f16::ZERO,
+                    s: f16::ZERO,
+                    qs: [0; QK]
+                };
+                kb
+            ];
+            quantize_row_q8_1(&b, &mut x1);
+            assert_eq!(
+                super::dot::dot_q4_1_q8_1(&w1, &x1).to_bits(),
+                dot_q4_1_q8_1(&w1, &x1).to_bits()
+            );
+            let mut w8 = vec![
+                BlockQ8_0 {
+                    d: f16::ZERO,
+                    qs: [0; QK]
+                };
+                kb
+            ];
+            let mut x8 = w8.clone();
+            quantize_row_q8_0(&a, &mut w8);
+            quantize_row_q8_0(&b, &mut x8);
+            assert_eq!(
+                super::dot::dot_q8_0_q8_0(&w8, &x8).to_bits(),
+                dot_q8_0_q8_0(&w8, &x8).to_bits()
+            );
+            // And both are the dot product of the dequantized values, to rounding.
+            let exact: f32 = (0..k)
+                .map(|i| {
+                    let (wb, xb) = (&w8[i / QK], &x8[i / QK]);
+                    wb.d.to_f32() * wb.qs[i % QK] as f32 * xb.d.to_f32() * xb.qs[i % QK] as f32
+                })
+                .sum();
+            let got = dot_q8_0_q8_0(&w8, &x8);
+            assert!(
+                (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                "{got} vs {exact}"
+            );
+        }
+    }
+}
