@@ -14,6 +14,7 @@ pub mod loader;
 pub mod model;
 pub mod quant;
 pub mod runner;
+pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
 

@@ -1,4 +1,5 @@
-//! `EngineCore::step`: schedule, build the flat batch, run the model, sample, update.
+//! `EngineCore::step`: schedule, build the flat batch, run the model, sample, update, and
+//! turn each request's news into text deltas (with stop strings held back and cut).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,17 +9,22 @@ use super::handle::{RequestOutput, Usage};
 use super::stats::EngineStats;
 use crate::error::Result;
 use crate::model::LlamaModel;
-use crate::runner::{argmax, ModelRunner};
+use crate::runner::ModelRunner;
+use crate::sampling::{sample_token, top_logprobs, StopStringMatcher, TokenLogprob};
 use crate::scheduler::{FinishReason, Request, RequestId, Scheduler};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
-/// Where a request's outputs go, and what we need to produce them.
+/// Where a request's outputs go, and the state needed to produce them.
 struct Sink {
     tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
     decoder: IncrementalDecoder,
+    stop: StopStringMatcher,
     prompt_len: usize,
     generated: usize,
     cached_tokens: usize,
+    /// Prompt log-probs gathered over the prompt's chunks (position 0 has none).
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    prompt_logprobs_sent: bool,
 }
 
 pub struct EngineCore<'m> {
@@ -55,39 +61,39 @@ impl<'m> EngineCore<'m> {
         req: Request,
         tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
     ) -> Result<()> {
+        req.params.validate(self.tokenizer.vocab_size())?;
         let id = req.id;
         let prompt_len = req.prompt_len;
+        let sink = Sink {
+            tx,
+            decoder: IncrementalDecoder::new(req.params.skip_special_tokens),
+            stop: StopStringMatcher::new(req.params.stop.clone()),
+            prompt_len,
+            generated: 0,
+            cached_tokens: 0,
+            prompt_logprobs: req.params.prompt_logprobs.map(|_| vec![None]),
+            prompt_logprobs_sent: false,
+        };
         self.scheduler.add_request(req)?;
-        self.sinks.insert(
-            id,
-            Sink {
-                tx,
-                decoder: IncrementalDecoder::new(true),
-                prompt_len,
-                generated: 0,
-                cached_tokens: 0,
-            },
-        );
+        self.sinks.insert(id, sink);
         self.publish();
         Ok(())
     }
 
     /// Ends a request now and frees its blocks; its stream gets a final "abort" output.
     pub fn abort(&mut self, id: RequestId) {
-        if self.scheduler.abort(id) {
-            if let Some(sink) = self.sinks.remove(&id) {
-                let _ = sink.tx.send(RequestOutput {
-                    id,
-                    new_token_ids: Vec::new(),
-                    text: String::new(),
-                    finished: Some(FinishReason::Abort),
-                    usage: Usage {
-                        prompt_tokens: sink.prompt_len,
-                        completion_tokens: sink.generated,
-                        cached_tokens: sink.cached_tokens,
-                    },
-                });
-            }
+        self.scheduler.abort(id);
+        if let Some(sink) = self.sinks.remove(&id) {
+            let _ = sink.tx.send(RequestOutput {
+                id,
+                finished: Some(FinishReason::Abort),
+                usage: Usage {
+                    prompt_tokens: sink.prompt_len,
+                    completion_tokens: sink.generated,
+                    cached_tokens: sink.cached_tokens,
+                },
+                ..Default::default()
+            });
         }
         self.publish();
     }
@@ -103,21 +109,42 @@ impl<'m> EngineCore<'m> {
             self.publish();
             return Ok(0);
         }
-        let batch = self.scheduler.build_batch(&out);
-        let logits = self.runner.execute(&batch)?;
-        let rows = logits.to_vec2::<f32>()?;
-        let mut next_row = 0;
-        let sampled: Vec<Option<u32>> = out
-            .scheduled
-            .iter()
-            .map(|s| {
-                s.samples.then(|| {
-                    let t = argmax(&rows[next_row]);
-                    next_row += 1;
-                    t
-                })
-            })
-            .collect();
+        let (batch, rows) = self.scheduler.build_batch(&out);
+        let logits = self.runner.execute(&batch)?.to_vec2::<f32>()?;
+        let eog = self.tokenizer.eog_ids.clone();
+        let mut sampled = Vec::with_capacity(out.scheduled.len());
+        let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
+        for (s, range) in out.scheduled.iter().zip(&rows) {
+            let Some(req) = self.scheduler.request(s.id) else {
+                sampled.push(None);
+                continue;
+            };
+            // Prompt log-probs: row for position p scores the prompt token at p + 1.
+            if let (Some(k), Some(sink)) = (req.params.prompt_logprobs, self.sinks.get_mut(&s.id)) {
+                if let Some(pl) = sink.prompt_logprobs.as_mut() {
+                    for (j, row) in range.clone().enumerate() {
+                        let next = s.start + j + 1;
+                        if next < req.prompt_len {
+                            pl.push(Some(top_logprobs(&logits[row], req.tokens[next], k)));
+                        }
+                    }
+                }
+            }
+            if !s.samples || range.is_empty() {
+                sampled.push(None);
+                continue;
+            }
+            let raw = &logits[range.end - 1];
+            let mut work = raw.clone();
+            let (prompt, output) = req.tokens.split_at(req.prompt_len);
+            let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
+            let tok =
+                sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed).token;
+            if let Some(k) = req.params.logprobs {
+                new_logprobs.insert(s.id, top_logprobs(raw, tok, k));
+            }
+            sampled.push(Some(tok));
+        }
         let events = self.scheduler.update(&out, &sampled);
         let n_tokens = out.num_tokens();
         for ev in events {
@@ -138,25 +165,46 @@ impl<'m> EngineCore<'m> {
                     .map(|r| r.num_cached_tokens)
                     .unwrap_or(0);
             }
-            let mut text = sink.decoder.push(&self.tokenizer, tok);
-            if ev.finished.is_some() {
-                text.push_str(&sink.decoder.finish());
+            let mut finished = ev.finished;
+            let delta = sink.decoder.push(&self.tokenizer, tok);
+            let (mut text, hit) = sink.stop.push(&delta);
+            if hit {
+                finished = Some(FinishReason::Stop);
+            } else if finished.is_some() {
+                let tail = sink.decoder.finish();
+                let (t, hit_tail) = sink.stop.push(&tail);
+                text.push_str(&t);
+                if !hit_tail {
+                    text.push_str(&sink.stop.flush());
+                }
             }
+            let prompt_logprobs = if sink.prompt_logprobs_sent {
+                None
+            } else {
+                sink.prompt_logprobs_sent = true;
+                sink.prompt_logprobs.take()
+            };
             let output = RequestOutput {
                 id: ev.id,
                 new_token_ids: vec![tok],
                 text,
-                finished: ev.finished,
+                finished,
                 usage: Usage {
                     prompt_tokens: sink.prompt_len,
                     completion_tokens: sink.generated,
                     cached_tokens: sink.cached_tokens,
                 },
+                logprobs: new_logprobs.remove(&ev.id).into_iter().collect(),
+                prompt_logprobs,
             };
-            // A closed receiver means the client went away: abort below.
+            // A closed receiver means the client went away: abort.
             let gone = sink.tx.send(output).is_err();
-            if ev.finished.is_some() {
+            if finished.is_some() {
                 self.sinks.remove(&ev.id);
+                if ev.finished.is_none() {
+                    // A stop string ended it: the scheduler still has it running.
+                    self.scheduler.finish_request(ev.id);
+                }
             } else if gone {
                 self.abort(ev.id);
             }
@@ -167,6 +215,14 @@ impl<'m> EngineCore<'m> {
             .fetch_add(n_tokens as u64, Ordering::Relaxed);
         self.publish();
         Ok(n_tokens)
+    }
+
+    /// Aborts every request (after an unrecoverable step error).
+    pub fn fail_all(&mut self) {
+        let ids: Vec<RequestId> = self.sinks.keys().copied().collect();
+        for id in ids {
+            self.abort(id);
+        }
     }
 
     fn publish(&self) {
@@ -182,15 +238,5 @@ impl<'m> EngineCore<'m> {
             .store(self.scheduler.kv.stats.hits, Ordering::Relaxed);
         s.num_preemptions
             .store(self.scheduler.num_preemptions, Ordering::Relaxed);
-    }
-}
-
-impl EngineCore<'_> {
-    /// Aborts every request (after an unrecoverable step error).
-    pub fn fail_all(&mut self) {
-        let ids: Vec<RequestId> = self.sinks.keys().copied().collect();
-        for id in ids {
-            self.abort(id);
-        }
     }
 }

@@ -10,6 +10,7 @@ use super::stats::EngineStats;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::model::LlamaModel;
+use crate::sampling::TokenLogprob;
 use crate::scheduler::{
     FinishReason, Request, RequestId, SamplingParams, Scheduler, SchedulerConfig,
 };
@@ -53,14 +54,18 @@ pub struct Usage {
 }
 
 /// One step's news for one request: its new token, the text it completes, and whether it ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RequestOutput {
     pub id: RequestId,
     pub new_token_ids: Vec<u32>,
-    /// Text delta (never a broken UTF-8 character).
+    /// Text delta: never a broken UTF-8 character, never part of a stop string.
     pub text: String,
     pub finished: Option<FinishReason>,
     pub usage: Usage,
+    /// Log-probs of `new_token_ids` when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+    /// On the first output only, when asked for: one entry per prompt token (the first is None).
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
 }
 
 enum Command {

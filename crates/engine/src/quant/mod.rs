@@ -11,6 +11,10 @@ mod avx2;
 mod blocks;
 mod matmul;
 
+/// The portable dot products (the reference the SIMD ones are tested against).
+pub mod portable {
+    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
+}
 pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 pub use matmul::{QuantLinear, QuantWeights};
 

@@ -45,7 +45,8 @@ fn step(s: &mut Scheduler, cfg: &SchedulerConfig) -> Result<(), TestCaseError> {
         out.scheduled.len(),
         "a request scheduled twice in a step"
     );
-    let batch = s.build_batch(&out);
+    let (batch, rows) = s.build_batch(&out);
+    prop_assert_eq!(rows.len(), out.scheduled.len());
     prop_assert_eq!(batch.num_tokens(), out.num_tokens());
     // Every slot the batch writes is unique and inside the pool.
     let mut slots = batch.slot_mapping.clone();
@@ -186,4 +187,56 @@ fn a_prompt_that_cannot_fit_is_refused_and_a_small_pool_is_refused() {
     assert!(s
         .add_request(Request::new(1, vec![], SamplingParams::default()))
         .is_err());
+}
+
+#[test]
+fn parallel_samples_share_prompt_blocks_and_free_them() {
+    let cfg = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 256,
+        max_model_len: 64,
+    };
+    let mut s = Scheduler::new(cfg, KvCacheManager::new(32, 4, true), vec![2]).unwrap();
+    let prompt: Vec<u32> = (100..118).collect(); // 18 tokens: 4 full blocks + 2
+    for i in 0..4 {
+        let params = SamplingParams {
+            max_tokens: 5,
+            ..Default::default()
+        };
+        s.add_request(Request::new(i, prompt.clone(), params))
+            .unwrap();
+    }
+    let out = s.schedule();
+    assert_eq!(out.scheduled.len(), 4);
+    // The first child computes the prompt; the others adopt its 4 full blocks.
+    let first = s.kv.block_table(0).to_vec();
+    for i in 1..4 {
+        assert_eq!(
+            &s.kv.block_table(i)[..4],
+            &first[..4],
+            "child {i} does not share"
+        );
+    }
+    for &b in &first[..4] {
+        assert_eq!(s.kv.pool().ref_cnt(b), 4);
+    }
+    s.kv.check_invariants().unwrap();
+    let mut steps = 0;
+    let mut out = out;
+    loop {
+        let sampled: Vec<Option<u32>> = out
+            .scheduled
+            .iter()
+            .map(|r| r.samples.then_some(7))
+            .collect();
+        s.update(&out, &sampled);
+        if !s.has_work() {
+            break;
+        }
+        out = s.schedule();
+        steps += 1;
+        assert!(steps < 50);
+    }
+    assert_eq!(s.kv.pool().num_free_blocks(), 32);
+    s.kv.check_invariants().unwrap();
 }

@@ -5,25 +5,7 @@ use crate::kv_cache::BlockId;
 
 pub type RequestId = u64;
 
-/// What decides a request's tokens and when it stops (the sampler's parameters grow here).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    pub max_tokens: usize,
-    pub min_tokens: usize,
-    pub ignore_eos: bool,
-    pub stop_token_ids: Vec<u32>,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            max_tokens: 16,
-            min_tokens: 0,
-            ignore_eos: false,
-            stop_token_ids: Vec::new(),
-        }
-    }
-}
+pub use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestStatus {
@@ -63,6 +45,8 @@ pub struct Request {
     /// Prompt tokens served from the prefix cache at admission.
     pub num_cached_tokens: usize,
     pub params: SamplingParams,
+    /// The seed of this request's draws (the user's, or one picked at random).
+    pub seed: u64,
     pub status: RequestStatus,
     pub num_preemptions: u32,
     /// Blocks found in the prefix cache, adopted when admitted.
@@ -77,6 +61,7 @@ impl Request {
             tokens: prompt,
             num_computed: 0,
             num_cached_tokens: 0,
+            seed: params.seed.unwrap_or_else(random_seed),
             params,
             status: RequestStatus::Waiting,
             num_preemptions: 0,
@@ -91,4 +76,17 @@ impl Request {
     pub fn num_output(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
+}
+
+/// A seed for requests that bring none: time and a process-wide counter, mixed.
+fn random_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

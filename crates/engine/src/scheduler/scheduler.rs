@@ -196,7 +196,10 @@ impl Scheduler {
                 let Some(req) = self.waiting.front_mut() else {
                     break;
                 };
-                let (cached, n_cached) = if req.num_computed == 0 {
+                // Prompt log-probs need every prompt position computed: no cache reads.
+                let (cached, n_cached) = if req.params.prompt_logprobs.is_some() {
+                    (Vec::new(), req.num_computed)
+                } else if req.num_computed == 0 {
                     self.kv.find_cached_prefix(req.id, &req.tokens)
                 } else {
                     (Vec::new(), req.num_computed)
@@ -228,20 +231,27 @@ impl Scheduler {
         out
     }
 
-    /// The flat batch for a step: each scheduled request's new tokens with its block table;
-    /// logits only for requests that sample this step.
-    pub fn build_batch(&self, out: &SchedulerOutput) -> FlatBatch {
+    /// The flat batch for a step: each scheduled request's new tokens with its block table.
+    /// Logits rows: the last row for requests that sample this step, every row of a prompt
+    /// chunk whose request asked for prompt log-probs. Returns, per scheduled request, the
+    /// range of its rows in the logits.
+    pub fn build_batch(&self, out: &SchedulerOutput) -> (FlatBatch, Vec<std::ops::Range<usize>>) {
         let mut batch = FlatBatch::default();
+        let mut rows = Vec::with_capacity(out.scheduled.len());
         let bs = self.kv.block_size();
         for s in &out.scheduled {
             let Some(r) = self.running.iter().find(|r| r.id == s.id) else {
+                rows.push(0..0);
                 continue;
             };
-            let want = if s.samples {
+            let want = if r.params.prompt_logprobs.is_some() && s.start < r.prompt_len {
+                LogitsWanted::All
+            } else if s.samples {
                 LogitsWanted::Last
             } else {
                 LogitsWanted::None
             };
+            let first = batch.logits_indices.len();
             batch.push_seq(
                 &r.tokens[s.start..s.start + s.num_new_tokens],
                 s.start,
@@ -249,8 +259,17 @@ impl Scheduler {
                 bs,
                 want,
             );
+            rows.push(first..batch.logits_indices.len());
         }
-        batch
+        (batch, rows)
+    }
+
+    /// Ends a running request early (a stop string matched) and frees its blocks.
+    pub fn finish_request(&mut self, id: RequestId) {
+        if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            self.running.remove(i);
+        }
+        self.kv.free(id);
     }
 
     /// Applies a step: `sampled[i]` is the token for `out.scheduled[i]` when it samples.

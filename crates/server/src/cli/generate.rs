@@ -1,13 +1,15 @@
-//! `ferrolm generate`: one prompt, greedy, printed to stdout with a timing line.
+//! `ferrolm generate`: one prompt through the engine, printed to stdout, with a timing line.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
+use ferrolm_engine::engine::{EngineConfig, EngineHandle};
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
-use ferrolm_engine::runner::greedy_generate;
+use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::ChatMessage;
 
 #[derive(clap::Args, Debug)]
@@ -24,14 +26,44 @@ pub struct GenerateArgs {
     /// Path of a GGUF model file (default: the default model, see models/fetch-default.sh).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// A stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub min_tokens: usize,
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print the chosen token's log-prob and this many alternatives per token (stderr).
+    #[arg(long)]
+    pub logprobs: Option<usize>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let path = args.model.unwrap_or_else(default_model_path);
+    let path = args.model.clone().unwrap_or_else(default_model_path);
     let t_load = Instant::now();
     let lm = LoadedModel::load(&path, &Device::Cpu)
         .with_context(|| format!("loading {}", path.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
+    if args.prompt.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
     let text = if args.chat {
         let tmpl = lm
             .chat_template
@@ -42,28 +74,70 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.prompt.clone()
     };
     let prompt = lm.tokenizer.encode(&text, args.chat)?;
-    if args.prompt.is_empty() || prompt.is_empty() {
-        anyhow::bail!("the prompt is empty");
-    }
-    let tok = &lm.tokenizer;
-    let g = greedy_generate(
-        &lm.model,
-        std::slice::from_ref(&prompt),
-        args.max_tokens,
-        &|t| tok.is_eog(t),
+    let params = SamplingParams {
+        max_tokens: args.max_tokens,
+        min_tokens: args.min_tokens,
+        ignore_eos: args.ignore_eos,
+        stop: args.stop.clone(),
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        presence_penalty: args.presence_penalty,
+        frequency_penalty: args.frequency_penalty,
+        seed: args.seed,
+        logprobs: args.logprobs,
+        ..Default::default()
+    };
+    let max_model_len = lm.max_model_len().min(prompt.len() + args.max_tokens + 16);
+    let engine = EngineHandle::start(
+        lm.model,
+        Arc::new(lm.tokenizer),
+        EngineConfig {
+            max_model_len: Some(max_model_len.max(16)),
+            // One sequence: a pool just big enough for it.
+            num_blocks_override: Some(max_model_len.max(16).div_ceil(16) + 1),
+            ..Default::default()
+        },
     )?;
-    let out = &g.tokens[0];
-    // The first generated token comes out of the prefill step; the rest are decode steps.
-    let decode_tokens = out.len().saturating_sub(1);
+    let t0 = Instant::now();
+    let (_, mut rx) = engine.add_request(prompt.clone(), params)?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", tok.decode(out, true))?;
+    let mut first_token_s = None;
+    let mut generated = 0;
+    while let Some(o) = rx.blocking_recv() {
+        if first_token_s.is_none() && !o.new_token_ids.is_empty() {
+            first_token_s = Some(t0.elapsed().as_secs_f64());
+        }
+        generated += o.new_token_ids.len();
+        write!(stdout, "{}", o.text)?;
+        stdout.flush()?;
+        for lp in &o.logprobs {
+            let alts: Vec<String> = lp.top.iter().map(|(t, l)| format!("{t}:{l:.3}")).collect();
+            eprintln!(
+                "  token {} logprob {:.4} top [{}]",
+                lp.token_id,
+                lp.logprob,
+                alts.join(", ")
+            );
+        }
+        if o.finished.is_some() {
+            break;
+        }
+    }
+    writeln!(stdout)?;
+    let total_s = t0.elapsed().as_secs_f64();
+    let ttft = first_token_s.unwrap_or(total_s);
+    let decode_tokens = generated.saturating_sub(1);
     eprintln!(
         "[{} prompt tokens: {:.1} tok/s · {} generated: {:.1} tok/s decode · load {:.2}s]",
         prompt.len(),
-        prompt.len() as f64 / g.prefill_secs.max(1e-9),
-        out.len(),
-        decode_tokens as f64 / g.decode_secs.max(1e-9),
+        prompt.len() as f64 / ttft.max(1e-9),
+        generated,
+        decode_tokens as f64 / (total_s - ttft).max(1e-9),
         load_s
     );
+    engine.shutdown();
     Ok(())
 }

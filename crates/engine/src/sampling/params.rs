@@ -1,0 +1,145 @@
+//! What decides a request's tokens and when it stops.
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_tokens: usize,
+    pub min_tokens: usize,
+    pub ignore_eos: bool,
+    pub stop_token_ids: Vec<u32>,
+    /// Stop strings: generation ends when one appears; it is cut from the text.
+    pub stop: Vec<String>,
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 (or a value >= the vocabulary) means no top-k cut.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Seeds this request's draws; the same seed gives the same tokens in any batch.
+    pub seed: Option<u64>,
+    /// Log-probs of the chosen token plus this many alternatives per generated token.
+    pub logprobs: Option<usize>,
+    /// Log-probs of each prompt token plus this many alternatives.
+    pub prompt_logprobs: Option<usize>,
+    pub skip_special_tokens: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 16,
+            min_tokens: 0,
+            ignore_eos: false,
+            stop_token_ids: Vec::new(),
+            stop: Vec::new(),
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            seed: None,
+            logprobs: None,
+            prompt_logprobs: None,
+            skip_special_tokens: true,
+        }
+    }
+}
+
+/// The most alternatives a request may ask for, as vLLM's default `max_logprobs`.
+pub const MAX_LOGPROBS: usize = 20;
+
+impl SamplingParams {
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            max_tokens,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < 1e-5 || self.top_k == 1
+    }
+
+    /// Checks ranges as vLLM does; the message names the field.
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+        if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
+            return bad(format!(
+                "temperature must be in [0, 100], got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 100.0) {
+            return bad(format!(
+                "repetition_penalty must be in (0, 100], got {}",
+                self.repetition_penalty
+            ));
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return bad(format!(
+                "presence_penalty must be in [-2, 2], got {}",
+                self.presence_penalty
+            ));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return bad(format!(
+                "frequency_penalty must be in [-2, 2], got {}",
+                self.frequency_penalty
+            ));
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        if self.min_tokens > self.max_tokens {
+            return bad(format!(
+                "min_tokens ({}) must not exceed max_tokens ({})",
+                self.min_tokens, self.max_tokens
+            ));
+        }
+        for &(t, b) in &self.logit_bias {
+            if t as usize >= vocab_size {
+                return bad(format!(
+                    "logit_bias has token id {t}, outside the vocabulary of {vocab_size}"
+                ));
+            }
+            if !(-100.0..=100.0).contains(&b) {
+                return bad(format!("logit_bias values must be in [-100, 100], got {b}"));
+            }
+        }
+        for &t in &self.stop_token_ids {
+            if t as usize >= vocab_size {
+                return bad(format!(
+                    "stop_token_ids has {t}, outside the vocabulary of {vocab_size}"
+                ));
+            }
+        }
+        for (name, v) in [
+            ("logprobs", self.logprobs),
+            ("prompt_logprobs", self.prompt_logprobs),
+        ] {
+            if let Some(n) = v {
+                if n > MAX_LOGPROBS {
+                    return bad(format!("{name} must be at most {MAX_LOGPROBS}, got {n}"));
+                }
+            }
+        }
+        if self.stop.iter().any(|s| s.is_empty()) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! From one row of logits to one token, as vLLM's sampler does it: logit bias, the
+//! min_tokens mask, repetition / frequency / presence penalties, then greedy or
+//! temperature with top-k, top-p and min-p, drawn with the request's own seeded stream.
+
+use super::params::SamplingParams;
+use super::rng::draw_uniform;
+use crate::runner::argmax;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+}
+
+/// Logit bias, then penalties (OpenAI/vLLM definitions):
+/// - repetition (over prompt and output tokens): positive logits divided by it, negative ones multiplied;
+/// - frequency and presence (over output tokens): `logit -= frequency * count + presence * [count > 0]`.
+pub fn apply_penalties_and_bias(
+    logits: &mut [f32],
+    p: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+) {
+    for &(t, b) in &p.logit_bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
+    if p.repetition_penalty != 1.0 {
+        let mut seen = vec![false; logits.len()];
+        for &t in prompt.iter().chain(output) {
+            if let Some(s) = seen.get_mut(t as usize) {
+                if !*s {
+                    *s = true;
+                    let l = &mut logits[t as usize];
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
+                }
+            }
+        }
+    }
+    if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for &t in output {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+            }
+        }
+    }
+}
+
+/// Picks the next token. `logits` is processed in place. `stop_ids` are masked while fewer
+/// than `min_tokens` have been generated. `seed` and `output.len()` alone decide the draw.
+pub fn sample_token(
+    logits: &mut [f32],
+    p: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+    stop_ids: &[u32],
+    seed: u64,
+) -> Sampled {
+    apply_penalties_and_bias(logits, p, prompt, output);
+    if output.len() < p.min_tokens {
+        for &t in stop_ids.iter().chain(&p.stop_token_ids) {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    if p.is_greedy() {
+        return Sampled {
+            token: argmax(logits),
+        };
+    }
+    // Candidates best first (ties: lower id first), cut by top-k.
+    let mut idx: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| logits[i as usize].is_finite())
+        .collect();
+    if idx.is_empty() {
+        return Sampled {
+            token: argmax(logits),
+        };
+    }
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if p.top_k > 0 && p.top_k < idx.len() {
+        idx.select_nth_unstable_by(p.top_k - 1, by_logit);
+        idx.truncate(p.top_k);
+    }
+    idx.sort_unstable_by(by_logit);
+    // Softmax at temperature T over the candidates (f64 for the normaliser).
+    let inv_t = 1.0 / p.temperature as f64;
+    let max = logits[idx[0] as usize] as f64;
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i as usize] as f64 - max) * inv_t).exp())
+        .collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= z);
+    // top-p: the smallest head whose mass reaches top_p.
+    let mut keep = probs.len();
+    if p.top_p < 1.0 {
+        let mut cum = 0.0;
+        for (i, &pr) in probs.iter().enumerate() {
+            cum += pr;
+            if cum >= p.top_p as f64 {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    // min-p: drop tokens below min_p times the best one.
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p as f64;
+        keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+    }
+    let mass: f64 = probs[..keep].iter().sum();
+    let u = draw_uniform(seed, output.len() as u64) * mass;
+    let mut cum = 0.0;
+    for (i, &pr) in probs[..keep].iter().enumerate() {
+        cum += pr;
+        if u < cum {
+            return Sampled { token: idx[i] };
+        }
+    }
+    Sampled {
+        token: idx[keep - 1],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SamplingParams {
+        SamplingParams::default()
+    }
+
+    #[test]
+    fn penalties_and_bias_follow_the_definitions() {
+        // Hand-computed: token 0 (logit 2.0) and token 1 (logit -1.0) appear; token 2 does not.
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            logit_bias: vec![(3, 5.0), (2, -1.0)],
+            ..params()
+        };
+        let mut l = vec![2.0f32, -1.0, 0.5, 0.0];
+        // prompt has token 1; output has token 0 twice and token 1 once.
+        apply_penalties_and_bias(&mut l, &p, &[1], &[0, 0, 1]);
+        // token 0: 2.0 / 2 = 1.0, then - (0.5 * 2 + 0.25) = -0.25
+        assert!((l[0] - -0.25).abs() < 1e-6, "{l:?}");
+        // token 1: -1.0 * 2 = -2.0, then - (0.5 * 1 + 0.25) = -2.75
+        assert!((l[1] - -2.75).abs() < 1e-6, "{l:?}");
+        // token 2: bias only: 0.5 - 1.0
+        assert!((l[2] - -0.5).abs() < 1e-6, "{l:?}");
+        // token 3: bias only
+        assert!((l[3] - 5.0).abs() < 1e-6, "{l:?}");
+    }
+
+    #[test]
+    fn greedy_top_k_one_and_temperature_zero_agree() {
+        let l = vec![0.1f32, 2.5, 2.4, -3.0];
+        let g = sample_token(&mut l.clone(), &params(), &[], &[], &[], 1).token;
+        assert_eq!(g, 1);
+        let k1 = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            ..params()
+        };
+        for seed in 0..20 {
+            assert_eq!(
+                sample_token(&mut l.clone(), &k1, &[], &[], &[], seed).token,
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution_and_the_cuts() {
+        let l = vec![0.0f32, (2.0f32).ln(), (3.0f32).ln(), -50.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..params()
+        };
+        let mut counts = [0usize; 4];
+        let n = 30_000;
+        for seed in 0..n {
+            counts[sample_token(&mut l.clone(), &p, &[], &[], &[], seed).token as usize] += 1;
+        }
+        // Probabilities 1/6, 2/6, 3/6, ~0.
+        for (i, want) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].iter().enumerate() {
+            let got = counts[i] as f64 / n as f64;
+            assert!((got - want).abs() < 0.015, "token {i}: {got} vs {want}");
+        }
+        // top_p 0.5 keeps only token 2 (mass 0.5); top_k 2 never picks token 0; min_p 0.5
+        // keeps tokens with p >= 0.25, i.e. 1 and 2.
+        let tp = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..params()
+        };
+        let tk = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..params()
+        };
+        let mp = SamplingParams {
+            temperature: 1.0,
+            min_p: 0.5,
+            ..params()
+        };
+        for seed in 0..500 {
+            assert_eq!(
+                sample_token(&mut l.clone(), &tp, &[], &[], &[], seed).token,
+                2
+            );
+            assert_ne!(
+                sample_token(&mut l.clone(), &tk, &[], &[], &[], seed).token,
+                0
+            );
+            assert_ne!(
+                sample_token(&mut l.clone(), &mp, &[], &[], &[], seed).token,
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn min_tokens_masks_stop_ids() {
+        let l = vec![0.0f32, 5.0, 1.0];
+        let p = SamplingParams {
+            min_tokens: 2,
+            ..params()
+        };
+        assert_eq!(
+            sample_token(&mut l.clone(), &p, &[], &[7], &[1], 0).token,
+            2
+        );
+        assert_eq!(
+            sample_token(&mut l.clone(), &p, &[], &[7, 7], &[1], 0).token,
+            1
+        );
+    }
+}
