@@ -1,5 +1,6 @@
 //! `ferrolm`: an OpenAI-compatible LLM inference server (and its command-line tools).
 
+mod api;
 mod cli;
 
 use clap::Parser;

@@ -25,6 +25,8 @@ struct Sink {
     /// Prompt log-probs gathered over the prompt's chunks (position 0 has none).
     prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     prompt_logprobs_sent: bool,
+    arrived: std::time::Instant,
+    queue_secs: Option<f64>,
 }
 
 pub struct EngineCore<'m> {
@@ -33,6 +35,7 @@ pub struct EngineCore<'m> {
     tokenizer: Arc<Tokenizer>,
     sinks: HashMap<RequestId, Sink>,
     stats: Arc<EngineStats>,
+    pub step_observer: Option<super::StepObserver>,
 }
 
 impl<'m> EngineCore<'m> {
@@ -53,6 +56,7 @@ impl<'m> EngineCore<'m> {
             tokenizer,
             sinks: HashMap::new(),
             stats,
+            step_observer: None,
         }
     }
 
@@ -73,6 +77,8 @@ impl<'m> EngineCore<'m> {
             cached_tokens: 0,
             prompt_logprobs: req.params.prompt_logprobs.map(|_| vec![None]),
             prompt_logprobs_sent: false,
+            arrived: std::time::Instant::now(),
+            queue_secs: None,
         };
         self.scheduler.add_request(req)?;
         self.sinks.insert(id, sink);
@@ -108,6 +114,13 @@ impl<'m> EngineCore<'m> {
         if out.is_empty() {
             self.publish();
             return Ok(0);
+        }
+        for s in &out.scheduled {
+            if let Some(sink) = self.sinks.get_mut(&s.id) {
+                if sink.queue_secs.is_none() {
+                    sink.queue_secs = Some(sink.arrived.elapsed().as_secs_f64());
+                }
+            }
         }
         let (batch, rows) = self.scheduler.build_batch(&out);
         let logits = self.runner.execute(&batch)?.to_vec2::<f32>()?;
@@ -178,11 +191,11 @@ impl<'m> EngineCore<'m> {
                     text.push_str(&sink.stop.flush());
                 }
             }
-            let prompt_logprobs = if sink.prompt_logprobs_sent {
-                None
+            let (prompt_logprobs, queue_secs) = if sink.prompt_logprobs_sent {
+                (None, None)
             } else {
                 sink.prompt_logprobs_sent = true;
-                sink.prompt_logprobs.take()
+                (sink.prompt_logprobs.take(), sink.queue_secs)
             };
             let output = RequestOutput {
                 id: ev.id,
@@ -196,6 +209,7 @@ impl<'m> EngineCore<'m> {
                 },
                 logprobs: new_logprobs.remove(&ev.id).into_iter().collect(),
                 prompt_logprobs,
+                queue_secs,
             };
             // A closed receiver means the client went away: abort.
             let gone = sink.tx.send(output).is_err();
@@ -208,6 +222,9 @@ impl<'m> EngineCore<'m> {
             } else if gone {
                 self.abort(ev.id);
             }
+        }
+        if let Some(obs) = &self.step_observer {
+            (obs.0)(n_tokens);
         }
         self.stats.num_steps.fetch_add(1, Ordering::Relaxed);
         self.stats

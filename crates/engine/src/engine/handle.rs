@@ -29,6 +29,18 @@ pub struct EngineConfig {
     pub kv_cache_memory_bytes: usize,
     /// Fixes the number of KV blocks (`--num-gpu-blocks-override`).
     pub num_blocks_override: Option<usize>,
+    /// Called on the engine thread with each step's token count (for histograms).
+    pub step_observer: Option<StepObserver>,
+}
+
+/// A callback for each engine step's token count.
+#[derive(Clone)]
+pub struct StepObserver(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for StepObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepObserver")
+    }
 }
 
 impl Default for EngineConfig {
@@ -41,6 +53,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             kv_cache_memory_bytes: 1 << 30,
             num_blocks_override: None,
+            step_observer: None,
         }
     }
 }
@@ -66,6 +79,8 @@ pub struct RequestOutput {
     pub logprobs: Vec<TokenLogprob>,
     /// On the first output only, when asked for: one entry per prompt token (the first is None).
     pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    /// On the first output only: seconds from arrival until first scheduled.
+    pub queue_secs: Option<f64>,
 }
 
 enum Command {
@@ -132,10 +147,12 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel::<Command>();
         let thread_stats = stats.clone();
         let thread_tok = tokenizer.clone();
+        let observer = cfg.step_observer.clone();
         let join = std::thread::Builder::new()
             .name("ferrolm-engine".into())
             .spawn(move || {
                 let mut core = EngineCore::new(&model, thread_tok, scheduler, thread_stats);
+                core.step_observer = observer;
                 engine_loop(&mut core, rx);
             })
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;

@@ -6,5 +6,5 @@ mod handle;
 mod stats;
 
 pub use self::core::EngineCore;
-pub use handle::{EngineConfig, EngineHandle, RequestOutput, Usage};
+pub use handle::{available_cores, EngineConfig, EngineHandle, RequestOutput, StepObserver, Usage};
 pub use stats::EngineStats;

@@ -1,6 +1,7 @@
 //! Command-line interface: `ferrolm generate`, `ferrolm serve`, ...
 
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -19,10 +20,13 @@ pub struct Cli {
 pub enum Command {
     /// Generate a completion for one prompt (greedy), without HTTP.
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI-compatible API.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

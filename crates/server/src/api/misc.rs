@@ -1,0 +1,129 @@
+//! `/health`, `/metrics`, `/version`, `/v1/models`, `/tokenize`, `/detokenize`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::generation::{parse_body, unix_now};
+use super::types::ChatMessageIn;
+use super::AppState;
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
+    state.loaded()?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.loaded.get().map(|l| &l.engine.stats);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(stats),
+    )
+        .into_response()
+}
+
+pub async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub async fn models(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let loaded = state.loaded()?;
+    Ok(Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": state.served_model_name,
+            "object": "model",
+            "created": unix_now(),
+            "owned_by": "ferrolm",
+            "root": state.served_model_name,
+            "parent": null,
+            "max_model_len": loaded.engine.max_model_len,
+        }]
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessageIn>>,
+    add_special_tokens: Option<bool>,
+}
+
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let loaded = state.loaded()?;
+    let req: TokenizeRequest = parse_body(&state, body)?;
+    state.check_model(req.model.as_deref())?;
+    let tok = &loaded.engine.tokenizer;
+    let text = match (req.prompt, req.messages) {
+        (Some(p), None) => p,
+        (None, Some(m)) => {
+            let t = loaded
+                .chat_template
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("the model has no chat template"))?;
+            let msgs: Vec<_> = m
+                .iter()
+                .map(|m| {
+                    let content = match &m.content {
+                        Some(super::types::MessageContent::Text(s)) => s.clone(),
+                        _ => String::new(),
+                    };
+                    ferrolm_engine::tokenizer::ChatMessage::new(m.role.clone(), content)
+                })
+                .collect();
+            t.render(&msgs, true)?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `prompt` and `messages`",
+            ))
+        }
+    };
+    let tokens = tok.encode(&text, req.add_special_tokens.unwrap_or(true))?;
+    Ok(Json(serde_json::json!({
+        "count": tokens.len(),
+        "max_model_len": loaded.engine.max_model_len,
+        "tokens": tokens,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let loaded = state.loaded()?;
+    let req: DetokenizeRequest = parse_body(&state, body)?;
+    state.check_model(req.model.as_deref())?;
+    let tok = &loaded.engine.tokenizer;
+    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+        return Err(ApiError::invalid_field(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary"),
+        ));
+    }
+    Ok(Json(
+        serde_json::json!({ "prompt": tok.decode(&req.tokens, false) }),
+    ))
+}

@@ -1,0 +1,249 @@
+//! `ferrolm serve`: the OpenAI-compatible server, with vLLM's flag names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use candle_core::Device;
+use ferrolm_engine::engine::{EngineConfig, EngineHandle, StepObserver};
+use ferrolm_engine::loader::{default_model_path, LoadedModel};
+use ferrolm_engine::tokenizer::ChatTemplate;
+
+use crate::api::metrics::Metrics;
+use crate::api::{router, AppState, Loaded};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched if absent).
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The model name clients send (default: the file's stem).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long)]
+    pub no_enable_prefix_caching: bool,
+    /// Required as `Authorization: Bearer KEY` on /v1/* (also VLLM_API_KEY, FERROLM_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// A Jinja chat template: a file path or the template text.
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// KV cache size in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub kv_cache_memory_bytes: usize,
+    /// Fixes the number of KV cache blocks.
+    #[arg(long)]
+    pub num_gpu_blocks_override: Option<usize>,
+    /// Requests that may wait beyond the running ones; more get 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue_len: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest `n` a request may ask for.
+    #[arg(long, default_value_t = 16)]
+    pub max_n: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.clone());
+    }
+    let p = default_model_path();
+    if p.exists() {
+        return Ok(p);
+    }
+    // Fetch it the way `make model` does, when the script is at hand.
+    let script =
+        std::env::var("FERROLM_FETCH_SCRIPT").unwrap_or_else(|_| "models/fetch-default.sh".into());
+    if std::path::Path::new(&script).exists() {
+        tracing::info!("default model missing; running {script}");
+        let status = std::process::Command::new(&script)
+            .status()
+            .context("running the fetch script")?;
+        anyhow::ensure!(status.success(), "{script} failed");
+        return Ok(p);
+    }
+    anyhow::bail!(
+        "no model given and the default model is not at {}: run models/fetch-default.sh or pass a GGUF path",
+        p.display()
+    )
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_tracing();
+    match args.device.as_str() {
+        "cpu" | "auto" => {}
+        "cuda" => {
+            anyhow::bail!("--device cuda: this build has no CUDA support yet (feature `cuda`)")
+        }
+        other => anyhow::bail!("--device {other:?}: expected cpu, cuda or auto"),
+    }
+    let model_path = resolve_model(&args.model)?;
+    let served = args.served_model_name.clone().unwrap_or_else(|| {
+        model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var("VLLM_API_KEY").ok())
+        .or_else(|| std::env::var("FERROLM_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    let metrics =
+        Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
+    let state = Arc::new(AppState {
+        served_model_name: served,
+        api_key,
+        loaded: OnceLock::new(),
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        admission_limit: args.max_num_seqs + args.max_queue_len,
+        max_body_bytes: args.max_body_bytes,
+        max_n: args.max_n,
+    });
+    // Tokio gets a small share: the engine thread and its compute pool need the cores.
+    let workers = ferrolm_engine::engine::available_cores().clamp(1, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(args, model_path, state))
+}
+
+async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {}", args.host, args.port))?;
+    // Listen before loading: probes see 503 until the model is ready.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(%addr, "listening; loading {}", model_path.display());
+
+    let load_state = state.clone();
+    let load_args = args.clone();
+    let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let lm = LoadedModel::load(&model_path, &Device::Cpu)?;
+        let chat_template = match &load_args.chat_template {
+            Some(t) => {
+                let src = match std::fs::read_to_string(t) {
+                    Ok(s) => s,
+                    Err(_) => t.clone(),
+                };
+                let name = |id: Option<u32>| {
+                    id.and_then(|i| lm.tokenizer.piece(i))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                Some(ChatTemplate::new(
+                    &src,
+                    &name(lm.tokenizer.bos_id),
+                    &name(lm.tokenizer.eos_id),
+                )?)
+            }
+            None => lm.chat_template,
+        };
+        let describe = lm.model.describe();
+        let hist = load_state.metrics.iteration_tokens.clone();
+        let engine = EngineHandle::start(
+            lm.model,
+            Arc::new(lm.tokenizer),
+            EngineConfig {
+                max_num_seqs: load_args.max_num_seqs,
+                max_num_batched_tokens: load_args.max_num_batched_tokens,
+                max_model_len: load_args.max_model_len,
+                block_size: load_args.block_size,
+                enable_prefix_caching: !load_args.no_enable_prefix_caching,
+                kv_cache_memory_bytes: load_args.kv_cache_memory_bytes,
+                num_blocks_override: load_args.num_gpu_blocks_override,
+                step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
+            },
+        )?;
+        tracing::info!(model = %describe, kv_blocks = engine.num_blocks, max_model_len = engine.max_model_len, "model loaded");
+        let _ = load_state.loaded.set(Loaded {
+            engine,
+            chat_template,
+        });
+        Ok(())
+    });
+
+    let app = router(state.clone());
+    let shutdown_state = state.clone();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        shutdown_state.shutting_down.store(true, Ordering::SeqCst);
+        let _ = drain_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    // A model that fails to load ends the process with its error.
+    match loader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => anyhow::bail!("model loading panicked: {e}"),
+    }
+
+    // Wait for the server to finish draining, bounded once shutdown starts.
+    let drain = Duration::from_secs(args.drain_timeout);
+    let mut server = server;
+    tokio::select! {
+        r = &mut server => { r??; }
+        _ = async { let _ = drain_rx.await; tokio::time::sleep(drain).await; } => {
+            tracing::warn!("drain timeout of {}s reached; exiting", args.drain_timeout);
+        }
+    }
+    if let Some(l) = state.loaded.get() {
+        l.engine.shutdown();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROLM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
