@@ -60,12 +60,13 @@ impl<'m> EngineCore<'m> {
         }
     }
 
+    /// Takes a request the handle has already checked; one the scheduler still refuses
+    /// ends at once with an "abort" output.
     pub fn add_request(
         &mut self,
         req: Request,
         tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
-    ) -> Result<()> {
-        req.params.validate(self.tokenizer.vocab_size())?;
+    ) {
         let id = req.id;
         let prompt_len = req.prompt_len;
         let sink = Sink {
@@ -80,10 +81,11 @@ impl<'m> EngineCore<'m> {
             arrived: std::time::Instant::now(),
             queue_secs: None,
         };
-        self.scheduler.add_request(req)?;
         self.sinks.insert(id, sink);
+        if self.scheduler.add_request(req).is_err() {
+            self.abort(id);
+        }
         self.publish();
-        Ok(())
     }
 
     /// Ends a request now and frees its blocks; its stream gets a final "abort" output.

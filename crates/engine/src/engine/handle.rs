@@ -87,7 +87,6 @@ enum Command {
     Add {
         req: Request,
         tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
-        reply: mpsc::Sender<Result<()>>,
     },
     Abort(RequestId),
     Shutdown,
@@ -167,8 +166,10 @@ impl EngineHandle {
         })
     }
 
-    /// Queues a request; its outputs arrive on the returned receiver. Dropping the receiver
-    /// aborts the request at the engine's next step (call `abort` to free it at once).
+    /// Queues a request; its outputs arrive on the returned receiver. Never waits for the
+    /// engine thread (which only reads commands between steps): everything that can refuse
+    /// a request is checked here. Dropping the receiver aborts the request at the engine's
+    /// next token; `abort` frees it at once.
     pub fn add_request(
         &self,
         prompt: Vec<u32>,
@@ -177,17 +178,34 @@ impl EngineHandle {
         RequestId,
         tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
     )> {
+        params.validate(self.tokenizer.vocab_size())?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= self.max_model_len {
+            return Err(EngineError::PromptTooLong {
+                prompt_len: prompt.len(),
+                max_tokens: params.max_tokens,
+                max_model_len: self.max_model_len,
+            });
+        }
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.tokenizer.vocab_size())
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.tokenizer.vocab_size()
+            )));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = mpsc::channel();
         self.tx
             .send(Command::Add {
                 req: Request::new(id, prompt, params),
                 tx,
-                reply: reply_tx,
             })
             .map_err(|_| EngineError::EngineStopped)?;
-        reply_rx.recv().map_err(|_| EngineError::EngineStopped)??;
         Ok((id, rx))
     }
 
@@ -230,9 +248,7 @@ fn engine_loop(core: &mut EngineCore<'_>, rx: mpsc::Receiver<Command>) {
         let mut next = first;
         while let Some(cmd) = next {
             match cmd {
-                Command::Add { req, tx, reply } => {
-                    let _ = reply.send(core.add_request(req, tx));
-                }
+                Command::Add { req, tx } => core.add_request(req, tx),
                 Command::Abort(id) => core.abort(id),
                 Command::Shutdown => return,
             }

@@ -125,37 +125,39 @@ fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
-            let role =
-                match m.role.as_str() {
-                    "system" | "user" | "assistant" => m.role.clone(),
-                    "developer" => "system".to_string(),
-                    other => return Err(ApiError::invalid_field(
+            let role = match m.role.as_str() {
+                "system" | "user" | "assistant" => m.role.clone(),
+                "developer" => "system".to_string(),
+                other => {
+                    return Err(ApiError::invalid_field(
                         &format!("messages[{i}].role"),
                         format!(
                             "role {other:?} is not supported (system, user, assistant, developer)"
                         ),
-                    )),
-                };
-            let content =
-                match &m.content {
-                    None => String::new(),
-                    Some(MessageContent::Text(s)) => s.clone(),
-                    Some(MessageContent::Parts(parts)) => {
-                        let mut texts = Vec::new();
-                        for p in parts {
-                            match (p.kind.as_str(), &p.text) {
-                                ("text", Some(t)) => texts.push(t.clone()),
-                                (kind, _) => return Err(ApiError::invalid_field(
+                    ))
+                }
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(MessageContent::Text(s)) => s.clone(),
+                Some(MessageContent::Parts(parts)) => {
+                    let mut texts = Vec::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => texts.push(t.clone()),
+                            (kind, _) => {
+                                return Err(ApiError::invalid_field(
                                     &format!("messages[{i}].content"),
                                     format!(
                                         "content part of type {kind:?} is not supported; only text"
                                     ),
-                                )),
+                                ))
                             }
                         }
-                        texts.join("\n")
                     }
-                };
+                    texts.join("\n")
+                }
+            };
             Ok(ChatMessage::new(role, content))
         })
         .collect()
@@ -167,7 +169,9 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let loaded = state.loaded()?;
-    let req: ChatRequest = parse_body(&state, body)?;
+    let json = parse_json(&state, body)?;
+    let mut req: ChatRequest = from_json(&json)?;
+    req.common = from_json(&json)?;
     state.check_model(req.common.model.as_deref())?;
     refuse_unsupported(&req.common)?;
     let n = choices_n(&state, &req.common)?;

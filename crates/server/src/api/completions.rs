@@ -96,7 +96,9 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let loaded = state.loaded()?;
-    let req: CompletionRequest = parse_body(&state, body)?;
+    let json = parse_json(&state, body)?;
+    let mut req: CompletionRequest = from_json(&json)?;
+    req.common = from_json(&json)?;
     state.check_model(req.common.model.as_deref())?;
     refuse_unsupported(&req.common)?;
     let n = choices_n(&state, &req.common)?;

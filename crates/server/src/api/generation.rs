@@ -19,11 +19,11 @@ use super::{Admission, AppState};
 
 pub const MAX_LOGPROBS: i64 = 20;
 
-/// Reads a JSON body: 413 over the limit, 400 for malformed JSON or wrong types (naming the field).
-pub fn parse_body<T: DeserializeOwned>(
+/// Reads a JSON body: 413 over the limit, 400 for malformed JSON.
+pub fn parse_json(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+) -> Result<serde_json::Value, ApiError> {
     let bytes = body.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
     if bytes.len() > state.max_body_bytes {
         return Err(ApiError::new(
@@ -35,18 +35,35 @@ pub fn parse_body<T: DeserializeOwned>(
             ),
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Typed fields from the body; a wrong type is a 400 naming the field.
+pub fn from_json<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("malformed JSON body: {inner}"))
-        } else if path == "." || path.is_empty() {
+        if path == "." || path.is_empty() {
             ApiError::bad_request(format!("invalid request: {inner}"))
         } else {
             ApiError::invalid_field(&path, format!("invalid value for `{path}`: {inner}"))
         }
     })
+}
+
+/// Both of the above.
+pub fn parse_body<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    from_json(&parse_json(state, body)?)
 }
 
 fn field<T>(name: &str, ok: bool, v: T) -> Result<T, ApiError> {
@@ -244,6 +261,11 @@ impl Drop for Submission {
             for (id, done) in self.engine_ids.iter().zip(&self.finished) {
                 if !done {
                     l.engine.abort(*id);
+                    self.state
+                        .metrics
+                        .request_success
+                        .with_label_values(&["abort"])
+                        .inc();
                 }
             }
         }

@@ -77,7 +77,8 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
-    #[serde(flatten)]
+    /// Read from the same body separately (flatten would hide field names in errors).
+    #[serde(skip)]
     pub common: CommonParams,
 }
 
@@ -109,7 +110,7 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub add_generation_prompt: Option<bool>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub common: CommonParams,
 }
 

@@ -1,0 +1,324 @@
+//! What happens around requests: clients that disconnect, overload, SIGTERM, and the
+//! Prometheus exposition (checked with promtool).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{metric_value, Server};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// These tests measure latencies and load the machine: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn long_request(stream: bool) -> Value {
+    json!({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "temperature": 0, "stream": stream})
+}
+
+async fn wait_idle(s: &Server, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let m = s.metrics().await;
+        let running = metric_value(&m, "vllm:num_requests_running");
+        let waiting = metric_value(&m, "vllm:num_requests_waiting");
+        let kv = metric_value(&m, "vllm:kv_cache_usage_perc");
+        if running == 0.0 && waiting == 0.0 && kv == 0.0 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "not idle after {within:?}: running {running}, waiting {waiting}, kv {kv}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disconnected_clients_free_everything() {
+    let _serial = serial();
+    // Few slots, so most requests queue.
+    let s = Server::start(&["--max-num-seqs", "8"]).await;
+    let c = reqwest::Client::new();
+    // 20 streams dropped mid-stream (after their first chunk).
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let r = c
+            .post(s.url("/v1/completions"))
+            .json(&long_request(true))
+            .send()
+            .await
+            .unwrap();
+        streams.push(r.bytes_stream());
+    }
+    let mut read_some = 0;
+    for st in streams.iter_mut().take(8) {
+        if st.next().await.is_some() {
+            read_some += 1;
+        }
+    }
+    assert_eq!(read_some, 8);
+    // 10 non-streaming requests dropped before their answer.
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        let c = c.clone();
+        let url = s.url("/v1/completions");
+        pending.push(tokio::spawn(async move {
+            c.post(url).json(&long_request(false)).send().await
+        }));
+    }
+    // 5 more that are surely still queued (20 + 10 ahead of them, 8 slots).
+    let mut queued = Vec::new();
+    for _ in 0..5 {
+        let c = c.clone();
+        let url = s.url("/v1/chat/completions");
+        queued.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 300, "ignore_eos": true}))
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let m = s.metrics().await;
+    assert!(metric_value(&m, "vllm:num_requests_running") > 0.0);
+    assert!(
+        metric_value(&m, "vllm:num_requests_waiting") > 0.0,
+        "expected queued requests"
+    );
+    assert!(metric_value(&m, "vllm:kv_cache_usage_perc") > 0.0);
+    // Everyone hangs up.
+    drop(streams);
+    for p in pending.iter().chain(queued.iter()) {
+        p.abort();
+    }
+    for p in pending.into_iter().chain(queued) {
+        let _ = p.await;
+    }
+    wait_idle(&s, Duration::from_secs(1)).await;
+    let m = s.metrics().await;
+    let aborts = metric_value(&m, "vllm:request_success_total{finished_reason=\"abort\"");
+    assert!(aborts >= 35.0, "{aborts} aborts counted");
+    // And it still answers correctly.
+    let v: Value = c
+        .post(s.url("/v1/completions"))
+        .json(&json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with(" Paris"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overload_is_refused_early_with_429() {
+    let _serial = serial();
+    let s = Server::start(&["--max-num-seqs", "4", "--max-queue-len", "4"]).await;
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let c = c.clone();
+        let url = s.url("/v1/completions");
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = c
+                .post(url)
+                .json(&json!({"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0, "ignore_eos": true}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let elapsed = t0.elapsed();
+            let v: Value = r.json().await.unwrap();
+            (status, elapsed, v)
+        }));
+    }
+    let mut accepted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, elapsed, v) = t.await.unwrap();
+        match status {
+            200 => {
+                accepted += 1;
+                assert!(v["choices"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(" Paris"));
+                assert_eq!(v["usage"]["completion_tokens"], 24);
+            }
+            429 => {
+                refused += 1;
+                assert!(elapsed < Duration::from_millis(100), "429 took {elapsed:?}");
+                assert_eq!(v["error"]["code"], 429);
+                assert!(v["error"]["message"].is_string());
+            }
+            other => panic!("unexpected status {other}: {v}"),
+        }
+    }
+    assert!(accepted <= 8, "{accepted} accepted");
+    assert!(accepted >= 1);
+    assert_eq!(accepted + refused, 40);
+    wait_idle(&s, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let _serial = serial();
+    let mut s = Server::start(&[]).await;
+    let c = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = c.clone();
+        let url = s.url("/v1/completions");
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"prompt": format!("Story {i}:"), "max_tokens": 48, "ignore_eos": true, "temperature": 0});
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    // Let them all start, then ask the server to stop.
+    let t0 = Instant::now();
+    while s.metric("vllm:num_requests_running").await < 8.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.sigterm();
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 48);
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let st = s.child.wait().unwrap();
+        std::mem::forget(s);
+        st
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_exist_from_start_and_move() {
+    let _serial = serial();
+    let s = Server::start(&[]).await;
+    let m0 = s.metrics().await;
+    // Every labelled series exists before any request.
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:num_preemptions_total",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:inter_token_latency_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_prompt_tokens_count",
+        "vllm:request_generation_tokens_count",
+        "vllm:iteration_tokens_total_count",
+    ] {
+        assert_eq!(metric_value(&m0, name), 0.0, "{name}");
+    }
+    for reason in ["stop", "length", "abort"] {
+        assert!(
+            m0.contains(&format!("vllm:request_success_total{{finished_reason=\"{reason}\",model_name=\"SmolLM2-135M-Instruct.Q4_1\"}} 0")),
+            "no {reason} series at start:\n{m0}"
+        );
+    }
+    assert!(m0.contains("# TYPE vllm:time_to_first_token_seconds histogram"));
+    assert!(m0.contains("# TYPE vllm:num_requests_running gauge"));
+    assert!(m0.contains("# TYPE vllm:prompt_tokens_total counter"));
+
+    let c = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = c
+            .post(s.url("/v1/chat/completions"))
+            .json(&json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m1 = s.metrics().await;
+    assert_eq!(metric_value(&m1, "vllm:generation_tokens_total"), 10.0);
+    assert!(metric_value(&m1, "vllm:prompt_tokens_total") > 0.0);
+    assert_eq!(
+        metric_value(&m1, "vllm:e2e_request_latency_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m1, "vllm:time_to_first_token_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m1, "vllm:inter_token_latency_seconds_count"),
+        8.0
+    );
+    assert_eq!(
+        metric_value(&m1, "vllm:request_generation_tokens_sum"),
+        10.0
+    );
+    assert!(
+        metric_value(&m1, "vllm:prefix_cache_hits_total") > 0.0,
+        "the second chat shares the system prompt"
+    );
+    assert!(metric_value(&m1, "vllm:iteration_tokens_total_count") >= 10.0);
+    assert!(
+        m1.contains("ferrolm_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2")
+    );
+
+    // promtool: the exposition is valid; only vLLM's naming lints are allowed.
+    let promtool = which_promtool()
+        .expect("promtool is needed (Debian package `prometheus`; make test installs it)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(m1.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for line in report.lines().filter(|l| !l.trim().is_empty()) {
+        // Allowed: the ':' in vLLM's names, and `_total` on vLLM's histogram
+        // vllm:iteration_tokens_total.
+        let allowed = line.contains("metric names should not contain ':'")
+            || (line.starts_with("vllm:iteration_tokens_total ") && line.contains("_total"));
+        assert!(allowed, "promtool: {line}\nfull report:\n{report}");
+    }
+    // A failing status is only acceptable for the allowed lints above.
+    if !out.status.success() {
+        assert!(!report.trim().is_empty());
+    }
+}
+
+fn which_promtool() -> Option<String> {
+    std::env::var("PROMTOOL").ok().or_else(|| {
+        ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| p.to_string())
+    })
+}
