@@ -5,8 +5,10 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ferrolm/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release/ferrolm
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: build model test fmt clippy generate serve
+.PHONY: build model serve test test-tools test-openai fmt clippy generate
 
 build:
 	$(CARGO) build --release --workspace
@@ -15,9 +17,20 @@ build:
 model:
 	@./models/fetch-default.sh >/dev/null
 
-# Every test, in release mode (debug decodes ~20x slower).
-test: model
+# Build, fetch the default model, and serve the OpenAI API on $(HOST):$(PORT).
+serve: build model
+	$(BIN) serve --host $(HOST) --port $(PORT)
+
+test-tools:
+	@./scripts/ensure-test-tools.sh
+
+# Every test, in release mode (debug decodes ~20x slower), then the official openai client.
+test: model test-tools
 	$(CARGO) test --release --workspace
+	$(MAKE) test-openai
+
+test-openai:
+	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh
 
 generate: build model
 	$(BIN) generate --chat --prompt "What is the capital of France?"
@@ -27,8 +40,3 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets
-
-# The HTTP server is the OpenAI server issue's work; until it lands this says so.
-serve: build model
-	@if $(BIN) serve --help >/dev/null 2>&1; then $(BIN) serve --host 127.0.0.1 --port 8000; \
-	else echo "ferrolm serve is not built yet (OpenAI server issue); try: make generate" >&2; exit 2; fi

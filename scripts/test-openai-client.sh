@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Drives a running `ferrolm serve` with the official `openai` Python package (pinned, in a
+# venv this script makes), with strict response validation: any off-shape response fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OPENAI_VERSION="3.57.0"
+VENV="${FERROLM_OPENAI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrolm/venv-openai-$OPENAI_VERSION}"
+BIN="${FERROLM_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/ferrolm/target}/release/ferrolm}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null \
+  || "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+FERROLM_LOG=warn "$BIN" serve --port "$PORT" --max-model-len 2048 --kv-cache-memory-bytes $((128 << 20)) &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+"$VENV/bin/python" tests/openai/client_test.py "http://127.0.0.1:$PORT/v1"

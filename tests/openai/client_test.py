@@ -1,0 +1,105 @@
+"""The official openai client against a running ferrolm, strict response validation on."""
+import sys
+import traceback
+
+import openai
+
+BASE = sys.argv[1]
+client = openai.OpenAI(base_url=BASE, api_key="unused", _strict_response_validation=True, max_retries=0)
+MODEL = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_models_list():
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert ids == [MODEL], ids
+
+
+def test_chat():
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=12, temperature=0
+    )
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert isinstance(r.choices[0].message.content, str) and r.choices[0].message.content
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 12 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_streaming_chat():
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+        max_tokens=10,
+        temperature=0.5,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text and finish in ("stop", "length"), (text, finish)
+    assert usage is not None and usage.completion_tokens >= 1
+    whole = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."}],
+        max_tokens=10,
+        temperature=0.5,
+        seed=3,
+    )
+    assert whole.choices[0].message.content == text, (whole.choices[0].message.content, text)
+
+
+def test_completions():
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2)
+    assert r.object == "text_completion"
+    assert r.choices[0].text.startswith(" Paris"), r.choices[0].text
+    assert len(r.choices[0].logprobs.tokens) == 5
+    assert r.usage.completion_tokens == 5
+
+
+def test_streaming_completions():
+    # The SDK types a completion choice's finish_reason as never null, yet streams (OpenAI's
+    # and vLLM's alike) send null until the last chunk: this one runs without strict validation.
+    loose = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)
+    text = ""
+    for chunk in loose.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, stream=True):
+        text += chunk.choices[0].text if chunk.choices else ""
+    assert text.startswith(" Paris"), text
+
+
+def test_errors_are_openai_errors():
+    try:
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+    except openai.NotFoundError as e:
+        assert e.status_code == 404
+    else:
+        raise AssertionError("expected 404")
+    try:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1, temperature=-2)
+    except openai.BadRequestError as e:
+        assert e.status_code == 400
+    else:
+        raise AssertionError("expected 400")
+
+
+if __name__ == "__main__":
+    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
+    passed = failed = 0
+    for name, fn in tests:
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name}")
+        except Exception:
+            failed += 1
+            print(f"FAIL {name}")
+            traceback.print_exc()
+    print(f"openai-client: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
