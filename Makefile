@@ -8,10 +8,29 @@ BIN := $(CARGO_TARGET_DIR)/release/ferrolm
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: build model serve test test-tools test-openai fmt clippy generate
+# CUDA: the architectures to build kernels for (CI builds 90 only), and candle's own.
+FERROLM_CUDA_ARCHS ?= 80;89;90
+export FERROLM_CUDA_ARCHS
+CUDA_COMPUTE_CAP ?= $(lastword $(subst ;, ,$(FERROLM_CUDA_ARCHS)))
+export CUDA_COMPUTE_CAP
+GPU_BIN := .build/gpu/ferrolm
 
-build:
+.PHONY: build build-cuda candle-patch model serve test test-tools test-openai test-cuda fmt clippy generate
+
+# candle-core with cudarc's dynamic-loading (the workspace's [patch.crates-io] points there).
+candle-patch:
+	@./scripts/patch-candle.sh
+
+build: candle-patch
 	$(CARGO) build --release --workspace
+
+# The same binary with CUDA (runs on CPU-only hosts too; opens libcuda at first use).
+# Copies it to $(GPU_BIN) (+ .xz) for carrying to a GPU host.
+build-cuda: candle-patch
+	CUDA_HOME=$$(./scripts/install-cuda-toolchain.sh) && export CUDA_HOME PATH="$$CUDA_HOME/bin:$$PATH" \
+	  CUDAFORGE_THREADS=$$(nproc) && $(CARGO) build --release -p ferrolm --features cuda
+	@mkdir -p $(dir $(GPU_BIN))
+	cp $(BIN) $(GPU_BIN) && strip $(GPU_BIN) && xz -T0 -6 -c $(GPU_BIN) > $(GPU_BIN).xz
 
 # The default model (SmolLM2-135M-Instruct, GGUF Q4_1), fetched once into ~/.cache/ferrolm/models.
 model:
@@ -24,10 +43,14 @@ serve: build model
 test-tools:
 	@./scripts/ensure-test-tools.sh
 
-# Every test, in release mode (debug decodes ~20x slower), then the official openai client.
-test: model test-tools
+# Every test, in release mode (debug decodes ~20x slower), then the official openai client,
+# then the CUDA build (kernels compile on every change) and its checks.
+test: candle-patch model test-tools
 	$(CARGO) test --release --workspace
 	$(MAKE) test-openai
+
+test-cuda: build-cuda
+	./scripts/check-cuda-build.sh $(GPU_BIN)
 
 test-openai:
 	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh

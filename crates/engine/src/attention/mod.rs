@@ -2,6 +2,9 @@
 //! to its sequence's keys through the block table (causal within the new tokens).
 
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod split;
 
 pub(crate) use cpu::with_f32;
 pub use cpu::{paged_attention_cpu, CpuPagedAttention, PagedAttentionShape};

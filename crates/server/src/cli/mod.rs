@@ -1,6 +1,8 @@
 //! Command-line interface: `ferrolm generate`, `ferrolm serve`, ...
 
 mod generate;
+#[cfg(feature = "cuda")]
+mod gpu_check;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +24,16 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI-compatible API.
     Serve(serve::ServeArgs),
+    /// Check our CUDA kernels against their CPU references and time them (GPU hosts).
+    #[cfg(feature = "cuda")]
+    GpuCheck,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Serve(a) => serve::run(a),
+        #[cfg(feature = "cuda")]
+        Command::GpuCheck => gpu_check::run(),
     }
 }

@@ -1,0 +1,438 @@
+//! Our CUDA kernels (kernels/*.cu, compiled by build.rs into fatbins embedded here), loaded
+//! with cudarc, and the checks `ferrolm gpu-check` runs against the CPU references.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use half::{bf16, f16};
+
+use super::split::{choose_decode_launch, paged_decode_split_reference};
+
+const PAGED_ATTENTION_FATBIN: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
+const RESHAPE_AND_CACHE_FATBIN: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reshape_and_cache.fatbin"));
+
+pub type CudaResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Element types the kernels are built for.
+pub trait KernelType: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static {
+    const SUFFIX: &'static str;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+impl KernelType for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl KernelType for f16 {
+    const SUFFIX: &'static str = "f16";
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+impl KernelType for bf16 {
+    const SUFFIX: &'static str = "bf16";
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+pub struct CudaKernels {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    attention: Arc<CudaModule>,
+    cache: Arc<CudaModule>,
+}
+
+/// Shapes of one decode attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeShape {
+    pub num_seqs: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub max_blocks_per_seq: usize,
+    pub max_context_len: usize,
+}
+
+impl CudaKernels {
+    pub fn new(ordinal: usize) -> CudaResult<Self> {
+        let ctx = CudaContext::new(ordinal)?;
+        // Our kernels synchronise through stream order; event tracking only costs time.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let attention = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
+            PAGED_ATTENTION_FATBIN.to_vec(),
+        ))?;
+        let cache = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
+            RESHAPE_AND_CACHE_FATBIN.to_vec(),
+        ))?;
+        Ok(Self {
+            ctx,
+            stream,
+            attention,
+            cache,
+        })
+    }
+
+    fn func(&self, m: &Arc<CudaModule>, name: &str) -> CudaResult<CudaFunction> {
+        Ok(m.load_function(name)?)
+    }
+
+    /// Writes `key`/`value` rows (`[num_tokens, width]`) into their slots.
+    pub fn reshape_and_cache<T: KernelType>(
+        &self,
+        key: &CudaSlice<T>,
+        value: &CudaSlice<T>,
+        k_cache: &mut CudaSlice<T>,
+        v_cache: &mut CudaSlice<T>,
+        slots: &CudaSlice<i32>,
+        num_tokens: usize,
+        width: usize,
+    ) -> CudaResult<()> {
+        let f = self.func(&self.cache, &format!("reshape_and_cache_{}", T::SUFFIX))?;
+        let width_i = width as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (num_tokens as u32, 1, 1),
+            block_dim: (width.clamp(32, 512) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&f)
+                .arg(key)
+                .arg(value)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(slots)
+                .arg(&width_i)
+                .launch(cfg)?
+        };
+        Ok(())
+    }
+
+    /// Decode attention; chooses one pass or split-K + reduce as vLLM does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention<T: KernelType>(
+        &self,
+        out: &mut CudaSlice<T>,
+        q: &CudaSlice<T>,
+        k_cache: &CudaSlice<T>,
+        v_cache: &CudaSlice<T>,
+        block_tables: &CudaSlice<i32>,
+        context_lens: &CudaSlice<i32>,
+        s: DecodeShape,
+        scratch: &mut Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)>,
+    ) -> CudaResult<()> {
+        let launch = choose_decode_launch(s.num_seqs, s.num_heads, s.max_context_len);
+        let parts = launch.num_partitions;
+        let name = format!("paged_attention_d{}_{}", s.head_dim, T::SUFFIX);
+        let f = self.func(&self.attention, &name)?;
+        let n_part = s.num_seqs * s.num_heads * parts;
+        let need = n_part * s.head_dim;
+        if parts > 1
+            && scratch
+                .as_ref()
+                .is_none_or(|x| x.0.len() < need || x.1.len() < n_part)
+        {
+            *scratch = Some((
+                self.stream.alloc_zeros(need)?,
+                self.stream.alloc_zeros(n_part)?,
+                self.stream.alloc_zeros(n_part)?,
+            ));
+        }
+        let (po, pm, ps) = match scratch {
+            Some((a, b, c)) if parts > 1 => (
+                a as &mut CudaSlice<f32>,
+                b as &mut CudaSlice<f32>,
+                c as &mut CudaSlice<f32>,
+            ),
+            _ => {
+                // Unused with one partition; the kernel never touches them.
+                *scratch = Some((
+                    self.stream.alloc_zeros(1)?,
+                    self.stream.alloc_zeros(1)?,
+                    self.stream.alloc_zeros(1)?,
+                ));
+                let Some((a, b, c)) = scratch else {
+                    unreachable!()
+                };
+                (a, b, c)
+            }
+        };
+        let scale = 1.0f32 / (s.head_dim as f32).sqrt();
+        let (mb, nh, nkv, bs, psize) = (
+            s.max_blocks_per_seq as i32,
+            s.num_heads as i32,
+            s.num_kv_heads as i32,
+            s.block_size as i32,
+            launch.partition_size as i32,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (s.num_heads as u32, s.num_seqs as u32, parts as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&f)
+                .arg(&mut *out)
+                .arg(&mut *po)
+                .arg(&mut *pm)
+                .arg(&mut *ps)
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(block_tables)
+                .arg(context_lens)
+                .arg(&mb)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&bs)
+                .arg(&scale)
+                .arg(&psize)
+                .launch(cfg)?
+        };
+        if parts > 1 {
+            let r = self.func(
+                &self.attention,
+                &format!("paged_attention_reduce_{}", T::SUFFIX),
+            )?;
+            let (hd, np) = (s.head_dim as i32, parts as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (s.num_heads as u32, s.num_seqs as u32, 1),
+                block_dim: (s.head_dim.min(256) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                self.stream
+                    .launch_builder(&r)
+                    .arg(&mut *out)
+                    .arg(&*po)
+                    .arg(&*pm)
+                    .arg(&*ps)
+                    .arg(&nh)
+                    .arg(&hd)
+                    .arg(&np)
+                    .launch(cfg)?
+            };
+        }
+        Ok(())
+    }
+}
+
+/// A deterministic pseudo-random stream in [-1, 1).
+fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Max relative error of `got` against `want` (normalised by want's max magnitude); NaN fails.
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6) as f64;
+    let mut worst = 0f64;
+    for (a, b) in got.iter().zip(want) {
+        if !a.is_finite() {
+            return f64::INFINITY;
+        }
+        worst = worst.max(((a - b).abs() as f64) / scale);
+    }
+    worst
+}
+
+/// One line of the gpu-check table.
+pub struct CheckRow {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Checks reshape_and_cache and paged_attention in `T` against the CPU references at
+/// several shapes, outputs poisoned first so unwritten elements show.
+pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> {
+    let mut rows = Vec::new();
+    for &(ns, nh, nkv, hd, bs, ctx_max) in &[
+        (1usize, 8usize, 8usize, 64usize, 16usize, 17usize),
+        (7, 32, 8, 128, 16, 1000),
+        (3, 9, 3, 64, 16, 5000),
+        (2, 16, 2, 256, 32, 20000),
+        (64, 32, 8, 128, 16, 2048),
+    ] {
+        let name = format!(
+            "paged_attention {} s{ns} h{nh}/{nkv} d{hd} bs{bs} ctx<={ctx_max}",
+            T::SUFFIX
+        );
+        let r = (|| -> CudaResult<(bool, String)> {
+            let mut seed = (ns * 1000 + hd) as u64;
+            let max_blocks = ctx_max.div_ceil(bs);
+            let num_blocks = ns * max_blocks + 3;
+            let width = nkv * hd;
+            // Round inputs through T so the reference sees exactly what the GPU sees.
+            let round = |v: Vec<f32>| -> Vec<f32> {
+                v.into_iter().map(|x| T::from_f32(x).to_f32()).collect()
+            };
+            let q = round(rand_vec(ns * nh * hd, &mut seed));
+            let knew = round(rand_vec(num_blocks * bs * width, &mut seed));
+            let vnew = round(rand_vec(num_blocks * bs * width, &mut seed));
+            let ctx: Vec<i32> = (0..ns)
+                .map(|s| (ctx_max - (s * 37) % ctx_max.max(1)).max(1) as i32)
+                .collect();
+            let mut tables = vec![0i32; ns * max_blocks];
+            for s in 0..ns {
+                for b in 0..max_blocks {
+                    tables[s * max_blocks + b] = ((b * ns + s) * 7919 % num_blocks) as i32;
+                }
+            }
+            // Write every slot through reshape_and_cache (slots permuted), into poisoned caches.
+            let n_slots = num_blocks * bs;
+            let slots: Vec<i32> = (0..n_slots)
+                .map(|i| ((i * 7 + 3) % n_slots) as i32)
+                .collect();
+            let mut kref = vec![0f32; n_slots * width];
+            let mut vref = vec![0f32; n_slots * width];
+            for (tok, &sl) in slots.iter().enumerate() {
+                kref[sl as usize * width..][..width].copy_from_slice(&knew[tok * width..][..width]);
+                vref[sl as usize * width..][..width].copy_from_slice(&vnew[tok * width..][..width]);
+            }
+            let to_t = |v: &[f32]| -> Vec<T> { v.iter().map(|&x| T::from_f32(x)).collect() };
+            let st = &k.stream;
+            let dk = st.clone_htod(&to_t(&knew))?;
+            let dv = st.clone_htod(&to_t(&vnew))?;
+            let poison = vec![T::from_f32(f32::NAN); n_slots * width];
+            let mut kc = st.clone_htod(&poison)?;
+            let mut vc = st.clone_htod(&poison)?;
+            let dslots = st.clone_htod(&slots)?;
+            k.reshape_and_cache(&dk, &dv, &mut kc, &mut vc, &dslots, n_slots, width)?;
+            let kc_host: Vec<f32> = st.clone_dtoh(&kc)?.into_iter().map(T::to_f32).collect();
+            let cache_ok = kc_host.iter().zip(&kref).all(|(a, b)| a == b);
+            let want = paged_decode_split_reference(
+                &q, &kref, &vref, &tables, max_blocks, &ctx, nh, nkv, hd, bs, 512,
+            );
+            let dq = st.clone_htod(&to_t(&q))?;
+            let mut dout = st.clone_htod(&vec![T::from_f32(f32::NAN); ns * nh * hd])?;
+            let dt = st.clone_htod(&tables)?;
+            let dc = st.clone_htod(&ctx)?;
+            let shape = DecodeShape {
+                num_seqs: ns,
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+                block_size: bs,
+                max_blocks_per_seq: max_blocks,
+                max_context_len: ctx_max,
+            };
+            let mut scratch = None;
+            k.paged_attention(&mut dout, &dq, &kc, &vc, &dt, &dc, shape, &mut scratch)?;
+            let got: Vec<f32> = st.clone_dtoh(&dout)?.into_iter().map(T::to_f32).collect();
+            let e = rel_err(&got, &want);
+            let parts = choose_decode_launch(ns, nh, ctx_max).num_partitions;
+            Ok((
+                cache_ok && e <= tol,
+                format!(
+                    "cache {} · attention rel err {e:.1e} (limit {tol:.0e}) · {parts} partition(s)",
+                    if cache_ok { "exact" } else { "WRONG" }
+                ),
+            ))
+        })();
+        rows.push(match r {
+            Ok((ok, detail)) => CheckRow { name, ok, detail },
+            Err(e) => CheckRow {
+                name,
+                ok: false,
+                detail: format!("error: {e}"),
+            },
+        });
+    }
+    rows
+}
+
+/// Times decode attention at batch 64 × 32 q-heads × 8 kv-heads × 2048 keys × d128 in bf16,
+/// as GB/s of K+V read, and a device-to-device copy for the roofline.
+pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
+    use cudarc::driver::sys::CUevent_flags;
+    let (ns, nh, nkv, hd, bs, ctx) = (64usize, 32usize, 8usize, 128usize, 16usize, 2048usize);
+    let max_blocks = ctx / bs;
+    let num_blocks = ns * max_blocks;
+    let width = nkv * hd;
+    let st = &k.stream;
+    let kc: CudaSlice<bf16> = st.alloc_zeros(num_blocks * bs * width)?;
+    let vc: CudaSlice<bf16> = st.alloc_zeros(num_blocks * bs * width)?;
+    let q: CudaSlice<bf16> = st.alloc_zeros(ns * nh * hd)?;
+    let mut out: CudaSlice<bf16> = st.alloc_zeros(ns * nh * hd)?;
+    let tables: Vec<i32> = (0..num_blocks as i32).collect();
+    let dt = st.clone_htod(&tables)?;
+    let dc = st.clone_htod(&vec![ctx as i32; ns])?;
+    let shape = DecodeShape {
+        num_seqs: ns,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: hd,
+        block_size: bs,
+        max_blocks_per_seq: max_blocks,
+        max_context_len: ctx,
+    };
+    let mut scratch = None;
+    let time = |f: &mut dyn FnMut() -> CudaResult<()>| -> CudaResult<f64> {
+        for _ in 0..3 {
+            f()?;
+        }
+        let e0 = k.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        let e1 = k.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        e0.record(st)?;
+        let iters = 20;
+        for _ in 0..iters {
+            f()?;
+        }
+        e1.record(st)?;
+        e1.synchronize()?;
+        Ok(e0.elapsed_ms(&e1)? as f64 / iters as f64)
+    };
+    let ms =
+        time(&mut || k.paged_attention(&mut out, &q, &kc, &vc, &dt, &dc, shape, &mut scratch))?;
+    let kv_bytes = 2.0 * (ns * ctx * width * 2) as f64;
+    let attn_gbs = kv_bytes / (ms * 1e-3) / 1e9;
+    let bytes = 1usize << 30;
+    let src: CudaSlice<u8> = st.alloc_zeros(bytes)?;
+    let mut dst: CudaSlice<u8> = st.alloc_zeros(bytes)?;
+    let copy_ms = time(&mut || Ok(st.memcpy_dtod(&src, &mut dst)?))?;
+    let copy_gbs = 2.0 * bytes as f64 / (copy_ms * 1e-3) / 1e9;
+    Ok(vec![
+        CheckRow {
+            name: "decode attention bf16 B64 h32/8 ctx2048 d128".into(),
+            ok: true,
+            detail: format!("{attn_gbs:.0} GB/s K+V ({ms:.3} ms)"),
+        },
+        CheckRow {
+            name: "device-to-device copy 1 GiB".into(),
+            ok: true,
+            detail: format!("{copy_gbs:.0} GB/s read+write"),
+        },
+        CheckRow {
+            name: "attention / copy".into(),
+            ok: attn_gbs >= 0.8 * copy_gbs,
+            detail: format!("{:.0}% (target >= 80%)", 100.0 * attn_gbs / copy_gbs),
+        },
+    ])
+}

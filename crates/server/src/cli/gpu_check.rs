@@ -1,0 +1,39 @@
+//! `ferrolm gpu-check`: our CUDA kernels against their CPU references on fresh random inputs,
+//! then timings; ends with a compact table. Exit 1 if a check fails.
+
+use ferrolm_engine::attention::cuda::{
+    check_kernels, time_decode_attention, CheckRow, CudaKernels,
+};
+
+pub fn run() -> anyhow::Result<()> {
+    let k = CudaKernels::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e}"))?;
+    let mut rows: Vec<CheckRow> = Vec::new();
+    rows.extend(check_kernels::<f32>(&k, 1e-4));
+    rows.extend(check_kernels::<half::f16>(&k, 1e-2));
+    rows.extend(check_kernels::<half::bf16>(&k, 1e-2));
+    match time_decode_attention(&k) {
+        Ok(r) => rows.extend(r),
+        Err(e) => rows.push(CheckRow {
+            name: "timings".into(),
+            ok: false,
+            detail: format!("error: {e}"),
+        }),
+    }
+    println!("\n{:<58} {:<5} detail", "check", "ok");
+    for r in &rows {
+        println!(
+            "{:<58} {:<5} {}",
+            r.name,
+            if r.ok { "PASS" } else { "FAIL" },
+            r.detail
+        );
+    }
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    println!(
+        "gpu-check: {} passed, {} failed",
+        rows.len() - failed,
+        failed
+    );
+    anyhow::ensure!(failed == 0, "{failed} GPU checks failed");
+    Ok(())
+}
