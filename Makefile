@@ -48,6 +48,7 @@ test-tools:
 test: candle-patch model test-tools
 	$(CARGO) test --release --workspace
 	$(MAKE) test-openai
+	$(MAKE) test-cuda
 
 test-cuda: build-cuda
 	./scripts/check-cuda-build.sh $(GPU_BIN)

@@ -52,6 +52,12 @@ impl KernelType for bf16 {
     }
 }
 
+/// Whether libcuda can be opened (cudarc panics on first use otherwise).
+pub fn cuda_driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 pub struct CudaKernels {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
@@ -73,6 +79,9 @@ pub struct DecodeShape {
 
 impl CudaKernels {
     pub fn new(ordinal: usize) -> CudaResult<Self> {
+        if !cuda_driver_present() {
+            return Err("no CUDA driver on this host (libcuda.so not found)".into());
+        }
         let ctx = CudaContext::new(ordinal)?;
         // Our kernels synchronise through stream order; event tracking only costs time.
         unsafe { ctx.disable_event_tracking() };
