@@ -242,25 +242,14 @@ mod tests {
         out
     }
 
-    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn paged_equals_dense_with_scattered_blocks_and_chunks() {
         let (nh, nkv, hd, bs) = (6, 2, 8, 4);
         let n = 11; // three blocks, last one partial
         let mut seed = 7;
-        let q = rand_vec(n * nh * hd, &mut seed);
-        let k = rand_vec(n * nkv * hd, &mut seed);
-        let v = rand_vec(n * nkv * hd, &mut seed);
+        let q = crate::attention::lcg_uniform(n * nh * hd, &mut seed);
+        let k = crate::attention::lcg_uniform(n * nkv * hd, &mut seed);
+        let v = crate::attention::lcg_uniform(n * nkv * hd, &mut seed);
         let want = dense(&q, &k, &v, n, nh, nkv, hd);
 
         let layout = KvCacheLayout {

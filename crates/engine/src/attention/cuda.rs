@@ -246,18 +246,6 @@ impl CudaKernels {
     }
 }
 
-/// A deterministic pseudo-random stream in [-1, 1).
-fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// Max relative error of `got` against `want` (normalised by want's max magnitude); NaN fails.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6) as f64;
@@ -302,9 +290,15 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             let round = |v: Vec<f32>| -> Vec<f32> {
                 v.into_iter().map(|x| T::from_f32(x).to_f32()).collect()
             };
-            let q = round(rand_vec(ns * nh * hd, &mut seed));
-            let knew = round(rand_vec(num_blocks * bs * width, &mut seed));
-            let vnew = round(rand_vec(num_blocks * bs * width, &mut seed));
+            let q = round(crate::attention::lcg_uniform(ns * nh * hd, &mut seed));
+            let knew = round(crate::attention::lcg_uniform(
+                num_blocks * bs * width,
+                &mut seed,
+            ));
+            let vnew = round(crate::attention::lcg_uniform(
+                num_blocks * bs * width,
+                &mut seed,
+            ));
             let ctx: Vec<i32> = (0..ns)
                 .map(|s| (ctx_max - (s * 37) % ctx_max.max(1)).max(1) as i32)
                 .collect();

@@ -35,6 +35,19 @@ impl KvCacheLayout {
     }
 }
 
+/// Deterministic pseudo-random values in [-1, 1) for kernel checks and tests (an LCG: the
+/// same seed gives the same inputs on every machine).
+pub fn lcg_uniform(n: usize, seed: &mut u64) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 pub trait AttentionBackend: Send {
     /// Stores `k`, `v` (`[num_tokens, num_kv_heads * head_dim]`) at the batch's slots.
     fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()>;

@@ -104,17 +104,6 @@ mod tests {
     use super::*;
     use crate::attention::{paged_attention_cpu, PagedAttentionShape};
 
-    fn rand_vec(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn launch_heuristic_matches_vllms_rule() {
         assert_eq!(choose_decode_launch(64, 32, 2048).num_partitions, 1); // big grid
@@ -131,9 +120,9 @@ mod tests {
         let max_blocks = 1300usize.div_ceil(bs);
         let num_blocks = ns * max_blocks + 5;
         let mut seed = 11;
-        let q = rand_vec(ns * nh * hd, &mut seed);
-        let kc = rand_vec(num_blocks * bs * nkv * hd, &mut seed);
-        let vc = rand_vec(num_blocks * bs * nkv * hd, &mut seed);
+        let q = crate::attention::lcg_uniform(ns * nh * hd, &mut seed);
+        let kc = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+        let vc = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
         // Sequence s gets blocks in a scrambled order from a shared pool.
         let mut tables = vec![0i32; ns * max_blocks];
         for s in 0..ns {

@@ -91,6 +91,7 @@ impl<'m> EngineCore<'m> {
     /// Ends a request now and frees its blocks; its stream gets a final "abort" output.
     pub fn abort(&mut self, id: RequestId) {
         self.scheduler.abort(id);
+        self.publish();
         if let Some(sink) = self.sinks.remove(&id) {
             let _ = sink.tx.send(RequestOutput {
                 id,
@@ -161,6 +162,8 @@ impl<'m> EngineCore<'m> {
             sampled.push(Some(tok));
         }
         let events = self.scheduler.update(&out, &sampled);
+        // Counters first: a client that sees its last token also sees its blocks freed.
+        self.publish();
         let n_tokens = out.num_tokens();
         for ev in events {
             let Some(tok) = ev.new_token else { continue };
@@ -213,14 +216,15 @@ impl<'m> EngineCore<'m> {
                 prompt_logprobs,
                 queue_secs,
             };
+            if finished.is_some() && ev.finished.is_none() {
+                // A stop string ended it: the scheduler still has it running.
+                self.scheduler.finish_request(ev.id);
+                publish_counters(&self.scheduler, &self.stats);
+            }
             // A closed receiver means the client went away: abort.
             let gone = sink.tx.send(output).is_err();
             if finished.is_some() {
                 self.sinks.remove(&ev.id);
-                if ev.finished.is_none() {
-                    // A stop string ended it: the scheduler still has it running.
-                    self.scheduler.finish_request(ev.id);
-                }
             } else if gone {
                 self.abort(ev.id);
             }
@@ -245,17 +249,21 @@ impl<'m> EngineCore<'m> {
     }
 
     fn publish(&self) {
-        let s = &self.stats;
-        s.num_running
-            .store(self.scheduler.num_running() as u64, Ordering::Relaxed);
-        s.num_waiting
-            .store(self.scheduler.num_waiting() as u64, Ordering::Relaxed);
-        s.set_kv_usage(self.scheduler.kv.usage());
-        s.prefix_cache_queries
-            .store(self.scheduler.kv.stats.queries, Ordering::Relaxed);
-        s.prefix_cache_hits
-            .store(self.scheduler.kv.stats.hits, Ordering::Relaxed);
-        s.num_preemptions
-            .store(self.scheduler.num_preemptions, Ordering::Relaxed);
+        publish_counters(&self.scheduler, &self.stats);
     }
+}
+
+/// Copies the scheduler's state into the counters the server exports.
+fn publish_counters(scheduler: &Scheduler, s: &EngineStats) {
+    s.num_running
+        .store(scheduler.num_running() as u64, Ordering::Relaxed);
+    s.num_waiting
+        .store(scheduler.num_waiting() as u64, Ordering::Relaxed);
+    s.set_kv_usage(scheduler.kv.usage());
+    s.prefix_cache_queries
+        .store(scheduler.kv.stats.queries, Ordering::Relaxed);
+    s.prefix_cache_hits
+        .store(scheduler.kv.stats.hits, Ordering::Relaxed);
+    s.num_preemptions
+        .store(scheduler.num_preemptions, Ordering::Relaxed);
 }
