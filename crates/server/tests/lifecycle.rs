@@ -322,3 +322,57 @@ fn which_promtool() -> Option<String> {
             .map(|p| p.to_string())
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_reports_vllm_fields() {
+    let _serial = serial();
+    let s = Server::start(&[]).await;
+    let out = std::env::temp_dir().join(format!("ferrolm-bench-{}.json", std::process::id()));
+    let url = s.base.clone();
+    let out2 = out.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+            .args([
+                "bench",
+                "serve",
+                "--url",
+                &url,
+                "--model",
+                "SmolLM2-135M-Instruct.Q4_1",
+                "--num-prompts",
+                "6",
+            ])
+            .args([
+                "--input-len",
+                "32",
+                "--output-len",
+                "8",
+                "--ignore-eos",
+                "--max-concurrency",
+                "3",
+                "--result-file",
+            ])
+            .arg(&out2)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["completed"], 6);
+    assert_eq!(v["total_input_tokens"], 6 * 32);
+    assert_eq!(v["total_output_tokens"], 6 * 8);
+    for k in [
+        "request_throughput",
+        "output_throughput",
+        "median_ttft_ms",
+        "p99_itl_ms",
+        "mean_tpot_ms",
+        "median_e2el_ms",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
+    // The server saw exactly those tokens.
+    assert_eq!(s.metric("vllm:generation_tokens_total").await, 48.0);
+}

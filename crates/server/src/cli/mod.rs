@@ -1,5 +1,6 @@
 //! Command-line interface: `ferrolm generate`, `ferrolm serve`, ...
 
+mod bench;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
@@ -24,6 +25,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI-compatible API.
     Serve(serve::ServeArgs),
+    /// Benchmarks (`bench serve`: load-test any OpenAI-compatible server).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Check our CUDA kernels against their CPU references and time them (GPU hosts).
     #[cfg(feature = "cuda")]
     GpuCheck,
@@ -33,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Bench(b) => bench::run(b),
         #[cfg(feature = "cuda")]
         Command::GpuCheck => gpu_check::run(),
     }
