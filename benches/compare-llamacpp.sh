@@ -18,10 +18,13 @@ mkdir -p "$CACHE"
 LS="$CACHE/build/bin/llama-server"
 if [ ! -x "$LS" ]; then
   python3 -m venv "$CACHE/venv"
-  "$CACHE/venv/bin/pip" install --quiet cmake ninja
-  "$CACHE/venv/bin/pip" download --quiet --no-deps --no-binary=:all: -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  "$CACHE/venv/bin/pip" install --quiet cmake ninja scikit-build-core
+  # The sdist only (no build isolation: pip would otherwise compile cmake from source).
+  (cd "$CACHE" && "$CACHE/venv/bin/pip" download --quiet --no-deps --no-binary=llama-cpp-python \
+     --no-build-isolation -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON")
   rm -rf "$CACHE/src" && mkdir -p "$CACHE/src"
   tar -xzf "$CACHE"/sdist/llama_cpp_python-*.tar.gz -C "$CACHE/src" --strip-components=1
+  export PATH="$CACHE/venv/bin:$PATH"
   "$CACHE/venv/bin/cmake" -S "$CACHE/src/vendor/llama.cpp" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
@@ -43,7 +46,10 @@ wait_up "http://127.0.0.1:$P1"; wait_up "http://127.0.0.1:$P2"
 OUT=$(mktemp -d)
 run() { # name url conc in out n
   local name=$1 url=$2 conc=$3 in=$4 outl=$5 n=$6 rep=$7
-  "$BIN" bench serve --url "$url" --model smollm --tokenizer "$MODEL" --num-prompts "$n" --input-len "$in" \
+  # A fresh seed per run: no prompt repeats across runs, so neither server's prompt cache
+  # turns a prefill into a lookup.
+  local seed=$((rep * 1000 + conc * 10 + in))
+  "$BIN" bench serve --url "$url" --model smollm --tokenizer "$MODEL" --num-prompts "$n" --input-len "$in" --seed "$seed" \
     --output-len "$outl" --ignore-eos --max-concurrency "$conc" --result-file "$OUT/$name-c$conc-i$in-$rep.json" >/dev/null 2>&1
 }
 for rep in $(seq 1 "$REPS"); do

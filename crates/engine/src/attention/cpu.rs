@@ -69,6 +69,8 @@ pub fn paged_attention_cpu(
             for i in 0..len {
                 let off = ((block * bs + (start + i) % bs) * num_kv_heads + kvh) * hd;
                 let kv = &k_cache[off..off + hd];
+                // Sequential f32 sum: the order the goldens were validated with (a lane-split
+                // sum changes greedy output on this sensitive model; see the engine notes).
                 let mut dot = 0f32;
                 for d in 0..hd {
                     dot += qv[d] * kv[d];

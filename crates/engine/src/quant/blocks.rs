@@ -97,6 +97,17 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     hsum8(&acc) + summs
 }
 
+/// Four activation rows against one weight row (the portable form: four dot products).
+#[inline]
+pub fn dot4_q4_1_q8_1(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    [
+        dot_q4_1_q8_1(w, x[0]),
+        dot_q4_1_q8_1(w, x[1]),
+        dot_q4_1_q8_1(w, x[2]),
+        dot_q4_1_q8_1(w, x[3]),
+    ]
+}
+
 /// Dot product of one Q8_0 weight row with one Q8_0 activation row, in ggml's AVX2 order.
 #[inline]
 pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {

@@ -13,7 +13,7 @@ mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
+    pub use super::blocks::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
 }
 pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 pub use matmul::{QuantLinear, QuantWeights};
@@ -25,13 +25,13 @@ pub mod dot {
         target_feature = "avx2",
         target_feature = "fma"
     ))]
-    pub use super::avx2::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+    pub use super::avx2::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0};
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     )))]
-    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+    pub use super::blocks::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0};
 }
 
 #[cfg(test)]
@@ -85,6 +85,27 @@ mod tests {
                 super::dot::dot_q4_1_q8_1(&w1, &x1).to_bits(),
                 dot_q4_1_q8_1(&w1, &x1).to_bits()
             );
+            // Four rows at once: each row's bits as alone.
+            let rows: Vec<Vec<BlockQ8_1>> = (0..4)
+                .map(|r| {
+                    let v = rand_f32(k, &mut seed);
+                    let mut q = vec![
+                        BlockQ8_1 {
+                            d: f16::ZERO,
+                            s: f16::ZERO,
+                            qs: [0; QK]
+                        };
+                        kb
+                    ];
+                    quantize_row_q8_1(&v, &mut q);
+                    let _ = r;
+                    q
+                })
+                .collect();
+            let four = super::dot::dot4_q4_1_q8_1(&w1, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            for r in 0..4 {
+                assert_eq!(four[r].to_bits(), dot_q4_1_q8_1(&w1, &rows[r]).to_bits());
+            }
             let mut w8 = vec![
                 BlockQ8_0 {
                     d: f16::ZERO,

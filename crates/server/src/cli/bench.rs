@@ -159,9 +159,11 @@ fn make_prompts(tok: &Tokenizer, n: usize, len: usize, seed: u64) -> anyhow::Res
     let ids = tok.encode(CORPUS, false)?;
     anyhow::ensure!(!ids.is_empty(), "the tokenizer made no tokens");
     let mut out = Vec::with_capacity(n);
+    // Distinct start offsets (stride 37): prompts share no prefix, so no server's prompt
+    // cache turns a prefill into a lookup.
+    let base = (ferrolm_engine::sampling::draw_uniform(seed, 0) * ids.len() as f64) as usize;
     for i in 0..n {
-        let start =
-            (ferrolm_engine::sampling::draw_uniform(seed, i as u64) * ids.len() as f64) as usize;
+        let start = (base + i * 37) % ids.len();
         out.push((0..len).map(|j| ids[(start + j) % ids.len()]).collect());
     }
     Ok(out)
