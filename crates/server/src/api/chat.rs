@@ -169,12 +169,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let loaded = state.loaded()?;
-    let json = parse_json(&state, body)?;
-    let mut req: ChatRequest = from_json(&json)?;
-    req.common = from_json(&json)?;
-    state.check_model(req.common.model.as_deref())?;
-    refuse_unsupported(&req.common)?;
-    let n = choices_n(&state, &req.common)?;
+    let (req, n): (ChatRequest, usize) = read_request(&state, body)?;
     let engine = &loaded.engine;
     let tok = engine.tokenizer.clone();
     let template = loaded.chat_template.as_ref().ok_or_else(|| {

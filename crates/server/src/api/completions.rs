@@ -96,12 +96,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let loaded = state.loaded()?;
-    let json = parse_json(&state, body)?;
-    let mut req: CompletionRequest = from_json(&json)?;
-    req.common = from_json(&json)?;
-    state.check_model(req.common.model.as_deref())?;
-    refuse_unsupported(&req.common)?;
-    let n = choices_n(&state, &req.common)?;
+    let (req, n): (CompletionRequest, usize) = read_request(&state, body)?;
     let engine = &loaded.engine;
     let tok = engine.tokenizer.clone();
     let vocab = tok.vocab_size();

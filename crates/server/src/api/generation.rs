@@ -66,6 +66,28 @@ pub fn parse_body<T: DeserializeOwned>(
     from_json(&parse_json(state, body)?)
 }
 
+/// An endpoint's request type: its own fields plus the shared sampling fields, which are read
+/// from the same JSON separately (see `CommonParams`).
+pub trait WithCommon: DeserializeOwned {
+    fn common(&self) -> &CommonParams;
+    fn set_common(&mut self, c: CommonParams);
+}
+
+/// Reads and checks what every generation endpoint checks first: the body, the model name,
+/// fields we refuse by name, and `n`. Returns the request and its `n`.
+pub fn read_request<T: WithCommon>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, usize), ApiError> {
+    let json = parse_json(state, body)?;
+    let mut req: T = from_json(&json)?;
+    req.set_common(from_json(&json)?);
+    state.check_model(req.common().model.as_deref())?;
+    refuse_unsupported(req.common())?;
+    let n = choices_n(state, req.common())?;
+    Ok((req, n))
+}
+
 fn field<T>(name: &str, ok: bool, v: T) -> Result<T, ApiError> {
     if ok {
         Ok(v)

@@ -218,3 +218,21 @@ pub struct ChatChunk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
 }
+
+impl super::generation::WithCommon for CompletionRequest {
+    fn common(&self) -> &CommonParams {
+        &self.common
+    }
+    fn set_common(&mut self, c: CommonParams) {
+        self.common = c;
+    }
+}
+
+impl super::generation::WithCommon for ChatRequest {
+    fn common(&self) -> &CommonParams {
+        &self.common
+    }
+    fn set_common(&mut self, c: CommonParams) {
+        self.common = c;
+    }
+}
