@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
-use super::completions::{collect, token_str};
+use super::completions::{collect_all, token_str};
 use super::error::ApiError;
 use super::generation::*;
 use super::types::*;
@@ -290,12 +290,7 @@ pub async fn chat_completions(
         ));
     }
 
-    let results =
-        futures_util::future::join_all(rxs.into_iter().map(|rx| collect(&state, rx, started)))
-            .await;
-    for i in 0..results.len() {
-        sub.mark_finished(i);
-    }
+    let results = collect_all(&state, &mut sub, rxs, started).await;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
     for (i, r) in results.into_iter().enumerate() {

@@ -58,6 +58,22 @@ pub async fn collect(
     ))
 }
 
+/// Reads every choice's stream to its end (concurrently) and marks them finished, so the
+/// submission's drop aborts nothing.
+pub async fn collect_all(
+    state: &AppState,
+    sub: &mut Submission,
+    rxs: Vec<tokio::sync::mpsc::UnboundedReceiver<RequestOutput>>,
+    started: Instant,
+) -> Vec<Result<Collected, ApiError>> {
+    let results =
+        futures_util::future::join_all(rxs.into_iter().map(|rx| collect(state, rx, started))).await;
+    for i in 0..results.len() {
+        sub.mark_finished(i);
+    }
+    results
+}
+
 pub fn token_str(tok: &Tokenizer, id: u32) -> String {
     String::from_utf8_lossy(tok.token_bytes(id)).into_owned()
 }
@@ -214,12 +230,7 @@ pub async fn completions(
         ));
     }
 
-    let results =
-        futures_util::future::join_all(rxs.into_iter().map(|rx| collect(&state, rx, started)))
-            .await;
-    for i in 0..results.len() {
-        sub.mark_finished(i);
-    }
+    let results = collect_all(&state, &mut sub, rxs, started).await;
     let mut choices = Vec::with_capacity(results.len());
     let mut completion_tokens = 0;
     for (i, r) in results.into_iter().enumerate() {
