@@ -90,6 +90,10 @@ async fn completions_chat_streaming_n_stop_logprobs_usage() {
     assert_eq!(joined, whole["choices"][0]["text"].as_str().unwrap());
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert!(
+        chunks.iter().all(|c| c["id"] == chunks[0]["id"]),
+        "one id per stream"
+    );
     assert_eq!(usage["usage"], whole["usage"]);
 
     // Chat, streamed and not, same seed.

@@ -184,6 +184,8 @@ pub async fn completions(
         let echo = req.echo;
         let prompts_text: Vec<String> = prompts.iter().map(|p| tok.decode(p, false)).collect();
         let prompt_total: usize = prompts.iter().map(Vec::len).sum();
+        // The usage chunk carries the same id as the stream's other chunks.
+        let usage_id = id.clone();
         let render =
             move |choice: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
                 let mut text = String::new();
@@ -211,7 +213,7 @@ pub async fn completions(
                 .unwrap_or_default()]
             };
         let usage_chunk = {
-            let id = request_id("cmpl");
+            let id = usage_id;
             let model = state.served_model_name.clone();
             move |completion_tokens: usize| {
                 serde_json::json!({
