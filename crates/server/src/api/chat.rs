@@ -213,11 +213,7 @@ pub async fn chat_completions(
     let model = state.served_model_name.clone();
 
     if req.common.stream {
-        let include_usage = req
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
+        let include_usage = req.common.include_usage();
         let prompt_len = prompt.len();
         let chunk = {
             let id = id.clone();

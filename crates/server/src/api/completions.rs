@@ -176,11 +176,7 @@ pub async fn completions(
     let model = state.served_model_name.clone();
 
     if req.common.stream {
-        let include_usage = req
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
+        let include_usage = req.common.include_usage();
         let echo = req.echo;
         let prompts_text: Vec<String> = prompts.iter().map(|p| tok.decode(p, false)).collect();
         let prompt_total: usize = prompts.iter().map(Vec::len).sum();

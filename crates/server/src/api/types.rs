@@ -70,6 +70,15 @@ pub struct CommonParams {
     pub suffix: Option<String>,
 }
 
+impl CommonParams {
+    /// `stream_options.include_usage`: a final chunk with the usage.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Option<Prompt>,
