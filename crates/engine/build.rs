@@ -45,6 +45,8 @@ fn link_stubs(out: &Path, cuda_home: &Path) {
 
 fn compile_kernels(out: &Path, cuda_home: &Path) {
     let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    // The folder too, so a new kernel file triggers a rebuild.
+    println!("cargo:rerun-if-changed={}", kernels.display());
     let nvcc = cuda_home.join("bin/nvcc");
     let archs = std::env::var("FERROLM_CUDA_ARCHS").unwrap_or_else(|_| "80;89;90".into());
     let archs: Vec<String> = archs

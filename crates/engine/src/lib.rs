@@ -12,6 +12,10 @@ pub mod gguf;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+#[cfg(feature = "cuda")]
+pub mod model_check;
+#[cfg(feature = "cuda")]
+pub mod ops;
 pub mod quant;
 pub mod runner;
 pub mod sampling;

@@ -1,6 +1,8 @@
 //! Running the model over flat batches, and a plain greedy generation loop over them.
 
-use candle_core::{Tensor, D};
+#[cfg(feature = "cuda")]
+use candle_core::DType;
+use candle_core::{Device, Tensor, D};
 
 use crate::attention::{AttentionBackend, CpuPagedAttention, KvCacheLayout};
 use crate::batch::{FlatBatch, LogitsWanted};
@@ -28,6 +30,59 @@ impl<'m> ModelRunner<'m> {
             model,
             attn: Box::new(CpuPagedAttention::new(layout, c.num_heads)),
         }
+    }
+
+    /// A runner for the model's device: the CPU cache, or (feature `cuda`) a CUDA cache of
+    /// the model's activation type.
+    pub fn new(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Result<Self> {
+        match model.device() {
+            Device::Cpu => Ok(Self::new_cpu(model, num_blocks, block_size)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => {
+                use crate::attention::CudaPagedAttention;
+                let c = &model.config;
+                let layout = KvCacheLayout {
+                    num_layers: c.num_layers,
+                    num_blocks,
+                    block_size,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                };
+                let nh = c.num_heads;
+                let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
+                    DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh)?),
+                    DType::F16 => Box::new(CudaPagedAttention::<half::f16>::new(dev, layout, nh)?),
+                    DType::BF16 => {
+                        Box::new(CudaPagedAttention::<half::bf16>::new(dev, layout, nh)?)
+                    }
+                    other => {
+                        return Err(EngineError::Config(format!(
+                            "no CUDA KV cache for {other:?}"
+                        )))
+                    }
+                };
+                Ok(Self { model, attn })
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(EngineError::Config(format!(
+                "no attention backend for device {other:?} in this build"
+            ))),
+        }
+    }
+
+    /// Whether the model runs on a GPU (where the greedy argmax stays on the device).
+    pub fn on_gpu(&self) -> bool {
+        !self.model.device().is_cpu()
+    }
+
+    /// Greedy tokens for each logits row of the batch. On a GPU the argmax runs there
+    /// and only the ids cross to the host (a logits row of a 128k vocabulary is 512 KB).
+    pub fn execute_greedy(&mut self, batch: &FlatBatch) -> Result<Vec<u32>> {
+        let logits = self.execute(batch)?;
+        if logits.device().is_cpu() {
+            return Ok(logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)).collect());
+        }
+        Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
     }
 
     pub fn block_size(&self) -> usize {
@@ -103,7 +158,7 @@ pub fn greedy_generate(
         tables.push((next..next + nb as u32).collect::<Vec<u32>>());
         next += nb as u32;
     }
-    let mut runner = ModelRunner::new_cpu(model, next as usize, block_size);
+    let mut runner = ModelRunner::new(model, next as usize, block_size)?;
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done = vec![max_tokens == 0; prompts.len()];
     let mut first = true;
@@ -163,7 +218,7 @@ pub fn teacher_forced_logprobs(
     let all: Vec<u32> = prompt.iter().chain(completion).copied().collect();
     let nb = all.len().div_ceil(block_size);
     let table: Vec<u32> = (0..nb as u32).collect();
-    let mut runner = ModelRunner::new_cpu(model, nb, block_size);
+    let mut runner = ModelRunner::new(model, nb, block_size)?;
     let mut batch = FlatBatch::default();
     batch.push_seq(&all, 0, &table, block_size, LogitsWanted::None);
     batch.logits_indices = (prompt.len() - 1..all.len() - 1).collect();
@@ -172,4 +227,80 @@ pub fn teacher_forced_logprobs(
     }
     let logits = runner.execute(&batch)?;
     log_softmax_rows(&logits)
+}
+
+/// Sizes the GPU KV cache as vLLM does: run the largest step the scheduler may build
+/// (`max_tokens` over `min(max_seqs, max_tokens)` sequences; this also loads every kernel
+/// module and cuBLAS' workspace, so nothing is compiled or loaded while serving), then give
+/// the cache what is left of `util` × the card's memory after the weights, what the
+/// process holds, and an estimate of that step's activations. Returns the number of blocks
+/// and a line saying how it was reached.
+#[cfg(feature = "cuda")]
+pub fn gpu_kv_blocks(
+    model: &LlamaModel,
+    util: f64,
+    max_tokens: usize,
+    max_seqs: usize,
+    block_size: usize,
+) -> Result<(usize, String)> {
+    let Device::Cuda(dev) = model.device() else {
+        return Err(EngineError::Config("gpu_kv_blocks: the model is not on a GPU".into()));
+    };
+    if !(0.0..=1.0).contains(&util) || util == 0.0 {
+        return Err(EngineError::Config(format!(
+            "gpu_memory_utilization {util} must be in (0, 1]"
+        )));
+    }
+    let c = &model.config;
+    let seqs = max_seqs.min(max_tokens).max(1);
+    let per = (max_tokens / seqs).max(1);
+    let blocks_per = per.div_ceil(block_size);
+    let started = std::time::Instant::now();
+    {
+        let mut runner = ModelRunner::new(model, seqs * blocks_per, block_size)?;
+        let mut batch = FlatBatch::default();
+        for s in 0..seqs {
+            let table: Vec<u32> = ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect();
+            let toks: Vec<u32> = (0..per).map(|i| ((s * 31 + i * 7) % c.vocab_size) as u32).collect();
+            batch.push_seq(&toks, 0, &table, block_size, LogitsWanted::Last);
+        }
+        runner.execute(&batch)?;
+        model.device().synchronize()?;
+    }
+    let profile_secs = started.elapsed().as_secs_f64();
+    let stream = dev.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| EngineError::Config(format!("CUDA: {e}")))?;
+    let (free, total) = cudarc::driver::result::mem_get_info()
+        .map_err(|e| EngineError::Config(format!("CUDA: {e}")))?;
+    let elem = model.dtype().size_in_bytes();
+    // Live activations of the largest step: a few [tokens, hidden] streams, Q/K/V, the
+    // MLP's gate/up/product, and f32 logits (+ their copy) for each sequence's last token.
+    let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    let activations = (max_tokens * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
+        + 3 * seqs * c.vocab_size * 4) as f64;
+    let used = (total - free) as f64;
+    let budget = total as f64 * util - used - activations;
+    let layout = KvCacheLayout {
+        num_layers: c.num_layers,
+        num_blocks: 1,
+        block_size,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+    };
+    let per_block = layout.bytes_per_block(elem) as f64;
+    let blocks = if budget > 0.0 { (budget / per_block) as usize } else { 0 };
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let line = format!(
+        "GPU memory {:.1} GiB × {util} · in use after weights + profile step {:.1} GiB · activations ~{:.1} GiB · KV cache {:.1} GiB = {blocks} blocks of {block_size} ({} tokens) · profile step {:.2} s",
+        gib(total as f64),
+        gib(used),
+        gib(activations),
+        gib(blocks as f64 * per_block),
+        blocks * block_size,
+        profile_secs
+    );
+    Ok((blocks, line))
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
@@ -15,17 +15,22 @@ const PAGED_ATTENTION_FATBIN: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
 const RESHAPE_AND_CACHE_FATBIN: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/reshape_and_cache.fatbin"));
+const PREFILL_ATTENTION_FATBIN: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/prefill_attention.fatbin"));
+pub(crate) const FUSED_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fused.fatbin"));
 
 pub type CudaResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Element types the kernels are built for.
 pub trait KernelType: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static {
     const SUFFIX: &'static str;
+    const DTYPE: candle_core::DType;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
 }
 impl KernelType for f32 {
     const SUFFIX: &'static str = "f32";
+    const DTYPE: candle_core::DType = candle_core::DType::F32;
     fn from_f32(x: f32) -> Self {
         x
     }
@@ -35,6 +40,7 @@ impl KernelType for f32 {
 }
 impl KernelType for f16 {
     const SUFFIX: &'static str = "f16";
+    const DTYPE: candle_core::DType = candle_core::DType::F16;
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
@@ -44,6 +50,7 @@ impl KernelType for f16 {
 }
 impl KernelType for bf16 {
     const SUFFIX: &'static str = "bf16";
+    const DTYPE: candle_core::DType = candle_core::DType::BF16;
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
     }
@@ -63,6 +70,25 @@ pub struct CudaKernels {
     pub stream: Arc<CudaStream>,
     attention: Arc<CudaModule>,
     cache: Arc<CudaModule>,
+    prefill: Arc<CudaModule>,
+}
+
+/// Query rows per tile of the prefill kernel (its PF_BQ).
+pub const PREFILL_TILE_ROWS: usize = 16;
+
+/// The prefill kernel's tiles for a batch: `[seq, first row, rows]` per tile, every
+/// sequence's new rows cut into runs of at most [`PREFILL_TILE_ROWS`].
+pub fn plan_prefill_tiles(query_start_loc: &[usize]) -> Vec<i32> {
+    let mut tiles = Vec::new();
+    for (seq, w) in query_start_loc.windows(2).enumerate() {
+        let mut r = w[0];
+        while r < w[1] {
+            let n = (w[1] - r).min(PREFILL_TILE_ROWS);
+            tiles.extend_from_slice(&[seq as i32, r as i32, n as i32]);
+            r += n;
+        }
+    }
+    tiles
 }
 
 /// Shapes of one decode attention call.
@@ -85,19 +111,79 @@ impl CudaKernels {
         let ctx = CudaContext::new(ordinal)?;
         // Our kernels synchronise through stream order; event tracking only costs time.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
-        let attention = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
-            PAGED_ATTENTION_FATBIN.to_vec(),
-        ))?;
-        let cache = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
-            RESHAPE_AND_CACHE_FATBIN.to_vec(),
-        ))?;
+        Self::on_stream(ctx.default_stream())
+    }
+
+    /// The kernels on an existing stream (candle's, so our launches and candle's are
+    /// ordered without events).
+    pub fn on_stream(stream: Arc<CudaStream>) -> CudaResult<Self> {
+        let ctx = stream.context().clone();
+        let load = |bin: &[u8]| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec()));
         Ok(Self {
+            attention: load(PAGED_ATTENTION_FATBIN)?,
+            cache: load(RESHAPE_AND_CACHE_FATBIN)?,
+            prefill: load(PREFILL_ATTENTION_FATBIN)?,
             ctx,
             stream,
-            attention,
-            cache,
         })
+    }
+
+    /// Varlen causal attention for prefill chunks and mixed batches: `tiles` holds
+    /// `[seq, first query row, rows]` per tile of up to [`PREFILL_TILE_ROWS`] rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_attention<T: KernelType>(
+        &self,
+        out: &mut CudaViewMut<T>,
+        q: &CudaView<T>,
+        k_cache: &CudaSlice<T>,
+        v_cache: &CudaSlice<T>,
+        block_tables: &CudaSlice<i32>,
+        context_lens: &CudaSlice<i32>,
+        query_start_loc: &CudaSlice<i32>,
+        tiles: &CudaSlice<i32>,
+        num_tiles: usize,
+        s: DecodeShape,
+    ) -> CudaResult<()> {
+        if !matches!(s.head_dim, 64 | 128) {
+            return Err(format!("prefill attention: head_dim {} (built: 64, 128)", s.head_dim).into());
+        }
+        let f = self.func(
+            &self.prefill,
+            &format!("prefill_attention_d{}_{}", s.head_dim, T::SUFFIX),
+        )?;
+        let hd = s.head_dim;
+        let smem = (PREFILL_TILE_ROWS * hd + 32 * (hd + 1) + 32 * hd) * 4;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+        let (mb, nh, nkv, bs) = (
+            s.max_blocks_per_seq as i32,
+            s.num_heads as i32,
+            s.num_kv_heads as i32,
+            s.block_size as i32,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (num_tiles as u32, s.num_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        unsafe {
+            self.stream
+                .launch_builder(&f)
+                .arg(&mut *out)
+                .arg(q)
+                .arg(k_cache)
+                .arg(v_cache)
+                .arg(block_tables)
+                .arg(context_lens)
+                .arg(query_start_loc)
+                .arg(tiles)
+                .arg(&mb)
+                .arg(&nh)
+                .arg(&nkv)
+                .arg(&bs)
+                .arg(&scale)
+                .launch(cfg)?
+        };
+        Ok(())
     }
 
     fn func(&self, m: &Arc<CudaModule>, name: &str) -> CudaResult<CudaFunction> {
@@ -107,8 +193,8 @@ impl CudaKernels {
     /// Writes `key`/`value` rows (`[num_tokens, width]`) into their slots.
     pub fn reshape_and_cache<T: KernelType>(
         &self,
-        key: &CudaSlice<T>,
-        value: &CudaSlice<T>,
+        key: &CudaView<T>,
+        value: &CudaView<T>,
         k_cache: &mut CudaSlice<T>,
         v_cache: &mut CudaSlice<T>,
         slots: &CudaSlice<i32>,
@@ -140,8 +226,8 @@ impl CudaKernels {
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention<T: KernelType>(
         &self,
-        out: &mut CudaSlice<T>,
-        q: &CudaSlice<T>,
+        out: &mut CudaViewMut<T>,
+        q: &CudaView<T>,
         k_cache: &CudaSlice<T>,
         v_cache: &CudaSlice<T>,
         block_tables: &CudaSlice<i32>,
@@ -310,8 +396,13 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             }
             // Write every slot through reshape_and_cache (slots permuted), into poisoned caches.
             let n_slots = num_blocks * bs;
+            // A stride coprime to the slot count, so every slot is written exactly once.
+            let stride = [7usize, 11, 13, 17, 19, 23]
+                .into_iter()
+                .find(|p| n_slots % p != 0)
+                .unwrap_or(1);
             let slots: Vec<i32> = (0..n_slots)
-                .map(|i| ((i * 7 + 3) % n_slots) as i32)
+                .map(|i| ((i * stride + 3) % n_slots) as i32)
                 .collect();
             let mut kref = vec![0f32; n_slots * width];
             let mut vref = vec![0f32; n_slots * width];
@@ -327,7 +418,7 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             let mut kc = st.clone_htod(&poison)?;
             let mut vc = st.clone_htod(&poison)?;
             let dslots = st.clone_htod(&slots)?;
-            k.reshape_and_cache(&dk, &dv, &mut kc, &mut vc, &dslots, n_slots, width)?;
+            k.reshape_and_cache(&dk.as_view(), &dv.as_view(), &mut kc, &mut vc, &dslots, n_slots, width)?;
             let kc_host: Vec<f32> = st.clone_dtoh(&kc)?.into_iter().map(T::to_f32).collect();
             let cache_ok = kc_host.iter().zip(&kref).all(|(a, b)| a == b);
             let want = paged_decode_split_reference(
@@ -347,7 +438,7 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
                 max_context_len: ctx_max,
             };
             let mut scratch = None;
-            k.paged_attention(&mut dout, &dq, &kc, &vc, &dt, &dc, shape, &mut scratch)?;
+            k.paged_attention(&mut dout.as_view_mut(), &dq.as_view(), &kc, &vc, &dt, &dc, shape, &mut scratch)?;
             let got: Vec<f32> = st.clone_dtoh(&dout)?.into_iter().map(T::to_f32).collect();
             let e = rel_err(&got, &want);
             let parts = choose_decode_launch(ns, nh, ctx_max).num_partitions;
@@ -413,7 +504,7 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
         Ok(e0.elapsed_ms(&e1)? as f64 / iters as f64)
     };
     let ms =
-        time(&mut || k.paged_attention(&mut out, &q, &kc, &vc, &dt, &dc, shape, &mut scratch))?;
+        time(&mut || k.paged_attention(&mut out.as_view_mut(), &q.as_view(), &kc, &vc, &dt, &dc, shape, &mut scratch))?;
     let kv_bytes = 2.0 * (ns * ctx * width * 2) as f64;
     let attn_gbs = kv_bytes / (ms * 1e-3) / 1e9;
     let bytes = 1usize << 30;

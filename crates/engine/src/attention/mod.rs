@@ -4,6 +4,10 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_backend;
+#[cfg(feature = "cuda")]
+pub use cuda_backend::CudaPagedAttention;
 pub mod split;
 
 pub(crate) use cpu::with_f32;
@@ -49,6 +53,11 @@ pub fn lcg_uniform(n: usize, seed: &mut u64) -> Vec<f32> {
 }
 
 pub trait AttentionBackend: Send {
+    /// Called once per forward pass before the first layer (a GPU backend uploads the
+    /// batch's slots, block tables and lengths here, once for all layers).
+    fn begin_step(&mut self, _batch: &FlatBatch) -> Result<()> {
+        Ok(())
+    }
     /// Stores `k`, `v` (`[num_tokens, num_kv_heads * head_dim]`) at the batch's slots.
     fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()>;
     /// `q`: `[num_tokens, num_heads * head_dim]`; returns the same shape.

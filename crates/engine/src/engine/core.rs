@@ -44,20 +44,20 @@ impl<'m> EngineCore<'m> {
         tokenizer: Arc<Tokenizer>,
         scheduler: Scheduler,
         stats: Arc<EngineStats>,
-    ) -> Self {
-        let runner = ModelRunner::new_cpu(
+    ) -> Result<Self> {
+        let runner = ModelRunner::new(
             model,
             scheduler.kv.pool().num_blocks(),
             scheduler.kv.block_size(),
-        );
-        Self {
+        )?;
+        Ok(Self {
             scheduler,
             runner,
             tokenizer,
             sinks: HashMap::new(),
             stats,
             step_observer: None,
-        }
+        })
     }
 
     /// Takes a request the handle has already checked; one the scheduler still refuses
@@ -126,7 +126,20 @@ impl<'m> EngineCore<'m> {
             }
         }
         let (batch, rows) = self.scheduler.build_batch(&out);
-        let logits = self.runner.execute(&batch)?.to_vec2::<f32>()?;
+        // On a GPU, a step whose every sampling request is plain greedy takes its argmax
+        // there and copies only ids back.
+        let device_greedy = self.runner.on_gpu()
+            && out.scheduled.iter().all(|s| {
+                self.scheduler.request(s.id).is_none_or(|r| {
+                    r.params
+                        .is_plain_greedy(r.tokens.len().saturating_sub(r.prompt_len))
+                })
+            });
+        let (logits, greedy) = if device_greedy {
+            (Vec::new(), self.runner.execute_greedy(&batch)?)
+        } else {
+            (self.runner.execute(&batch)?.to_vec2::<f32>()?, Vec::new())
+        };
         let eog = self.tokenizer.eog_ids.clone();
         let mut sampled = Vec::with_capacity(out.scheduled.len());
         let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
@@ -148,6 +161,10 @@ impl<'m> EngineCore<'m> {
             }
             if !s.samples || range.is_empty() {
                 sampled.push(None);
+                continue;
+            }
+            if device_greedy {
+                sampled.push(greedy.get(range.end - 1).copied());
                 continue;
             }
             let raw = &logits[range.end - 1];

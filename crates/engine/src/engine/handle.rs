@@ -125,8 +125,10 @@ impl EngineHandle {
         if cfg.block_size == 0 {
             return Err(EngineError::Config("block_size must be positive".into()));
         }
-        // f32 K and V per token per layer on the CPU backend.
-        let bytes_per_block = 2 * c.num_layers * cfg.block_size * c.num_kv_heads * c.head_dim * 4;
+        // K and V per token per layer, in the model's activation type (f32 on the CPU).
+        let elem = if model.device().is_cpu() { 4 } else { model.dtype().size_in_bytes() };
+        let bytes_per_block =
+            2 * c.num_layers * cfg.block_size * c.num_kv_heads * c.head_dim * elem;
         let num_blocks = match cfg.num_blocks_override {
             Some(n) => n,
             None => cfg.kv_cache_memory_bytes / bytes_per_block,
@@ -147,14 +149,24 @@ impl EngineHandle {
         let thread_stats = stats.clone();
         let thread_tok = tokenizer.clone();
         let observer = cfg.step_observer.clone();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let join = std::thread::Builder::new()
             .name("ferrolm-engine".into())
             .spawn(move || {
-                let mut core = EngineCore::new(&model, thread_tok, scheduler, thread_stats);
-                core.step_observer = observer;
-                engine_loop(&mut core, rx);
+                match EngineCore::new(&model, thread_tok, scheduler, thread_stats) {
+                    Ok(mut core) => {
+                        let _ = ready_tx.send(Ok(()));
+                        core.step_observer = observer;
+                        engine_loop(&mut core, rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
             })
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+        // The KV cache is allocated on the engine thread: wait until it is there (or not).
+        ready_rx.recv().map_err(|_| EngineError::EngineStopped)??;
         Ok(Self {
             tx,
             next_id: AtomicU64::new(0),

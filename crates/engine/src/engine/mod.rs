@@ -3,8 +3,10 @@
 
 mod core;
 mod handle;
+mod offline;
 mod stats;
 
 pub use self::core::EngineCore;
 pub use handle::{available_cores, EngineConfig, EngineHandle, RequestOutput, StepObserver, Usage};
+pub use offline::{generate_offline, random_prompts, OfflineReport};
 pub use stats::EngineStats;

@@ -12,15 +12,25 @@ use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::quant::QuantLinear;
 
-/// A linear layer over GGUF weights (kept quantized), with an optional bias.
+/// A linear layer's weight: GGUF blocks kept quantized (our CPU kernels or candle's CUDA
+/// quantized matmul), or a dense `[out, in]` matrix (cuBLAS on CUDA).
+enum Weight {
+    Quant(QuantLinear),
+    Dense(Tensor),
+}
+
+/// A linear layer with an optional bias.
 struct Linear {
-    weight: QuantLinear,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weight::Quant(q) => q.forward(x)?,
+            Weight::Dense(w) => x.matmul(&w.t()?)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -43,11 +53,16 @@ struct Layer {
 pub struct LlamaModel {
     pub config: LlamaConfig,
     device: Device,
+    /// Activations' type: f32 for GGUF weights (quantized matmuls take f32), the weights'
+    /// type for dense ones.
+    dtype: DType,
     embed: Tensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QuantLinear,
+    output: Linear,
     rope: RopeTable,
+    /// Bytes of weights as held (for the weight-read floor).
+    weight_bytes: usize,
 }
 
 /// candle-nn's fused RMSNorm: one row at a time, reduced over the hidden dim only, so
@@ -56,8 +71,81 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, w, eps)?)
 }
 
-fn silu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.silu()?)
+/// `(residual + delta, rms_norm(residual + delta) * w)`: one fused kernel on CUDA.
+fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if delta.device().is_cuda() && crate::ops::fused_enabled() {
+        return crate::ops::add_rms_norm(delta, residual, w, eps);
+    }
+    let x = (residual + delta)?;
+    let h = rms_norm(&x, w, eps)?;
+    Ok((x, h))
+}
+
+/// silu(gate) * up: one fused kernel on CUDA (unless FERROLM_NO_FUSED is set).
+fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if g.device().is_cuda() && crate::ops::fused_enabled() {
+        return crate::ops::silu_mul(g, u);
+    }
+    Ok((g.silu()? * u)?)
+}
+
+/// Deterministic uniform values in ±bound, generated in parallel chunks (each chunk's
+/// generator seeded from `seed` and its index, so the result is the same on every host).
+fn random_tensor(
+    shape: (usize, usize),
+    bound: f32,
+    seed: u64,
+    dtype: DType,
+    round: Option<DType>,
+    device: &Device,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let n = shape.0 * shape.1;
+    fn fill<T: Send>(n: usize, seed: u64, f: impl Fn(f32) -> T + Sync) -> Vec<T> {
+        let mut out: Vec<T> = Vec::with_capacity(n);
+        // SAFETY: every element is written below before the Vec is read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            out.set_len(n)
+        };
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
+            let mut s = seed ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            for x in chunk.iter_mut() {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                // SAFETY: plain write into reserved, unread memory.
+                unsafe { std::ptr::write(x, f(u)) };
+            }
+        });
+        out
+    }
+    Ok(match dtype {
+        DType::BF16 => Tensor::from_vec(fill(n, seed, |u| half::bf16::from_f32(u * bound)), shape, device)?,
+        DType::F16 => Tensor::from_vec(fill(n, seed, |u| half::f16::from_f32(u * bound)), shape, device)?,
+        DType::F32 => match round {
+            Some(DType::BF16) => Tensor::from_vec(
+                fill(n, seed, |u| half::bf16::from_f32(u * bound).to_f32()),
+                shape,
+                device,
+            )?,
+            Some(DType::F16) => Tensor::from_vec(
+                fill(n, seed, |u| half::f16::from_f32(u * bound).to_f32()),
+                shape,
+                device,
+            )?,
+            _ => Tensor::from_vec(fill(n, seed, |u| u * bound), shape, device)?,
+        },
+        other => {
+            return Err(EngineError::Config(format!(
+                "dummy weights in {other:?} (use f32, f16 or bf16)"
+            )))
+        }
+    })
 }
 
 impl LlamaModel {
@@ -89,11 +177,11 @@ impl LlamaModel {
                 None
             };
             Ok(Linear {
-                weight: QuantLinear::new(
+                weight: Weight::Quant(QuantLinear::new(
                     w,
                     &gguf.tensor_bytes(&format!("{name}.weight"))?,
                     device,
-                )?,
+                )?),
                 bias,
             })
         };
@@ -116,6 +204,10 @@ impl LlamaModel {
             // Tied embeddings: the output projection reads the embedding as stored.
             QuantLinear::new(embed_q, &gguf.tensor_bytes("token_embd.weight")?, device)?
         };
+        let output = Linear {
+            weight: Weight::Quant(output),
+            bias: None,
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("blk.{i}");
@@ -132,6 +224,7 @@ impl LlamaModel {
             });
         }
         let output_norm = dense("output_norm.weight")?;
+        let weight_bytes = gguf.tensors.values().map(|t| t.size_bytes as usize).sum();
         let freq_factors = if gguf.tensors.contains_key("rope_freqs.weight") {
             Some(dense("rope_freqs.weight")?.to_vec1::<f32>()?)
         } else {
@@ -149,12 +242,109 @@ impl LlamaModel {
         Ok(Self {
             config,
             device: device.clone(),
+            dtype: DType::F32,
             embed,
             layers,
             output_norm,
             output,
             rope,
+            weight_bytes,
         })
+    }
+
+    /// Random weights of `config`'s shapes (vLLM's `--load-format dummy`), for measuring
+    /// where no real weights reach. Made on the host from `seed` with a fixed generator,
+    /// so every device gets the same numbers: uniform in ±sqrt(3 / fan_in) (unit-variance
+    /// outputs), norms at 1.
+    pub fn dummy(config: LlamaConfig, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+        Self::dummy_rounded(config, dtype, None, device, seed)
+    }
+
+    /// [`Self::dummy`], each weight first rounded through `round` (so an f32 model can hold
+    /// exactly a bf16 model's weights, as a reference).
+    pub fn dummy_rounded(
+        config: LlamaConfig,
+        dtype: DType,
+        round: Option<DType>,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let c = &config;
+        let (h, nh, nkv, hd, ff) = (
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            c.intermediate_size,
+        );
+        let mut next_seed = seed;
+        let mut rand = |shape: (usize, usize), bound: f32| -> Result<Tensor> {
+            next_seed = next_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            random_tensor(shape, bound, next_seed, dtype, round, device)
+        };
+        let ones = |n: usize| -> Result<Tensor> { Ok(Tensor::ones(n, dtype, device)?) };
+        let mut weight_bytes = 0usize;
+        let mut linear = |out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let bound = (3.0 / inp as f32).sqrt();
+            weight_bytes += out * inp * dtype.size_in_bytes();
+            Ok(Linear {
+                weight: Weight::Dense(rand((out, inp), bound)?),
+                bias: if bias { Some(rand((1, out), bound)?.reshape(out)?) } else { None },
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            layers.push(Layer {
+                attn_norm: ones(h)?,
+                wq: linear(nh * hd, h, c.qkv_bias)?,
+                wk: linear(nkv * hd, h, c.qkv_bias)?,
+                wv: linear(nkv * hd, h, c.qkv_bias)?,
+                wo: linear(h, nh * hd, false)?,
+                ffn_norm: ones(h)?,
+                w_gate: linear(ff, h, false)?,
+                w_up: linear(ff, h, false)?,
+                w_down: linear(h, ff, false)?,
+            });
+        }
+        let output = linear(c.vocab_size, h, false)?;
+        let embed = if c.tie_word_embeddings {
+            match &output.weight {
+                Weight::Dense(w) => w.clone(),
+                Weight::Quant(_) => unreachable!("dummy weights are dense"),
+            }
+        } else {
+            weight_bytes += c.vocab_size * h * dtype.size_in_bytes();
+            rand((c.vocab_size, h), 1.0)?
+        };
+        let rope = RopeTable::new(
+            hd,
+            c.rope_theta,
+            c.rope_linear_scale,
+            c.rope_freq_factors.as_deref(),
+            c.max_position_embeddings,
+            device,
+        )?;
+        Ok(Self {
+            device: device.clone(),
+            dtype,
+            embed,
+            layers,
+            output_norm: ones(h)?,
+            output,
+            rope,
+            weight_bytes,
+            config,
+        })
+    }
+
+    /// Activations' (and the KV cache's) type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Bytes of weights as held on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     pub fn device(&self) -> &Device {
@@ -200,11 +390,13 @@ impl LlamaModel {
         }
         let ids = Tensor::from_slice(&batch.token_ids, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
-        let (cos, sin) = self.rope.gather(&positions, DType::F32)?;
+        let (cos, sin) = self.rope.gather(&positions, self.dtype)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let mut h = rms_norm(&x, &self.layers[0].attn_norm, eps)?;
+        attn.begin_step(batch)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.attn_norm, c.rms_norm_eps)?;
             let q = layer.wq.forward(&h)?;
             let k = layer.wk.forward(&h)?;
             let v = layer.wv.forward(&h)?;
@@ -221,11 +413,14 @@ impl LlamaModel {
             let k = rope(k, nkv)?;
             attn.write_kv(li, &k, &v, batch)?;
             let o = attn.attend(li, &q, batch)?;
-            x = (x + layer.wo.forward(&o)?)?;
-            let h = rms_norm(&x, &layer.ffn_norm, c.rms_norm_eps)?;
-            let g = silu(&layer.w_gate.forward(&h)?)?;
-            let u = layer.w_up.forward(&h)?;
-            x = (x + layer.w_down.forward(&(g * u)?)?)?;
+            let (x1, h1) = add_rms_norm(&layer.wo.forward(&o)?, &x, &layer.ffn_norm, eps)?;
+            let g = layer.w_gate.forward(&h1)?;
+            let u = layer.w_up.forward(&h1)?;
+            let d = layer.w_down.forward(&silu_mul(&g, &u)?)?;
+            match self.layers.get(li + 1) {
+                Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
+                None => x = (x1 + d)?,
+            }
         }
         let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_slice(&idx, idx.len(), &self.device)?;

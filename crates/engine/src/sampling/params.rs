@@ -57,6 +57,19 @@ impl Default for SamplingParams {
 pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
+    /// Greedy with nothing that reads or changes the logits row on the host (penalties,
+    /// bias, log-probs, a pending min_tokens): the argmax may be taken on the GPU.
+    pub fn is_plain_greedy(&self, generated: usize) -> bool {
+        self.temperature == 0.0
+            && self.logit_bias.is_empty()
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.logprobs.is_none()
+            && self.prompt_logprobs.is_none()
+            && generated >= self.min_tokens
+    }
+
     pub fn greedy(max_tokens: usize) -> Self {
         Self {
             max_tokens,

@@ -17,6 +17,10 @@ use serde::Serialize;
 pub enum BenchCommand {
     /// Load-test a running OpenAI-compatible server.
     Serve(ServeBenchArgs),
+    /// Offline throughput: N random prompts of --input-len, each to --output-len.
+    Throughput(super::bench_offline::ThroughputArgs),
+    /// Offline latency of one batch: prefill and decode step times.
+    Latency(super::bench_offline::LatencyArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -258,7 +262,11 @@ async fn one_request(
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Serve(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Serve(a) => a,
+        BenchCommand::Throughput(a) => return super::bench_offline::throughput(a),
+        BenchCommand::Latency(a) => return super::bench_offline::latency(a),
+    };
     let path = args.tokenizer.clone().unwrap_or_else(default_model_path);
     let gguf =
         GgufFile::open(&path).with_context(|| format!("tokenizer from {}", path.display()))?;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use ferrolm_engine::engine::{EngineConfig, EngineHandle};
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 use ferrolm_engine::sampling::SamplingParams;
@@ -50,6 +49,9 @@ pub struct GenerateArgs {
     pub min_tokens: usize,
     #[arg(long)]
     pub ignore_eos: bool,
+    /// cpu, cuda or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print the chosen token's log-prob and this many alternatives per token (stderr).
     #[arg(long)]
     pub logprobs: Option<usize>,
@@ -58,7 +60,8 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let t_load = Instant::now();
-    let lm = LoadedModel::load(&path, &Device::Cpu)
+    let device = super::device::resolve_device(&args.device)?;
+    let lm = LoadedModel::load(&path, &device)
         .with_context(|| format!("loading {}", path.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
     if args.prompt.is_empty() {

@@ -5,9 +5,29 @@ use ferrolm_engine::attention::cuda::{
     check_kernels, time_decode_attention, CheckRow, CudaKernels,
 };
 
-pub fn run() -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct GpuCheckArgs {
+    /// The small model (config.json, dummy weights) of the end-to-end GPU-vs-CPU checks.
+    #[arg(long, default_value = "models/configs/tiny-llama.json")]
+    pub model_config: std::path::PathBuf,
+    /// Only the kernel checks and timings.
+    #[arg(long)]
+    pub kernels_only: bool,
+}
+
+pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
     let k = CudaKernels::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e}"))?;
     let mut rows: Vec<CheckRow> = Vec::new();
+    if !args.kernels_only {
+        match ferrolm_engine::model::LlamaConfig::from_hf_json(&args.model_config) {
+            Ok(cfg) => rows.extend(ferrolm_engine::model_check::model_checks(&cfg)),
+            Err(e) => rows.push(CheckRow {
+                name: "model checks".into(),
+                ok: false,
+                detail: format!("error: {e}"),
+            }),
+        }
+    }
     rows.extend(check_kernels::<f32>(&k, 1e-4));
     rows.extend(check_kernels::<half::f16>(&k, 1e-2));
     rows.extend(check_kernels::<half::bf16>(&k, 1e-2));

@@ -1,6 +1,8 @@
 //! Command-line interface: `ferrolm generate`, `ferrolm serve`, ...
 
 mod bench;
+mod bench_offline;
+pub mod device;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
@@ -30,7 +32,7 @@ pub enum Command {
     Bench(bench::BenchCommand),
     /// Check our CUDA kernels against their CPU references and time them (GPU hosts).
     #[cfg(feature = "cuda")]
-    GpuCheck,
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +41,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Bench(b) => bench::run(b),
         #[cfg(feature = "cuda")]
-        Command::GpuCheck => gpu_check::run(),
+        Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use candle_core::Device;
 use ferrolm_engine::engine::{EngineConfig, EngineHandle, StepObserver};
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 use ferrolm_engine::tokenizer::ChatTemplate;
@@ -47,7 +46,10 @@ pub struct ServeArgs {
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// KV cache size in bytes.
+    /// Share of the GPU's memory for weights, activations and the KV cache (--device cuda).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// KV cache size in bytes (CPU).
     #[arg(long, default_value_t = 1 << 30)]
     pub kv_cache_memory_bytes: usize,
     /// Fixes the number of KV cache blocks.
@@ -94,13 +96,8 @@ fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
-    match args.device.as_str() {
-        "cpu" | "auto" => {}
-        "cuda" => {
-            anyhow::bail!("--device cuda: this build has no CUDA support yet (feature `cuda`)")
-        }
-        other => anyhow::bail!("--device {other:?}: expected cpu, cuda or auto"),
-    }
+    // Checked before anything else, so a wrong --device fails at once.
+    super::device::resolve_device(&args.device)?;
     let model_path = resolve_model(&args.model)?;
     let served = args.served_model_name.clone().unwrap_or_else(|| {
         model_path
@@ -149,7 +146,21 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
     let load_state = state.clone();
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let lm = LoadedModel::load(&model_path, &Device::Cpu)?;
+        let device = super::device::resolve_device(&load_args.device)?;
+        let lm = LoadedModel::load(&model_path, &device)?;
+        let num_blocks_override = match (load_args.num_gpu_blocks_override, device.is_cpu()) {
+            (Some(n), _) => Some(n),
+            (None, true) => None,
+            (None, false) => Some(super::device::kv_blocks(
+                &lm.model,
+                None,
+                load_args.gpu_memory_utilization,
+                load_args.kv_cache_memory_bytes,
+                load_args.max_num_batched_tokens,
+                load_args.max_num_seqs,
+                load_args.block_size,
+            )?),
+        };
         let chat_template = match &load_args.chat_template {
             Some(t) => {
                 let src = match std::fs::read_to_string(t) {
@@ -181,7 +192,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
                 block_size: load_args.block_size,
                 enable_prefix_caching: !load_args.no_enable_prefix_caching,
                 kv_cache_memory_bytes: load_args.kv_cache_memory_bytes,
-                num_blocks_override: load_args.num_gpu_blocks_override,
+                num_blocks_override,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
             },
         )?;
