@@ -2,31 +2,41 @@
 # The one script a GPU run needs (run on the GPU host, from the repository root):
 #   bash scripts/gpu-check.sh [path/to/ferrolm or ferrolm.xz]
 # The binary is built on a CPU machine (make build-cuda) and carried. Prints facts, runs
-# `ferrolm gpu-check` (kernels vs CPU references, then timings), a PyTorch SDPA reference on
-# the same decode shape, and a compact table. Finishes in well under 5 minutes.
+# `ferrolm gpu-check` (kernels vs CPU references, the whole model on the GPU vs the CPU,
+# then timings), a PyTorch SDPA reference on the same decode shape, the 8B timings (batch-1
+# decode beside the weight-read floor; bench throughput 1000 x 128/128 and 256 x 1024/256)
+# beside HF transformers generate() on the same card, and a compact table. About 5 minutes.
+# SKIP_HF=1 leaves out the HF runs; SKIP_8B=1 the 8B ones.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=${1:-.build/gpu/ferrolm}
 if [ ! -x "$BIN" ] && [ -f "$BIN.xz" ]; then xz -dc "$BIN.xz" > "$BIN" && chmod +x "$BIN"; fi
 [ -x "$BIN" ] || { echo "no binary at $BIN (build with make build-cuda and carry it)" >&2; exit 1; }
 TABLE=()
-row() { TABLE+=("$(printf '%-44s %s' "$1" "$2")"); }
+# Rows also go to $OUT/summary.txt as they are made, so a run cut short keeps its results.
+row() { TABLE+=("$(printf '%-44s %s' "$1" "$2")"); printf '%-44s %s\n' "$1" "$2" >> "${OUT:-/tmp}/summary.txt"; }
 
 echo "== GPU"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee /tmp/gpu.txt
 row "card" "$(head -1 /tmp/gpu.txt)"
 # cuBLAS/NVRTC from wherever the host keeps them, never CUDA's stubs/ folder.
-LIBDIRS=$(find / \( -path /proc -o -path /sys \) -prune -o \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) -print 2>/dev/null \
+LIBDIRS=$(find / \( -path /proc -o -path /sys \) -prune -o \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' -o -name 'libcurand.so*' \) -print 2>/dev/null \
   | xargs -r -n1 dirname | grep -v stubs | sort -u | paste -sd: -)
 export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== ferrolm gpu-check"
-timeout 180 "$BIN" gpu-check 2>&1 | tee /tmp/ferrolm-gpu-check.txt
+timeout 150 "$BIN" gpu-check 2>&1 | tee /tmp/ferrolm-gpu-check.txt
 row "ferrolm gpu-check" "$(grep -o '[0-9]* passed, [0-9]* failed' /tmp/ferrolm-gpu-check.txt | tail -1)"
+while read -r l; do row "$(echo "$l" | cut -c1-44)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/ferrolm-gpu-check.txt)
+if grep -q '^model .*FAIL' /tmp/ferrolm-gpu-check.txt; then
+  echo "== model checks again without the fused kernels (FERROLM_NO_FUSED=1)"
+  FERROLM_NO_FUSED=1 timeout 120 "$BIN" gpu-check 2>&1 | grep '^model ' | tee /tmp/nofused.txt
+  while read -r l; do row "nofused $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < /tmp/nofused.txt
+fi
 row "ferrolm decode attention" "$(grep -o 'decode attention bf16.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 
 echo "== PyTorch SDPA reference (B64, 32 q-heads, 8 kv-heads, 2048 keys, d128, bf16)"
-timeout 120 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
+timeout 60 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
 import torch, torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 B, H, KVH, T, D = 64, 32, 8, 2048, 128
@@ -50,6 +60,40 @@ for name, be in [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLA
 PY
 row "sdpa cudnn" "$(grep -o 'sdpa cudnn.*' /tmp/sdpa.txt | cut -c13-)"
 row "sdpa flash" "$(grep -o 'sdpa flash.*' /tmp/sdpa.txt | cut -c13-)"
+
+CFG8B=models/configs/llama-3.1-8b.json
+OUTD=${OUT:-/tmp}
+if [ -z "${SKIP_8B:-}" ]; then
+  echo "== ferrolm bench latency: Llama-3.1-8B shape, dummy bf16, batch 1, 128 in / 128 out"
+  timeout 90 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+    --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
+    --output-json "$OUTD/latency-8b.json" 2>&1 | tee /tmp/lat.txt
+  COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
+  python3 - "$OUTD/latency-8b.json" "${COPY:-0}" <<'PY' 2>&1 | tee /tmp/floor.txt
+import json, sys
+r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
+floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
+print(f"8b decode batch 1: {r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
+      f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {100*floor/r['decode_ms_per_step']:.0f}% of floor")
+PY
+  row "8B bf16 batch-1 decode" "$(grep -o 'decode batch 1: .*' /tmp/floor.txt | cut -c17-)"
+  for shape in "1000 128 128" "256 1024 256"; do
+    set -- $shape
+    echo "== ferrolm bench throughput: 8B dummy bf16, $1 x $2/$3"
+    timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+      --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+      --output-json "$OUTD/throughput-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+    row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
+  done
+fi
+if [ -z "${SKIP_HF:-}" ]; then
+  for shape in "1000 128 128" "256 1024 256"; do
+    set -- $shape
+    echo "== HF transformers generate(): 8B random bf16, $1 x $2/$3, batch 256"
+    timeout 100 python3 scripts/hf_generate_baseline.py $CFG8B $1 $2 $3 2>&1 | grep -v -i warn | tail -3 | tee /tmp/hf.txt
+    row "hf generate $1x$2/$3" "$(grep -o 'batch 256: .*' /tmp/hf.txt | cut -c12- | cut -c1-90)"
+  done
+fi
 
 echo; echo "== summary"
 printf '%s\n' "${TABLE[@]}"

@@ -66,6 +66,8 @@ pub fn generate_offline(
         ignore_eos: true,
         ..SamplingParams::greedy(output_len)
     };
+    // The cache's zeroing is queued on the device: let it finish before the clock starts.
+    model.device().synchronize()?;
     let started = Instant::now();
     for (i, p) in prompts.iter().enumerate() {
         sched.add_request(Request::new(i as u64, p.clone(), params.clone()))?;
