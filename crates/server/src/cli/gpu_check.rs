@@ -2,7 +2,7 @@
 //! then timings; ends with a compact table. Exit 1 if a check fails.
 
 use ferrolm_engine::attention::cuda::{
-    check_kernels, time_decode_attention, CheckRow, CudaKernels,
+    check_kernels, time_decode_attention, CheckRow, CudaKernels, DecodeKernel,
 };
 
 #[derive(clap::Args, Debug)]
@@ -16,7 +16,7 @@ pub struct GpuCheckArgs {
 }
 
 pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
-    let k = CudaKernels::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e}"))?;
+    let mut k = CudaKernels::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e}"))?;
     let mut rows: Vec<CheckRow> = Vec::new();
     if !args.kernels_only {
         match ferrolm_engine::model::LlamaConfig::from_hf_json(&args.model_config) {
@@ -28,16 +28,23 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
             }),
         }
     }
-    rows.extend(check_kernels::<f32>(&k, 1e-4));
-    rows.extend(check_kernels::<half::f16>(&k, 1e-2));
-    rows.extend(check_kernels::<half::bf16>(&k, 1e-2));
-    match time_decode_attention(&k) {
-        Ok(r) => rows.extend(r),
-        Err(e) => rows.push(CheckRow {
-            name: "timings".into(),
-            ok: false,
-            detail: format!("error: {e}"),
-        }),
+    // Both decode kernels: the per-head one and the GQA one the engine uses by default.
+    for kind in [DecodeKernel::PerHead, DecodeKernel::Gqa] {
+        k.decode_kernel = kind;
+        rows.extend(check_kernels::<f32>(&k, 1e-4));
+        rows.extend(check_kernels::<half::f16>(&k, 1e-2));
+        rows.extend(check_kernels::<half::bf16>(&k, 1e-2));
+    }
+    for kind in [DecodeKernel::PerHead, DecodeKernel::Gqa] {
+        k.decode_kernel = kind;
+        match time_decode_attention(&k) {
+            Ok(r) => rows.extend(r),
+            Err(e) => rows.push(CheckRow {
+                name: "timings".into(),
+                ok: false,
+                detail: format!("error: {e}"),
+            }),
+        }
     }
     println!("\n{:<58} {:<5} detail", "check", "ok");
     for r in &rows {
