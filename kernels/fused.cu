@@ -62,3 +62,47 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ resi
 FUSED(float, f32)
 FUSED(__half, f16)
 FUSED(__nv_bfloat16, bf16)
+
+// The residual stream in f32 for half-precision models: out is f32 [2, rows, h] holding
+// the new residual (residual + delta) and its RMSNorm (times w), both unrounded; the
+// caller casts the second half to T for the next matmul.
+template <typename T>
+__device__ void add_rms_norm_f32res(const T* __restrict__ delta, const float* __restrict__ residual,
+                                    const T* __restrict__ w, float* __restrict__ out, int rows,
+                                    int h, float eps) {
+  const int row = blockIdx.x;
+  const T* dr = delta + (int64_t)row * h;
+  const float* rr = residual + (int64_t)row * h;
+  float* sum_out = out + (int64_t)row * h;
+  float* norm_out = out + (int64_t)rows * h + (int64_t)row * h;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < h; i += blockDim.x) {
+    const float s = to_f32(dr[i]) + rr[i];
+    sum_out[i] = s;
+    ss += s * s;
+  }
+  __shared__ float red[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int nwarps = (blockDim.x + 31) / 32;
+  ss = warp_sum(ss);
+  if (lane == 0) red[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    float v = lane < nwarps ? red[lane] : 0.f;
+    v = warp_sum(v);
+    if (lane == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(red[0] / (float)h + eps);
+  for (int i = threadIdx.x; i < h; i += blockDim.x) norm_out[i] = sum_out[i] * inv * to_f32(w[i]);
+}
+
+#define FUSED_F32RES(T, SUFFIX)                                                                 \
+  extern "C" __global__ void add_rms_norm_f32res_##SUFFIX(const T* delta, const float* residual, \
+                                                          const T* w, float* out, int rows,     \
+                                                          int h, float eps) {                   \
+    add_rms_norm_f32res<T>(delta, residual, w, out, rows, h, eps);                              \
+  }
+
+FUSED_F32RES(__half, f16)
+FUSED_F32RES(__nv_bfloat16, bf16)

@@ -6,7 +6,8 @@
 # then timings), a PyTorch SDPA reference on the same decode shape, the 8B timings (batch-1
 # decode beside the weight-read floor; bench throughput 1000 x 128/128 and 256 x 1024/256)
 # beside HF transformers generate() on the same card, and a compact table. About 5 minutes.
-# SKIP_HF=1 leaves out the HF runs; SKIP_8B=1 the 8B ones.
+# SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones; TP_SHAPES / HF_SHAPES pick the
+# shapes ("N,IN,OUT ...").
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=${1:-.build/gpu/ferrolm}
@@ -77,8 +78,8 @@ print(f"8b decode batch 1: {r['decode_ms_per_step']:.2f} ms/token · weight-read
       f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {100*floor/r['decode_ms_per_step']:.0f}% of floor")
 PY
   row "8B bf16 batch-1 decode" "$(grep -o 'decode batch 1: .*' /tmp/floor.txt | cut -c17-)"
-  for shape in "1000 128 128" "256 1024 256"; do
-    set -- $shape
+  for shape in ${TP_SHAPES:-1000,128,128 256,1024,256}; do
+    set -- ${shape//,/ }
     echo "== ferrolm bench throughput: 8B dummy bf16, $1 x $2/$3"
     timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
       --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
@@ -87,8 +88,8 @@ PY
   done
 fi
 if [ -z "${SKIP_HF:-}" ]; then
-  for shape in "1000 128 128" "256 1024 256"; do
-    set -- $shape
+  for shape in ${HF_SHAPES:-1000,128,128 256,1024,256}; do
+    set -- ${shape//,/ }
     echo "== HF transformers generate(): 8B random bf16, $1 x $2/$3, batch 256"
     timeout 100 python3 scripts/hf_generate_baseline.py $CFG8B $1 $2 $3 2>&1 | grep -v -i warn | tail -3 | tee /tmp/hf.txt
     row "hf generate $1x$2/$3" "$(grep -o 'batch 256: .*' /tmp/hf.txt | cut -c12- | cut -c1-90)"

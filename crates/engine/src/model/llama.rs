@@ -71,14 +71,21 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, w, eps)?)
 }
 
-/// `(residual + delta, rms_norm(residual + delta) * w)`: one fused kernel on CUDA.
+/// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
+/// one fused kernel on CUDA. A half-precision model keeps `residual` in f32 (its stream of
+/// sums then loses nothing to rounding between layers).
 fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let dt = delta.dtype();
     #[cfg(feature = "cuda")]
     if delta.device().is_cuda() && crate::ops::fused_enabled() {
-        return crate::ops::add_rms_norm(delta, residual, w, eps);
+        if residual.dtype() == dt {
+            return crate::ops::add_rms_norm(delta, residual, w, eps);
+        }
+        let (x, h) = crate::ops::add_rms_norm_f32res(delta, residual, w, eps)?;
+        return Ok((x, h.to_dtype(dt)?));
     }
-    let x = (residual + delta)?;
-    let h = rms_norm(&x, w, eps)?;
+    let x = (residual + delta.to_dtype(residual.dtype())?)?;
+    let h = rms_norm(&x, &w.to_dtype(x.dtype())?, eps)?.to_dtype(dt)?;
     Ok((x, h))
 }
 
@@ -391,10 +398,12 @@ impl LlamaModel {
         let ids = Tensor::from_slice(&batch.token_ids, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
         let (cos, sin) = self.rope.gather(&positions, self.dtype)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        // Half-precision models keep the residual stream in f32 (see add_rms_norm).
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
-        let mut h = rms_norm(&x, &self.layers[0].attn_norm, eps)?;
+        let first_norm = self.layers[0].attn_norm.to_dtype(DType::F32)?;
+        let mut h = rms_norm(&x, &first_norm, eps)?.to_dtype(self.dtype)?;
         attn.begin_step(batch)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let q = layer.wq.forward(&h)?;
@@ -419,13 +428,14 @@ impl LlamaModel {
             let d = layer.w_down.forward(&silu_mul(&g, &u)?)?;
             match self.layers.get(li + 1) {
                 Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
-                None => x = (x1 + d)?,
+                None => x = (x1 + d.to_dtype(DType::F32)?)?,
             }
         }
         let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_slice(&idx, idx.len(), &self.device)?;
         let x = x.index_select(&idx, 0)?;
-        let x = rms_norm(&x, &self.output_norm, c.rms_norm_eps)?;
+        let x = rms_norm(&x, &self.output_norm.to_dtype(DType::F32)?, c.rms_norm_eps)?
+            .to_dtype(self.dtype)?;
         Ok(self.output.forward(&x)?.to_dtype(DType::F32)?)
     }
 }
