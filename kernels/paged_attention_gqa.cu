@@ -2,7 +2,8 @@
 // that share the KV head (GQA), so each K/V row is read from memory once, not G times.
 //
 // 128 threads = 4 warps, each split into two 16-lane sub-warps: 8 "virtual warps" walk the
-// partition's keys GQ_U at a time (key t0 + u, t0 stepping by 8 * GQ_U). Lane l of a
+// partition's keys U at a time (keys t0 .. t0+U-1, t0 stepping by 8 * U; both halves of a
+// warp take the same number of turns, since their shuffles name the whole warp). Lane l of a
 // sub-warp holds dims [l*DPL, (l+1)*DPL) of each query head and of its running outputs and
 // loads its slice of each key/value row with one or two 16-byte loads, so a sub-warp has
 // GQ_U rows of K (then V) in flight before it needs the first. Dot products are reduced over
@@ -75,7 +76,12 @@ __device__ void paged_attention_gqa(T* __restrict__ out, float* __restrict__ par
     for (int i = 0; i < DPL; ++i) acc[g][i] = 0.f;
   }
   const int32_t* table = block_tables + (int64_t)seq * max_blocks_per_seq;
-  for (int t0 = start + vw * U; t0 < end; t0 += GQ_NVW * U) {
+  // The loop bound is the same for both sub-warps of a warp (the 16-lane shuffles below
+  // name the whole warp): each warp takes 2*U keys per turn, the second sub-warp's U may
+  // lie past the end and are masked.
+  const int sub = lane / GQ_LPK;
+  for (int tb = start + warp * (32 / GQ_LPK) * U; tb < end; tb += GQ_NVW * U) {
+    const int t0 = tb + sub * U;
     int64_t off[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {

@@ -36,6 +36,20 @@ fi
 row "ferrolm decode attention" "$(grep -o 'decode attention bf16.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 
+# Opt-in paths, each in its own process with its own timeout (a hang costs only its row):
+# the GQA decode kernel (kernel checks, then the model checks with it) and the f32 residual
+# stream for bf16 models.
+echo "== GQA decode kernel (FERROLM_DECODE_KERNEL=gqa)"
+FERROLM_DECODE_KERNEL=gqa timeout 90 "$BIN" gpu-check --decode-kernel gqa 2>&1 | tee /tmp/gqa.txt
+while read -r l; do row "gqa: $(echo "$l" | cut -c1-39)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
+  < <(grep -E '^(model|decode attention|attention / copy)' /tmp/gqa.txt)
+GQA_OK=$(grep -q 'gpu-check: [0-9]* passed, 0 failed' /tmp/gqa.txt && echo 1)
+row "gqa decode kernel" "$([ -n "$GQA_OK" ] && echo "all checks pass" || echo "FAILED or hung (see log)")"
+echo "== f32 residual stream for bf16 (FERROLM_F32_RESIDUAL=1)"
+FERROLM_F32_RESIDUAL=1 timeout 60 "$BIN" gpu-check --model-only 2>&1 | tee /tmp/f32res.txt
+while read -r l; do row "f32res: $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
+  < <(grep '^model bf16' /tmp/f32res.txt)
+
 echo "== PyTorch SDPA reference (B64, 32 q-heads, 8 kv-heads, 2048 keys, d128, bf16)"
 timeout 60 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
 import torch, torch.nn.functional as F
@@ -62,6 +76,44 @@ PY
 row "sdpa cudnn" "$(grep -o 'sdpa cudnn.*' /tmp/sdpa.txt | cut -c13-)"
 row "sdpa flash" "$(grep -o 'sdpa flash.*' /tmp/sdpa.txt | cut -c13-)"
 
+# GGUF weights on the GPU (candle's CUDA quantized matmul): a small random GGUF with the
+# default model's tokenizer (scripts/make-tiny-gguf.py; the default model is too big to carry).
+TINY=${TINY_GGUF:-.build/tiny-smollm.gguf}
+if [ -f "$TINY" ]; then
+  echo "== GGUF on the GPU: generate (cuda vs cpu) and serve --device cuda"
+  GA=$(timeout 60 "$BIN" generate --device cpu --model "$TINY" --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
+  GB=$(timeout 60 "$BIN" generate --device cuda --model "$TINY" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-cuda.err)
+  tail -2 /tmp/gen-cuda.err
+  row "gguf generate cuda vs cpu (greedy text)" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:40} cuda=${GB:0:40}")"
+  "$BIN" serve "$TINY" --device cuda --port 8111 --gpu-memory-utilization 0.3 > /tmp/serve.log 2>&1 &
+  SPID=$!
+  timeout 120 python3 - <<'PY' 2>&1 | tee /tmp/serve-check.txt
+import json, time, urllib.request
+base = "http://127.0.0.1:8111"
+def call(path, body=None):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body else None,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, r.read().decode()
+for _ in range(100):
+    try:
+        if call("/health")[0] == 200: break
+    except Exception: time.sleep(1)
+st, chat = call("/v1/chat/completions", {"model": "tiny-smollm", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "Hi"}]})
+u = json.loads(chat)["usage"]
+st2, stream = call("/v1/completions", {"model": "tiny-smollm", "prompt": "Hello", "max_tokens": 8, "stream": True})
+chunks = stream.count("data: ") - 1
+_, metrics = call("/metrics")
+kv = [l for l in metrics.splitlines() if l.startswith("vllm:num_gpu_blocks") or "cache_config_info" in l][:1]
+print(f"serve cuda: chat {st} usage {u['prompt_tokens']}+{u['completion_tokens']} · stream {st2} {chunks} chunks · "
+      f"{sum(1 for l in metrics.splitlines() if l.startswith('vllm:'))} vllm: series")
+PY
+  kill $SPID 2>/dev/null; wait $SPID 2>/dev/null
+  grep -E "kv cache|ERROR|error" /tmp/serve.log | head -3
+  row "serve --device cuda (tiny GGUF)" "$(grep -o 'serve cuda: .*' /tmp/serve-check.txt | cut -c13- || echo FAILED)"
+fi
+
 CFG8B=models/configs/llama-3.1-8b.json
 OUTD=${OUT:-/tmp}
 if [ -z "${SKIP_8B:-}" ]; then
@@ -85,6 +137,13 @@ PY
       --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
       --output-json "$OUTD/throughput-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
     row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
+    if [ -n "$GQA_OK" ]; then
+      echo "== the same with the GQA decode kernel"
+      FERROLM_DECODE_KERNEL=gqa timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
+        --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+        --output-json "$OUTD/throughput-gqa-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+      row "ferrolm throughput $1x$2/$3 gqa" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
+    fi
   done
 fi
 if [ -z "${SKIP_HF:-}" ]; then

@@ -74,8 +74,8 @@ pub struct CudaKernels {
     cache: Arc<CudaModule>,
     prefill: Arc<CudaModule>,
     gqa: Arc<CudaModule>,
-    /// Which decode kernel `paged_attention` runs (FERROLM_DECODE_KERNEL=v1 picks the first
-    /// one: a CTA per query head).
+    /// Which decode kernel `paged_attention` runs (FERROLM_DECODE_KERNEL=gqa picks the GQA
+    /// one; the per-head one is the default until the GQA kernel passes a GPU run).
     pub decode_kernel: DecodeKernel,
 }
 
@@ -90,10 +90,13 @@ pub enum DecodeKernel {
 }
 
 impl DecodeKernel {
+    /// The per-head kernel unless FERROLM_DECODE_KERNEL=gqa. The GQA kernel's first GPU
+    /// run (2026-11-26) deadlocked on contexts shorter than its 32-key turn (fixed since, not
+    /// yet run on a GPU), so it stays opt-in until `scripts/gpu-check.sh` passes with it.
     pub fn from_env() -> Self {
         match std::env::var("FERROLM_DECODE_KERNEL").as_deref() {
-            Ok("v1") | Ok("per-head") => Self::PerHead,
-            _ => Self::Gqa,
+            Ok("gqa") => Self::Gqa,
+            _ => Self::PerHead,
         }
     }
 }
@@ -573,8 +576,8 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
         },
         CheckRow {
             name: format!("attention / copy ({:?})", k.decode_kernel),
-            // The target binds the kernel the engine runs; the per-head one is for comparison.
-            ok: k.decode_kernel == DecodeKernel::PerHead || attn_gbs >= 0.8 * copy_gbs,
+            // A speed target (the GPU speed issue's), reported for each kernel.
+            ok: attn_gbs >= 0.8 * copy_gbs,
             detail: format!("{:.0}% (target >= 80%)", 100.0 * attn_gbs / copy_gbs),
         },
     ])

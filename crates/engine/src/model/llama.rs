@@ -72,8 +72,8 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 /// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
-/// one fused kernel on CUDA. A half-precision model keeps `residual` in f32 (its stream of
-/// sums then loses nothing to rounding between layers).
+/// one fused kernel on CUDA. `residual` may be f32 under a half-precision `delta` (the
+/// stream of sums then loses nothing to rounding between layers).
 fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let dt = delta.dtype();
     #[cfg(feature = "cuda")]
@@ -87,6 +87,12 @@ fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Resu
     let x = (residual + delta.to_dtype(residual.dtype())?)?;
     let h = rms_norm(&x, &w.to_dtype(x.dtype())?, eps)?.to_dtype(dt)?;
     Ok((x, h))
+}
+
+/// FERROLM_F32_RESIDUAL=1: half-precision models keep their residual stream in f32.
+fn f32_residual() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERROLM_F32_RESIDUAL").is_ok_and(|v| v == "1"))
 }
 
 /// silu(gate) * up: one fused kernel on CUDA (unless FERROLM_NO_FUSED is set).
@@ -398,11 +404,13 @@ impl LlamaModel {
         let ids = Tensor::from_slice(&batch.token_ids, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
         let (cos, sin) = self.rope.gather(&positions, self.dtype)?;
-        // Half-precision models keep the residual stream in f32 (see add_rms_norm).
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        // The residual stream's type: the model's, or f32 for a half-precision model when
+        // FERROLM_F32_RESIDUAL=1 (see add_rms_norm; opt-in until a GPU run checks it).
+        let rdt = if f32_residual() { DType::F32 } else { self.dtype };
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(rdt)?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
-        let first_norm = self.layers[0].attn_norm.to_dtype(DType::F32)?;
+        let first_norm = self.layers[0].attn_norm.to_dtype(rdt)?;
         let mut h = rms_norm(&x, &first_norm, eps)?.to_dtype(self.dtype)?;
         attn.begin_step(batch)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -428,13 +436,13 @@ impl LlamaModel {
             let d = layer.w_down.forward(&silu_mul(&g, &u)?)?;
             match self.layers.get(li + 1) {
                 Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
-                None => x = (x1 + d.to_dtype(DType::F32)?)?,
+                None => x = (x1 + d.to_dtype(rdt)?)?,
             }
         }
         let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_slice(&idx, idx.len(), &self.device)?;
         let x = x.index_select(&idx, 0)?;
-        let x = rms_norm(&x, &self.output_norm.to_dtype(DType::F32)?, c.rms_norm_eps)?
+        let x = rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?
             .to_dtype(self.dtype)?;
         Ok(self.output.forward(&x)?.to_dtype(DType::F32)?)
     }
