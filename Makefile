@@ -15,6 +15,11 @@ CUDA_COMPUTE_CAP ?= $(lastword $(subst ;, ,$(FERROLM_CUDA_ARCHS)))
 export CUDA_COMPUTE_CAP
 GPU_BIN := .build/gpu/ferrolm
 
+# Everything a GPU session carries: the CUDA binary and a small GGUF (see scripts/gpu-check.sh).
+.PHONY: gpu-bundle
+gpu-bundle: build-cuda model
+	./scripts/make-tiny-gguf.sh
+
 .PHONY: build build-cuda candle-patch model serve test test-tools test-openai test-cuda fmt clippy generate
 
 # candle-core with cudarc's dynamic-loading (the workspace's [patch.crates-io] points there).

@@ -10,6 +10,7 @@ use cudarc::driver::{
 use half::{bf16, f16};
 
 use super::split::{choose_decode_launch, paged_decode_split_reference};
+pub use super::split::{plan_prefill_tiles, PREFILL_TILE_ROWS};
 
 const PAGED_ATTENTION_FATBIN: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention.fatbin"));
@@ -104,24 +105,6 @@ impl DecodeKernel {
 /// Whether the GQA decode kernel is built for this head size and group size.
 pub fn gqa_kernel_built(head_dim: usize, group: usize) -> bool {
     matches!(head_dim, 64 | 128) && matches!(group, 1 | 2 | 3 | 4 | 6 | 8)
-}
-
-/// Query rows per tile of the prefill kernel (its PF_BQ).
-pub const PREFILL_TILE_ROWS: usize = 16;
-
-/// The prefill kernel's tiles for a batch: `[seq, first row, rows]` per tile, every
-/// sequence's new rows cut into runs of at most [`PREFILL_TILE_ROWS`].
-pub fn plan_prefill_tiles(query_start_loc: &[usize]) -> Vec<i32> {
-    let mut tiles = Vec::new();
-    for (seq, w) in query_start_loc.windows(2).enumerate() {
-        let mut r = w[0];
-        while r < w[1] {
-            let n = (w[1] - r).min(PREFILL_TILE_ROWS);
-            tiles.extend_from_slice(&[seq as i32, r as i32, n as i32]);
-            r += n;
-        }
-    }
-    tiles
 }
 
 /// Shapes of one decode attention call.

@@ -99,8 +99,44 @@ pub fn paged_decode_split_reference(
     out
 }
 
+/// Query rows per tile of the prefill kernel (its PF_BQ).
+pub const PREFILL_TILE_ROWS: usize = 16;
+
+/// The prefill kernel's tiles for a batch: `[seq, first row, rows]` per tile, every
+/// sequence's new rows cut into runs of at most [`PREFILL_TILE_ROWS`].
+pub fn plan_prefill_tiles(query_start_loc: &[usize]) -> Vec<i32> {
+    let mut tiles = Vec::new();
+    for (seq, w) in query_start_loc.windows(2).enumerate() {
+        let mut r = w[0];
+        while r < w[1] {
+            let n = (w[1] - r).min(PREFILL_TILE_ROWS);
+            tiles.extend_from_slice(&[seq as i32, r as i32, n as i32]);
+            r += n;
+        }
+    }
+    tiles
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefill_tiles_cover_every_row_once_within_its_sequence() {
+        // Sequences of 1, 16, 17, 40 and 3 new rows (decode rows become one-row tiles).
+        let qsl = [0usize, 1, 17, 34, 74, 77];
+        let tiles = super::plan_prefill_tiles(&qsl);
+        let mut seen = vec![0u32; 77];
+        for t in tiles.chunks(3) {
+            let (seq, first, n) = (t[0] as usize, t[1] as usize, t[2] as usize);
+            assert!(n >= 1 && n <= super::PREFILL_TILE_ROWS);
+            assert!(first >= qsl[seq] && first + n <= qsl[seq + 1], "{t:?}");
+            for r in first..first + n {
+                seen[r] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+        assert_eq!(tiles.len() / 3, 1 + 1 + 2 + 3 + 1);
+    }
+
     use super::*;
     use crate::attention::{paged_attention_cpu, PagedAttentionShape};
 
