@@ -54,6 +54,31 @@ test: candle-patch model test-tools
 	$(CARGO) test --release --workspace
 	$(MAKE) test-openai
 	$(MAKE) test-cuda
+	$(MAKE) k8s-validate
+
+# Deployment files, offline: the shared validator on k8s/ (yamllint, kustomize render, strict
+# Kubernetes and custom-resource schemas, promtool, hadolint), hadolint on the Dockerfile, and
+# every metric the KEDA triggers, alerts and dashboard name checked against a live server.
+K8S_VALIDATE ?= $(firstword $(wildcard ../shared/k8s-validate/validate.sh /work/shared/k8s-validate/validate.sh))
+K8S_TOOLS_VENV ?= /tmp/k8s-validate-venv
+.PHONY: k8s-validate image
+k8s-validate: build model
+	@if [ -z "$(K8S_VALIDATE)" ]; then \
+	  echo "k8s-validate: SKIPPED, the validator (../shared/k8s-validate/validate.sh) is not on this machine" >&2; \
+	else \
+	  TOOLS_VENV=$(K8S_TOOLS_VENV) $(K8S_VALIDATE) k8s && \
+	  $(K8S_TOOLS_VENV)/bin/hadolint --failure-threshold warning Dockerfile && echo "ok   hadolint Dockerfile"; \
+	fi
+	./scripts/check-k8s-metrics.sh --serve $(BIN) $$(./models/fetch-default.sh)
+
+# Container images: both targets with a container engine; here (no registry reachable) the CPU
+# image assembled FROM scratch with buildah and run once.
+image: build
+	@if command -v docker >/dev/null 2>&1; then \
+	  docker build --target cpu -t ferrolm:cpu . && docker build --target cuda -t ferrolm:cuda .; \
+	else \
+	  ./scripts/build-cpu-image.sh $(BIN); \
+	fi
 
 test-cuda: build-cuda
 	./scripts/check-cuda-build.sh $(GPU_BIN)

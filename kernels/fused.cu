@@ -6,6 +6,24 @@
 //   sub-layer, in one pass over the row.
 #include "common.cuh"
 
+// Sum of v over the block (blockDim.x <= 1024); every thread gets it.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float red[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int nwarps = (blockDim.x + 31) / 32;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < nwarps ? red[lane] : 0.f;
+    t = warp_sum(t);
+    if (lane == 0) red[0] = t;
+  }
+  __syncthreads();
+  return red[0];
+}
+
+
 template <typename T>
 __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up,
                          T* __restrict__ out, int64_t n) {
@@ -32,19 +50,7 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ resi
     const float f = to_f32(s);
     ss += f * f;
   }
-  __shared__ float red[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int nwarps = (blockDim.x + 31) / 32;
-  ss = warp_sum(ss);
-  if (lane == 0) red[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    float v = lane < nwarps ? red[lane] : 0.f;
-    v = warp_sum(v);
-    if (lane == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(red[0] / (float)h + eps);
+  const float inv = rsqrtf(block_sum(ss) / (float)h + eps);
   for (int i = threadIdx.x; i < h; i += blockDim.x)
     norm_out[i] = from_f32<T>(to_f32(sum_out[i]) * inv * to_f32(w[i]));
 }
@@ -81,19 +87,7 @@ __device__ void add_rms_norm_f32res(const T* __restrict__ delta, const float* __
     sum_out[i] = s;
     ss += s * s;
   }
-  __shared__ float red[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int nwarps = (blockDim.x + 31) / 32;
-  ss = warp_sum(ss);
-  if (lane == 0) red[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    float v = lane < nwarps ? red[lane] : 0.f;
-    v = warp_sum(v);
-    if (lane == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(red[0] / (float)h + eps);
+  const float inv = rsqrtf(block_sum(ss) / (float)h + eps);
   for (int i = threadIdx.x; i < h; i += blockDim.x) norm_out[i] = sum_out[i] * inv * to_f32(w[i]);
 }
 

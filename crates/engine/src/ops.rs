@@ -127,13 +127,15 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
 }
 
+/// Residual add + RMSNorm; the residual (and both outputs) in `R`: the delta's type, or f32
+/// under a half-precision delta (`add_rms_norm_f32res_*`).
 struct AddRmsNorm<'w> {
     weight: &'w Tensor,
     eps: f32,
 }
 
 impl AddRmsNorm<'_> {
-    fn run<T: KernelType + CudaDType>(
+    fn run<T: KernelType + CudaDType, R: KernelType + CudaDType>(
         &self,
         s1: &CudaStorage,
         l1: &Layout,
@@ -141,18 +143,23 @@ impl AddRmsNorm<'_> {
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (rows, h) = l1.shape().dims2()?;
-        let (x, r) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<T>(s2, l2)?);
+        let (x, r) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<R>(s2, l2)?);
         let (ws, wl) = self.weight.storage_and_layout();
         let Storage::Cuda(ws) = &*ws else {
             return Err(cuda_err("add_rms_norm: the weight is not on the GPU"));
         };
         let w = contiguous_view::<T>(ws, wl)?;
         let stream = s1.device.cuda_stream();
+        let name = if T::DTYPE == R::DTYPE {
+            format!("add_rms_norm_{}", T::SUFFIX)
+        } else {
+            format!("add_rms_norm_f32res_{}", T::SUFFIX)
+        };
         let f = fused_module(&stream)?
-            .load_function(&format!("add_rms_norm_{}", T::SUFFIX))
+            .load_function(&name)
             .map_err(cuda_err)?;
         // SAFETY: both halves are written by the kernel before they are read.
-        let mut out = unsafe { stream.alloc::<T>(2 * rows * h) }.map_err(cuda_err)?;
+        let mut out = unsafe { stream.alloc::<R>(2 * rows * h) }.map_err(cuda_err)?;
         let (rows_i, h_i) = (rows as i32, h as i32);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
@@ -202,128 +209,32 @@ impl CustomOp2 for AddRmsNorm<'_> {
         if l1.shape() != l2.shape() || self.weight.dtype() != s1.dtype() {
             return Err(cuda_err("add_rms_norm: shapes or types differ"));
         }
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(s1, l1, s2, l2),
-            DType::F16 => self.run::<half::f16>(s1, l1, s2, l2),
-            DType::BF16 => self.run::<half::bf16>(s1, l1, s2, l2),
-            other => Err(cuda_err(format!("add_rms_norm: {other:?}"))),
+        use half::{bf16, f16};
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => self.run::<f32, f32>(s1, l1, s2, l2),
+            (DType::F16, DType::F16) => self.run::<f16, f16>(s1, l1, s2, l2),
+            (DType::BF16, DType::BF16) => self.run::<bf16, bf16>(s1, l1, s2, l2),
+            (DType::F16, DType::F32) => self.run::<f16, f32>(s1, l1, s2, l2),
+            (DType::BF16, DType::F32) => self.run::<bf16, f32>(s1, l1, s2, l2),
+            (a, b) => Err(cuda_err(format!("add_rms_norm: {a:?} delta, {b:?} residual"))),
         }
     }
 }
 
-/// `(x + residual, rms_norm(x + residual) * weight)` in one kernel; `x`, `residual`:
-/// `[rows, hidden]`.
+/// `(delta + residual, rms_norm(delta + residual) * weight)` in one kernel; `delta`,
+/// `residual`: `[rows, hidden]`. The results have the residual's type, which is the
+/// delta's or f32.
 pub fn add_rms_norm(
-    x: &Tensor,
-    residual: &Tensor,
-    weight: &Tensor,
-    eps: f32,
-) -> Result<(Tensor, Tensor)> {
-    if x.rank() != 2 {
-        return Err(EngineError::Config("add_rms_norm takes [rows, hidden]".into()));
-    }
-    let both = x
-        .contiguous()?
-        .apply_op2_no_bwd(&residual.contiguous()?, &AddRmsNorm { weight, eps })?;
-    Ok((both.get(0)?, both.get(1)?))
-}
-
-/// [`add_rms_norm`] with the residual stream in f32: `delta` and `weight` in f16/bf16,
-/// `residual` f32; returns the new f32 residual and its f32 RMSNorm.
-struct AddRmsNormF32Res<'w> {
-    weight: &'w Tensor,
-    eps: f32,
-}
-
-impl AddRmsNormF32Res<'_> {
-    fn run<T: KernelType + CudaDType>(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (rows, h) = l1.shape().dims2()?;
-        let d = contiguous_view::<T>(s1, l1)?;
-        let r = contiguous_view::<f32>(s2, l2)?;
-        let (ws, wl) = self.weight.storage_and_layout();
-        let Storage::Cuda(ws) = &*ws else {
-            return Err(cuda_err("add_rms_norm_f32res: the weight is not on the GPU"));
-        };
-        let w = contiguous_view::<T>(ws, wl)?;
-        let stream = s1.device.cuda_stream();
-        let f = fused_module(&stream)?
-            .load_function(&format!("add_rms_norm_f32res_{}", T::SUFFIX))
-            .map_err(cuda_err)?;
-        // SAFETY: both halves are written by the kernel before they are read.
-        let mut out = unsafe { stream.alloc::<f32>(2 * rows * h) }.map_err(cuda_err)?;
-        let (rows_i, h_i) = (rows as i32, h as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (h.next_multiple_of(32).min(1024) as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        unsafe {
-            stream
-                .launch_builder(&f)
-                .arg(&d)
-                .arg(&r)
-                .arg(&w)
-                .arg(&mut out)
-                .arg(&rows_i)
-                .arg(&h_i)
-                .arg(&self.eps)
-                .launch(cfg)
-                .map_err(cuda_err)?
-        };
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-            Shape::from((2, rows, h)),
-        ))
-    }
-}
-
-impl CustomOp2 for AddRmsNormF32Res<'_> {
-    fn name(&self) -> &'static str {
-        "add_rms_norm_f32res"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        Err(cuda_err("add_rms_norm_f32res runs on CUDA only"))
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        if l1.shape() != l2.shape() || self.weight.dtype() != s1.dtype() || s2.dtype() != DType::F32 {
-            return Err(cuda_err("add_rms_norm_f32res: shapes or types differ"));
-        }
-        match s1.dtype() {
-            DType::F16 => self.run::<half::f16>(s1, l1, s2, l2),
-            DType::BF16 => self.run::<half::bf16>(s1, l1, s2, l2),
-            other => Err(cuda_err(format!("add_rms_norm_f32res: {other:?}"))),
-        }
-    }
-}
-
-/// `(residual + delta, rms_norm(residual + delta) * weight)` with an f32 `residual` and a
-/// half-precision `delta`/`weight`; both results f32.
-pub fn add_rms_norm_f32res(
     delta: &Tensor,
     residual: &Tensor,
     weight: &Tensor,
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
+    if delta.rank() != 2 {
+        return Err(EngineError::Config("add_rms_norm takes [rows, hidden]".into()));
+    }
     let both = delta
         .contiguous()?
-        .apply_op2_no_bwd(&residual.contiguous()?, &AddRmsNormF32Res { weight, eps })?;
+        .apply_op2_no_bwd(&residual.contiguous()?, &AddRmsNorm { weight, eps })?;
     Ok((both.get(0)?, both.get(1)?))
 }

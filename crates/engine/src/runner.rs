@@ -18,17 +18,12 @@ pub struct ModelRunner<'m> {
 impl<'m> ModelRunner<'m> {
     /// A runner with a CPU KV cache of `num_blocks` blocks of `block_size` tokens.
     pub fn new_cpu(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
-        let c = &model.config;
-        let layout = KvCacheLayout {
-            num_layers: c.num_layers,
-            num_blocks,
-            block_size,
-            num_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        };
         Self {
             model,
-            attn: Box::new(CpuPagedAttention::new(layout, c.num_heads)),
+            attn: Box::new(CpuPagedAttention::new(
+                cache_layout(model, num_blocks, block_size),
+                model.config.num_heads,
+            )),
         }
     }
 
@@ -40,14 +35,8 @@ impl<'m> ModelRunner<'m> {
             #[cfg(feature = "cuda")]
             Device::Cuda(dev) => {
                 use crate::attention::CudaPagedAttention;
+                let layout = cache_layout(model, num_blocks, block_size);
                 let c = &model.config;
-                let layout = KvCacheLayout {
-                    num_layers: c.num_layers,
-                    num_blocks,
-                    block_size,
-                    num_kv_heads: c.num_kv_heads,
-                    head_dim: c.head_dim,
-                };
                 let nh = c.num_heads;
                 let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
                     DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh)?),
@@ -91,6 +80,18 @@ impl<'m> ModelRunner<'m> {
 
     pub fn execute(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         self.model.forward(batch, self.attn.as_mut())
+    }
+}
+
+/// The KV cache's shape for `model`.
+fn cache_layout(model: &LlamaModel, num_blocks: usize, block_size: usize) -> KvCacheLayout {
+    let c = &model.config;
+    KvCacheLayout {
+        num_layers: c.num_layers,
+        num_blocks,
+        block_size,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
     }
 }
 
@@ -283,13 +284,7 @@ pub fn gpu_kv_blocks(
         + 3 * seqs * c.vocab_size * 4) as f64;
     let used = (total - free) as f64;
     let budget = total as f64 * util - used - activations;
-    let layout = KvCacheLayout {
-        num_layers: c.num_layers,
-        num_blocks: 1,
-        block_size,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    };
+    let layout = cache_layout(model, 1, block_size);
     let per_block = layout.bytes_per_block(elem) as f64;
     let blocks = if budget > 0.0 { (budget / per_block) as usize } else { 0 };
     let gib = |b: f64| b / (1u64 << 30) as f64;

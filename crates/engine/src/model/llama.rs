@@ -78,10 +78,7 @@ fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Resu
     let dt = delta.dtype();
     #[cfg(feature = "cuda")]
     if delta.device().is_cuda() && crate::ops::fused_enabled() {
-        if residual.dtype() == dt {
-            return crate::ops::add_rms_norm(delta, residual, w, eps);
-        }
-        let (x, h) = crate::ops::add_rms_norm_f32res(delta, residual, w, eps)?;
+        let (x, h) = crate::ops::add_rms_norm(delta, residual, w, eps)?;
         return Ok((x, h.to_dtype(dt)?));
     }
     let x = (residual + delta.to_dtype(residual.dtype())?)?;
