@@ -20,7 +20,9 @@ __device__ __forceinline__ float block_sum(float v) {
     if (lane == 0) red[0] = t;
   }
   __syncthreads();
-  return red[0];
+  const float total = red[0];
+  __syncthreads();  // everyone has read red[0] before a later call may overwrite it
+  return total;
 }
 
 

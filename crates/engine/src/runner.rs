@@ -266,8 +266,9 @@ pub fn gpu_kv_blocks(
             batch.push_seq(&toks, 0, &table, block_size, LogitsWanted::Last);
         }
         runner.execute(&batch)?;
-        model.device().synchronize()?;
     }
+    // After the profile step's buffers are dropped: their async frees reach the driver here.
+    model.device().synchronize()?;
     let profile_secs = started.elapsed().as_secs_f64();
     let stream = dev.cuda_stream();
     stream
@@ -279,9 +280,13 @@ pub fn gpu_kv_blocks(
     let elem = model.dtype().size_in_bytes();
     // Live activations of the largest step: a few [tokens, hidden] streams, Q/K/V, the
     // MLP's gate/up/product, and f32 logits (+ their copy) for each sequence's last token.
+    // (+ the split-K scratch of a decode step at the longest context, + f32 residuals.)
     let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    let parts = c.max_position_embeddings.div_ceil(512);
     let activations = (max_tokens * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
-        + 3 * seqs * c.vocab_size * 4) as f64;
+        + max_tokens * 4 * c.hidden_size * 4
+        + 3 * seqs * c.vocab_size * 4
+        + max_seqs * c.num_heads * parts * (c.head_dim + 2) * 4) as f64;
     let used = (total - free) as f64;
     let budget = total as f64 * util - used - activations;
     let layout = cache_layout(model, 1, block_size);

@@ -10,6 +10,9 @@ use super::{AttentionBackend, KvCacheLayout};
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
 
+/// Keys whose dot products run side by side in the CPU kernel.
+const KEYS_AT_ONCE: usize = 8;
+
 /// Heads and sizes of one paged attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct PagedAttentionShape {
@@ -66,11 +69,32 @@ pub fn paged_attention_cpu(
             let block = table[start / bs] as usize;
             let len = (bs - start % bs).min(n_keys - start).min(scores.len());
             let mut bmax = f32::NEG_INFINITY;
-            for i in 0..len {
+            let key = |i: usize| {
                 let off = ((block * bs + (start + i) % bs) * num_kv_heads + kvh) * hd;
-                let kv = &k_cache[off..off + hd];
-                // Sequential f32 sum: the order the goldens were validated with (a lane-split
-                // sum changes greedy output on this sensitive model; see the engine notes).
+                &k_cache[off..off + hd]
+            };
+            // Each key's dot is a sequential f32 sum over d: the order the goldens were
+            // validated with (a lane-split sum changes greedy output on this sensitive model;
+            // see the engine notes). Eight keys' sums run side by side: eight independent
+            // chains instead of one, the same bits per key.
+            let mut i = 0;
+            while i + KEYS_AT_ONCE <= len {
+                let ks: [&[f32]; KEYS_AT_ONCE] = std::array::from_fn(|j| key(i + j));
+                let mut dots = [0f32; KEYS_AT_ONCE];
+                for d in 0..hd {
+                    let qd = qv[d];
+                    for j in 0..KEYS_AT_ONCE {
+                        dots[j] += qd * ks[j][d];
+                    }
+                }
+                for j in 0..KEYS_AT_ONCE {
+                    scores[i + j] = dots[j] * scale;
+                    bmax = bmax.max(scores[i + j]);
+                }
+                i += KEYS_AT_ONCE;
+            }
+            for i in i..len {
+                let kv = key(i);
                 let mut dot = 0f32;
                 for d in 0..hd {
                     dot += qv[d] * kv[d];

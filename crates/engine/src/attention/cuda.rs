@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
@@ -254,7 +254,10 @@ impl CudaKernels {
         scratch: &mut Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)>,
     ) -> CudaResult<()> {
         let group = s.num_heads / s.num_kv_heads.max(1);
+        // The GQA kernel loads q with 16-byte (8 at d64 in 16-bit types) vector loads.
+        let q_aligned = (q.device_ptr(&self.stream).0 as usize) % 16 == 0;
         let gqa = self.decode_kernel == DecodeKernel::Gqa
+            && q_aligned
             && s.num_heads % s.num_kv_heads.max(1) == 0
             && gqa_kernel_built(s.head_dim, group);
         // The grid's width in CTAs per sequence decides split-K, as in vLLM's rule.
@@ -280,24 +283,17 @@ impl CudaKernels {
                 self.stream.alloc_zeros(n_part)?,
             ));
         }
-        let (po, pm, ps) = match scratch {
-            Some((a, b, c)) if parts > 1 => (
-                a as &mut CudaSlice<f32>,
-                b as &mut CudaSlice<f32>,
-                c as &mut CudaSlice<f32>,
-            ),
-            _ => {
-                // Unused with one partition; the kernel never touches them.
-                *scratch = Some((
-                    self.stream.alloc_zeros(1)?,
-                    self.stream.alloc_zeros(1)?,
-                    self.stream.alloc_zeros(1)?,
-                ));
-                let Some((a, b, c)) = scratch else {
-                    unreachable!()
-                };
-                (a, b, c)
-            }
+        // With one partition the kernel never touches the scratch: any buffers will do
+        // (kept from earlier calls, so a decode step allocates nothing).
+        if scratch.is_none() {
+            *scratch = Some((
+                self.stream.alloc_zeros(1)?,
+                self.stream.alloc_zeros(1)?,
+                self.stream.alloc_zeros(1)?,
+            ));
+        }
+        let Some((po, pm, ps)) = scratch.as_mut() else {
+            unreachable!("scratch was just set")
         };
         let scale = 1.0f32 / (s.head_dim as f32).sqrt();
         let (mb, nh, nkv, bs, psize) = (

@@ -86,6 +86,21 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
                 "slot {bad} is outside the KV cache ({n_slots} slots)"
             )));
         }
+        // What the kernels trust: each table covers its context, each context holds its new
+        // tokens, and the rows add up (a wrong step would read another sequence's KV).
+        let qsl = &batch.query_start_loc;
+        if qsl.len() != batch.num_seqs() + 1 || qsl.last().copied() != Some(batch.num_tokens()) {
+            return Err(EngineError::Config("query_start_loc does not match the step".into()));
+        }
+        for s in 0..batch.num_seqs() {
+            let (ctx, new) = (batch.context_lens[s], qsl[s + 1] - qsl[s]);
+            if batch.block_tables[s].len() * l.block_size < ctx || ctx < new {
+                return Err(EngineError::Config(format!(
+                    "sequence {s}: {} blocks for {ctx} tokens of context, {new} new",
+                    batch.block_tables[s].len()
+                )));
+            }
+        }
         let max_blocks = batch.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut tables = vec![0i32; batch.num_seqs() * max_blocks];
         for (s, t) in batch.block_tables.iter().enumerate() {

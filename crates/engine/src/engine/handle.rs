@@ -103,6 +103,21 @@ pub struct EngineHandle {
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The thread pool the model computes on: one thread per available core. Code that drives
+/// the model runs *inside* it (`compute_pool().install(..)`): a driver outside the pool would
+/// be a third thread on two cores, and rayon's idle workers yield-spinning against it cost a
+/// third of every CPU step (measured with perf: `sched_yield` and context switches).
+pub fn compute_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(available_cores())
+            .thread_name(|i| format!("ferrolm-compute-{i}"))
+            .build()
+            .expect("building the compute thread pool")
+    })
+}
+
 /// Threads the machine really offers this process (cgroup quota and affinity aware).
 pub fn available_cores() -> usize {
     std::thread::available_parallelism()
@@ -140,10 +155,6 @@ impl EngineHandle {
             max_model_len,
         };
         let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?;
-        // Size rayon's pool to the cores we really have (no-op if already built).
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(available_cores())
-            .build_global();
         let stats = Arc::new(EngineStats::default());
         let (tx, rx) = mpsc::channel::<Command>();
         let thread_stats = stats.clone();
@@ -153,16 +164,20 @@ impl EngineHandle {
         let join = std::thread::Builder::new()
             .name("ferrolm-engine".into())
             .spawn(move || {
-                match EngineCore::new(&model, thread_tok, scheduler, thread_stats) {
-                    Ok(mut core) => {
-                        let _ = ready_tx.send(Ok(()));
-                        core.step_observer = observer;
-                        engine_loop(&mut core, rx);
+                // The loop runs on a worker of the compute pool, so the model's parallel work
+                // is split between it and the other workers: one busy thread per core.
+                compute_pool().install(|| {
+                    match EngineCore::new(&model, thread_tok, scheduler, thread_stats) {
+                        Ok(mut core) => {
+                            let _ = ready_tx.send(Ok(()));
+                            core.step_observer = observer;
+                            engine_loop(&mut core, rx);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
+                })
             })
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
         // The KV cache is allocated on the engine thread: wait until it is there (or not).

@@ -56,6 +56,20 @@ pub fn generate_offline(
     prompts: &[Vec<u32>],
     output_len: usize,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
+    // Driven from inside the compute pool, as the engine thread is.
+    super::compute_pool().install(|| {
+        run_offline(model, config, num_blocks, block_size, prompts, output_len)
+    })
+}
+
+fn run_offline(
+    model: &LlamaModel,
+    config: SchedulerConfig,
+    num_blocks: usize,
+    block_size: usize,
+    prompts: &[Vec<u32>],
+    output_len: usize,
+) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     if output_len == 0 {
         return Err(EngineError::InvalidRequest("output_len must be positive".into()));
     }
