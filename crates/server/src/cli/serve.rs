@@ -29,8 +29,11 @@ pub struct ServeArgs {
     pub max_model_len: Option<usize>,
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub max_num_batched_tokens: usize,
+    /// Token budget of one engine step. Default: 512 on the CPU (prompts are prefilled in
+    /// turns while running requests keep decoding, as llama-server's 512-token batches), 8192
+    /// on a GPU (vLLM's API-server default on large GPUs).
+    #[arg(long)]
+    pub max_num_batched_tokens: Option<usize>,
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
@@ -148,6 +151,9 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
     let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let device = super::device::resolve_device(&load_args.device)?;
         let lm = LoadedModel::load(&model_path, &device)?;
+        let max_num_batched_tokens = load_args
+            .max_num_batched_tokens
+            .unwrap_or(if device.is_cpu() { 512 } else { 8192 });
         let num_blocks_override = match (load_args.num_gpu_blocks_override, device.is_cpu()) {
             (Some(n), _) => Some(n),
             (None, true) => None,
@@ -156,7 +162,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
                 None,
                 load_args.gpu_memory_utilization,
                 load_args.kv_cache_memory_bytes,
-                load_args.max_num_batched_tokens,
+                max_num_batched_tokens,
                 load_args.max_num_seqs,
                 load_args.block_size,
             )?),
@@ -187,7 +193,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
             Arc::new(lm.tokenizer),
             EngineConfig {
                 max_num_seqs: load_args.max_num_seqs,
-                max_num_batched_tokens: load_args.max_num_batched_tokens,
+                max_num_batched_tokens,
                 max_model_len: load_args.max_model_len,
                 block_size: load_args.block_size,
                 enable_prefix_caching: !load_args.no_enable_prefix_caching,
