@@ -89,3 +89,27 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
         hsum8(acc)
     }
 }
+
+/// Four activation rows against one Q8_0 weight row: each weight block is loaded (and its
+/// sign taken) once for all four. Per row, exactly the lanes and fused multiply-adds of
+/// [`dot_q8_0_q8_0`].
+#[inline]
+pub fn dot4_q8_0_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    // SAFETY: as above.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, wb) in w.iter().enumerate() {
+            let wd = wb.d.to_f32();
+            let qx = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+            let ax = _mm256_sign_epi8(qx, qx);
+            for r in 0..4 {
+                let xb = &x[r][b];
+                let d = _mm256_set1_ps(wd * xb.d.to_f32());
+                let qy = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                let sy = _mm256_sign_epi8(qy, qx);
+                acc[r] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, sy), acc[r]);
+            }
+        }
+        [hsum8(acc[0]), hsum8(acc[1]), hsum8(acc[2]), hsum8(acc[3])]
+    }
+}

@@ -124,3 +124,14 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     }
     hsum8(&acc)
 }
+
+/// Four Q8_0 activation rows against one weight row; each result is [`dot_q8_0_q8_0`]'s.
+#[inline]
+pub fn dot4_q8_0_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    [
+        dot_q8_0_q8_0(w, x[0]),
+        dot_q8_0_q8_0(w, x[1]),
+        dot_q8_0_q8_0(w, x[2]),
+        dot_q8_0_q8_0(w, x[3]),
+    ]
+}

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::blocks::*;
-use super::dot::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0};
+use super::dot::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0};
 use crate::attention::with_f32;
 use crate::error::{EngineError, Result};
 
@@ -108,12 +108,19 @@ impl QuantLinear {
                                 &mut xq[r * kb..(r + 1) * kb],
                             );
                         }
-                        gemm(&mut out, m, n, |row, col| {
-                            dot_q8_0_q8_0(
-                                &wb[col * kb..(col + 1) * kb],
-                                &xq[row * kb..(row + 1) * kb],
-                            )
-                        });
+                        let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                        gemm_by4(
+                            &mut out,
+                            m,
+                            n,
+                            |row, col| dot_q8_0_q8_0(&wb[col * kb..(col + 1) * kb], xrow(row)),
+                            |row, col| {
+                                dot4_q8_0_q8_0(
+                                    &wb[col * kb..(col + 1) * kb],
+                                    [xrow(row), xrow(row + 1), xrow(row + 2), xrow(row + 3)],
+                                )
+                            },
+                        );
                     }
                 })?;
                 Ok(Tensor::from_vec(out, (m, n), x.device())?)
@@ -122,25 +129,8 @@ impl QuantLinear {
     }
 }
 
-/// Fills `out[m, n]` with `dot(row, col)`, parallel over column tiles: each weight row is
-/// read once per step for all activation rows.
-fn gemm(out: &mut [f32], m: usize, n: usize, dot: impl Fn(usize, usize) -> f32 + Sync) {
-    const TILE: usize = 64;
-    let ptr = out.as_mut_ptr() as usize;
-    (0..n.div_ceil(TILE)).into_par_iter().for_each(|t| {
-        let c0 = t * TILE;
-        let c1 = (c0 + TILE).min(n);
-        for col in c0..c1 {
-            for row in 0..m {
-                let v = dot(row, col);
-                // SAFETY: each (row, col) is written by exactly one task.
-                unsafe { *(ptr as *mut f32).add(row * n + col) = v };
-            }
-        }
-    });
-}
-
-/// As [`gemm`], four activation rows at a time where a 4-row kernel exists: each weight
+/// Fills `out[m, n]` with `dot(row, col)`, parallel over column tiles (each weight row is
+/// read once per step for all activation rows), four activation rows at a time: each weight
 /// block is unpacked once per four rows. Each (row, col) is the same dot product as alone.
 fn gemm_by4(
     out: &mut [f32],

@@ -13,7 +13,7 @@ mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
+    pub use super::blocks::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
 }
 pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 pub use matmul::{QuantLinear, QuantWeights};
@@ -25,13 +25,13 @@ pub mod dot {
         target_feature = "avx2",
         target_feature = "fma"
     ))]
-    pub use super::avx2::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0};
+    pub use super::avx2::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0};
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     )))]
-    pub use super::blocks::{dot4_q4_1_q8_1, dot_q4_1_q8_1, dot_q8_0_q8_0};
+    pub use super::blocks::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0};
 }
 
 #[cfg(test)]
@@ -120,6 +120,19 @@ mod tests {
                 super::dot::dot_q8_0_q8_0(&w8, &x8).to_bits(),
                 dot_q8_0_q8_0(&w8, &x8).to_bits()
             );
+            // Four Q8_0 rows at once: each row's bits as alone.
+            let rows8: Vec<Vec<BlockQ8_0>> = (0..4)
+                .map(|_| {
+                    let v = rand_f32(k, &mut seed);
+                    let mut q = w8.clone();
+                    quantize_row_q8_0(&v, &mut q);
+                    q
+                })
+                .collect();
+            let four8 = super::dot::dot4_q8_0_q8_0(&w8, [&rows8[0], &rows8[1], &rows8[2], &rows8[3]]);
+            for r in 0..4 {
+                assert_eq!(four8[r].to_bits(), dot_q8_0_q8_0(&w8, &rows8[r]).to_bits());
+            }
             // And both are the dot product of the dequantized values, to rounding.
             let exact: f32 = (0..k)
                 .map(|i| {
