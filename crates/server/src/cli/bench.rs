@@ -59,6 +59,9 @@ pub struct ServeBenchArgs {
     /// Give up on the whole run after this many seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout_s: u64,
+    /// Fail a request whose response sends nothing for this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub read_timeout_s: u64,
     /// Optional API key (Bearer).
     #[arg(long, env = "OPENAI_API_KEY")]
     pub api_key: Option<String>,
@@ -285,8 +288,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         .build()?;
     let result_file = args.result_file.clone();
     let report = rt.block_on(async move {
+        // A stream silent for --read-timeout-s fails its request (recorded as an error)
+        // instead of holding the run until --timeout-s.
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
+            .read_timeout(Duration::from_secs(args.read_timeout_s))
             .build()?;
         let limit = Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrency.unwrap_or(usize::MAX >> 4),
