@@ -25,7 +25,10 @@ fn mixed_plan(lens: &[usize]) -> Plan {
     ];
     let mut done = [42usize, 51, 35];
     while (0..3).any(|s| done[s] < lens[s]) {
-        let step: Vec<(usize, usize)> = (0..3).filter(|&s| done[s] < lens[s]).map(|s| (s, 1)).collect();
+        let step: Vec<(usize, usize)> = (0..3)
+            .filter(|&s| done[s] < lens[s])
+            .map(|s| (s, 1))
+            .collect();
         for &(s, _) in &step {
             done[s] += 1;
         }
@@ -54,7 +57,13 @@ fn run_plan(model: &LlamaModel, seqs: &[Vec<u32>], plan: &Plan) -> Result<Vec<Ve
     for step in plan {
         let mut batch = FlatBatch::default();
         for &(s, k) in step {
-            batch.push_seq(&seqs[s][done[s]..done[s] + k], done[s], &tables[s], bs, LogitsWanted::All);
+            batch.push_seq(
+                &seqs[s][done[s]..done[s] + k],
+                done[s],
+                &tables[s],
+                bs,
+                LogitsWanted::All,
+            );
             done[s] += k;
         }
         let logits = runner.execute(&batch)?.to_vec2::<f32>()?;
@@ -87,7 +96,11 @@ fn compare(want: &[Vec<Vec<f32>>], got: &[Vec<Vec<f32>>], margin: f32) -> (f32, 
         for (w, g) in ws.iter().zip(gs) {
             let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
             for (a, b) in w.iter().zip(g) {
-                let d = if b.is_finite() { (a - b).abs() } else { f32::INFINITY };
+                let d = if b.is_finite() {
+                    (a - b).abs()
+                } else {
+                    f32::INFINITY
+                };
                 abs = abs.max(d);
                 rel = rel.max(d / scale);
             }
@@ -112,11 +125,24 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
         .enumerate()
         .map(|(i, &n)| random_prompts(1, n, 5, config.vocab_size as u32, 100 + i as u64).remove(0))
         .collect();
-    let name = |s: &str| format!("model {s} ({} layers, d{})", config.num_layers, config.head_dim);
+    let name = |s: &str| {
+        format!(
+            "model {s} ({} layers, d{})",
+            config.num_layers, config.head_dim
+        )
+    };
     let mut push = |n: String, r: Result<(bool, String)>| {
         rows.push(match r {
-            Ok((ok, detail)) => CheckRow { name: n, ok, detail },
-            Err(e) => CheckRow { name: n, ok: false, detail: format!("error: {e}") },
+            Ok((ok, detail)) => CheckRow {
+                name: n,
+                ok,
+                detail,
+            },
+            Err(e) => CheckRow {
+                name: n,
+                ok: false,
+                detail: format!("error: {e}"),
+            },
         })
     };
     let gpu = match Device::new_cuda(0) {
@@ -135,7 +161,10 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
     // f32: GPU vs CPU, then the GPU with each sequence alone.
     let f32_rows = (|| -> Result<(Vec<Vec<Vec<f32>>>, Vec<Vec<Vec<f32>>>)> {
         let g = LlamaModel::dummy(config.clone(), DType::F32, &gpu, seed)?;
-        Ok((run_plan(&g, &seqs, &mixed)?, run_plan(&g, &seqs, &alone_plan(&lens))?))
+        Ok((
+            run_plan(&g, &seqs, &mixed)?,
+            run_plan(&g, &seqs, &alone_plan(&lens))?,
+        ))
     })();
     let want = cpu_ref(None);
     match (&want, &f32_rows) {
@@ -157,7 +186,9 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
                 )),
             );
         }
-        (Err(e), _) | (_, Err(e)) => push(name("f32"), Err(crate::EngineError::Config(e.to_string()))),
+        (Err(e), _) | (_, Err(e)) => {
+            push(name("f32"), Err(crate::EngineError::Config(e.to_string())))
+        }
     }
     // bf16: the GPU in bf16 against the CPU in f32 on the same (bf16-rounded) weights.
     let bf = (|| -> Result<(bool, String)> {

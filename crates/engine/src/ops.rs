@@ -216,7 +216,9 @@ impl CustomOp2 for AddRmsNorm<'_> {
             (DType::BF16, DType::BF16) => self.run::<bf16, bf16>(s1, l1, s2, l2),
             (DType::F16, DType::F32) => self.run::<f16, f32>(s1, l1, s2, l2),
             (DType::BF16, DType::F32) => self.run::<bf16, f32>(s1, l1, s2, l2),
-            (a, b) => Err(cuda_err(format!("add_rms_norm: {a:?} delta, {b:?} residual"))),
+            (a, b) => Err(cuda_err(format!(
+                "add_rms_norm: {a:?} delta, {b:?} residual"
+            ))),
         }
     }
 }
@@ -231,7 +233,9 @@ pub fn add_rms_norm(
     eps: f32,
 ) -> Result<(Tensor, Tensor)> {
     if delta.rank() != 2 {
-        return Err(EngineError::Config("add_rms_norm takes [rows, hidden]".into()));
+        return Err(EngineError::Config(
+            "add_rms_norm takes [rows, hidden]".into(),
+        ));
     }
     let both = delta
         .contiguous()?

@@ -245,7 +245,9 @@ pub fn gpu_kv_blocks(
     block_size: usize,
 ) -> Result<(usize, String)> {
     let Device::Cuda(dev) = model.device() else {
-        return Err(EngineError::Config("gpu_kv_blocks: the model is not on a GPU".into()));
+        return Err(EngineError::Config(
+            "gpu_kv_blocks: the model is not on a GPU".into(),
+        ));
     };
     if !(0.0..=1.0).contains(&util) || util == 0.0 {
         return Err(EngineError::Config(format!(
@@ -261,8 +263,11 @@ pub fn gpu_kv_blocks(
         let mut runner = ModelRunner::new(model, seqs * blocks_per, block_size)?;
         let mut batch = FlatBatch::default();
         for s in 0..seqs {
-            let table: Vec<u32> = ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect();
-            let toks: Vec<u32> = (0..per).map(|i| ((s * 31 + i * 7) % c.vocab_size) as u32).collect();
+            let table: Vec<u32> =
+                ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect();
+            let toks: Vec<u32> = (0..per)
+                .map(|i| ((s * 31 + i * 7) % c.vocab_size) as u32)
+                .collect();
             batch.push_seq(&toks, 0, &table, block_size, LogitsWanted::Last);
         }
         runner.execute(&batch)?;
@@ -291,7 +296,11 @@ pub fn gpu_kv_blocks(
     let budget = total as f64 * util - used - activations;
     let layout = cache_layout(model, 1, block_size);
     let per_block = layout.bytes_per_block(elem) as f64;
-    let blocks = if budget > 0.0 { (budget / per_block) as usize } else { 0 };
+    let blocks = if budget > 0.0 {
+        (budget / per_block) as usize
+    } else {
+        0
+    };
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let line = format!(
         "GPU memory {:.1} GiB × {util} · in use after weights + profile step {:.1} GiB · activations ~{:.1} GiB · KV cache {:.1} GiB = {blocks} blocks of {block_size} ({} tokens) · profile step {:.2} s",

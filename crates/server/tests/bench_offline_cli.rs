@@ -22,16 +22,39 @@ fn json_out(name: &str) -> std::path::PathBuf {
 fn bench_throughput_counts_every_token() {
     let out_json = json_out("throughput");
     let out = ferrolm()
-        .args(["bench", "throughput", "--model", &tiny_config(), "--load-format", "dummy"])
-        .args(["--device", "cpu", "--num-prompts", "12", "--input-len", "20"])
-        .args(["--output-len", "6", "--max-num-batched-tokens", "64", "--output-json"])
+        .args([
+            "bench",
+            "throughput",
+            "--model",
+            &tiny_config(),
+            "--load-format",
+            "dummy",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--num-prompts",
+            "12",
+            "--input-len",
+            "20",
+        ])
+        .args([
+            "--output-len",
+            "6",
+            "--max-num-batched-tokens",
+            "64",
+            "--output-json",
+        ])
         .arg(&out_json)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Throughput:") && text.contains("output tokens/s"), "{text}");
+    assert!(
+        text.contains("Throughput:") && text.contains("output tokens/s"),
+        "{text}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
     std::fs::remove_file(&out_json).ok();
@@ -50,13 +73,33 @@ fn bench_throughput_counts_every_token() {
 fn bench_latency_reports_prefill_and_decode() {
     let out_json = json_out("latency");
     let out = ferrolm()
-        .args(["bench", "latency", "--model", &tiny_config(), "--device", "cpu"])
-        .args(["--batch-size", "2", "--input-len", "8", "--output-len", "5", "--num-iters", "2"])
+        .args([
+            "bench",
+            "latency",
+            "--model",
+            &tiny_config(),
+            "--device",
+            "cpu",
+        ])
+        .args([
+            "--batch-size",
+            "2",
+            "--input-len",
+            "8",
+            "--output-len",
+            "5",
+            "--num-iters",
+            "2",
+        ])
         .arg("--output-json")
         .arg(&out_json)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
     std::fs::remove_file(&out_json).ok();
@@ -74,11 +117,21 @@ fn bench_refuses_what_it_cannot_run() {
         (vec!["--input-len", "5000"], "exceeds the model length"),
     ] {
         let out = ferrolm()
-            .args(["bench", "throughput", "--model", &tiny_config(), "--num-prompts", "1"])
+            .args([
+                "bench",
+                "throughput",
+                "--model",
+                &tiny_config(),
+                "--num-prompts",
+                "1",
+            ])
             .args(&args)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     }
 }

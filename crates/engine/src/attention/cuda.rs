@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use half::{bf16, f16};
 
@@ -163,7 +163,11 @@ impl CudaKernels {
         s: DecodeShape,
     ) -> CudaResult<()> {
         if !matches!(s.head_dim, 64 | 128) {
-            return Err(format!("prefill attention: head_dim {} (built: 64, 128)", s.head_dim).into());
+            return Err(format!(
+                "prefill attention: head_dim {} (built: 64, 128)",
+                s.head_dim
+            )
+            .into());
         }
         let f = self.func(
             &self.prefill,
@@ -447,7 +451,15 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             let mut kc = st.clone_htod(&poison)?;
             let mut vc = st.clone_htod(&poison)?;
             let dslots = st.clone_htod(&slots)?;
-            k.reshape_and_cache(&dk.as_view(), &dv.as_view(), &mut kc, &mut vc, &dslots, n_slots, width)?;
+            k.reshape_and_cache(
+                &dk.as_view(),
+                &dv.as_view(),
+                &mut kc,
+                &mut vc,
+                &dslots,
+                n_slots,
+                width,
+            )?;
             let kc_host: Vec<f32> = st.clone_dtoh(&kc)?.into_iter().map(T::to_f32).collect();
             let cache_ok = kc_host.iter().zip(&kref).all(|(a, b)| a == b);
             let want = paged_decode_split_reference(
@@ -467,11 +479,21 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
                 max_context_len: ctx_max,
             };
             let mut scratch = None;
-            k.paged_attention(&mut dout.as_view_mut(), &dq.as_view(), &kc, &vc, &dt, &dc, shape, &mut scratch)?;
+            k.paged_attention(
+                &mut dout.as_view_mut(),
+                &dq.as_view(),
+                &kc,
+                &vc,
+                &dt,
+                &dc,
+                shape,
+                &mut scratch,
+            )?;
             let got: Vec<f32> = st.clone_dtoh(&dout)?.into_iter().map(T::to_f32).collect();
             let e = rel_err(&got, &want);
             let gqa = k.decode_kernel == DecodeKernel::Gqa && gqa_kernel_built(hd, nh / nkv);
-            let parts = choose_decode_launch(ns, if gqa { nkv } else { nh }, ctx_max).num_partitions;
+            let parts =
+                choose_decode_launch(ns, if gqa { nkv } else { nh }, ctx_max).num_partitions;
             Ok((
                 cache_ok && e <= tol,
                 format!(
@@ -533,8 +555,18 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
         e1.synchronize()?;
         Ok(e0.elapsed_ms(&e1)? as f64 / iters as f64)
     };
-    let ms =
-        time(&mut || k.paged_attention(&mut out.as_view_mut(), &q.as_view(), &kc, &vc, &dt, &dc, shape, &mut scratch))?;
+    let ms = time(&mut || {
+        k.paged_attention(
+            &mut out.as_view_mut(),
+            &q.as_view(),
+            &kc,
+            &vc,
+            &dt,
+            &dc,
+            shape,
+            &mut scratch,
+        )
+    })?;
     let kv_bytes = 2.0 * (ns * ctx * width * 2) as f64;
     let attn_gbs = kv_bytes / (ms * 1e-3) / 1e9;
     let bytes = 1usize << 30;
@@ -544,7 +576,10 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
     let copy_gbs = 2.0 * bytes as f64 / (copy_ms * 1e-3) / 1e9;
     Ok(vec![
         CheckRow {
-            name: format!("decode attention {:?} bf16 B64 h32/8 ctx2048 d128", k.decode_kernel),
+            name: format!(
+                "decode attention {:?} bf16 B64 h32/8 ctx2048 d128",
+                k.decode_kernel
+            ),
             ok: true,
             detail: format!("{attn_gbs:.0} GB/s K+V ({ms:.3} ms)"),
         },

@@ -90,7 +90,9 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         // tokens, and the rows add up (a wrong step would read another sequence's KV).
         let qsl = &batch.query_start_loc;
         if qsl.len() != batch.num_seqs() + 1 || qsl.last().copied() != Some(batch.num_tokens()) {
-            return Err(EngineError::Config("query_start_loc does not match the step".into()));
+            return Err(EngineError::Config(
+                "query_start_loc does not match the step".into(),
+            ));
         }
         for s in 0..batch.num_seqs() {
             let (ctx, new) = (batch.context_lens[s], qsl[s + 1] - qsl[s]);
@@ -101,7 +103,13 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
                 )));
             }
         }
-        let max_blocks = batch.block_tables.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let max_blocks = batch
+            .block_tables
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut tables = vec![0i32; batch.num_seqs() * max_blocks];
         for (s, t) in batch.block_tables.iter().enumerate() {
             for (j, &b) in t.iter().enumerate() {
@@ -117,15 +125,14 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let i32s = |v: &[usize]| -> Vec<i32> { v.iter().map(|&x| x as i32).collect() };
         let slots: Vec<i32> = batch.slot_mapping.iter().map(|&s| s as i32).collect();
         let tiles = plan_prefill_tiles(&batch.query_start_loc);
-        let all_decode = batch
-            .query_start_loc
-            .windows(2)
-            .all(|w| w[1] - w[0] == 1);
+        let all_decode = batch.query_start_loc.windows(2).all(|w| w[1] - w[0] == 1);
         let st = &self.kernels.stream;
         self.step = Some(StepBuffers {
             slots: st.clone_htod(&slots).map_err(engine_err)?,
             tables: st.clone_htod(&tables).map_err(engine_err)?,
-            context_lens: st.clone_htod(&i32s(&batch.context_lens)).map_err(engine_err)?,
+            context_lens: st
+                .clone_htod(&i32s(&batch.context_lens))
+                .map_err(engine_err)?,
             query_start_loc: st
                 .clone_htod(&i32s(&batch.query_start_loc))
                 .map_err(engine_err)?,
@@ -156,7 +163,9 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
             .ok_or_else(|| EngineError::Config("write_kv before begin_step".into()))?;
         let width = self.layout.num_kv_heads * self.layout.head_dim;
         if k.elem_count() != step.num_tokens * width || v.elem_count() != k.elem_count() {
-            return Err(EngineError::Config("K/V do not match the step's tokens".into()));
+            return Err(EngineError::Config(
+                "K/V do not match the step's tokens".into(),
+            ));
         }
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();

@@ -7,6 +7,8 @@ mod offline;
 mod stats;
 
 pub use self::core::EngineCore;
-pub use handle::{available_cores, compute_pool, EngineConfig, EngineHandle, RequestOutput, StepObserver, Usage};
+pub use handle::{
+    available_cores, compute_pool, EngineConfig, EngineHandle, RequestOutput, StepObserver, Usage,
+};
 pub use offline::{generate_offline, random_prompts, OfflineReport};
 pub use stats::EngineStats;

@@ -57,9 +57,8 @@ pub fn generate_offline(
     output_len: usize,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     // Driven from inside the compute pool, as the engine thread is.
-    super::compute_pool().install(|| {
-        run_offline(model, config, num_blocks, block_size, prompts, output_len)
-    })
+    super::compute_pool()
+        .install(|| run_offline(model, config, num_blocks, block_size, prompts, output_len))
 }
 
 fn run_offline(
@@ -71,7 +70,9 @@ fn run_offline(
     output_len: usize,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     if output_len == 0 {
-        return Err(EngineError::InvalidRequest("output_len must be positive".into()));
+        return Err(EngineError::InvalidRequest(
+            "output_len must be positive".into(),
+        ));
     }
     let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
     let kv = KvCacheManager::new(num_blocks, block_size, true);

@@ -180,14 +180,20 @@ impl LlamaConfig {
             .map(|v| v as usize)
             .unwrap_or(hidden_size / num_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(bad(format!("head dimension {head_dim} is not a positive even number")));
+            return Err(bad(format!(
+                "head dimension {head_dim} is not a positive even number"
+            )));
         }
         let rope_theta = j["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
-        let max_position_embeddings = j["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
+        let max_position_embeddings =
+            j["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
         let mut rope_linear_scale = 1.0;
         let mut rope_freq_factors = None;
         if let Some(rs) = j.get("rope_scaling").filter(|v| v.is_object()) {
-            let kind = rs["rope_type"].as_str().or(rs["type"].as_str()).unwrap_or("");
+            let kind = rs["rope_type"]
+                .as_str()
+                .or(rs["type"].as_str())
+                .unwrap_or("");
             let factor = rs["factor"].as_f64().unwrap_or(1.0);
             match kind {
                 "llama3" => {
@@ -197,7 +203,9 @@ impl LlamaConfig {
                         factor,
                         rs["low_freq_factor"].as_f64().unwrap_or(1.0),
                         rs["high_freq_factor"].as_f64().unwrap_or(4.0),
-                        rs["original_max_position_embeddings"].as_f64().unwrap_or(8192.0),
+                        rs["original_max_position_embeddings"]
+                            .as_f64()
+                            .unwrap_or(8192.0),
                     ))
                 }
                 "linear" => rope_linear_scale = factor as f32,
@@ -285,8 +293,14 @@ mod tests {
     #[test]
     fn reads_the_shipped_configs() {
         let c = LlamaConfig::from_hf_json(&configs_dir().join("llama-3.1-8b.json")).unwrap();
-        assert_eq!((c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads), (32, 4096, 32, 8));
-        assert_eq!((c.head_dim, c.intermediate_size, c.vocab_size), (128, 14336, 128256));
+        assert_eq!(
+            (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads),
+            (32, 4096, 32, 8)
+        );
+        assert_eq!(
+            (c.head_dim, c.intermediate_size, c.vocab_size),
+            (128, 14336, 128256)
+        );
         assert_eq!(c.rope_style, RopeStyle::Neox);
         // Llama-3.1-8B has 8.03e9 parameters.
         assert_eq!(c.num_params(), 8_030_261_248);
@@ -316,7 +330,10 @@ mod tests {
         for (text, want) in [
             ("{", "not JSON"),
             (r#"{"model_type":"gpt2"}"#, "model_type"),
-            (r#"{"model_type":"llama","hidden_size":64}"#, "num_attention_heads"),
+            (
+                r#"{"model_type":"llama","hidden_size":64}"#,
+                "num_attention_heads",
+            ),
             (
                 r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":6,"num_key_value_heads":4}"#,
                 "cannot share",

@@ -74,7 +74,12 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
 /// one fused kernel on CUDA. `residual` may be f32 under a half-precision `delta` (the
 /// stream of sums then loses nothing to rounding between layers).
-fn add_rms_norm(delta: &Tensor, residual: &Tensor, w: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+fn add_rms_norm(
+    delta: &Tensor,
+    residual: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
     let dt = delta.dtype();
     #[cfg(feature = "cuda")]
     if delta.device().is_cuda() && crate::ops::fused_enabled() {
@@ -121,22 +126,32 @@ fn random_tensor(
         unsafe {
             out.set_len(n)
         };
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
-            let mut s = seed ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            for x in chunk.iter_mut() {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-                // SAFETY: plain write into reserved, unread memory.
-                unsafe { std::ptr::write(x, f(u)) };
-            }
-        });
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| {
+                let mut s = seed ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                for x in chunk.iter_mut() {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                    // SAFETY: plain write into reserved, unread memory.
+                    unsafe { std::ptr::write(x, f(u)) };
+                }
+            });
         out
     }
     Ok(match dtype {
-        DType::BF16 => Tensor::from_vec(fill(n, seed, |u| half::bf16::from_f32(u * bound)), shape, device)?,
-        DType::F16 => Tensor::from_vec(fill(n, seed, |u| half::f16::from_f32(u * bound)), shape, device)?,
+        DType::BF16 => Tensor::from_vec(
+            fill(n, seed, |u| half::bf16::from_f32(u * bound)),
+            shape,
+            device,
+        )?,
+        DType::F16 => Tensor::from_vec(
+            fill(n, seed, |u| half::f16::from_f32(u * bound)),
+            shape,
+            device,
+        )?,
         DType::F32 => match round {
             Some(DType::BF16) => Tensor::from_vec(
                 fill(n, seed, |u| half::bf16::from_f32(u * bound).to_f32()),
@@ -299,7 +314,11 @@ impl LlamaModel {
             weight_bytes += out * inp * dtype.size_in_bytes();
             Ok(Linear {
                 weight: Weight::Dense(rand((out, inp), bound)?),
-                bias: if bias { Some(rand((1, out), bound)?.reshape(out)?) } else { None },
+                bias: if bias {
+                    Some(rand((1, out), bound)?.reshape(out)?)
+                } else {
+                    None
+                },
             })
         };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -403,7 +422,11 @@ impl LlamaModel {
         let (cos, sin) = self.rope.gather(&positions, self.dtype)?;
         // The residual stream's type: the model's, or f32 for a half-precision model when
         // FERROLM_F32_RESIDUAL=1 (see add_rms_norm; opt-in until a GPU run checks it).
-        let rdt = if f32_residual() { DType::F32 } else { self.dtype };
+        let rdt = if f32_residual() {
+            DType::F32
+        } else {
+            self.dtype
+        };
         let mut x = self.embed.index_select(&ids, 0)?.to_dtype(rdt)?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
@@ -439,8 +462,8 @@ impl LlamaModel {
         let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_slice(&idx, idx.len(), &self.device)?;
         let x = x.index_select(&idx, 0)?;
-        let x = rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?
-            .to_dtype(self.dtype)?;
+        let x =
+            rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?.to_dtype(self.dtype)?;
         Ok(self.output.forward(&x)?.to_dtype(DType::F32)?)
     }
 }

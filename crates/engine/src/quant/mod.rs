@@ -129,7 +129,8 @@ mod tests {
                     q
                 })
                 .collect();
-            let four8 = super::dot::dot4_q8_0_q8_0(&w8, [&rows8[0], &rows8[1], &rows8[2], &rows8[3]]);
+            let four8 =
+                super::dot::dot4_q8_0_q8_0(&w8, [&rows8[0], &rows8[1], &rows8[2], &rows8[3]]);
             for r in 0..4 {
                 assert_eq!(four8[r].to_bits(), dot_q8_0_q8_0(&w8, &rows8[r]).to_bits());
             }

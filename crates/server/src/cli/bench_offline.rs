@@ -188,13 +188,35 @@ fn write_json<T: Serialize>(path: &Option<PathBuf>, v: &T) -> anyhow::Result<()>
 }
 
 pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.num_prompts > 0 && a.input_len > 0 && a.output_len > 0, "lengths and counts must be positive");
+    anyhow::ensure!(
+        a.num_prompts > 0 && a.input_len > 0 && a.output_len > 0,
+        "lengths and counts must be positive"
+    );
     let s = setup(&a.model, a.input_len + a.output_len)?;
     let vocab = s.model.config.vocab_size as u32;
-    let prompts = random_prompts(a.num_prompts, a.input_len, 5.min(vocab - 1), vocab, a.model.seed);
+    let prompts = random_prompts(
+        a.num_prompts,
+        a.input_len,
+        5.min(vocab - 1),
+        vocab,
+        a.model.seed,
+    );
     // A short warm-up run, so kernel loading and allocator growth are not timed.
-    let warm = random_prompts(4.min(a.num_prompts), a.input_len, 5.min(vocab - 1), vocab, 99);
-    generate_offline(&s.model, s.sched.clone(), s.num_blocks, a.model.block_size, &warm, 4)?;
+    let warm = random_prompts(
+        4.min(a.num_prompts),
+        a.input_len,
+        5.min(vocab - 1),
+        vocab,
+        99,
+    );
+    generate_offline(
+        &s.model,
+        s.sched.clone(),
+        s.num_blocks,
+        a.model.block_size,
+        &warm,
+        4,
+    )?;
     let (r, _) = generate_offline(
         &s.model,
         s.sched.clone(),
@@ -236,7 +258,10 @@ pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
 }
 
 pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.batch_size > 0 && a.input_len > 0 && a.output_len > 0 && a.num_iters > 0, "lengths and counts must be positive");
+    anyhow::ensure!(
+        a.batch_size > 0 && a.input_len > 0 && a.output_len > 0 && a.num_iters > 0,
+        "lengths and counts must be positive"
+    );
     let mut m = a.model.clone();
     // One step holds the whole batch, as vLLM's latency bench.
     m.max_num_seqs = Some(m.max_num_seqs.unwrap_or(a.batch_size).max(a.batch_size));
@@ -281,7 +306,10 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         input_len: a.input_len,
         output_len: a.output_len,
         avg_latency: lat.iter().sum::<f64>() / n,
-        percentiles: [10, 25, 50, 75, 90, 99].iter().map(|&p| (p, pct(p))).collect(),
+        percentiles: [10, 25, 50, 75, 90, 99]
+            .iter()
+            .map(|&p| (p, pct(p)))
+            .collect(),
         latencies: lat,
         prefill_secs: prefill / n,
         decode_ms_per_step: 1e3 * decode / n,

@@ -61,8 +61,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let t_load = Instant::now();
     let device = super::device::resolve_device(&args.device)?;
-    let lm = LoadedModel::load(&path, &device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let lm =
+        LoadedModel::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
     if args.prompt.is_empty() {
         anyhow::bail!("the prompt is empty");
