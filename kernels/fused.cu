@@ -36,25 +36,27 @@ __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up,
   }
 }
 
-template <typename T>
-__device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ residual,
-                             const T* __restrict__ w, T* __restrict__ out, int rows, int h,
+// delta, w in T; the residual stream and both outputs in R (T, or f32 for a half-precision
+// model's f32 residual). out is R [2, rows, h]: the new residual, then its RMSNorm times w.
+template <typename T, typename R>
+__device__ void add_rms_norm(const T* __restrict__ delta, const R* __restrict__ residual,
+                             const T* __restrict__ w, R* __restrict__ out, int rows, int h,
                              float eps) {
   const int row = blockIdx.x;
-  const T* xr = x + (int64_t)row * h;
-  const T* rr = residual + (int64_t)row * h;
-  T* sum_out = out + (int64_t)row * h;
-  T* norm_out = out + (int64_t)rows * h + (int64_t)row * h;
+  const T* dr = delta + (int64_t)row * h;
+  const R* rr = residual + (int64_t)row * h;
+  R* sum_out = out + (int64_t)row * h;
+  R* norm_out = out + (int64_t)rows * h + (int64_t)row * h;
   float ss = 0.f;
   for (int i = threadIdx.x; i < h; i += blockDim.x) {
-    const T s = from_f32<T>(to_f32(xr[i]) + to_f32(rr[i]));
+    const R s = from_f32<R>(to_f32(dr[i]) + to_f32(rr[i]));
     sum_out[i] = s;
     const float f = to_f32(s);
     ss += f * f;
   }
   const float inv = rsqrtf(block_sum(ss) / (float)h + eps);
   for (int i = threadIdx.x; i < h; i += blockDim.x)
-    norm_out[i] = from_f32<T>(to_f32(sum_out[i]) * inv * to_f32(w[i]));
+    norm_out[i] = from_f32<R>(to_f32(sum_out[i]) * inv * to_f32(w[i]));
 }
 
 #define FUSED(T, SUFFIX)                                                                     \
@@ -64,40 +66,18 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ resi
   }                                                                                          \
   extern "C" __global__ void add_rms_norm_##SUFFIX(const T* x, const T* residual, const T* w, \
                                                    T* out, int rows, int h, float eps) {     \
-    add_rms_norm<T>(x, residual, w, out, rows, h, eps);                                      \
+    add_rms_norm<T, T>(x, residual, w, out, rows, h, eps);                                    \
   }
 
 FUSED(float, f32)
 FUSED(__half, f16)
 FUSED(__nv_bfloat16, bf16)
 
-// The residual stream in f32 for half-precision models: out is f32 [2, rows, h] holding
-// the new residual (residual + delta) and its RMSNorm (times w), both unrounded; the
-// caller casts the second half to T for the next matmul.
-template <typename T>
-__device__ void add_rms_norm_f32res(const T* __restrict__ delta, const float* __restrict__ residual,
-                                    const T* __restrict__ w, float* __restrict__ out, int rows,
-                                    int h, float eps) {
-  const int row = blockIdx.x;
-  const T* dr = delta + (int64_t)row * h;
-  const float* rr = residual + (int64_t)row * h;
-  float* sum_out = out + (int64_t)row * h;
-  float* norm_out = out + (int64_t)rows * h + (int64_t)row * h;
-  float ss = 0.f;
-  for (int i = threadIdx.x; i < h; i += blockDim.x) {
-    const float s = to_f32(dr[i]) + rr[i];
-    sum_out[i] = s;
-    ss += s * s;
-  }
-  const float inv = rsqrtf(block_sum(ss) / (float)h + eps);
-  for (int i = threadIdx.x; i < h; i += blockDim.x) norm_out[i] = sum_out[i] * inv * to_f32(w[i]);
-}
-
 #define FUSED_F32RES(T, SUFFIX)                                                                 \
   extern "C" __global__ void add_rms_norm_f32res_##SUFFIX(const T* delta, const float* residual, \
                                                           const T* w, float* out, int rows,     \
                                                           int h, float eps) {                   \
-    add_rms_norm_f32res<T>(delta, residual, w, out, rows, h, eps);                              \
+    add_rms_norm<T, float>(delta, residual, w, out, rows, h, eps);                                \
   }
 
 FUSED_F32RES(__half, f16)

@@ -21,7 +21,7 @@ impl<'m> ModelRunner<'m> {
         Self {
             model,
             attn: Box::new(CpuPagedAttention::new(
-                cache_layout(model, num_blocks, block_size),
+                KvCacheLayout::for_model(&model.config, num_blocks, block_size),
                 model.config.num_heads,
             )),
         }
@@ -35,7 +35,7 @@ impl<'m> ModelRunner<'m> {
             #[cfg(feature = "cuda")]
             Device::Cuda(dev) => {
                 use crate::attention::CudaPagedAttention;
-                let layout = cache_layout(model, num_blocks, block_size);
+                let layout = KvCacheLayout::for_model(&model.config, num_blocks, block_size);
                 let c = &model.config;
                 let nh = c.num_heads;
                 let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
@@ -80,18 +80,6 @@ impl<'m> ModelRunner<'m> {
 
     pub fn execute(&mut self, batch: &FlatBatch) -> Result<Tensor> {
         self.model.forward(batch, self.attn.as_mut())
-    }
-}
-
-/// The KV cache's shape for `model`.
-fn cache_layout(model: &LlamaModel, num_blocks: usize, block_size: usize) -> KvCacheLayout {
-    let c = &model.config;
-    KvCacheLayout {
-        num_layers: c.num_layers,
-        num_blocks,
-        block_size,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
     }
 }
 
@@ -294,8 +282,7 @@ pub fn gpu_kv_blocks(
         + max_seqs * c.num_heads * parts * (c.head_dim + 2) * 4) as f64;
     let used = (total - free) as f64;
     let budget = total as f64 * util - used - activations;
-    let layout = cache_layout(model, 1, block_size);
-    let per_block = layout.bytes_per_block(elem) as f64;
+    let per_block = model.kv_cache_bytes_per_block(block_size) as f64;
     let blocks = if budget > 0.0 {
         (budget / per_block) as usize
     } else {

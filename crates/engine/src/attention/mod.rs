@@ -29,6 +29,17 @@ pub struct KvCacheLayout {
 }
 
 impl KvCacheLayout {
+    /// The cache's shape for a model.
+    pub fn for_model(c: &crate::model::LlamaConfig, num_blocks: usize, block_size: usize) -> Self {
+        Self {
+            num_layers: c.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        }
+    }
+
     /// Bytes of K and V for one block across all layers, at `elem_bytes` per element.
     pub fn bytes_per_block(&self, elem_bytes: usize) -> usize {
         2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem_bytes

@@ -140,14 +140,7 @@ impl EngineHandle {
         if cfg.block_size == 0 {
             return Err(EngineError::Config("block_size must be positive".into()));
         }
-        // K and V per token per layer, in the model's activation type (f32 on the CPU).
-        let elem = if model.device().is_cpu() {
-            4
-        } else {
-            model.dtype().size_in_bytes()
-        };
-        let bytes_per_block =
-            2 * c.num_layers * cfg.block_size * c.num_kv_heads * c.head_dim * elem;
+        let bytes_per_block = model.kv_cache_bytes_per_block(cfg.block_size);
         let num_blocks = match cfg.num_blocks_override {
             Some(n) => n,
             None => cfg.kv_cache_memory_bytes / bytes_per_block,

@@ -250,21 +250,19 @@ impl LlamaModel {
         }
         let output_norm = dense("output_norm.weight")?;
         let weight_bytes = gguf.tensors.values().map(|t| t.size_bytes as usize).sum();
-        let freq_factors = if gguf.tensors.contains_key("rope_freqs.weight") {
+        // GGUF carries llama3 scaling as a tensor; a config.json as rope_scaling.
+        let rope_freq_factors = if gguf.tensors.contains_key("rope_freqs.weight") {
             Some(dense("rope_freqs.weight")?.to_vec1::<f32>()?)
         } else {
             None
         };
-        let rope = RopeTable::new(
-            hd,
-            c.rope_theta,
-            c.rope_linear_scale,
-            freq_factors.as_deref(),
-            c.max_position_embeddings,
-            device,
-        )?;
         gguf.check_unchanged()?;
+        let config = LlamaConfig {
+            rope_freq_factors,
+            ..config
+        };
         Ok(Self {
+            rope: RopeTable::for_config(&config, device)?,
             config,
             device: device.clone(),
             dtype: DType::F32,
@@ -272,7 +270,6 @@ impl LlamaModel {
             layers,
             output_norm,
             output,
-            rope,
             weight_bytes,
         })
     }
@@ -345,14 +342,7 @@ impl LlamaModel {
             weight_bytes += c.vocab_size * h * dtype.size_in_bytes();
             rand((c.vocab_size, h), 1.0)?
         };
-        let rope = RopeTable::new(
-            hd,
-            c.rope_theta,
-            c.rope_linear_scale,
-            c.rope_freq_factors.as_deref(),
-            c.max_position_embeddings,
-            device,
-        )?;
+        let rope = RopeTable::for_config(c, device)?;
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -369,6 +359,22 @@ impl LlamaModel {
     /// Activations' (and the KV cache's) type.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Bytes of one K or V element in this model's KV cache: f32 on the CPU, the activation
+    /// type on a GPU.
+    pub fn kv_cache_elem_bytes(&self) -> usize {
+        if self.device.is_cpu() {
+            4
+        } else {
+            self.dtype.size_in_bytes()
+        }
+    }
+
+    /// Bytes of KV cache per block of `block_size` tokens.
+    pub fn kv_cache_bytes_per_block(&self, block_size: usize) -> usize {
+        crate::attention::KvCacheLayout::for_model(&self.config, 1, block_size)
+            .bytes_per_block(self.kv_cache_elem_bytes())
     }
 
     /// Bytes of weights as held on the device.

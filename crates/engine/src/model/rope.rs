@@ -47,6 +47,18 @@ impl RopeTable {
         })
     }
 
+    /// The table a model's config asks for (its theta, scaling and context length).
+    pub fn for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
+        Self::new(
+            c.head_dim,
+            c.rope_theta,
+            c.rope_linear_scale,
+            c.rope_freq_factors.as_deref(),
+            c.max_position_embeddings,
+            device,
+        )
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }

@@ -115,9 +115,7 @@ pub fn kv_blocks(
         return Ok(n);
     }
     if model.device().is_cpu() {
-        let c = &model.config;
-        let per_block = 2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim * 4;
-        return Ok(kv_bytes / per_block);
+        return Ok(kv_bytes / model.kv_cache_bytes_per_block(block_size));
     }
     #[cfg(feature = "cuda")]
     {
