@@ -82,3 +82,65 @@ FUSED(__nv_bfloat16, bf16)
 
 FUSED_F32RES(__half, f16)
 FUSED_F32RES(__nv_bfloat16, bf16)
+
+// rope_split_qkv: a stacked QKV projection's output [n, (nh + 2 nkv) * hd] split into
+// q [n, nh * hd], k [n, nkv * hd], v [n, nkv * hd] written back to back in out, with q and
+// k rotated (neox: pairs (i, i + hd/2); else interleaved pairs (2i, 2i + 1)) by cos/sin
+// [n, hd/2]. Grid (n, nh + 2 nkv), one head of one token per CTA.
+template <typename T>
+__device__ void rope_split_qkv(const T* __restrict__ qkv, const T* __restrict__ cos,
+                               const T* __restrict__ sin, T* __restrict__ out, int n, int nh,
+                               int nkv, int hd, int neox) {
+  const int tok = blockIdx.x, head = blockIdx.y;
+  const int half = hd / 2;
+  const T* src = qkv + (int64_t)tok * (nh + 2 * nkv) * hd + (int64_t)head * hd;
+  T* dst;
+  if (head < nh) {
+    dst = out + ((int64_t)tok * nh + head) * hd;
+  } else if (head < nh + nkv) {
+    dst = out + (int64_t)n * nh * hd + ((int64_t)tok * nkv + (head - nh)) * hd;
+  } else {
+    dst = out + (int64_t)n * (nh + nkv) * hd + ((int64_t)tok * nkv + (head - nh - nkv)) * hd;
+  }
+  const bool rotate = head < nh + nkv;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const int i1 = neox ? i : 2 * i, i2 = neox ? i + half : 2 * i + 1;
+    if (rotate) {
+      const float a = to_f32(src[i1]), b = to_f32(src[i2]);
+      const float c = to_f32(cos[(int64_t)tok * half + i]), s = to_f32(sin[(int64_t)tok * half + i]);
+      dst[i1] = from_f32<T>(a * c - b * s);
+      dst[i2] = from_f32<T>(a * s + b * c);
+    } else {
+      dst[i1] = src[i1];
+      dst[i2] = src[i2];
+    }
+  }
+}
+
+// silu_mul_packed: a stacked gate/up projection's output [rows, 2 ff] (gate, then up) to
+// silu(gate) * up [rows, ff].
+template <typename T>
+__device__ void silu_mul_packed(const T* __restrict__ gu, T* __restrict__ out, int64_t rows,
+                                int64_t ff) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * ff;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / ff, j = i % ff;
+    const float g = to_f32(gu[r * 2 * ff + j]);
+    out[i] = from_f32<T>(g / (1.f + __expf(-g)) * to_f32(gu[r * 2 * ff + ff + j]));
+  }
+}
+
+#define STACKED(T, SUFFIX)                                                                     \
+  extern "C" __global__ void rope_split_qkv_##SUFFIX(const T* qkv, const T* cos, const T* sin, \
+                                                     T* out, int n, int nh, int nkv, int hd,   \
+                                                     int neox) {                               \
+    rope_split_qkv<T>(qkv, cos, sin, out, n, nh, nkv, hd, neox);                               \
+  }                                                                                            \
+  extern "C" __global__ void silu_mul_packed_##SUFFIX(const T* gu, T* out, int64_t rows,       \
+                                                      int64_t ff) {                            \
+    silu_mul_packed<T>(gu, out, rows, ff);                                                     \
+  }
+
+STACKED(float, f32)
+STACKED(__half, f16)
+STACKED(__nv_bfloat16, bf16)

@@ -3,10 +3,13 @@
 #   bash scripts/gpu-check.sh [path/to/ferrolm or ferrolm.xz]
 # The binary is built on a CPU machine (make build-cuda) and carried. Prints facts, runs
 # `ferrolm gpu-check` (kernels vs CPU references, the whole model on the GPU vs the CPU,
-# then timings), a PyTorch SDPA reference on the same decode shape, the 8B timings (batch-1
-# decode beside the weight-read floor; bench throughput 1000 x 128/128 and 256 x 1024/256)
-# beside HF transformers generate() on the same card, and a compact table. About 5 minutes.
-# SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones; TP_SHAPES / HF_SHAPES pick the
+# decode steps replayed from CUDA graphs vs eager, then timings), the 8B timings (batch-1
+# decode with CUDA graphs and eager beside the weight-read floor; bench throughput
+# 1000 x 128/128 and 256 x 1024/256), GGUF weights on the GPU (generate, serve), the opt-in
+# GQA decode kernel and f32 residual stream, a PyTorch SDPA reference on the decode shape,
+# HF transformers generate() on the same card, and a compact table. About 6 minutes.
+# SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones; NOFUSED_RERUN=1 reruns failed
+# model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the
 # shapes ("N,IN,OUT ...").
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -28,54 +31,53 @@ echo "== ferrolm gpu-check"
 timeout 150 "$BIN" gpu-check 2>&1 | tee /tmp/ferrolm-gpu-check.txt
 row "ferrolm gpu-check" "$(grep -o '[0-9]* passed, [0-9]* failed' /tmp/ferrolm-gpu-check.txt | tail -1)"
 while read -r l; do row "$(echo "$l" | cut -c1-44)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/ferrolm-gpu-check.txt)
-if grep -q '^model .*FAIL' /tmp/ferrolm-gpu-check.txt; then
+if [ -n "${NOFUSED_RERUN:-}" ] && grep '^model ' /tmp/ferrolm-gpu-check.txt | grep -v 'cuda graphs' | grep -q FAIL; then
   echo "== model checks again without the fused kernels (FERROLM_NO_FUSED=1)"
-  FERROLM_NO_FUSED=1 timeout 120 "$BIN" gpu-check 2>&1 | grep '^model ' | tee /tmp/nofused.txt
+  FERROLM_NO_FUSED=1 timeout 120 "$BIN" gpu-check --model-only 2>&1 | grep '^model ' | grep -v 'cuda graphs' | tee /tmp/nofused.txt
   while read -r l; do row "nofused $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < /tmp/nofused.txt
 fi
 row "ferrolm decode attention" "$(grep -o 'decode attention bf16.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 
-# Opt-in paths, each in its own process with its own timeout (a hang costs only its row):
-# the GQA decode kernel (kernel checks, then the model checks with it) and the f32 residual
-# stream for bf16 models.
-echo "== GQA decode kernel (FERROLM_DECODE_KERNEL=gqa)"
-FERROLM_DECODE_KERNEL=gqa timeout 90 "$BIN" gpu-check --decode-kernel gqa 2>&1 | tee /tmp/gqa.txt
-while read -r l; do row "gqa: $(echo "$l" | cut -c1-39)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
-  < <(grep -E '^(model|decode attention|attention / copy)' /tmp/gqa.txt)
-GQA_OK=$(grep -q 'gpu-check: [0-9]* passed, 0 failed' /tmp/gqa.txt && echo 1)
-row "gqa decode kernel" "$([ -n "$GQA_OK" ] && echo "all checks pass" || echo "FAILED or hung (see log)")"
-echo "== f32 residual stream for bf16 (FERROLM_F32_RESIDUAL=1)"
-FERROLM_F32_RESIDUAL=1 timeout 60 "$BIN" gpu-check --model-only 2>&1 | tee /tmp/f32res.txt
-while read -r l; do row "f32res: $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
-  < <(grep '^model bf16' /tmp/f32res.txt)
-
-echo "== PyTorch SDPA reference (B64, 32 q-heads, 8 kv-heads, 2048 keys, d128, bf16)"
-timeout 60 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
-import torch, torch.nn.functional as F
-from torch.nn.attention import sdpa_kernel, SDPBackend
-B, H, KVH, T, D = 64, 32, 8, 2048, 128
-q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16)
-k = torch.randn(B, KVH, T, D, device="cuda", dtype=torch.bfloat16).repeat_interleave(H // KVH, dim=1)
-v = torch.randn_like(k)
-kv_bytes = 2 * B * KVH * T * D * 2
-for name, be in [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]:
-    try:
-        with sdpa_kernel(be):
-            for _ in range(3): F.scaled_dot_product_attention(q, k, v)
-            torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(20): F.scaled_dot_product_attention(q, k, v)
-            e.record(); torch.cuda.synchronize()
-            ms = s.elapsed_time(e) / 20
-            print(f"sdpa {name}: {kv_bytes / (ms * 1e-3) / 1e9:.0f} GB/s K+V ({ms:.3f} ms)")
-    except Exception as ex:
-        print(f"sdpa {name}: failed: {ex}")
+CFG8B=models/configs/llama-3.1-8b.json
+OUTD=${OUT:-/tmp}
+# The 8B timings first (what the GPU speed issue measures): batch-1 decode with CUDA graphs
+# (the default) and with --enforce-eager, beside the weight-read floor; then throughput.
+if [ -z "${SKIP_8B:-}" ]; then
+  COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
+  for mode in graphs eager stacked; do
+    FLAG=""; [ "$mode" = eager ] && FLAG="--enforce-eager"
+    STACK=0; [ "$mode" = stacked ] && STACK=1
+    echo "== ferrolm bench latency ($mode): Llama-3.1-8B shape, dummy bf16, batch 1, 128 in / 128 out"
+    FERROLM_STACK_PROJ=$STACK timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda $FLAG \
+      --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
+      --output-json "$OUTD/latency-8b-$mode.json" 2>&1 | tee /tmp/lat.txt
+    python3 - "$OUTD/latency-8b-$mode.json" "${COPY:-0}" <<'PY' 2>&1 | tee /tmp/floor.txt
+import json, sys
+r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
+floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
+print(f"8b decode batch 1: {r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
+      f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {r['decode_ms_per_step']/floor:.2f}x floor")
 PY
-row "sdpa cudnn" "$(grep -o 'sdpa cudnn.*' /tmp/sdpa.txt | cut -c13-)"
-row "sdpa flash" "$(grep -o 'sdpa flash.*' /tmp/sdpa.txt | cut -c13-)"
-
+    row "8B bf16 batch-1 decode ($mode)" "$(grep -o 'decode batch 1: .*' /tmp/floor.txt | cut -c17- || echo FAILED)"
+  done
+  for shape in ${TP_SHAPES:-1000,128,128 256,1024,256}; do
+    set -- ${shape//,/ }
+    echo "== ferrolm bench throughput: 8B dummy bf16, $1 x $2/$3"
+    timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+      --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+      --output-json "$OUTD/throughput-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+    row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
+    if grep -q 'stacked proj GPU vs CPU .*PASS' /tmp/ferrolm-gpu-check.txt; then
+      echo "== the same with stacked projections (FERROLM_STACK_PROJ=1)"
+      FERROLM_STACK_PROJ=1 timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
+        --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+        --output-json "$OUTD/throughput-stacked-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+      row "ferrolm throughput $1x$2/$3 stacked" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    fi
+  done
+fi
 # GGUF weights on the GPU (candle's CUDA quantized matmul): a small random GGUF with the
 # default model's tokenizer (scripts/make-tiny-gguf.py; the default model is too big to carry).
 TINY=${TINY_GGUF:-.build/tiny-smollm.gguf}
@@ -110,42 +112,63 @@ print(f"serve cuda: chat {st} usage {u['prompt_tokens']}+{u['completion_tokens']
       f"{sum(1 for l in metrics.splitlines() if l.startswith('vllm:'))} vllm: series")
 PY
   kill $SPID 2>/dev/null; wait $SPID 2>/dev/null
-  grep -E "kv cache|ERROR|error" /tmp/serve.log | head -3
+  grep -E "kv cache|cuda graphs|ERROR|error" /tmp/serve.log | head -4
+  row "serve: cuda graphs" "$(grep -o 'cuda graphs: .*' /tmp/serve.log | cut -c14- | cut -c1-90 || echo none)"
   row "serve --device cuda (tiny GGUF)" "$(grep -o 'serve cuda: .*' /tmp/serve-check.txt | cut -c13- || echo FAILED)"
 fi
 
-CFG8B=models/configs/llama-3.1-8b.json
-OUTD=${OUT:-/tmp}
-if [ -z "${SKIP_8B:-}" ]; then
-  echo "== ferrolm bench latency: Llama-3.1-8B shape, dummy bf16, batch 1, 128 in / 128 out"
-  timeout 90 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
-    --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
-    --output-json "$OUTD/latency-8b.json" 2>&1 | tee /tmp/lat.txt
-  COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
-  python3 - "$OUTD/latency-8b.json" "${COPY:-0}" <<'PY' 2>&1 | tee /tmp/floor.txt
-import json, sys
-r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
-floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
-print(f"8b decode batch 1: {r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
-      f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {100*floor/r['decode_ms_per_step']:.0f}% of floor")
-PY
-  row "8B bf16 batch-1 decode" "$(grep -o 'decode batch 1: .*' /tmp/floor.txt | cut -c17-)"
-  for shape in ${TP_SHAPES:-1000,128,128 256,1024,256}; do
+# Opt-in paths, each in its own process with its own timeout (a hang costs only its row):
+# the GQA decode kernel (kernel checks, then the model checks with it) and the f32 residual
+# stream for bf16 models.
+echo "== GQA decode kernel (FERROLM_DECODE_KERNEL=gqa)"
+FERROLM_DECODE_KERNEL=gqa timeout 90 "$BIN" gpu-check --decode-kernel gqa 2>&1 | tee /tmp/gqa.txt
+while read -r l; do row "gqa: $(echo "$l" | cut -c1-39)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
+  < <(grep -E '^(model|decode attention|attention / copy)' /tmp/gqa.txt)
+GQA_OK=$(grep -q 'gpu-check: [0-9]* passed, 0 failed' /tmp/gqa.txt && echo 1)
+row "gqa decode kernel" "$([ -n "$GQA_OK" ] && echo "all checks pass" || echo "FAILED or hung (see log)")"
+echo "== f32 residual stream for bf16 (FERROLM_F32_RESIDUAL=1)"
+FERROLM_F32_RESIDUAL=1 timeout 60 "$BIN" gpu-check --model-only 2>&1 | tee /tmp/f32res.txt
+while read -r l; do row "f32res: $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
+  < <(grep '^model bf16' /tmp/f32res.txt)
+
+
+# The GQA decode kernel in the same throughput run, when its checks passed.
+if [ -z "${SKIP_8B:-}" ] && [ -n "$GQA_OK" ]; then
+  for shape in ${TP_SHAPES:-1000,128,128}; do
     set -- ${shape//,/ }
-    echo "== ferrolm bench throughput: 8B dummy bf16, $1 x $2/$3"
-    timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
-      --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
-      --output-json "$OUTD/throughput-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
-    row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
-    if [ -n "$GQA_OK" ]; then
-      echo "== the same with the GQA decode kernel"
-      FERROLM_DECODE_KERNEL=gqa timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
-        --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
-        --output-json "$OUTD/throughput-gqa-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
-      row "ferrolm throughput $1x$2/$3 gqa" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
-    fi
+    echo "== ferrolm bench throughput with the GQA decode kernel: $1 x $2/$3"
+    FERROLM_DECODE_KERNEL=gqa timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
+      --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+      --output-json "$OUTD/throughput-gqa-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+    row "ferrolm throughput $1x$2/$3 gqa" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
   done
 fi
+echo "== PyTorch SDPA reference (B64, 32 q-heads, 8 kv-heads, 2048 keys, d128, bf16)"
+timeout 60 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
+import torch, torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+B, H, KVH, T, D = 64, 32, 8, 2048, 128
+q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16)
+k = torch.randn(B, KVH, T, D, device="cuda", dtype=torch.bfloat16).repeat_interleave(H // KVH, dim=1)
+v = torch.randn_like(k)
+kv_bytes = 2 * B * KVH * T * D * 2
+for name, be in [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)]:
+    try:
+        with sdpa_kernel(be):
+            for _ in range(3): F.scaled_dot_product_attention(q, k, v)
+            torch.cuda.synchronize()
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(20): F.scaled_dot_product_attention(q, k, v)
+            e.record(); torch.cuda.synchronize()
+            ms = s.elapsed_time(e) / 20
+            print(f"sdpa {name}: {kv_bytes / (ms * 1e-3) / 1e9:.0f} GB/s K+V ({ms:.3f} ms)")
+    except Exception as ex:
+        print(f"sdpa {name}: failed: {ex}")
+PY
+row "sdpa cudnn" "$(grep -o 'sdpa cudnn.*' /tmp/sdpa.txt | cut -c13-)"
+row "sdpa flash" "$(grep -o 'sdpa flash.*' /tmp/sdpa.txt | cut -c13-)"
+
 if [ -z "${SKIP_HF:-}" ]; then
   for shape in ${HF_SHAPES:-1000,128,128 256,1024,256}; do
     set -- ${shape//,/ }

@@ -44,7 +44,10 @@ fn link_stubs(out: &Path, cuda_home: &Path) {
 }
 
 fn compile_kernels(out: &Path, cuda_home: &Path) {
-    let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+    // The manifest folder at run time: a build script binary reused from a clone at
+    // another path (a shared CARGO_TARGET_DIR) must still read this clone's kernels.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let kernels = Path::new(&manifest).join("../../kernels");
     // The folder too, so a new kernel file triggers a rebuild.
     println!("cargo:rerun-if-changed={}", kernels.display());
     let nvcc = cuda_home.join("bin/nvcc");
@@ -60,7 +63,7 @@ fn compile_kernels(out: &Path, cuda_home: &Path) {
         .cloned();
     let mut entries: Vec<_> = std::fs::read_dir(&kernels)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", kernels.display()));
     entries.sort();
     for src in entries
         .iter()

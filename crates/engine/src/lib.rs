@@ -9,6 +9,7 @@ pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod graphs;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;

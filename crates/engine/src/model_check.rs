@@ -43,6 +43,17 @@ fn alone_plan(lens: &[usize]) -> Plan {
 
 /// Logits rows `[seq][position]` from running `plan` over `seqs`.
 fn run_plan(model: &LlamaModel, seqs: &[Vec<u32>], plan: &Plan) -> Result<Vec<Vec<Vec<f32>>>> {
+    Ok(run_plan_with(model, seqs, plan, false)?.0)
+}
+
+/// [`run_plan`], its decode steps replayed from CUDA graphs when `graphs` is set; also
+/// returns how many steps were replayed.
+fn run_plan_with(
+    model: &LlamaModel,
+    seqs: &[Vec<u32>],
+    plan: &Plan,
+    graphs: bool,
+) -> Result<(Vec<Vec<Vec<f32>>>, u64)> {
     let bs = 16;
     let mut tables = Vec::new();
     let mut next = 0u32;
@@ -52,6 +63,12 @@ fn run_plan(model: &LlamaModel, seqs: &[Vec<u32>], plan: &Plan) -> Result<Vec<Ve
         next += nb;
     }
     let mut runner = ModelRunner::new(model, next as usize, bs)?;
+    if graphs {
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        runner
+            .capture_decode_graphs(seqs.len(), longest)?
+            .ok_or_else(|| crate::EngineError::Config("no CUDA graphs captured".into()))?;
+    }
     let mut done = vec![0usize; seqs.len()];
     let mut out = vec![Vec::new(); seqs.len()];
     for step in plan {
@@ -73,7 +90,8 @@ fn run_plan(model: &LlamaModel, seqs: &[Vec<u32>], plan: &Plan) -> Result<Vec<Ve
             r += k;
         }
     }
-    Ok(out)
+    let replays = runner.graphs.as_ref().map_or(0, |g| g.replays);
+    Ok((out, replays))
 }
 
 fn top2(row: &[f32]) -> (usize, f32) {
@@ -145,7 +163,7 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
             },
         })
     };
-    let gpu = match Device::new_cuda(0) {
+    let gpu = match crate::attention::cuda::model_device(0) {
         Ok(d) => d,
         Err(e) => {
             push(name("gpu"), Err(e.into()));
@@ -202,5 +220,43 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
         ))
     })();
     push(name("bf16 GPU vs CPU f32"), bf);
+    // CUDA graphs: the decode steps replayed from graphs (3 sequences padded to 4 rows)
+    // against the eager steps, in f32; then bf16 with graphs against the CPU.
+    let graphs = (|| -> Result<(bool, String)> {
+        let g = LlamaModel::dummy(config.clone(), DType::F32, &gpu, seed)?;
+        let eager = run_plan(&g, &seqs, &mixed)?;
+        let (got, replays) = run_plan_with(&g, &seqs, &mixed, true)?;
+        let (rel, abs, flips, checked) = compare(&eager, &got, 1e-3);
+        Ok((
+            replays > 0 && rel <= 1e-3 && flips == 0,
+            format!("{replays} steps replayed · max rel {rel:.1e} · max abs {abs:.1e} · argmax {flips}/{checked} differ"),
+        ))
+    })();
+    push(name("f32 cuda graphs vs eager"), graphs);
+    // Stacked Q/K/V and gate/up projections (one matmul each, the rope_split_qkv and
+    // silu_mul_packed kernels) against the CPU's split ones, in f32.
+    let stacked = (|| -> Result<(bool, String)> {
+        let want = cpu_ref(None)?;
+        let mut g = LlamaModel::dummy(config.clone(), DType::F32, &gpu, seed)?;
+        g.stack_projections()?;
+        let got = run_plan(&g, &seqs, &mixed)?;
+        let (rel, abs, flips, checked) = compare(&want, &got, 1e-3);
+        Ok((
+            rel <= 1e-3 && flips == 0,
+            format!("max rel {rel:.1e} (limit 1e-3) · max abs {abs:.1e} · argmax {flips}/{checked} differ"),
+        ))
+    })();
+    push(name("f32 stacked proj GPU vs CPU"), stacked);
+    let bf_graphs = (|| -> Result<(bool, String)> {
+        let want = cpu_ref(Some(DType::BF16))?;
+        let g = LlamaModel::dummy(config.clone(), DType::BF16, &gpu, seed)?;
+        let (got, replays) = run_plan_with(&g, &seqs, &mixed, true)?;
+        let (rel, abs, flips, checked) = compare(&want, &got, 1e-3);
+        Ok((
+            replays > 0 && abs <= 5e-2,
+            format!("{replays} replayed · max abs {abs:.1e} (limit 5e-2) · max rel {rel:.1e} · argmax {flips}/{checked} differ"),
+        ))
+    })();
+    push(name("bf16 cuda graphs vs CPU f32"), bf_graphs);
     rows
 }

@@ -13,6 +13,21 @@ use crate::model::LlamaModel;
 pub struct ModelRunner<'m> {
     pub model: &'m LlamaModel,
     pub attn: Box<dyn AttentionBackend + 'm>,
+    /// Decode steps replayed from CUDA graphs (see [`Self::capture_decode_graphs`]).
+    #[cfg(feature = "cuda")]
+    pub graphs: Option<crate::graphs::DecodeGraphs>,
+}
+
+static ENFORCE_EAGER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// vLLM's `--enforce-eager`: no CUDA graphs (also FERROLM_ENFORCE_EAGER=1).
+pub fn set_enforce_eager(on: bool) {
+    ENFORCE_EAGER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn enforce_eager() -> bool {
+    ENFORCE_EAGER.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var("FERROLM_ENFORCE_EAGER").is_ok_and(|v| v == "1")
 }
 
 impl<'m> ModelRunner<'m> {
@@ -24,6 +39,8 @@ impl<'m> ModelRunner<'m> {
                 KvCacheLayout::for_model(&model.config, num_blocks, block_size),
                 model.config.num_heads,
             )),
+            #[cfg(feature = "cuda")]
+            graphs: None,
         }
     }
 
@@ -50,7 +67,11 @@ impl<'m> ModelRunner<'m> {
                         )))
                     }
                 };
-                Ok(Self { model, attn })
+                Ok(Self {
+                    model,
+                    attn,
+                    graphs: None,
+                })
             }
             #[allow(unreachable_patterns)]
             other => Err(EngineError::Config(format!(
@@ -67,6 +88,12 @@ impl<'m> ModelRunner<'m> {
     /// Greedy tokens for each logits row of the batch. On a GPU the argmax runs there
     /// and only the ids cross to the host (a logits row of a 128k vocabulary is 512 KB).
     pub fn execute_greedy(&mut self, batch: &FlatBatch) -> Result<Vec<u32>> {
+        #[cfg(feature = "cuda")]
+        if self.replay_graph(batch)? {
+            if let Some(g) = &self.graphs {
+                return g.greedy(batch.num_seqs());
+            }
+        }
         let logits = self.execute(batch)?;
         if logits.device().is_cpu() {
             return Ok(logits.to_vec2::<f32>()?.iter().map(|r| argmax(r)).collect());
@@ -79,7 +106,65 @@ impl<'m> ModelRunner<'m> {
     }
 
     pub fn execute(&mut self, batch: &FlatBatch) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.replay_graph(batch)? {
+            if let Some(g) = &self.graphs {
+                return g.logits(batch.num_seqs());
+            }
+        }
         self.model.forward(batch, self.attn.as_mut())
+    }
+
+    /// Captures CUDA graphs for decode steps of up to `max_seqs` sequences whose contexts
+    /// stay within `max_model_len` (capped at [`crate::graphs::MAX_CAPTURE_CONTEXT`]), as vLLM
+    /// does at startup; a no-op on the CPU or under [`enforce_eager`]. Returns a line
+    /// saying what was captured.
+    pub fn capture_decode_graphs(
+        &mut self,
+        max_seqs: usize,
+        max_model_len: usize,
+    ) -> Result<Option<String>> {
+        if !self.on_gpu() || enforce_eager() {
+            return Ok(None);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let ctx = max_model_len.min(crate::graphs::MAX_CAPTURE_CONTEXT);
+            let g = crate::graphs::DecodeGraphs::capture(
+                self.model,
+                self.attn.as_mut(),
+                max_seqs,
+                ctx,
+            )?;
+            let line = format!(
+                "cuda graphs: {} decode batch sizes ({}..={}) for contexts up to {ctx}, captured in {:.2} s",
+                g.sizes().len(),
+                g.sizes().first().unwrap_or(&0),
+                g.sizes().last().unwrap_or(&0),
+                g.capture_secs
+            );
+            self.graphs = Some(g);
+            Ok(Some(line))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (max_seqs, max_model_len);
+            Ok(None)
+        }
+    }
+
+    /// Replays a decode graph for `batch` if one fits it; false leaves the step to
+    /// the eager path.
+    #[cfg(feature = "cuda")]
+    fn replay_graph(&mut self, batch: &FlatBatch) -> Result<bool> {
+        let Some(g) = self.graphs.as_mut() else {
+            return Ok(false);
+        };
+        if g.size_for(batch).is_none() {
+            return Ok(false);
+        }
+        g.replay(self.attn.as_mut(), batch)?;
+        Ok(true)
     }
 }
 
@@ -275,11 +360,30 @@ pub fn gpu_kv_blocks(
     // MLP's gate/up/product, and f32 logits (+ their copy) for each sequence's last token.
     // (+ the split-K scratch of a decode step at the longest context, + f32 residuals.)
     let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    // CUDA graphs (captured after the cache): the fixed logits, the largest graph's own
+    // activations (its logits in the model's type and in f32 dominate), fixed metadata
+    // and split-K scratch.
+    let graph_bytes = if enforce_eager() {
+        0
+    } else {
+        let rows = crate::graphs::capture_sizes(max_seqs)
+            .last()
+            .copied()
+            .unwrap_or(1);
+        let ctx = c
+            .max_position_embeddings
+            .min(crate::graphs::MAX_CAPTURE_CONTEXT);
+        rows * c.vocab_size * (8 + elem)
+            + rows * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
+            + rows * c.num_heads * ctx.div_ceil(512) * (c.head_dim + 2) * 4
+            + rows * ctx.div_ceil(block_size) * 4
+    };
     let parts = c.max_position_embeddings.div_ceil(512);
     let activations = (max_tokens * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
         + max_tokens * 4 * c.hidden_size * 4
         + 3 * seqs * c.vocab_size * 4
-        + max_seqs * c.num_heads * parts * (c.head_dim + 2) * 4) as f64;
+        + max_seqs * c.num_heads * parts * (c.head_dim + 2) * 4
+        + graph_bytes) as f64;
     let used = (total - free) as f64;
     let budget = total as f64 * util - used - activations;
     let per_block = model.kv_cache_bytes_per_block(block_size) as f64;

@@ -68,6 +68,24 @@ pub fn cuda_driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// GPU `ordinal` as a candle device for the model: its own stream (one stream every thread
+/// shares, unlike candle's default per-thread stream, so weights loaded on one thread are
+/// ordered with the engine thread's kernels, and the stream can be captured into CUDA
+/// graphs), and no cudarc event tracking (everything is ordered by that one stream; the
+/// tracking cost two events per allocation and a wait and a record per kernel argument,
+/// and an event recorded outside a graph capture cannot be waited on inside one).
+pub fn model_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
+    if !cuda_driver_present() {
+        candle_core::bail!("no CUDA driver on this host (libcuda.so not found)");
+    }
+    let dev = candle_core::Device::new_cuda_with_stream(ordinal)?;
+    if let candle_core::Device::Cuda(d) = &dev {
+        // SAFETY: every tensor of this device lives on its one stream (see above).
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(dev)
+}
+
 pub struct CudaKernels {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,

@@ -33,6 +33,83 @@ struct StepBuffers {
 
 type Scratch = Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)>;
 
+/// Fixed buffers for decode steps replayed from CUDA graphs: the graphs' kernels were
+/// captured with these pointers and this shape (rows aside), so each step is copied in.
+struct FixedDecode {
+    slots: CudaSlice<i32>,
+    tables: CudaSlice<i32>,
+    context_lens: CudaSlice<i32>,
+    /// Stands in for the prefill metadata a decode step never reads.
+    unused: CudaSlice<i32>,
+    max_seqs: usize,
+    max_blocks: usize,
+    max_context: usize,
+    /// Split-K scratch for `max_seqs` rows at `max_context` (never reallocated, since a
+    /// graph holds its pointers).
+    scratch: RefCell<Scratch>,
+    rows: usize,
+}
+
+/// What the kernels of the current step read: the step's own buffers, or the fixed ones.
+struct StepView<'a> {
+    slots: &'a CudaSlice<i32>,
+    tables: &'a CudaSlice<i32>,
+    context_lens: &'a CudaSlice<i32>,
+    query_start_loc: &'a CudaSlice<i32>,
+    tiles: &'a CudaSlice<i32>,
+    num_tiles: usize,
+    num_tokens: usize,
+    all_decode: bool,
+    shape: DecodeShape,
+    scratch: &'a RefCell<Scratch>,
+}
+
+fn step_view<'a>(
+    step: &'a Option<StepBuffers>,
+    fixed: &'a Option<FixedDecode>,
+    fixed_active: bool,
+    scratch: &'a RefCell<Scratch>,
+    layout: &KvCacheLayout,
+    num_heads: usize,
+) -> Option<StepView<'a>> {
+    if fixed_active {
+        let f = fixed.as_ref()?;
+        return Some(StepView {
+            slots: &f.slots,
+            tables: &f.tables,
+            context_lens: &f.context_lens,
+            query_start_loc: &f.unused,
+            tiles: &f.unused,
+            num_tiles: 0,
+            num_tokens: f.rows,
+            all_decode: true,
+            shape: DecodeShape {
+                num_seqs: f.rows,
+                num_heads,
+                num_kv_heads: layout.num_kv_heads,
+                head_dim: layout.head_dim,
+                block_size: layout.block_size,
+                max_blocks_per_seq: f.max_blocks,
+                max_context_len: f.max_context,
+            },
+            scratch: &f.scratch,
+        });
+    }
+    let st = step.as_ref()?;
+    Some(StepView {
+        slots: &st.slots,
+        tables: &st.tables,
+        context_lens: &st.context_lens,
+        query_start_loc: &st.query_start_loc,
+        tiles: &st.tiles,
+        num_tiles: st.num_tiles,
+        num_tokens: st.num_tokens,
+        all_decode: st.all_decode,
+        shape: st.shape,
+        scratch,
+    })
+}
+
 pub struct CudaPagedAttention<T> {
     layout: KvCacheLayout,
     num_heads: usize,
@@ -41,6 +118,8 @@ pub struct CudaPagedAttention<T> {
     v: Vec<CudaSlice<T>>,
     step: Option<StepBuffers>,
     scratch: RefCell<Scratch>,
+    fixed: Option<FixedDecode>,
+    fixed_active: bool,
 }
 
 impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
@@ -62,6 +141,8 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
             v,
             step: None,
             scratch: RefCell::new(None),
+            fixed: None,
+            fixed_active: false,
         })
     }
 
@@ -75,10 +156,11 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
         }
         Ok(())
     }
-}
 
-impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
-    fn begin_step(&mut self, batch: &FlatBatch) -> Result<()> {
+    /// What the kernels trust: every slot and block inside the cache, each table covering
+    /// its context, each context holding its new tokens, and rows that add up (a wrong
+    /// step would read or overwrite another sequence's KV).
+    fn validate(&self, batch: &FlatBatch) -> Result<()> {
         let l = self.layout;
         let n_slots = l.num_slots();
         if let Some(&bad) = batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
@@ -86,8 +168,6 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
                 "slot {bad} is outside the KV cache ({n_slots} slots)"
             )));
         }
-        // What the kernels trust: each table covers its context, each context holds its new
-        // tokens, and the rows add up (a wrong step would read another sequence's KV).
         let qsl = &batch.query_start_loc;
         if qsl.len() != batch.num_seqs() + 1 || qsl.last().copied() != Some(batch.num_tokens()) {
             return Err(EngineError::Config(
@@ -102,7 +182,25 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
                     batch.block_tables[s].len()
                 )));
             }
+            if let Some(&b) = batch.block_tables[s]
+                .iter()
+                .find(|&&b| b as usize >= l.num_blocks)
+            {
+                return Err(EngineError::Config(format!(
+                    "block {b} is outside the KV cache ({} blocks)",
+                    l.num_blocks
+                )));
+            }
         }
+        Ok(())
+    }
+}
+
+impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
+    fn begin_step(&mut self, batch: &FlatBatch) -> Result<()> {
+        self.validate(batch)?;
+        self.fixed_active = false;
+        let l = self.layout;
         let max_blocks = batch
             .block_tables
             .iter()
@@ -113,12 +211,6 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let mut tables = vec![0i32; batch.num_seqs() * max_blocks];
         for (s, t) in batch.block_tables.iter().enumerate() {
             for (j, &b) in t.iter().enumerate() {
-                if b as usize >= l.num_blocks {
-                    return Err(EngineError::Config(format!(
-                        "block {b} is outside the KV cache ({} blocks)",
-                        l.num_blocks
-                    )));
-                }
                 tables[s * max_blocks + j] = b as i32;
             }
         }
@@ -157,10 +249,15 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         self.check(k, "K")?;
         self.check(v, "V")?;
         let (k, v) = (k.contiguous()?, v.contiguous()?);
-        let step = self
-            .step
-            .as_ref()
-            .ok_or_else(|| EngineError::Config("write_kv before begin_step".into()))?;
+        let step = step_view(
+            &self.step,
+            &self.fixed,
+            self.fixed_active,
+            &self.scratch,
+            &self.layout,
+            self.num_heads,
+        )
+        .ok_or_else(|| EngineError::Config("write_kv before begin_step".into()))?;
         let width = self.layout.num_kv_heads * self.layout.head_dim;
         if k.elem_count() != step.num_tokens * width || v.elem_count() != k.elem_count() {
             return Err(EngineError::Config(
@@ -176,7 +273,7 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let vv = contiguous_view::<T>(vs, vl)?;
         let (kc, vc) = (&mut self.k[layer], &mut self.v[layer]);
         self.kernels
-            .reshape_and_cache(&kv, &vv, kc, vc, &step.slots, step.num_tokens, width)
+            .reshape_and_cache(&kv, &vv, kc, vc, step.slots, step.num_tokens, width)
             .map_err(engine_err)
     }
 
@@ -190,6 +287,72 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
 
     fn layout(&self) -> KvCacheLayout {
         self.layout
+    }
+
+    fn enable_fixed_decode(&mut self, max_seqs: usize, max_context: usize) -> Result<()> {
+        let l = self.layout;
+        let max_blocks = max_context.div_ceil(l.block_size).max(1);
+        let st = &self.kernels.stream;
+        let zeros = |n: usize| st.alloc_zeros::<i32>(n.max(1)).map_err(engine_err);
+        // Scratch for the widest split-K launch a step of these shapes can choose.
+        let parts = max_context.div_ceil(super::split::PARTITION_SIZE).max(1);
+        let n_part = max_seqs * self.num_heads * parts;
+        let scratch = (
+            st.alloc_zeros::<f32>(n_part * l.head_dim)
+                .map_err(engine_err)?,
+            st.alloc_zeros::<f32>(n_part).map_err(engine_err)?,
+            st.alloc_zeros::<f32>(n_part).map_err(engine_err)?,
+        );
+        self.fixed = Some(FixedDecode {
+            slots: zeros(max_seqs)?,
+            tables: zeros(max_seqs * max_blocks)?,
+            context_lens: zeros(max_seqs)?,
+            unused: zeros(1)?,
+            max_seqs,
+            max_blocks,
+            max_context,
+            scratch: RefCell::new(Some(scratch)),
+            rows: 0,
+        });
+        self.fixed_active = false;
+        Ok(())
+    }
+
+    fn begin_fixed_decode(
+        &mut self,
+        batch: &FlatBatch,
+        padded: &crate::graphs::PaddedDecode,
+    ) -> Result<()> {
+        if batch.num_seqs() > 0 {
+            self.validate(batch)?;
+        }
+        let f = self
+            .fixed
+            .as_mut()
+            .ok_or_else(|| EngineError::Config("fixed decode buffers not enabled".into()))?;
+        let rows = padded.rows;
+        if rows > f.max_seqs
+            || padded.max_context > f.max_context
+            || padded.block_tables.len() != rows * f.max_blocks
+        {
+            return Err(EngineError::Config(format!(
+                "a padded decode step of {rows} rows (context {}) does not fit the fixed buffers ({} rows, context {})",
+                padded.max_context, f.max_seqs, f.max_context
+            )));
+        }
+        let st = &self.kernels.stream;
+        st.memcpy_htod(&padded.slots, &mut f.slots.slice_mut(0..rows))
+            .map_err(engine_err)?;
+        st.memcpy_htod(
+            &padded.block_tables,
+            &mut f.tables.slice_mut(0..rows * f.max_blocks),
+        )
+        .map_err(engine_err)?;
+        st.memcpy_htod(&padded.context_lens, &mut f.context_lens.slice_mut(0..rows))
+            .map_err(engine_err)?;
+        f.rows = rows;
+        self.fixed_active = true;
+        Ok(())
     }
 }
 
@@ -218,10 +381,15 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
         layout: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let b = self.backend;
-        let step = b
-            .step
-            .as_ref()
-            .ok_or_else(|| cuda_err("attend before begin_step"))?;
+        let step = step_view(
+            &b.step,
+            &b.fixed,
+            b.fixed_active,
+            &b.scratch,
+            &b.layout,
+            b.num_heads,
+        )
+        .ok_or_else(|| cuda_err("attend before begin_step"))?;
         let n = layout.shape().elem_count();
         if n != step.num_tokens * b.num_heads * b.layout.head_dim {
             return Err(cuda_err("Q does not match the step's tokens"));
@@ -232,7 +400,7 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
         let mut out = unsafe { stream.alloc::<T>(n) }.map_err(cuda_err)?;
         let (kc, vc) = (&b.k[self.layer], &b.v[self.layer]);
         if step.all_decode {
-            let mut scratch = b
+            let mut scratch = step
                 .scratch
                 .try_borrow_mut()
                 .map_err(|_| cuda_err("attention scratch in use"))?;
@@ -242,8 +410,8 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
                     &q,
                     kc,
                     vc,
-                    &step.tables,
-                    &step.context_lens,
+                    step.tables,
+                    step.context_lens,
                     step.shape,
                     &mut scratch,
                 )
@@ -255,10 +423,10 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
                     &q,
                     kc,
                     vc,
-                    &step.tables,
-                    &step.context_lens,
-                    &step.query_start_loc,
-                    &step.tiles,
+                    step.tables,
+                    step.context_lens,
+                    step.query_start_loc,
+                    step.tiles,
                     step.num_tiles,
                     step.shape,
                 )

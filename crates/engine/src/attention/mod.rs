@@ -74,4 +74,22 @@ pub trait AttentionBackend: Send {
     /// `q`: `[num_tokens, num_heads * head_dim]`; returns the same shape.
     fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor>;
     fn layout(&self) -> KvCacheLayout;
+    /// CUDA graphs: allocates fixed device buffers for decode steps of up to `max_seqs`
+    /// sequences of up to `max_context` tokens (what a captured graph's kernels read).
+    fn enable_fixed_decode(&mut self, _max_seqs: usize, _max_context: usize) -> Result<()> {
+        Err(crate::EngineError::Config(
+            "this attention backend has no fixed decode buffers".into(),
+        ))
+    }
+    /// Copies a padded decode step into the fixed buffers; the layers' calls read them
+    /// until the next `begin_step`. `batch` is the unpadded step, checked like `begin_step`.
+    fn begin_fixed_decode(
+        &mut self,
+        _batch: &FlatBatch,
+        _padded: &crate::graphs::PaddedDecode,
+    ) -> Result<()> {
+        Err(crate::EngineError::Config(
+            "this attention backend has no fixed decode buffers".into(),
+        ))
+    }
 }

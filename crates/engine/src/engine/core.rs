@@ -45,11 +45,17 @@ impl<'m> EngineCore<'m> {
         scheduler: Scheduler,
         stats: Arc<EngineStats>,
     ) -> Result<Self> {
-        let runner = ModelRunner::new(
+        let mut runner = ModelRunner::new(
             model,
             scheduler.kv.pool().num_blocks(),
             scheduler.kv.block_size(),
         )?;
+        if let Some(line) = runner.capture_decode_graphs(
+            scheduler.config.max_num_seqs,
+            scheduler.config.max_model_len,
+        )? {
+            eprintln!("{line}");
+        }
         Ok(Self {
             scheduler,
             runner,

@@ -75,6 +75,9 @@ fn run_offline(
         ));
     }
     let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
+    if let Some(line) = runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len)? {
+        eprintln!("{line}");
+    }
     let kv = KvCacheManager::new(num_blocks, block_size, true);
     let mut sched = Scheduler::new(config, kv, Vec::new())?;
     let params = SamplingParams {
@@ -176,6 +179,32 @@ mod tests {
         }
         // Random weights still give a prompt-dependent answer (no constant output).
         assert!(together.iter().any(|o| o != &together[0]));
+    }
+
+    #[test]
+    fn stacked_projections_compute_the_same_logits() {
+        use crate::batch::{FlatBatch, LogitsWanted};
+        use crate::runner::ModelRunner;
+        let split = tiny();
+        let mut stacked = tiny();
+        assert!(stacked.stack_projections().unwrap());
+        assert!(!stacked.stack_projections().unwrap(), "already stacked");
+        let p = random_prompts(2, 21, 5, 4000, 4);
+        let logits = |m: &LlamaModel| {
+            let mut r = ModelRunner::new(m, 8, 16).unwrap();
+            let mut b = FlatBatch::default();
+            b.push_seq(&p[0], 0, &[0, 1], 16, LogitsWanted::All);
+            b.push_seq(&p[1], 0, &[2, 3], 16, LogitsWanted::All);
+            r.execute(&b).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let (a, b) = (logits(&split), logits(&stacked));
+        let worst = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "stacked vs split: max abs {worst}");
     }
 
     #[test]

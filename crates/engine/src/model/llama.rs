@@ -38,15 +38,47 @@ impl Linear {
     }
 }
 
+/// The Q, K and V projections: three matmuls, or one over their weights stacked by rows
+/// (dense weights; see [`LlamaModel::stack_projections`]).
+enum QkvProj {
+    Split(Linear, Linear, Linear),
+    Stacked(Linear),
+}
+
+/// The MLP's gate and up projections, split or stacked (gate rows, then up rows).
+enum GateUpProj {
+    Split(Linear, Linear),
+    Stacked(Linear),
+}
+
+/// Dense weights (and biases, all or none) stacked by rows into one linear layer; `None`
+/// when any part is quantized or the biases are mixed.
+fn stack_linears(parts: &[&Linear]) -> Result<Option<Linear>> {
+    let mut ws = Vec::with_capacity(parts.len());
+    for p in parts {
+        match &p.weight {
+            Weight::Dense(w) => ws.push(w.clone()),
+            Weight::Quant(_) => return Ok(None),
+        }
+    }
+    let biases: Vec<Tensor> = parts.iter().filter_map(|p| p.bias.clone()).collect();
+    let bias = match biases.len() {
+        0 => None,
+        n if n == parts.len() => Some(Tensor::cat(&biases, 0)?),
+        _ => return Ok(None),
+    };
+    Ok(Some(Linear {
+        weight: Weight::Dense(Tensor::cat(&ws, 0)?),
+        bias,
+    }))
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    qkv: QkvProj,
     wo: Linear,
     ffn_norm: Tensor,
-    w_gate: Linear,
-    w_up: Linear,
+    gate_up: GateUpProj,
     w_down: Linear,
 }
 
@@ -104,6 +136,50 @@ fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
         return crate::ops::silu_mul(g, u);
     }
     Ok((g.silu()? * u)?)
+}
+
+/// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
+/// else the split path's ops on its slices.
+fn rope_split_qkv(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    (nh, nkv, hd): (usize, usize, usize),
+    neox: bool,
+    rope: &dyn Fn(Tensor, usize) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if qkv.device().is_cuda() && crate::ops::fused_enabled() {
+        let n = qkv.dims2()?.0;
+        let half = hd / 2;
+        return crate::ops::rope_split_qkv(
+            qkv,
+            &cos.reshape((n, half))?,
+            &sin.reshape((n, half))?,
+            (nh, nkv, hd),
+            neox,
+        );
+    }
+    let _ = (cos, sin, neox);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    Ok((
+        rope(qkv.narrow(1, 0, qw)?.contiguous()?, nh)?,
+        rope(qkv.narrow(1, qw, kw)?.contiguous()?, nkv)?,
+        qkv.narrow(1, qw + kw, kw)?.contiguous()?,
+    ))
+}
+
+/// silu(gate) * up over a stacked gate/up output `[rows, 2 ff]`.
+fn silu_mul_packed(gu: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if gu.device().is_cuda() && crate::ops::fused_enabled() {
+        return crate::ops::silu_mul_packed(gu);
+    }
+    let ff = gu.dims2()?.1 / 2;
+    silu_mul(
+        &gu.narrow(1, 0, ff)?.contiguous()?,
+        &gu.narrow(1, ff, ff)?.contiguous()?,
+    )
 }
 
 /// Deterministic uniform values in ±bound, generated in parallel chunks (each chunk's
@@ -238,13 +314,17 @@ impl LlamaModel {
             let p = format!("blk.{i}");
             layers.push(Layer {
                 attn_norm: dense(&format!("{p}.attn_norm.weight"))?,
-                wq: linear(&format!("{p}.attn_q"), nh * hd, h)?,
-                wk: linear(&format!("{p}.attn_k"), nkv * hd, h)?,
-                wv: linear(&format!("{p}.attn_v"), nkv * hd, h)?,
+                qkv: QkvProj::Split(
+                    linear(&format!("{p}.attn_q"), nh * hd, h)?,
+                    linear(&format!("{p}.attn_k"), nkv * hd, h)?,
+                    linear(&format!("{p}.attn_v"), nkv * hd, h)?,
+                ),
                 wo: linear(&format!("{p}.attn_output"), h, nh * hd)?,
                 ffn_norm: dense(&format!("{p}.ffn_norm.weight"))?,
-                w_gate: linear(&format!("{p}.ffn_gate"), ff, h)?,
-                w_up: linear(&format!("{p}.ffn_up"), ff, h)?,
+                gate_up: GateUpProj::Split(
+                    linear(&format!("{p}.ffn_gate"), ff, h)?,
+                    linear(&format!("{p}.ffn_up"), ff, h)?,
+                ),
                 w_down: linear(&format!("{p}.ffn_down"), h, ff)?,
             });
         }
@@ -322,13 +402,14 @@ impl LlamaModel {
         for _ in 0..c.num_layers {
             layers.push(Layer {
                 attn_norm: ones(h)?,
-                wq: linear(nh * hd, h, c.qkv_bias)?,
-                wk: linear(nkv * hd, h, c.qkv_bias)?,
-                wv: linear(nkv * hd, h, c.qkv_bias)?,
+                qkv: QkvProj::Split(
+                    linear(nh * hd, h, c.qkv_bias)?,
+                    linear(nkv * hd, h, c.qkv_bias)?,
+                    linear(nkv * hd, h, c.qkv_bias)?,
+                ),
                 wo: linear(h, nh * hd, false)?,
                 ffn_norm: ones(h)?,
-                w_gate: linear(ff, h, false)?,
-                w_up: linear(ff, h, false)?,
+                gate_up: GateUpProj::Split(linear(ff, h, false)?, linear(ff, h, false)?),
                 w_down: linear(h, ff, false)?,
             });
         }
@@ -354,6 +435,29 @@ impl LlamaModel {
             weight_bytes,
             config,
         })
+    }
+
+    /// Stacks each layer's Q/K/V weights into one matrix and its gate/up weights into
+    /// another (dense weights only), so a layer runs two matmuls where it ran five, and
+    /// on CUDA one kernel splits and rotates Q/K/V. The numbers are the same weights.
+    /// Returns whether anything was stacked.
+    pub fn stack_projections(&mut self) -> Result<bool> {
+        let mut any = false;
+        for layer in &mut self.layers {
+            if let QkvProj::Split(q, k, v) = &layer.qkv {
+                if let Some(w) = stack_linears(&[q, k, v])? {
+                    layer.qkv = QkvProj::Stacked(w);
+                    any = true;
+                }
+            }
+            if let GateUpProj::Split(g, u) = &layer.gate_up {
+                if let Some(w) = stack_linears(&[g, u])? {
+                    layer.gate_up = GateUpProj::Stacked(w);
+                    any = true;
+                }
+            }
+        }
+        Ok(any)
     }
 
     /// Activations' (and the KV cache's) type.
@@ -425,7 +529,32 @@ impl LlamaModel {
         }
         let ids = Tensor::from_slice(&batch.token_ids, n, &self.device)?;
         let positions = Tensor::from_slice(&batch.positions, n, &self.device)?;
-        let (cos, sin) = self.rope.gather(&positions, self.dtype)?;
+        attn.begin_step(batch)?;
+        // Every row in order (a decode step): no gather before the output projection.
+        let rows = if batch.logits_indices.iter().copied().eq(0..n) {
+            None
+        } else {
+            let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
+            Some(Tensor::from_slice(&idx, idx.len(), &self.device)?)
+        };
+        self.forward_tensors(batch, &ids, &positions, rows.as_ref(), attn)
+    }
+
+    /// The forward pass over token ids and positions already on the device, after the
+    /// attention backend has its step: no host work that depends on the batch's values and
+    /// no host/device copy, so a decode step can be captured as a CUDA graph. `rows` picks
+    /// the rows that get logits (all when `None`). Returns f32 logits.
+    pub fn forward_tensors(
+        &self,
+        batch: &FlatBatch,
+        ids: &Tensor,
+        positions: &Tensor,
+        rows: Option<&Tensor>,
+        attn: &mut dyn AttentionBackend,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let n = ids.dims1()?;
+        let (cos, sin) = self.rope.gather(positions, self.dtype)?;
         // The residual stream's type: the model's, or f32 for a half-precision model when
         // FERROLM_F32_RESIDUAL=1 (see add_rms_norm; opt-in until a GPU run checks it).
         let rdt = if f32_residual() {
@@ -433,41 +562,49 @@ impl LlamaModel {
         } else {
             self.dtype
         };
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(rdt)?;
+        let mut x = self.embed.index_select(ids, 0)?.to_dtype(rdt)?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
         let first_norm = self.layers[0].attn_norm.to_dtype(rdt)?;
         let mut h = rms_norm(&x, &first_norm, eps)?.to_dtype(self.dtype)?;
-        attn.begin_step(batch)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let q = layer.wq.forward(&h)?;
-            let k = layer.wk.forward(&h)?;
-            let v = layer.wv.forward(&h)?;
-            // One position per "batch" row: rope over [n, heads, 1, head_dim].
-            let rope = |t: Tensor, heads: usize| -> Result<Tensor> {
-                let t = t.reshape((n, heads, 1, hd))?;
-                let t = match c.rope_style {
-                    RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?,
-                    RopeStyle::Neox => candle_nn::rotary_emb::rope(&t, &cos, &sin)?,
-                };
-                Ok(t.reshape((n, heads * hd))?)
+        let neox = matches!(c.rope_style, RopeStyle::Neox);
+        // One position per "batch" row: rope over [n, heads, 1, head_dim].
+        let rope = |t: Tensor, heads: usize| -> Result<Tensor> {
+            let t = t.reshape((n, heads, 1, hd))?;
+            let t = if neox {
+                candle_nn::rotary_emb::rope(&t, &cos, &sin)?
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
             };
-            let q = rope(q, nh)?;
-            let k = rope(k, nkv)?;
+            Ok(t.reshape((n, heads * hd))?)
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (q, k, v) = match &layer.qkv {
+                QkvProj::Split(wq, wk, wv) => (
+                    rope(wq.forward(&h)?, nh)?,
+                    rope(wk.forward(&h)?, nkv)?,
+                    wv.forward(&h)?,
+                ),
+                QkvProj::Stacked(w) => {
+                    rope_split_qkv(&w.forward(&h)?, &cos, &sin, (nh, nkv, hd), neox, &rope)?
+                }
+            };
             attn.write_kv(li, &k, &v, batch)?;
             let o = attn.attend(li, &q, batch)?;
             let (x1, h1) = add_rms_norm(&layer.wo.forward(&o)?, &x, &layer.ffn_norm, eps)?;
-            let g = layer.w_gate.forward(&h1)?;
-            let u = layer.w_up.forward(&h1)?;
-            let d = layer.w_down.forward(&silu_mul(&g, &u)?)?;
+            let act = match &layer.gate_up {
+                GateUpProj::Split(wg, wu) => silu_mul(&wg.forward(&h1)?, &wu.forward(&h1)?)?,
+                GateUpProj::Stacked(w) => silu_mul_packed(&w.forward(&h1)?)?,
+            };
+            let d = layer.w_down.forward(&act)?;
             match self.layers.get(li + 1) {
                 Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
                 None => x = (x1 + d.to_dtype(rdt)?)?,
             }
         }
-        let idx: Vec<u32> = batch.logits_indices.iter().map(|&i| i as u32).collect();
-        let idx = Tensor::from_slice(&idx, idx.len(), &self.device)?;
-        let x = x.index_select(&idx, 0)?;
+        if let Some(rows) = rows {
+            x = x.index_select(rows, 0)?;
+        }
         let x =
             rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?.to_dtype(self.dtype)?;
         Ok(self.output.forward(&x)?.to_dtype(DType::F32)?)

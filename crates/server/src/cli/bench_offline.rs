@@ -41,6 +41,9 @@ pub struct ModelArgs {
     pub gpu_memory_utilization: f64,
     #[arg(long)]
     pub num_gpu_blocks_override: Option<usize>,
+    /// No CUDA graphs for decode steps (vLLM's flag).
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// KV cache bytes on the CPU.
     #[arg(long, default_value_t = 1 << 30)]
     pub kv_cache_memory_bytes: usize,
@@ -124,6 +127,9 @@ struct Setup {
 }
 
 fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
+    if a.enforce_eager {
+        ferrolm_engine::runner::set_enforce_eager(true);
+    }
     let device = resolve_device(&a.device)?;
     let path = a.model.clone().unwrap_or_else(default_model_path);
     let t = Instant::now();

@@ -26,11 +26,7 @@ pub fn resolve_device(name: &str) -> anyhow::Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> anyhow::Result<Device> {
-    anyhow::ensure!(
-        ferrolm_engine::attention::cuda::cuda_driver_present(),
-        "--device cuda: no CUDA driver on this host (libcuda.so not found)"
-    );
-    Device::new_cuda(0).context("--device cuda: opening GPU 0")
+    ferrolm_engine::attention::cuda::model_device(0).context("--device cuda: opening GPU 0")
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -96,7 +92,12 @@ pub fn load_bench_model(
         cfg.max_position_embeddings = n;
     }
     let dtype = resolve_dtype(dtype, device)?;
-    Ok(LlamaModel::dummy(cfg, dtype, device, 0)?)
+    let mut model = LlamaModel::dummy(cfg, dtype, device, 0)?;
+    // FERROLM_STACK_PROJ=1: one matmul for Q/K/V and one for gate/up (an A/B on GPU runs).
+    if std::env::var("FERROLM_STACK_PROJ").is_ok_and(|v| v == "1") {
+        model.stack_projections()?;
+    }
+    Ok(model)
 }
 
 /// KV cache blocks: `--num-gpu-blocks-override`, else on a GPU what

@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Share of the GPU's memory for weights, activations and the KV cache (--device cuda).
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
+    /// No CUDA graphs: every decode step is launched eagerly (vLLM's flag).
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// KV cache size in bytes (CPU).
     #[arg(long, default_value_t = 1 << 30)]
     pub kv_cache_memory_bytes: usize,
@@ -145,6 +148,9 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening; loading {}", model_path.display());
+    if args.enforce_eager {
+        ferrolm_engine::runner::set_enforce_eager(true);
+    }
 
     let load_state = state.clone();
     let load_args = args.clone();
