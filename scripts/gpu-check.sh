@@ -3,11 +3,12 @@
 #   bash scripts/gpu-check.sh [path/to/ferrolm or ferrolm.xz]
 # The binary is built on a CPU machine (make build-cuda) and carried. Prints facts, runs
 # `ferrolm gpu-check` (kernels vs CPU references, the whole model on the GPU vs the CPU,
-# decode steps replayed from CUDA graphs vs eager, then timings), the 8B timings (batch-1
-# decode with CUDA graphs and eager beside the weight-read floor; bench throughput
-# 1000 x 128/128 and 256 x 1024/256), GGUF weights on the GPU (generate, serve), the opt-in
-# GQA decode kernel and f32 residual stream, a PyTorch SDPA reference on the decode shape,
-# HF transformers generate() on the same card, and a compact table. About 6 minutes.
+# decode steps replayed from CUDA graphs vs eager, then timings of both decode kernels),
+# the 8B timings (batch-1 decode with CUDA graphs, eager, and split projections beside the
+# weight-read floor; bench throughput 1000 x 128/128 and 256 x 1024/256, and with the
+# per-head decode kernel), a per-stage profile of eager decode steps, GGUF weights on the
+# GPU (generate, serve), a PyTorch SDPA reference on the decode shape, HF transformers
+# generate() on the same card, and a compact table. About 5 minutes.
 # SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones; NOFUSED_RERUN=1 reruns failed
 # model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the
 # shapes ("N,IN,OUT ...").
@@ -36,7 +37,8 @@ if [ -n "${NOFUSED_RERUN:-}" ] && grep '^model ' /tmp/ferrolm-gpu-check.txt | gr
   FERROLM_NO_FUSED=1 timeout 120 "$BIN" gpu-check --model-only 2>&1 | grep '^model ' | grep -v 'cuda graphs' | tee /tmp/nofused.txt
   while read -r l; do row "nofused $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < /tmp/nofused.txt
 fi
-row "ferrolm decode attention" "$(grep -o 'decode attention bf16.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
+while read -r l; do row "$(echo "$l" | cut -c1-44)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
+  < <(grep -E '^(decode attention|attention / copy)' /tmp/ferrolm-gpu-check.txt)
 row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 
 CFG8B=models/configs/llama-3.1-8b.json
@@ -45,9 +47,9 @@ OUTD=${OUT:-/tmp}
 # (the default) and with --enforce-eager, beside the weight-read floor; then throughput.
 if [ -z "${SKIP_8B:-}" ]; then
   COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
-  for mode in graphs eager stacked; do
+  for mode in graphs eager split; do
     FLAG=""; [ "$mode" = eager ] && FLAG="--enforce-eager"
-    STACK=0; [ "$mode" = stacked ] && STACK=1
+    STACK=1; [ "$mode" = split ] && STACK=0
     echo "== ferrolm bench latency ($mode): Llama-3.1-8B shape, dummy bf16, batch 1, 128 in / 128 out"
     FERROLM_STACK_PROJ=$STACK timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda $FLAG \
       --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
@@ -68,16 +70,27 @@ PY
       --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
       --output-json "$OUTD/throughput-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
     row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    row "  steps" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
     grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
-    if grep -q 'stacked proj GPU vs CPU .*PASS' /tmp/ferrolm-gpu-check.txt; then
-      echo "== the same with stacked projections (FERROLM_STACK_PROJ=1)"
-      FERROLM_STACK_PROJ=1 timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
-        --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
-        --output-json "$OUTD/throughput-stacked-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
-      row "ferrolm throughput $1x$2/$3 stacked" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
-    fi
+    echo "== the same with the per-head decode kernel (FERROLM_DECODE_KERNEL=per-head)"
+    FERROLM_DECODE_KERNEL=per-head timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
+      --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+      --output-json "$OUTD/throughput-perhead-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+    row "ferrolm throughput $1x$2/$3 per-head attn" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
   done
 fi
+# Where a step's time goes: eager steps with a device sync after each stage
+# (FERROLM_PROFILE=1; the syncs add their own cost, the shares are what matter).
+if [ -z "${SKIP_8B:-}" ] && [ -z "${SKIP_PROFILE:-}" ]; then
+  for b in 1 256; do
+    echo "== profile: 8B bf16 eager, batch $b, 128 in / 16 out"
+    FERROLM_PROFILE=1 timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+      --enforce-eager --max-model-len 4096 --batch-size $b --input-len 128 --output-len 16 --num-iters-warmup 1 --num-iters 1 \
+      2>&1 | tee /tmp/prof.txt | grep -A30 '^profile'
+    row "profile b$b decode ms/step by stage" "$(grep -o '^profile decode: .*' /tmp/prof.txt | cut -c17- | cut -c1-90 || echo FAILED)"
+  done
+fi
+
 # GGUF weights on the GPU (candle's CUDA quantized matmul): a small random GGUF with the
 # default model's tokenizer (scripts/make-tiny-gguf.py; the default model is too big to carry).
 TINY=${TINY_GGUF:-.build/tiny-smollm.gguf}
@@ -117,32 +130,6 @@ PY
   row "serve --device cuda (tiny GGUF)" "$(grep -o 'serve cuda: .*' /tmp/serve-check.txt | cut -c13- || echo FAILED)"
 fi
 
-# Opt-in paths, each in its own process with its own timeout (a hang costs only its row):
-# the GQA decode kernel (kernel checks, then the model checks with it) and the f32 residual
-# stream for bf16 models.
-echo "== GQA decode kernel (FERROLM_DECODE_KERNEL=gqa)"
-FERROLM_DECODE_KERNEL=gqa timeout 90 "$BIN" gpu-check --decode-kernel gqa 2>&1 | tee /tmp/gqa.txt
-while read -r l; do row "gqa: $(echo "$l" | cut -c1-39)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
-  < <(grep -E '^(model|decode attention|attention / copy)' /tmp/gqa.txt)
-GQA_OK=$(grep -q 'gpu-check: [0-9]* passed, 0 failed' /tmp/gqa.txt && echo 1)
-row "gqa decode kernel" "$([ -n "$GQA_OK" ] && echo "all checks pass" || echo "FAILED or hung (see log)")"
-echo "== f32 residual stream for bf16 (FERROLM_F32_RESIDUAL=1)"
-FERROLM_F32_RESIDUAL=1 timeout 60 "$BIN" gpu-check --model-only 2>&1 | tee /tmp/f32res.txt
-while read -r l; do row "f32res: $(echo "$l" | cut -c1-36)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done \
-  < <(grep '^model bf16' /tmp/f32res.txt)
-
-
-# The GQA decode kernel in the same throughput run, when its checks passed.
-if [ -z "${SKIP_8B:-}" ] && [ -n "$GQA_OK" ]; then
-  for shape in ${TP_SHAPES:-1000,128,128}; do
-    set -- ${shape//,/ }
-    echo "== ferrolm bench throughput with the GQA decode kernel: $1 x $2/$3"
-    FERROLM_DECODE_KERNEL=gqa timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
-      --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
-      --output-json "$OUTD/throughput-gqa-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
-    row "ferrolm throughput $1x$2/$3 gqa" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90)"
-  done
-fi
 echo "== PyTorch SDPA reference (B64, 32 q-heads, 8 kv-heads, 2048 keys, d128, bf16)"
 timeout 60 python3 - <<'PY' 2>&1 | tee /tmp/sdpa.txt
 import torch, torch.nn.functional as F

@@ -17,6 +17,7 @@ pub mod model;
 pub mod model_check;
 #[cfg(feature = "cuda")]
 pub mod ops;
+pub mod profile;
 pub mod quant;
 pub mod runner;
 pub mod sampling;

@@ -23,6 +23,8 @@ pub struct OfflineReport {
     pub step_secs: Vec<f64>,
     /// Tokens computed in each step.
     pub step_tokens: Vec<usize>,
+    /// Requests in each step (a step with as many tokens as requests is a decode step).
+    pub step_seqs: Vec<usize>,
     pub preemptions: usize,
 }
 
@@ -43,6 +45,27 @@ impl OfflineReport {
             .map(|(s, _)| *s)
             .collect();
         (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
+    }
+
+    /// Where the time went: (steps, seconds, mean requests per step) of the decode steps
+    /// (one token per request) and of the others (with prompt tokens).
+    pub fn phase_split(&self) -> [(usize, f64, f64); 2] {
+        let mut out = [(0usize, 0f64, 0f64); 2];
+        for ((&secs, &tokens), &seqs) in self
+            .step_secs
+            .iter()
+            .zip(&self.step_tokens)
+            .zip(&self.step_seqs)
+        {
+            let o = &mut out[usize::from(tokens != seqs)];
+            o.0 += 1;
+            o.1 += secs;
+            o.2 += seqs as f64;
+        }
+        for o in &mut out {
+            o.2 /= o.0.max(1) as f64;
+        }
+        out
     }
 }
 
@@ -119,6 +142,7 @@ fn run_offline(
             }
         }
         report.step_tokens.push(out.num_tokens());
+        report.step_seqs.push(out.scheduled.len());
         report.step_secs.push(t.elapsed().as_secs_f64());
     }
     report.secs = started.elapsed().as_secs_f64();
@@ -171,6 +195,10 @@ mod tests {
         assert_eq!(rep.prompt_tokens, 6 * 23);
         assert!(together.iter().all(|o| o.len() == 9));
         assert!(rep.total_tok_per_s() > 0.0);
+        let [decode, prefill] = rep.phase_split();
+        assert_eq!(decode.0 + prefill.0, rep.step_secs.len());
+        assert!(decode.0 >= 8 && prefill.0 >= 4, "{decode:?} {prefill:?}");
+        assert!(decode.2 >= 1.0 && decode.2 <= 6.0);
         // One at a time: the same greedy tokens.
         for (p, want) in prompts.iter().zip(&together) {
             let (_, alone) =

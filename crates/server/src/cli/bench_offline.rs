@@ -260,6 +260,17 @@ pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
         res.num_steps,
         r.preemptions
     );
+    let [d, p] = r.phase_split();
+    println!(
+        "Steps: {} decode steps {:.2} s ({:.1} ms each, {:.0} requests on average) · {} steps with prompt tokens {:.2} s ({:.1} ms each)",
+        d.0,
+        d.1,
+        1e3 * d.1 / d.0.max(1) as f64,
+        d.2,
+        p.0,
+        p.1,
+        1e3 * p.1 / p.0.max(1) as f64
+    );
     write_json(&a.model.output_json, &res)
 }
 
@@ -293,6 +304,7 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
     for _ in 0..a.num_iters_warmup {
         run()?;
     }
+    ferrolm_engine::profile::take();
     let mut lat = Vec::new();
     let (mut prefill, mut decode) = (0.0, 0.0);
     for _ in 0..a.num_iters {
@@ -325,5 +337,8 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         "Avg latency: {:.4} seconds (batch {} x {}/{} on {}); prefill {:.4} s; decode {:.3} ms/step",
         res.avg_latency, a.batch_size, a.input_len, a.output_len, res.device, res.prefill_secs, res.decode_ms_per_step
     );
+    for line in ferrolm_engine::profile::report() {
+        println!("{line}");
+    }
     write_json(&m.output_json, &res)
 }

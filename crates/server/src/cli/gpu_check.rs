@@ -17,7 +17,7 @@ pub struct GpuCheckArgs {
     #[arg(long)]
     pub model_only: bool,
     /// Decode kernels to check and time: per-head, gqa or both.
-    #[arg(long, default_value = "per-head")]
+    #[arg(long, default_value = "both")]
     pub decode_kernel: String,
 }
 
@@ -54,6 +54,19 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
             Err(e) => add(
                 vec![CheckRow {
                     name: "model checks".into(),
+                    ok: false,
+                    detail: format!("error: {e}"),
+                }],
+                &mut rows,
+            ),
+        }
+    }
+    if !args.model_only {
+        match ferrolm_engine::attention::cuda::model_device(0) {
+            Ok(dev) => add(ferrolm_engine::ops::gemv_checks(&dev), &mut rows),
+            Err(e) => add(
+                vec![CheckRow {
+                    name: "gemv checks".into(),
                     ok: false,
                     detail: format!("error: {e}"),
                 }],
