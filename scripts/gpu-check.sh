@@ -47,11 +47,14 @@ OUTD=${OUT:-/tmp}
 # (the default) and with --enforce-eager, beside the weight-read floor; then throughput.
 if [ -z "${SKIP_8B:-}" ]; then
   COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
-  for mode in graphs eager split; do
+  # graphs: the defaults (CUDA graphs, stacked projections, skinny matmul); eager:
+  # --enforce-eager; split: FERROLM_STACK_PROJ=0; cublas: FERROLM_GEMV=0.
+  for mode in graphs eager split cublas; do
     FLAG=""; [ "$mode" = eager ] && FLAG="--enforce-eager"
     STACK=1; [ "$mode" = split ] && STACK=0
+    GEMV=1; [ "$mode" = cublas ] && GEMV=0
     echo "== ferrolm bench latency ($mode): Llama-3.1-8B shape, dummy bf16, batch 1, 128 in / 128 out"
-    FERROLM_STACK_PROJ=$STACK timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda $FLAG \
+    FERROLM_STACK_PROJ=$STACK FERROLM_GEMV=$GEMV timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda $FLAG \
       --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
       --output-json "$OUTD/latency-8b-$mode.json" 2>&1 | tee /tmp/lat.txt
     python3 - "$OUTD/latency-8b-$mode.json" "${COPY:-0}" <<'PY' 2>&1 | tee /tmp/floor.txt
