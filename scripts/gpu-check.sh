@@ -46,7 +46,7 @@ OUTD=${OUT:-/tmp}
 # The 8B timings first (what the GPU speed issue measures): batch-1 decode with CUDA graphs
 # (the default) and with --enforce-eager, beside the weight-read floor; then throughput.
 if [ -z "${SKIP_8B:-}" ]; then
-  COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | grep -o '[0-9]*$')
+  COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | head -1 | grep -o '[0-9]*$')
   # graphs: the defaults (CUDA graphs, stacked projections, skinny matmul); eager:
   # --enforce-eager; split: FERROLM_STACK_PROJ=0; cublas: FERROLM_GEMV=0.
   for mode in graphs eager split cublas; do
@@ -90,7 +90,8 @@ if [ -z "${SKIP_8B:-}" ] && [ -z "${SKIP_PROFILE:-}" ]; then
     FERROLM_PROFILE=1 timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
       --enforce-eager --max-model-len 4096 --batch-size $b --input-len 128 --output-len 16 --num-iters-warmup 1 --num-iters 1 \
       2>&1 | tee /tmp/prof.txt | grep -A30 '^profile'
-    row "profile b$b decode ms/step by stage" "$(grep -o '^profile decode: .*' /tmp/prof.txt | cut -c17- | cut -c1-90 || echo FAILED)"
+    row "profile b$b decode ms/step by stage" "$(grep -o '^profile decode: .*' /tmp/prof.txt | cut -c17- | cut -c1-200 || echo FAILED)"
+    row "profile b$b prefill ms/step by stage" "$(grep -o '^profile prefill: .*' /tmp/prof.txt | cut -c18- | cut -c1-200)"
   done
 fi
 
