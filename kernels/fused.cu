@@ -38,32 +38,25 @@ __device__ void silu_mul(const T* __restrict__ gate, const T* __restrict__ up,
 
 // delta, w in T; the residual stream and both outputs in R (T, or f32 for a half-precision
 // model's f32 residual). out is R [2, rows, h]: the new residual, then its RMSNorm times w.
-// One CTA per row; the row's sums stay in shared memory (h floats) for the second pass,
-// and each thread keeps several loads in flight (a prefill step has tens of thousands of
-// rows: per-row latency, not bandwidth, was what a 1024-thread CTA per row paid).
 template <typename T, typename R>
 __device__ void add_rms_norm(const T* __restrict__ delta, const R* __restrict__ residual,
                              const T* __restrict__ w, R* __restrict__ out, int rows, int h,
                              float eps) {
-  extern __shared__ float srow[];
   const int row = blockIdx.x;
   const T* dr = delta + (int64_t)row * h;
   const R* rr = residual + (int64_t)row * h;
   R* sum_out = out + (int64_t)row * h;
   R* norm_out = out + (int64_t)rows * h + (int64_t)row * h;
   float ss = 0.f;
-#pragma unroll 4
   for (int i = threadIdx.x; i < h; i += blockDim.x) {
     const R s = from_f32<R>(to_f32(dr[i]) + to_f32(rr[i]));
     sum_out[i] = s;
     const float f = to_f32(s);
-    srow[i] = f;
     ss += f * f;
   }
   const float inv = rsqrtf(block_sum(ss) / (float)h + eps);
-#pragma unroll 4
   for (int i = threadIdx.x; i < h; i += blockDim.x)
-    norm_out[i] = from_f32<R>(srow[i] * inv * to_f32(w[i]));
+    norm_out[i] = from_f32<R>(to_f32(sum_out[i]) * inv * to_f32(w[i]));
 }
 
 #define FUSED(T, SUFFIX)                                                                     \
@@ -93,14 +86,12 @@ FUSED_F32RES(__nv_bfloat16, bf16)
 // rope_split_qkv: a stacked QKV projection's output [n, (nh + 2 nkv) * hd] split into
 // q [n, nh * hd], k [n, nkv * hd], v [n, nkv * hd] written back to back in out, with q and
 // k rotated (neox: pairs (i, i + hd/2); else interleaved pairs (2i, 2i + 1)) by cos/sin
-// [n, hd/2]. Grid (n, ceil(heads / blockDim.y)); threadIdx.x walks a head's pairs,
-// threadIdx.y picks the head (several heads per CTA: one per CTA left most of each CTA idle).
-template <typename T, bool NEOX>
+// [n, hd/2]. Grid (n, nh + 2 nkv), one head of one token per CTA.
+template <typename T>
 __device__ void rope_split_qkv(const T* __restrict__ qkv, const T* __restrict__ cos,
                                const T* __restrict__ sin, T* __restrict__ out, int n, int nh,
-                               int nkv, int hd) {
-  const int tok = blockIdx.x, head = blockIdx.y * blockDim.y + threadIdx.y;
-  if (head >= nh + 2 * nkv) return;
+                               int nkv, int hd, int neox) {
+  const int tok = blockIdx.x, head = blockIdx.y;
   const int half = hd / 2;
   const T* src = qkv + (int64_t)tok * (nh + 2 * nkv) * hd + (int64_t)head * hd;
   T* dst;
@@ -113,7 +104,7 @@ __device__ void rope_split_qkv(const T* __restrict__ qkv, const T* __restrict__ 
   }
   const bool rotate = head < nh + nkv;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const int i1 = NEOX ? i : 2 * i, i2 = NEOX ? i + half : 2 * i + 1;
+    const int i1 = neox ? i : 2 * i, i2 = neox ? i + half : 2 * i + 1;
     if (rotate) {
       const float a = to_f32(src[i1]), b = to_f32(src[i2]);
       const float c = to_f32(cos[(int64_t)tok * half + i]), s = to_f32(sin[(int64_t)tok * half + i]);
@@ -127,23 +118,15 @@ __device__ void rope_split_qkv(const T* __restrict__ qkv, const T* __restrict__ 
 }
 
 // silu_mul_packed: a stacked gate/up projection's output [rows, 2 ff] (gate, then up) to
-// silu(gate) * up [rows, ff]. Grid (ceil(ff / (4 * blockDim.x)), min(rows, 65535)): rows
-// from the grid's y (no integer division per element), four columns per thread.
+// silu(gate) * up [rows, ff].
 template <typename T>
 __device__ void silu_mul_packed(const T* __restrict__ gu, T* __restrict__ out, int64_t rows,
                                 int64_t ff) {
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const T* g = gu + r * 2 * ff;
-    const T* u = g + ff;
-    T* o = out + r * ff;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t j = ((int64_t)blockIdx.x * 4 + q) * blockDim.x + threadIdx.x;
-      if (j < ff) {
-        const float x = to_f32(g[j]);
-        o[j] = from_f32<T>(x / (1.f + __expf(-x)) * to_f32(u[j]));
-      }
-    }
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * ff;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / ff, j = i % ff;
+    const float g = to_f32(gu[r * 2 * ff + j]);
+    out[i] = from_f32<T>(g / (1.f + __expf(-g)) * to_f32(gu[r * 2 * ff + ff + j]));
   }
 }
 
@@ -151,10 +134,7 @@ __device__ void silu_mul_packed(const T* __restrict__ gu, T* __restrict__ out, i
   extern "C" __global__ void rope_split_qkv_##SUFFIX(const T* qkv, const T* cos, const T* sin, \
                                                      T* out, int n, int nh, int nkv, int hd,   \
                                                      int neox) {                               \
-    if (neox)                                                                                  \
-      rope_split_qkv<T, true>(qkv, cos, sin, out, n, nh, nkv, hd);                             \
-    else                                                                                       \
-      rope_split_qkv<T, false>(qkv, cos, sin, out, n, nh, nkv, hd);                            \
+    rope_split_qkv<T>(qkv, cos, sin, out, n, nh, nkv, hd, neox);                               \
   }                                                                                            \
   extern "C" __global__ void silu_mul_packed_##SUFFIX(const T* gu, T* out, int64_t rows,       \
                                                       int64_t ff) {                            \

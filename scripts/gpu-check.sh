@@ -80,15 +80,23 @@ PY
       --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
       --output-json "$OUTD/throughput-perhead-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
     row "ferrolm throughput $1x$2/$3 per-head attn" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    echo "== the same with a caching memory pool (FERROLM_POOL_KEEP=1)"
+    FERROLM_POOL_KEEP=1 timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
+      --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+      --output-json "$OUTD/throughput-poolkeep-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+    row "ferrolm throughput $1x$2/$3 pool keep" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    row "  steps (pool keep)" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
   done
 fi
 # Where a step's time goes: eager steps with a device sync after each stage
 # (FERROLM_PROFILE=1; the syncs add their own cost, the shares are what matter).
 if [ -z "${SKIP_8B:-}" ] && [ -z "${SKIP_PROFILE:-}" ]; then
-  for b in 1 256; do
-    echo "== profile: 8B bf16 eager, batch $b, 128 in / 16 out"
-    FERROLM_PROFILE=1 timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
-      --enforce-eager --max-model-len 4096 --batch-size $b --input-len 128 --output-len 16 --num-iters-warmup 1 --num-iters 1 \
+  for b in 1 256 256k; do
+    # 256k: batch 256 with the caching memory pool (FERROLM_POOL_KEEP=1).
+    PK=0; case $b in *k) PK=1 ;; esac
+    echo "== profile: 8B bf16 eager, batch ${b%k}, 128 in / 16 out (pool keep $PK)"
+    FERROLM_POOL_KEEP=$PK FERROLM_PROFILE=1 timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+      --enforce-eager --max-model-len 4096 --batch-size ${b%k} --input-len 128 --output-len 16 --num-iters-warmup 1 --num-iters 1 \
       2>&1 | tee /tmp/prof.txt | grep -A30 '^profile'
     row "profile b$b decode ms/step by stage" "$(grep -o '^profile decode: .*' /tmp/prof.txt | cut -c17- | cut -c1-200 || echo FAILED)"
     row "profile b$b prefill ms/step by stage" "$(grep -o '^profile prefill: .*' /tmp/prof.txt | cut -c18- | cut -c1-200)"

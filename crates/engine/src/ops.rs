@@ -141,9 +141,6 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
 }
 
-/// The widest row `add_rms_norm` takes (its sums in 48 KB of shared memory).
-pub const ADD_RMS_NORM_MAX_HIDDEN: usize = 12 * 1024;
-
 /// Residual add + RMSNorm; the residual (and both outputs) in `R`: the delta's type, or f32
 /// under a half-precision delta (`add_rms_norm_f32res_*`).
 struct AddRmsNorm<'w> {
@@ -178,16 +175,10 @@ impl AddRmsNorm<'_> {
         // SAFETY: both halves are written by the kernel before they are read.
         let mut out = unsafe { stream.alloc::<R>(2 * rows * h) }.map_err(cuda_err)?;
         let (rows_i, h_i) = (rows as i32, h as i32);
-        if h > ADD_RMS_NORM_MAX_HIDDEN {
-            return Err(cuda_err(
-                "add_rms_norm: hidden size beyond the kernel's shared memory",
-            ));
-        }
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (h.next_multiple_of(32).min(256) as u32, 1, 1),
-            // The row's sums, read again by the second pass.
-            shared_mem_bytes: (h * 4) as u32,
+            block_dim: (h.next_multiple_of(32).min(1024) as u32, 1, 1),
+            shared_mem_bytes: 0,
         };
         unsafe {
             stream
@@ -304,12 +295,9 @@ impl RopeSplitQkv {
         let mut out = unsafe { stream.alloc::<T>(n * width) }.map_err(cuda_err)?;
         let (n_i, nh_i, nkv_i, hd_i, neox) =
             (n as i32, nh as i32, nkv as i32, hd as i32, self.neox as i32);
-        // threadIdx.x over a head's pairs, threadIdx.y over heads: 256 threads a CTA.
-        let bx = (hd / 2).next_multiple_of(32).min(128);
-        let by = (256 / bx).max(1);
         let cfg = LaunchConfig {
-            grid_dim: (n as u32, (nh + 2 * nkv).div_ceil(by) as u32, 1),
-            block_dim: (bx as u32, by as u32, 1),
+            grid_dim: (n as u32, (nh + 2 * nkv) as u32, 1),
+            block_dim: ((hd / 2).next_multiple_of(32).min(128) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         unsafe {
@@ -413,13 +401,9 @@ impl SiluMulPacked {
         // SAFETY: every element is written by the kernel before it is read.
         let mut out = unsafe { stream.alloc::<T>(rows * ff) }.map_err(cuda_err)?;
         let (rows_i, ff_i) = (rows as i64, ff as i64);
-        // Four columns a thread, rows on the grid's y (see the kernel).
+        let blocks = (rows * ff).div_ceil(256).min(65535 * 8) as u32;
         let cfg = LaunchConfig {
-            grid_dim: (
-                ff.div_ceil(1024).max(1) as u32,
-                rows.clamp(1, 65535) as u32,
-                1,
-            ),
+            grid_dim: (blocks.max(1), 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -353,6 +353,12 @@ pub fn gpu_kv_blocks(
         .context()
         .bind_to_thread()
         .map_err(|e| EngineError::Config(format!("CUDA: {e}")))?;
+    // A pool that keeps freed memory (FERROLM_POOL_KEEP=1) still holds the profile step's
+    // activations: give them back so they are not counted twice (see `activations`).
+    if crate::attention::cuda::keep_freed_memory() {
+        crate::attention::cuda::trim_pool(dev)
+            .map_err(|e| EngineError::Config(format!("CUDA: {e}")))?;
+    }
     let (free, total) = cudarc::driver::result::mem_get_info()
         .map_err(|e| EngineError::Config(format!("CUDA: {e}")))?;
     let elem = model.dtype().size_in_bytes();

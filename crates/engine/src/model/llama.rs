@@ -123,10 +123,7 @@ fn add_rms_norm(
 ) -> Result<(Tensor, Tensor)> {
     let dt = delta.dtype();
     #[cfg(feature = "cuda")]
-    if delta.device().is_cuda()
-        && crate::ops::fused_enabled()
-        && delta.dim(candle_core::D::Minus1)? <= crate::ops::ADD_RMS_NORM_MAX_HIDDEN
-    {
+    if delta.device().is_cuda() && crate::ops::fused_enabled() {
         let (x, h) = crate::ops::add_rms_norm(delta, residual, w, eps)?;
         return Ok((x, h.to_dtype(dt)?));
     }
