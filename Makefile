@@ -20,7 +20,7 @@ GPU_BIN := .build/gpu/ferrolm
 gpu-bundle: build-cuda model
 	./scripts/make-tiny-gguf.sh
 
-.PHONY: build build-cuda candle-patch model serve test test-tools test-openai test-cuda fmt clippy generate
+.PHONY: bench build build-cuda candle-patch model serve test test-tools test-openai test-cuda fmt clippy generate
 
 # candle-core with cudarc's dynamic-loading (the workspace's [patch.crates-io] points there).
 candle-patch:
@@ -52,9 +52,15 @@ test-tools:
 # then the CUDA build (kernels compile on every change) and its checks.
 test: candle-patch model test-tools
 	$(CARGO) test --release --workspace
+	# The criterion benches compile with the tests (run them with `make bench`).
+	$(CARGO) bench --no-run -p ferrolm-engine --bench engine
 	$(MAKE) test-openai
 	$(MAKE) test-cuda
 	$(MAKE) k8s-validate
+
+# Criterion benches of the engine's hot pieces (benches/engine.rs); BENCH_ARGS=--quick for a short run.
+bench: candle-patch
+	$(CARGO) bench -p ferrolm-engine --bench engine -- $(BENCH_ARGS)
 
 # Deployment files, offline: the shared validator on k8s/ (yamllint, kustomize render, strict
 # Kubernetes and custom-resource schemas, promtool, hadolint), hadolint on the Dockerfile, and

@@ -135,3 +135,23 @@ pub fn dot4_q8_0_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
         dot_q8_0_q8_0(w, x[3]),
     ]
 }
+
+/// [`dot4_q4_1_q8_1`] given the activations' scales in f32 (the SIMD form reads those; the
+/// portable form converts its own, which gives the same values).
+#[inline]
+#[allow(dead_code)] // the SIMD form runs where the build has AVX2
+pub fn dot4_q4_1_q8_1_s(
+    w: &[BlockQ4_1],
+    x: [&[BlockQ8_1]; 4],
+    _xd: [&[f32]; 4],
+    _xs: [&[f32]; 4],
+) -> [f32; 4] {
+    dot4_q4_1_q8_1(w, x)
+}
+
+/// [`dot4_q8_0_q8_0`] given the activations' scales in f32 (see [`dot4_q4_1_q8_1_s`]).
+#[inline]
+#[allow(dead_code)] // the SIMD form runs where the build has AVX2
+pub fn dot4_q8_0_q8_0_s(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4], _xd: [&[f32]; 4]) -> [f32; 4] {
+    dot4_q8_0_q8_0(w, x)
+}

@@ -5,7 +5,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::blocks::*;
-use super::dot::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0};
+use super::dot::{dot4_q4_1_q8_1_s, dot4_q8_0_q8_0_s, dot_q4_1_q8_1, dot_q8_0_q8_0};
 use crate::attention::with_f32;
 use crate::error::{EngineError, Result};
 
@@ -81,15 +81,22 @@ impl QuantLinear {
                             );
                         }
                         let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                        // The activations' scales in f32 once, not once per weight row.
+                        let sd: Vec<f32> = xq.iter().map(|b| b.d.to_f32()).collect();
+                        let ss: Vec<f32> = xq.iter().map(|b| b.s.to_f32()).collect();
+                        let d = |r: usize| &sd[r * kb..(r + 1) * kb];
+                        let s = |r: usize| &ss[r * kb..(r + 1) * kb];
                         gemm_by4(
                             &mut out,
                             m,
                             n,
                             |row, col| dot_q4_1_q8_1(&wb[col * kb..(col + 1) * kb], xrow(row)),
                             |row, col| {
-                                dot4_q4_1_q8_1(
+                                dot4_q4_1_q8_1_s(
                                     &wb[col * kb..(col + 1) * kb],
                                     [xrow(row), xrow(row + 1), xrow(row + 2), xrow(row + 3)],
+                                    [d(row), d(row + 1), d(row + 2), d(row + 3)],
+                                    [s(row), s(row + 1), s(row + 2), s(row + 3)],
                                 )
                             },
                         );
@@ -109,15 +116,18 @@ impl QuantLinear {
                             );
                         }
                         let xrow = |r: usize| &xq[r * kb..(r + 1) * kb];
+                        let sd: Vec<f32> = xq.iter().map(|b| b.d.to_f32()).collect();
+                        let d = |r: usize| &sd[r * kb..(r + 1) * kb];
                         gemm_by4(
                             &mut out,
                             m,
                             n,
                             |row, col| dot_q8_0_q8_0(&wb[col * kb..(col + 1) * kb], xrow(row)),
                             |row, col| {
-                                dot4_q8_0_q8_0(
+                                dot4_q8_0_q8_0_s(
                                     &wb[col * kb..(col + 1) * kb],
                                     [xrow(row), xrow(row + 1), xrow(row + 2), xrow(row + 3)],
+                                    [d(row), d(row + 1), d(row + 2), d(row + 3)],
                                 )
                             },
                         );
