@@ -213,19 +213,30 @@ fn sampler(c: &mut Criterion) {
         .iter()
         .map(|u| u * 8.0)
         .collect();
-    let p = SamplingParams {
-        temperature: 0.8,
-        top_p: 0.9,
-        ..Default::default()
-    };
     let prompt: Vec<u32> = (0..128).collect();
-    c.bench_function("sample_token top_p 0.9 over 49152 logits", |b| {
-        b.iter_batched_ref(
-            || logits.clone(),
-            |l| black_box(sample_token(l, &p, &prompt, &[], &[2], 42)),
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    for (name, top_p) in [
+        (
+            "sample_token temperature 0.8, top_p 0.9 over 49152 logits",
+            0.9,
+        ),
+        (
+            "sample_token temperature 0.8 over 49152 logits (OpenAI's default cuts)",
+            1.0,
+        ),
+    ] {
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_p,
+            ..Default::default()
+        };
+        c.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || logits.clone(),
+                |l| black_box(sample_token(l, &p, &prompt, &[], &[2], 42)),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 criterion_group!(benches, quant_matmul, paged_attention, block_pool, sampler);
