@@ -33,15 +33,18 @@ pub struct Marks<'d> {
 }
 
 impl<'d> Marks<'d> {
-    /// Starts a step of `phase` (waits for the device first, so earlier work is not charged).
-    pub fn start(device: &'d Device, phase: &'static str) -> Result<Self> {
+    /// Starts a step of the phase `phase()` names (asked only when profiling, so an
+    /// unprofiled step pays nothing for it); waits for the device first, so earlier work is
+    /// not charged.
+    pub fn start(device: &'d Device, phase: impl FnOnce() -> &'static str) -> Result<Self> {
         if !enabled() {
             return Ok(Self {
                 device,
-                phase,
+                phase: "",
                 last: None,
             });
         }
+        let phase = phase();
         device.synchronize()?;
         if let Ok(mut t) = table().lock() {
             t.entry((phase, "")).or_insert((0.0, 0)).1 += 1;
@@ -116,7 +119,7 @@ mod tests {
     #[test]
     fn marks_are_free_when_off_and_report_per_step_when_on() {
         // Off unless FERROLM_PROFILE=1 (never set by the tests): marks do nothing.
-        let mut m = Marks::start(&Device::Cpu, "decode").unwrap();
+        let mut m = Marks::start(&Device::Cpu, || "decode").unwrap();
         m.mark("x").unwrap();
         if !enabled() {
             assert!(take().is_empty());

@@ -157,14 +157,10 @@ impl<'m> ModelRunner<'m> {
     /// the eager path.
     #[cfg(feature = "cuda")]
     fn replay_graph(&mut self, batch: &FlatBatch) -> Result<bool> {
-        let Some(g) = self.graphs.as_mut() else {
-            return Ok(false);
-        };
-        if g.size_for(batch).is_none() {
-            return Ok(false);
+        match self.graphs.as_mut() {
+            Some(g) => g.replay(self.attn.as_mut(), batch),
+            None => Ok(false),
         }
-        g.replay(self.attn.as_mut(), batch)?;
-        Ok(true)
     }
 }
 
@@ -366,6 +362,8 @@ pub fn gpu_kv_blocks(
     // MLP's gate/up/product, and f32 logits (+ their copy) for each sequence's last token.
     // (+ the split-K scratch of a decode step at the longest context, + f32 residuals.)
     let qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+    let per_token = (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem;
+    let part = crate::attention::split::PARTITION_SIZE;
     // CUDA graphs (captured after the cache): the fixed logits, the largest graph's own
     // activations (its logits in the model's type and in f32 dominate), fixed metadata
     // and split-K scratch.
@@ -380,12 +378,12 @@ pub fn gpu_kv_blocks(
             .max_position_embeddings
             .min(crate::graphs::MAX_CAPTURE_CONTEXT);
         rows * c.vocab_size * (8 + elem)
-            + rows * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
-            + rows * c.num_heads * ctx.div_ceil(512) * (c.head_dim + 2) * 4
+            + rows * per_token
+            + rows * c.num_heads * ctx.div_ceil(part) * (c.head_dim + 2) * 4
             + rows * ctx.div_ceil(block_size) * 4
     };
-    let parts = c.max_position_embeddings.div_ceil(512);
-    let activations = (max_tokens * (6 * c.hidden_size + 2 * qkv + 3 * c.intermediate_size) * elem
+    let parts = c.max_position_embeddings.div_ceil(part);
+    let activations = (max_tokens * per_token
         + max_tokens * 4 * c.hidden_size * 4
         + 3 * seqs * c.vocab_size * 4
         + max_seqs * c.num_heads * parts * (c.head_dim + 2) * 4

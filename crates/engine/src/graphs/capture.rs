@@ -194,12 +194,13 @@ impl DecodeGraphs {
         padded_size(&self.sizes, batch.num_seqs())
     }
 
-    /// Replays the graph for `batch` (see [`Self::size_for`]); read the results with
+    /// Replays the graph that fits `batch` (see [`Self::size_for`]) and returns true, or
+    /// returns false when none does (the step runs eagerly); read the results with
     /// [`Self::greedy`] or [`Self::logits`].
-    pub fn replay(&mut self, attn: &mut dyn AttentionBackend, batch: &FlatBatch) -> Result<()> {
-        let rows = self
-            .size_for(batch)
-            .ok_or_else(|| cuda_err("no captured graph for this step"))?;
+    pub fn replay(&mut self, attn: &mut dyn AttentionBackend, batch: &FlatBatch) -> Result<bool> {
+        let Some(rows) = self.size_for(batch) else {
+            return Ok(false);
+        };
         let i = self
             .sizes
             .iter()
@@ -209,7 +210,7 @@ impl DecodeGraphs {
         self.load(attn, batch, &pad)?;
         self.graphs[i].launch().map_err(cuda_err)?;
         self.replays += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Greedy ids of the last replay's first `n` rows.

@@ -565,12 +565,13 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = ids.dims1()?;
-        let phase = if crate::graphs::is_plain_decode(batch) {
-            "decode"
-        } else {
-            "prefill"
-        };
-        let mut prof = crate::profile::Marks::start(&self.device, phase)?;
+        let mut prof = crate::profile::Marks::start(&self.device, || {
+            if crate::graphs::is_plain_decode(batch) {
+                "decode"
+            } else {
+                "prefill"
+            }
+        })?;
         let (cos, sin) = self.rope.gather(positions, self.dtype)?;
         // The residual stream's type: f32 (for a half-precision model, see f32_residual).
         let rdt = if f32_residual() {
