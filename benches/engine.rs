@@ -44,7 +44,7 @@ fn q4_1(n: usize, k: usize, seed: &mut u64) -> QuantLinear {
         })
         .collect();
     QuantLinear::Own {
-        w: QuantWeights::Q4_1(blocks),
+        w: QuantWeights::q4_1(blocks, n, k),
         n,
         k,
     }
@@ -63,7 +63,7 @@ fn q8_0(n: usize, k: usize, seed: &mut u64) -> QuantLinear {
         })
         .collect();
     QuantLinear::Own {
-        w: QuantWeights::Q8_0(blocks),
+        w: QuantWeights::q8_0(blocks, n, k),
         n,
         k,
     }

@@ -97,17 +97,6 @@ pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     hsum8(&acc) + summs
 }
 
-/// Four activation rows against one weight row (the portable form: four dot products).
-#[inline]
-pub fn dot4_q4_1_q8_1(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    [
-        dot_q4_1_q8_1(w, x[0]),
-        dot_q4_1_q8_1(w, x[1]),
-        dot_q4_1_q8_1(w, x[2]),
-        dot_q4_1_q8_1(w, x[3]),
-    ]
-}
-
 /// Dot product of one Q8_0 weight row with one Q8_0 activation row, in ggml's AVX2 order.
 #[inline]
 pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
@@ -123,35 +112,4 @@ pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
         }
     }
     hsum8(&acc)
-}
-
-/// Four Q8_0 activation rows against one weight row; each result is [`dot_q8_0_q8_0`]'s.
-#[inline]
-pub fn dot4_q8_0_q8_0(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-    [
-        dot_q8_0_q8_0(w, x[0]),
-        dot_q8_0_q8_0(w, x[1]),
-        dot_q8_0_q8_0(w, x[2]),
-        dot_q8_0_q8_0(w, x[3]),
-    ]
-}
-
-/// [`dot4_q4_1_q8_1`] given the activations' scales in f32 (the SIMD form reads those; the
-/// portable form converts its own, which gives the same values).
-#[inline]
-#[allow(dead_code)] // the SIMD form runs where the build has AVX2
-pub fn dot4_q4_1_q8_1_s(
-    w: &[BlockQ4_1],
-    x: [&[BlockQ8_1]; 4],
-    _xd: [&[f32]; 4],
-    _xs: [&[f32]; 4],
-) -> [f32; 4] {
-    dot4_q4_1_q8_1(w, x)
-}
-
-/// [`dot4_q8_0_q8_0`] given the activations' scales in f32 (see [`dot4_q4_1_q8_1_s`]).
-#[inline]
-#[allow(dead_code)] // the SIMD form runs where the build has AVX2
-pub fn dot4_q8_0_q8_0_s(w: &[BlockQ8_0], x: [&[BlockQ8_0]; 4], _xd: [&[f32]; 4]) -> [f32; 4] {
-    dot4_q8_0_q8_0(w, x)
 }

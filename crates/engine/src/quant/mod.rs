@@ -9,35 +9,41 @@
 ))]
 mod avx2;
 mod blocks;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod gemm;
 mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{dot4_q4_1_q8_1, dot4_q8_0_q8_0, dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
+    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
 }
 pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub use gemm::{cpu_isa, CpuIsa};
 pub use matmul::{QuantLinear, QuantWeights};
 
-/// The fastest dot products this build has; bit-identical to the portable ones.
+/// The fastest single-row dot products this build has; bit-identical to the portable ones.
 pub mod dot {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     ))]
-    pub use super::avx2::{
-        dot4_q4_1_q8_1, dot4_q4_1_q8_1_s, dot4_q8_0_q8_0, dot4_q8_0_q8_0_s, dot_q4_1_q8_1,
-        dot_q8_0_q8_0,
-    };
+    pub use super::avx2::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     )))]
-    pub use super::blocks::{
-        dot4_q4_1_q8_1, dot4_q4_1_q8_1_s, dot4_q8_0_q8_0, dot4_q8_0_q8_0_s, dot_q4_1_q8_1,
-        dot_q8_0_q8_0,
-    };
+    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0};
 }
 
 #[cfg(test)]
@@ -91,42 +97,6 @@ mod tests {
                 super::dot::dot_q4_1_q8_1(&w1, &x1).to_bits(),
                 dot_q4_1_q8_1(&w1, &x1).to_bits()
             );
-            // Four rows at once: each row's bits as alone.
-            let rows: Vec<Vec<BlockQ8_1>> = (0..4)
-                .map(|r| {
-                    let v = rand_f32(k, &mut seed);
-                    let mut q = vec![
-                        BlockQ8_1 {
-                            d: f16::ZERO,
-                            s: f16::ZERO,
-                            qs: [0; QK]
-                        };
-                        kb
-                    ];
-                    quantize_row_q8_1(&v, &mut q);
-                    let _ = r;
-                    q
-                })
-                .collect();
-            let four = super::dot::dot4_q4_1_q8_1(&w1, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-            let xd: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|r| r.iter().map(|b| b.d.to_f32()).collect())
-                .collect();
-            let xs: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|r| r.iter().map(|b| b.s.to_f32()).collect())
-                .collect();
-            let four_s = super::dot::dot4_q4_1_q8_1_s(
-                &w1,
-                [&rows[0], &rows[1], &rows[2], &rows[3]],
-                [&xd[0], &xd[1], &xd[2], &xd[3]],
-                [&xs[0], &xs[1], &xs[2], &xs[3]],
-            );
-            for r in 0..4 {
-                assert_eq!(four[r].to_bits(), dot_q4_1_q8_1(&w1, &rows[r]).to_bits());
-                assert_eq!(four_s[r].to_bits(), four[r].to_bits());
-            }
             let mut w8 = vec![
                 BlockQ8_0 {
                     d: f16::ZERO,
@@ -141,30 +111,6 @@ mod tests {
                 super::dot::dot_q8_0_q8_0(&w8, &x8).to_bits(),
                 dot_q8_0_q8_0(&w8, &x8).to_bits()
             );
-            // Four Q8_0 rows at once: each row's bits as alone.
-            let rows8: Vec<Vec<BlockQ8_0>> = (0..4)
-                .map(|_| {
-                    let v = rand_f32(k, &mut seed);
-                    let mut q = w8.clone();
-                    quantize_row_q8_0(&v, &mut q);
-                    q
-                })
-                .collect();
-            let four8 =
-                super::dot::dot4_q8_0_q8_0(&w8, [&rows8[0], &rows8[1], &rows8[2], &rows8[3]]);
-            let xd8: Vec<Vec<f32>> = rows8
-                .iter()
-                .map(|r| r.iter().map(|b| b.d.to_f32()).collect())
-                .collect();
-            let four8_s = super::dot::dot4_q8_0_q8_0_s(
-                &w8,
-                [&rows8[0], &rows8[1], &rows8[2], &rows8[3]],
-                [&xd8[0], &xd8[1], &xd8[2], &xd8[3]],
-            );
-            for r in 0..4 {
-                assert_eq!(four8[r].to_bits(), dot_q8_0_q8_0(&w8, &rows8[r]).to_bits());
-                assert_eq!(four8_s[r].to_bits(), four8[r].to_bits());
-            }
             // And both are the dot product of the dequantized values, to rounding.
             let exact: f32 = (0..k)
                 .map(|i| {
