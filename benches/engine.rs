@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrolm_engine::attention::{lcg_uniform, paged_attention_cpu, PagedAttentionShape};
+use ferrolm_engine::attention::{lcg_uniform, paged_attention_cpu_grouped, PagedAttentionShape};
 use ferrolm_engine::kv_cache::{BlockPool, KvCacheManager};
 use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, QuantLinear, QuantWeights};
 use ferrolm_engine::sampling::{sample_token, SamplingParams};
@@ -132,7 +132,7 @@ fn paged_attention(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 4) as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
-                paged_attention_cpu(shape, &q, &kv, &vv, &qsl, &ctxs, &tables, &mut out);
+                paged_attention_cpu_grouped(shape, &q, &kv, &vv, &qsl, &ctxs, &tables, &mut out);
                 black_box(&out);
             })
         });

@@ -127,7 +127,254 @@ pub fn paged_attention_cpu(
     });
 }
 
-/// Paged KV cache in host memory (f32) with the reference attention above.
+/// The CPU backend's attention: [`paged_attention_cpu`]'s arithmetic, operation for
+/// operation (so the same bits), laid out for speed. K is stored transposed within each block
+/// (`k_t`: `[num_blocks, num_kv_heads, head_dim, block_size]`), so the scores of up to 16 keys
+/// are vector lanes, each lane still a sequential sum over `d`; and one task computes all the
+/// query heads of a KV group for one token (they share every K and V read, and their sums are
+/// independent chains) unless that leaves too few tasks for the threads.
+pub fn paged_attention_cpu_grouped(
+    shape: PagedAttentionShape,
+    q: &[f32],
+    k_t: &[f32],
+    v_cache: &[f32],
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+    block_tables: &[Vec<u32>],
+    out: &mut [f32],
+) {
+    let rows = q.len() / (shape.num_heads * shape.head_dim).max(1);
+    let group = shape.num_heads / shape.num_kv_heads;
+    let heads_per_task = if rows * shape.num_kv_heads >= 2 * rayon::current_num_threads() {
+        group
+    } else {
+        1
+    };
+    attention_by_tasks(
+        shape,
+        heads_per_task,
+        q,
+        k_t,
+        v_cache,
+        query_start_loc,
+        context_lens,
+        block_tables,
+        out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_by_tasks(
+    shape: PagedAttentionShape,
+    heads_per_task: usize,
+    q: &[f32],
+    k_t: &[f32],
+    v_cache: &[f32],
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+    block_tables: &[Vec<u32>],
+    out: &mut [f32],
+) {
+    let PagedAttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let group = num_heads / num_kv_heads;
+    let mut row_seq = Vec::with_capacity(q.len() / (num_heads * hd).max(1));
+    for s in 0..context_lens.len() {
+        for _ in query_start_loc[s]..query_start_loc[s + 1] {
+            row_seq.push(s);
+        }
+    }
+    out.par_chunks_mut(heads_per_task * hd)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let first = task * heads_per_task; // row * num_heads + head
+            let (row, h0) = (first / num_heads, first % num_heads);
+            let s = row_seq[row];
+            let n_new = query_start_loc[s + 1] - query_start_loc[s];
+            let pos = context_lens[s] - n_new + (row - query_start_loc[s]);
+            let keys = Keys {
+                shape,
+                k_t,
+                v_cache,
+                table: &block_tables[s],
+                n_keys: pos + 1,
+                kvh: h0 / group,
+            };
+            let q = &q[first * hd..(first + heads_per_task) * hd];
+            // Up to four heads at a time (their sums stay in registers).
+            for (qs, os) in q.chunks(4 * hd).zip(o.chunks_mut(4 * hd)) {
+                match os.len() / hd {
+                    1 => keys.attend::<1>(qs, os),
+                    2 => keys.attend::<2>(qs, os),
+                    3 => keys.attend::<3>(qs, os),
+                    _ => keys.attend::<4>(qs, os),
+                }
+            }
+        });
+}
+
+/// One token's keys and values for one KV head.
+struct Keys<'a> {
+    shape: PagedAttentionShape,
+    k_t: &'a [f32],
+    v_cache: &'a [f32],
+    table: &'a [u32],
+    n_keys: usize,
+    kvh: usize,
+}
+
+impl Keys<'_> {
+    /// H query heads of this KV head: `q`, `out` are `[H, head_dim]`.
+    fn attend<const H: usize>(&self, q: &[f32], out: &mut [f32]) {
+        let PagedAttentionShape {
+            num_kv_heads: nkv,
+            head_dim: hd,
+            block_size: bs,
+            scale,
+            ..
+        } = self.shape;
+        let kvh = self.kvh;
+        let qh: [&[f32]; H] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
+        let mut m = [f32::NEG_INFINITY; H];
+        let mut l = [0f32; H];
+        let mut acc = vec![0f32; H * hd];
+        let mut scores = [[0f32; 256]; H];
+        let mut start = 0;
+        while start < self.n_keys {
+            let block = self.table[start / bs] as usize;
+            let first = start % bs;
+            let len = (bs - first).min(self.n_keys - start).min(256);
+            // This block's keys for this KV head: [head_dim, block_size].
+            let kt = &self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs];
+            let mut bmax = [f32::NEG_INFINITY; H];
+            if bs % 16 == 0 {
+                self.scores::<H, 16>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
+            } else if bs % 8 == 0 {
+                self.scores::<H, 8>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
+            } else {
+                self.scores::<H, 1>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
+            }
+            let mut new_m = [0f32; H];
+            for h in 0..H {
+                new_m[h] = m[h].max(bmax[h]);
+                let correction = (m[h] - new_m[h]).exp();
+                l[h] *= correction;
+                for a in acc[h * hd..(h + 1) * hd].iter_mut() {
+                    *a *= correction;
+                }
+            }
+            for i in 0..len {
+                let off = ((block * bs + (start + i) % bs) * nkv + kvh) * hd;
+                let vv = &self.v_cache[off..off + hd];
+                for h in 0..H {
+                    let p = (scores[h][i] - new_m[h]).exp();
+                    l[h] += p;
+                    let a = &mut acc[h * hd..(h + 1) * hd];
+                    for d in 0..hd {
+                        a[d] += p * vv[d];
+                    }
+                }
+            }
+            m = new_m;
+            start += len;
+        }
+        for h in 0..H {
+            let inv = 1.0 / l[h];
+            for d in 0..hd {
+                out[h * hd + d] = acc[h * hd + d] * inv;
+            }
+        }
+    }
+
+    /// Scores of keys `first..first + len` of a block, W keys per pass: lane j of head h is
+    /// `sum_d q[h][d] * k[j][d]` added in d order (mul, then add: the reference's rounding).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn scores<const H: usize, const W: usize>(
+        &self,
+        qh: &[&[f32]; H],
+        kt: &[f32],
+        first: usize,
+        len: usize,
+        scores: &mut [[f32; 256]; H],
+        bmax: &mut [f32; H],
+        scale: f32,
+    ) {
+        let (hd, bs) = (self.shape.head_dim, self.shape.block_size);
+        let mut j0 = 0;
+        while j0 < len {
+            // W lanes from `first + j0`, inside the block (bs is a multiple of W); lanes past
+            // `len` are computed and dropped.
+            let dots = key_dots::<H, W>(qh, &kt[first + j0..], hd, bs);
+            let n = W.min(len - j0);
+            for h in 0..H {
+                for j in 0..n {
+                    let sc = dots[h][j] * scale;
+                    scores[h][j0 + j] = sc;
+                    bmax[h] = bmax[h].max(sc);
+                }
+            }
+            j0 += W;
+        }
+    }
+}
+
+/// `dots[h][j] = sum_d q[h][d] * kt[d * bs + j]`, each lane a sequential sum over `d` with
+/// the product rounded before the add (the reference's arithmetic). `kt` starts at the first
+/// key; `W` keys from there lie inside the block.
+#[inline(always)]
+fn key_dots<const H: usize, const W: usize>(
+    qh: &[&[f32]; H],
+    kt: &[f32],
+    hd: usize,
+    bs: usize,
+) -> [[f32; W]; H] {
+    assert!(kt.len() >= (hd - 1) * bs + W && qh.iter().all(|q| q.len() >= hd));
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if W % 8 == 0 && W <= 16 {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is in the build's target; every load is inside `kt` / `qh` (asserted).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; H];
+            let lanes = W / 8;
+            for d in 0..hd {
+                let k = kt.as_ptr().add(d * bs);
+                let kv = [_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8 * (lanes - 1)))];
+                for h in 0..H {
+                    let q = _mm256_set1_ps(*qh[h].get_unchecked(d));
+                    for x in 0..lanes {
+                        acc[h][x] = _mm256_add_ps(acc[h][x], _mm256_mul_ps(q, kv[x]));
+                    }
+                }
+            }
+            let mut out = [[0f32; W]; H];
+            for h in 0..H {
+                for x in 0..lanes {
+                    _mm256_storeu_ps(out[h].as_mut_ptr().add(8 * x), acc[h][x]);
+                }
+            }
+            return out;
+        }
+    }
+    let mut dots = [[0f32; W]; H];
+    for d in 0..hd {
+        let k = &kt[d * bs..d * bs + W];
+        for h in 0..H {
+            let qd = qh[h][d];
+            for j in 0..W {
+                dots[h][j] += qd * k[j];
+            }
+        }
+    }
+    dots
+}
+
+/// Paged KV cache in host memory (f32): K transposed within each block, V as the reference
+/// lays it out; attention by [`paged_attention_cpu_grouped`].
 pub struct CpuPagedAttention {
     layout: KvCacheLayout,
     num_heads: usize,
@@ -184,14 +431,24 @@ impl AttentionBackend for CpuPagedAttention {
                 )));
             }
         }
-        for (src, dst) in [(k, &mut self.k[layer]), (v, &mut self.v[layer])] {
-            with_f32(src, |data| {
-                for (row, &slot) in batch.slot_mapping.iter().enumerate() {
-                    let s = slot as usize * width;
-                    dst[s..s + width].copy_from_slice(&data[row * width..(row + 1) * width]);
+        let bs = self.layout.block_size;
+        let kt = &mut self.k[layer];
+        with_f32(k, |data| {
+            // K transposed within its block: [block, kv head, d, slot in block].
+            for (row, &slot) in batch.slot_mapping.iter().enumerate() {
+                let (block, i) = (slot as usize / bs, slot as usize % bs);
+                for (j, &x) in data[row * width..(row + 1) * width].iter().enumerate() {
+                    kt[(block * width + j) * bs + i] = x;
                 }
-            })?;
-        }
+            }
+        })?;
+        let vc = &mut self.v[layer];
+        with_f32(v, |data| {
+            for (row, &slot) in batch.slot_mapping.iter().enumerate() {
+                let s = slot as usize * width;
+                vc[s..s + width].copy_from_slice(&data[row * width..(row + 1) * width]);
+            }
+        })?;
         Ok(())
     }
 
@@ -207,7 +464,7 @@ impl AttentionBackend for CpuPagedAttention {
         let n = batch.num_tokens();
         let mut out = vec![0f32; n * self.num_heads * l.head_dim];
         with_f32(q, |qd| {
-            paged_attention_cpu(
+            paged_attention_cpu_grouped(
                 shape,
                 qd,
                 &self.k[layer],
@@ -325,6 +582,71 @@ mod tests {
                 (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                 "element {i}: {a} vs {b}"
             );
+        }
+    }
+
+    /// The grouped kernel is the reference's arithmetic: the same bits, for decode rows and
+    /// chunked prompts, one head or a whole group per task, block sizes 16, 8 and 4.
+    #[test]
+    fn grouped_attention_equals_the_reference_bit_for_bit() {
+        for (nh, nkv, hd, bs) in [
+            (9, 3, 64, 16),
+            (8, 2, 32, 8),
+            (6, 6, 16, 4),
+            (12, 2, 16, 32),
+        ] {
+            let num_blocks = 24;
+            let mut seed = 11;
+            let k = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+            let v = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+            let mut k_t = vec![0f32; k.len()];
+            for b in 0..num_blocks {
+                for i in 0..bs {
+                    for h in 0..nkv {
+                        for d in 0..hd {
+                            k_t[((b * nkv + h) * hd + d) * bs + i] =
+                                k[((b * bs + i) * nkv + h) * hd + d];
+                        }
+                    }
+                }
+            }
+            // Three sequences: a 5-token chunk of a longer prompt, one decode row deep in
+            // its context, a 2-token chunk from position 0.
+            let tables: Vec<Vec<u32>> =
+                vec![(0..8).rev().collect(), (8..20).collect(), vec![23, 21]];
+            let context_lens = vec![(5 * bs / 2).min(8 * bs), 11 * bs + 3, 2];
+            let qsl = vec![0, 5, 6, 8];
+            let shape = PagedAttentionShape {
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+                block_size: bs,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            let q = crate::attention::lcg_uniform(8 * nh * hd, &mut seed);
+            let mut want = vec![0f32; q.len()];
+            paged_attention_cpu(shape, &q, &k, &v, &qsl, &context_lens, &tables, &mut want);
+            for heads_per_task in [1, nh / nkv] {
+                let mut got = vec![0f32; q.len()];
+                attention_by_tasks(
+                    shape,
+                    heads_per_task,
+                    &q,
+                    &k_t,
+                    &v,
+                    &qsl,
+                    &context_lens,
+                    &tables,
+                    &mut got,
+                );
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "shape {nh}/{nkv}/{hd}/{bs}, {heads_per_task} heads per task, element {i}"
+                    );
+                }
+            }
         }
     }
 

@@ -11,7 +11,9 @@ pub use cuda_backend::CudaPagedAttention;
 pub mod split;
 
 pub(crate) use cpu::with_f32;
-pub use cpu::{paged_attention_cpu, CpuPagedAttention, PagedAttentionShape};
+pub use cpu::{
+    paged_attention_cpu, paged_attention_cpu_grouped, CpuPagedAttention, PagedAttentionShape,
+};
 
 use candle_core::Tensor;
 
