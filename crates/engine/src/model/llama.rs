@@ -38,6 +38,32 @@ impl Linear {
     }
 }
 
+/// Linear layers over one input: quantized weights share one quantization of it (the same
+/// results as separate `forward` calls).
+fn forward_many<const N: usize>(parts: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let quant: Vec<&QuantLinear> = parts
+        .iter()
+        .filter_map(|p| match &p.weight {
+            Weight::Quant(q) => Some(q),
+            Weight::Dense(_) => None,
+        })
+        .collect();
+    let ys: Vec<Tensor> = if quant.len() == N {
+        let ys = QuantLinear::forward_many(&quant, x)?;
+        ys.into_iter()
+            .zip(parts)
+            .map(|(y, p)| match &p.bias {
+                Some(b) => Ok(y.broadcast_add(b)?),
+                None => Ok(y),
+            })
+            .collect::<Result<_>>()?
+    } else {
+        parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?
+    };
+    ys.try_into()
+        .map_err(|_| EngineError::Config("forward_many: wrong output count".into()))
+}
+
 /// The Q, K and V projections: three matmuls, or one over their weights stacked by rows
 /// (dense weights; see [`LlamaModel::stack_projections`]).
 enum QkvProj {
@@ -599,7 +625,7 @@ impl LlamaModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = match &layer.qkv {
                 QkvProj::Split(wq, wk, wv) => {
-                    let (q, k, v) = (wq.forward(&h)?, wk.forward(&h)?, wv.forward(&h)?);
+                    let [q, k, v] = forward_many([wq, wk, wv], &h)?;
                     prof.mark("qkv matmul")?;
                     (rope(q, nh)?, rope(k, nkv)?, v)
                 }
@@ -619,7 +645,10 @@ impl LlamaModel {
             let (x1, h1) = add_rms_norm(&o, &x, &layer.ffn_norm, eps)?;
             prof.mark("add+norm")?;
             let gu = match &layer.gate_up {
-                GateUpProj::Split(wg, wu) => (wg.forward(&h1)?, Some(wu.forward(&h1)?)),
+                GateUpProj::Split(wg, wu) => {
+                    let [g, u] = forward_many([wg, wu], &h1)?;
+                    (g, Some(u))
+                }
                 GateUpProj::Stacked(w) => (w.forward(&h1)?, None),
             };
             prof.mark("gate/up matmul")?;

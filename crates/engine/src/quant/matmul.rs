@@ -9,7 +9,8 @@ use candle_core::{Device, Module, Tensor};
 )))]
 use rayon::prelude::*;
 
-use super::blocks::*;
+use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use super::{quantize_row_q8_0, quantize_row_q8_1};
 use crate::attention::with_f32;
 use crate::error::{EngineError, Result};
 
@@ -102,56 +103,114 @@ impl QuantLinear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Candle(m) => Ok(m.forward(x)?),
-            Self::Own { w, n, k } => {
-                let (m, kx) = x.dims2()?;
-                if kx != *k {
+        let mut ys = Self::forward_many(&[self], x)?;
+        Ok(ys.remove(0))
+    }
+
+    /// Several layers over the same input (Q/K/V, gate/up): the activation rows are
+    /// quantized once for all of them. The same results as separate `forward` calls.
+    pub fn forward_many(layers: &[&QuantLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let own = layers.iter().all(|l| matches!(l, Self::Own { .. }));
+        if !own {
+            return layers
+                .iter()
+                .map(|l| match l {
+                    Self::Candle(m) => Ok(m.forward(x)?),
+                    own => own.forward(x),
+                })
+                .collect();
+        }
+        let (m, kx) = x.dims2()?;
+        let mut need = (false, false);
+        for l in layers {
+            if let Self::Own { w, k, .. } = l {
+                if *k != kx {
                     return Err(EngineError::Config(format!(
                         "matmul: input width {kx}, weight width {k}"
                     )));
                 }
-                let (n, k) = (*n, *k);
-                let kb = k / QK;
-                let mut out = vec![0f32; m * n];
-                with_f32(x, |xd| match w {
-                    QuantWeights::Q4_1(wb) => {
-                        let mut xq = vec![
-                            BlockQ8_1 {
-                                d: Default::default(),
-                                s: Default::default(),
-                                qs: [0; QK]
-                            };
-                            m * kb
-                        ];
-                        for r in 0..m {
-                            quantize_row_q8_1(
-                                &xd[r * k..(r + 1) * k],
-                                &mut xq[r * kb..(r + 1) * kb],
-                            );
-                        }
-                        gemm_q4_1(wb, &xq, m, n, &mut out);
-                    }
-                    QuantWeights::Q8_0(wb) => {
-                        let mut xq = vec![
-                            BlockQ8_0 {
-                                d: Default::default(),
-                                qs: [0; QK]
-                            };
-                            m * kb
-                        ];
-                        for r in 0..m {
-                            quantize_row_q8_0(
-                                &xd[r * k..(r + 1) * k],
-                                &mut xq[r * kb..(r + 1) * kb],
-                            );
-                        }
-                        gemm_q8_0(wb, &xq, m, n, &mut out);
-                    }
-                })?;
-                Ok(Tensor::from_vec(out, (m, n), x.device())?)
+                match w {
+                    QuantWeights::Q4_1(_) => need.0 = true,
+                    QuantWeights::Q8_0(_) => need.1 = true,
+                }
             }
         }
+        let outs = with_f32(x, |xd| {
+            let rows = QuantizedRows::new(xd, m, kx, need.0, need.1);
+            layers
+                .iter()
+                .map(|l| match l {
+                    Self::Own { w, n, .. } => rows.matmul(w, *n),
+                    Self::Candle(_) => unreachable!("all layers are ours"),
+                })
+                .collect::<Vec<_>>()
+        })?;
+        layers
+            .iter()
+            .zip(outs)
+            .map(|(l, out)| {
+                let n = match l {
+                    Self::Own { n, .. } => *n,
+                    Self::Candle(_) => unreachable!("all layers are ours"),
+                };
+                Ok(Tensor::from_vec(out, (m, n), x.device())?)
+            })
+            .collect()
+    }
+}
+
+/// Activation rows quantized the way each weight type pairs with: Q8_1 for Q4_1 weights,
+/// Q8_0 for Q8_0 weights (ggml's `vec_dot_type`s).
+struct QuantizedRows {
+    m: usize,
+    q8_1: Vec<BlockQ8_1>,
+    q8_0: Vec<BlockQ8_0>,
+}
+
+impl QuantizedRows {
+    fn new(x: &[f32], m: usize, k: usize, q8_1: bool, q8_0: bool) -> Self {
+        let kb = k / QK;
+        let mut rows = Self {
+            m,
+            q8_1: Vec::new(),
+            q8_0: Vec::new(),
+        };
+        if q8_1 {
+            rows.q8_1 = vec![
+                BlockQ8_1 {
+                    d: Default::default(),
+                    s: Default::default(),
+                    qs: [0; QK]
+                };
+                m * kb
+            ];
+            for r in 0..m {
+                quantize_row_q8_1(&x[r * k..(r + 1) * k], &mut rows.q8_1[r * kb..(r + 1) * kb]);
+            }
+        }
+        if q8_0 {
+            rows.q8_0 = vec![
+                BlockQ8_0 {
+                    d: Default::default(),
+                    qs: [0; QK]
+                };
+                m * kb
+            ];
+            for r in 0..m {
+                quantize_row_q8_0(&x[r * k..(r + 1) * k], &mut rows.q8_0[r * kb..(r + 1) * kb]);
+            }
+        }
+        rows
+    }
+
+    /// `[m, n]` outputs of one weight.
+    fn matmul(&self, w: &QuantWeights, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.m * n];
+        match w {
+            QuantWeights::Q4_1(wb) => gemm_q4_1(wb, &self.q8_1, self.m, n, &mut out),
+            QuantWeights::Q8_0(wb) => gemm_q8_0(wb, &self.q8_0, self.m, n, &mut out),
+        }
+        out
     }
 }
 

@@ -19,9 +19,24 @@ mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8};
+    pub use super::blocks::{
+        dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8_0, quantize_row_q8_1,
+    };
 }
-pub use blocks::{quantize_row_q8_0, quantize_row_q8_1, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+// The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+pub use avx2::{quantize_row_q8_0, quantize_row_q8_1};
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+pub use blocks::{quantize_row_q8_0, quantize_row_q8_1};
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -60,6 +75,55 @@ mod tests {
                 ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
             })
             .collect()
+    }
+
+    #[test]
+    fn simd_quantization_equals_portable_bit_for_bit() {
+        let mut seed = 9;
+        let mut x = rand_f32(32 * 40, &mut seed);
+        // A zero block, ties at .5 after scaling, tiny and huge values.
+        x[..32].fill(0.0);
+        for (i, v) in x[32..64].iter_mut().enumerate() {
+            *v = (i as f32 - 15.5) / 127.0 * 2.0;
+        }
+        x[64] = 1e-30;
+        x[100] = -3e30;
+        x[128..160].fill(1e-40); // subnormal: 127 / max overflows
+        x[170] = f32::INFINITY;
+        x[200] = f32::NAN;
+        let mut a1 = vec![
+            BlockQ8_1 {
+                d: f16::ZERO,
+                s: f16::ZERO,
+                qs: [0; QK]
+            };
+            40
+        ];
+        let mut b1 = a1.clone();
+        quantize_row_q8_1(&x, &mut a1);
+        super::quantize_row_q8_1(&x, &mut b1);
+        let mut a0 = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; QK]
+            };
+            40
+        ];
+        let mut b0 = a0.clone();
+        quantize_row_q8_0(&x, &mut a0);
+        super::quantize_row_q8_0(&x, &mut b0);
+        for i in 0..40 {
+            assert_eq!(
+                (a1[i].d.to_bits(), a1[i].s.to_bits(), a1[i].qs),
+                (b1[i].d.to_bits(), b1[i].s.to_bits(), b1[i].qs),
+                "q8_1 block {i}"
+            );
+            assert_eq!(
+                (a0[i].d.to_bits(), a0[i].qs),
+                (b0[i].d.to_bits(), b0[i].qs),
+                "q8_0 block {i}"
+            );
+        }
     }
 
     #[test]
