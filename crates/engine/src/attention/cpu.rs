@@ -25,6 +25,7 @@ pub struct PagedAttentionShape {
 
 /// The reference paged attention: `q`, `out` are `[num_tokens, num_heads, head_dim]`,
 /// the caches `[num_blocks, block_size, num_kv_heads, head_dim]`.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 pub fn paged_attention_cpu(
     shape: PagedAttentionShape,
     q: &[f32],
@@ -133,6 +134,7 @@ pub fn paged_attention_cpu(
 /// are vector lanes, each lane still a sequential sum over `d`; and one task computes all the
 /// query heads of a KV group for one token (they share every K and V read, and their sums are
 /// independent chains) unless that leaves too few tasks for the threads.
+#[allow(clippy::too_many_arguments)]
 pub fn paged_attention_cpu_grouped(
     shape: PagedAttentionShape,
     q: &[f32],
@@ -229,6 +231,7 @@ struct Keys<'a> {
 
 impl Keys<'_> {
     /// H query heads of this KV head: `q`, `out` are `[H, head_dim]`.
+    #[allow(clippy::needless_range_loop)] // heads index several parallel arrays
     fn attend<const H: usize>(&self, q: &[f32], out: &mut [f32]) {
         let PagedAttentionShape {
             num_kv_heads: nkv,
@@ -326,6 +329,7 @@ impl Keys<'_> {
 /// `dots[h][j] = sum_d q[h][d] * kt[d * bs + j]`, each lane a sequential sum over `d` with
 /// the product rounded before the add (the reference's arithmetic). `kt` starts at the first
 /// key; `W` keys from there lie inside the block.
+#[allow(clippy::needless_range_loop)] // lanes index parallel register arrays
 #[inline(always)]
 fn key_dots<const H: usize, const W: usize>(
     qh: &[&[f32]; H],
@@ -335,7 +339,7 @@ fn key_dots<const H: usize, const W: usize>(
 ) -> [[f32; W]; H] {
     assert!(kt.len() >= (hd - 1) * bs + W && qh.iter().all(|q| q.len() >= hd));
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if W % 8 == 0 && W <= 16 {
+    if W.is_multiple_of(8) && W <= 16 {
         use std::arch::x86_64::*;
         // SAFETY: AVX2 is in the build's target; every load is inside `kt` / `qh` (asserted).
         unsafe {

@@ -75,7 +75,7 @@ impl LlamaConfig {
             Some(v) => v.as_u64().unwrap_or(0) as usize,
             None => hidden_size / num_heads,
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "head dimension {head_dim} is not a positive even number"
             )));
@@ -179,7 +179,7 @@ impl LlamaConfig {
             .as_u64()
             .map(|v| v as usize)
             .unwrap_or(hidden_size / num_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "head dimension {head_dim} is not a positive even number"
             )));

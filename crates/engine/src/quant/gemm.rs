@@ -205,6 +205,7 @@ unsafe impl Sync for Q4Problem {}
 unsafe impl Sync for Q8Problem {}
 
 /// An R x C tile of Q4_1 outputs: rows `r0..r0+R`, columns `c0..c0+C`.
+#[allow(clippy::needless_range_loop)] // rows and columns index parallel register arrays
 #[inline(always)]
 unsafe fn q4_1_tile<I: Dot, const R: usize, const C: usize>(p: &Q4Problem, r0: usize, c0: usize) {
     let kb = p.kb;
@@ -250,6 +251,7 @@ unsafe fn q4_1_tile<I: Dot, const R: usize, const C: usize>(p: &Q4Problem, r0: u
 }
 
 /// An R x C tile of Q8_0 outputs.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn q8_0_tile<I: Dot, const R: usize, const C: usize>(p: &Q8Problem, r0: usize, c0: usize) {
     let kb = p.kb;
