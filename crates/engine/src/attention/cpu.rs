@@ -23,6 +23,16 @@ pub struct PagedAttentionShape {
     pub scale: f32,
 }
 
+/// Each flat row's sequence and position: a sequence's new tokens are the last of its context.
+fn row_positions(query_start_loc: &[usize], context_lens: &[usize]) -> Vec<(usize, usize)> {
+    let mut rows = Vec::with_capacity(query_start_loc.last().copied().unwrap_or(0));
+    for (s, &ctx) in context_lens.iter().enumerate() {
+        let (a, b) = (query_start_loc[s], query_start_loc[s + 1]);
+        rows.extend((a..b).map(|row| (s, ctx - (b - a) + (row - a))));
+    }
+    rows
+}
+
 /// The reference paged attention: `q`, `out` are `[num_tokens, num_heads, head_dim]`,
 /// the caches `[num_blocks, block_size, num_kv_heads, head_dim]`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
@@ -44,20 +54,12 @@ pub fn paged_attention_cpu(
         scale,
     } = shape;
     let group = num_heads / num_kv_heads;
-    // Which sequence and which position each flat row belongs to.
-    let mut row_seq = Vec::with_capacity(q.len() / (num_heads * hd));
-    for s in 0..context_lens.len() {
-        for _ in query_start_loc[s]..query_start_loc[s + 1] {
-            row_seq.push(s);
-        }
-    }
+    let rows = row_positions(query_start_loc, context_lens);
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let row = idx / num_heads;
         let h = idx % num_heads;
         let kvh = h / group;
-        let s = row_seq[row];
-        let n_new = query_start_loc[s + 1] - query_start_loc[s];
-        let pos = context_lens[s] - n_new + (row - query_start_loc[s]);
+        let (s, pos) = rows[row];
         let qv = &q[idx * hd..(idx + 1) * hd];
         let table = &block_tables[s];
         let n_keys = pos + 1;
@@ -184,20 +186,13 @@ fn attention_by_tasks(
         ..
     } = shape;
     let group = num_heads / num_kv_heads;
-    let mut row_seq = Vec::with_capacity(q.len() / (num_heads * hd).max(1));
-    for s in 0..context_lens.len() {
-        for _ in query_start_loc[s]..query_start_loc[s + 1] {
-            row_seq.push(s);
-        }
-    }
+    let rows = row_positions(query_start_loc, context_lens);
     out.par_chunks_mut(heads_per_task * hd)
         .enumerate()
         .for_each(|(task, o)| {
             let first = task * heads_per_task; // row * num_heads + head
             let (row, h0) = (first / num_heads, first % num_heads);
-            let s = row_seq[row];
-            let n_new = query_start_loc[s + 1] - query_start_loc[s];
-            let pos = context_lens[s] - n_new + (row - query_start_loc[s]);
+            let (s, pos) = rows[row];
             let keys = Keys {
                 shape,
                 k_t,

@@ -400,7 +400,7 @@ pub(crate) fn gemm_q4_1_with(
         kb,
     };
     // SAFETY: the sizes are checked above; each task writes its own columns; the VNNI form
-    // runs only where `cpu_isa` probed it (or a caller that checked `vnni_usable`).
+    // runs only where `cpu_isa` probed it (tests pass that choice back in).
     run_tasks(n, isa, |c0, c1, isa| unsafe {
         match isa {
             CpuIsa::Avx2 => q4_1_task_avx2(&p, c0, c1),
@@ -455,16 +455,7 @@ mod tests {
     use crate::quant::matmul::interleave;
     use half::f16;
 
-    fn rand_f32(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
+    use crate::quant::tests::rand_f32;
 
     fn isas() -> Vec<CpuIsa> {
         let mut v = vec![CpuIsa::Avx2];

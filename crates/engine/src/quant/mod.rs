@@ -66,7 +66,8 @@ mod tests {
     use super::blocks::*;
     use half::f16;
 
-    fn rand_f32(n: usize, seed: &mut u64) -> Vec<f32> {
+    /// Pseudo-random values in [-2, 2) (the kernel tests' inputs).
+    pub(super) fn rand_f32(n: usize, seed: &mut u64) -> Vec<f32> {
         (0..n)
             .map(|_| {
                 *seed = seed

@@ -29,9 +29,10 @@ pub struct ServeArgs {
     pub max_model_len: Option<usize>,
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
-    /// Token budget of one engine step. Default: 512 on the CPU (prompts are prefilled in
-    /// turns while running requests keep decoding, as llama-server's 512-token batches), 8192
-    /// on a GPU (vLLM's API-server default on large GPUs).
+    /// Token budget of one engine step. Default: 256 on the CPU (prompts are prefilled in
+    /// turns while running requests keep decoding; on a CPU a 256-row step costs as much per
+    /// token as a bigger one, and shorter steps cut the time new prompts wait: see
+    /// BENCHMARKS.md), 8192 on a GPU (vLLM's API-server default on large GPUs).
     #[arg(long)]
     pub max_num_batched_tokens: Option<usize>,
     #[arg(long, default_value_t = 16)]
@@ -159,7 +160,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
         let lm = LoadedModel::load(&model_path, &device)?;
         let max_num_batched_tokens = load_args
             .max_num_batched_tokens
-            .unwrap_or(if device.is_cpu() { 512 } else { 8192 });
+            .unwrap_or(if device.is_cpu() { 256 } else { 8192 });
         let num_blocks_override = match (load_args.num_gpu_blocks_override, device.is_cpu()) {
             (Some(n), _) => Some(n),
             (None, true) => None,
