@@ -172,7 +172,33 @@ fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if g.device().is_cuda() && crate::ops::fused_enabled() {
         return crate::ops::silu_mul(g, u);
     }
+    if g.device().is_cpu() && g.dtype() == DType::F32 && u.dtype() == DType::F32 {
+        return silu_mul_cpu(g, u);
+    }
     Ok((g.silu()? * u)?)
+}
+
+/// candle's `g.silu()? * u` (the same f32 operations: `g / (1 + exp(-g))`, then `* u`) in one
+/// parallel pass, without the intermediate tensor.
+fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    if g.dims() != u.dims() {
+        return Err(EngineError::Config("silu_mul: shapes differ".into()));
+    }
+    let out = crate::attention::with_f32(g, |gd| {
+        crate::attention::with_f32(u, |ud| {
+            let mut out = vec![0f32; gd.len()];
+            out.par_chunks_mut(8192)
+                .zip(gd.par_chunks(8192).zip(ud.par_chunks(8192)))
+                .for_each(|(o, (g, u))| {
+                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                        *o = g / (1.0 + (-g).exp()) * u;
+                    }
+                });
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(out, g.dims(), g.device())?)
 }
 
 /// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
@@ -694,4 +720,29 @@ pub fn supported_weight_type(dt: GgmlDType) -> bool {
             | GgmlDType::Q5K
             | GgmlDType::Q6K
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_silu_mul_is_candles_silu_times_up_bit_for_bit() {
+        let mut seed = 5;
+        let g: Vec<f32> = crate::attention::lcg_uniform(3 * 9000, &mut seed)
+            .iter()
+            .map(|v| v * 12.0)
+            .collect();
+        let u = crate::attention::lcg_uniform(3 * 9000, &mut seed);
+        let g = Tensor::from_vec(g, (3, 9000), &Device::Cpu).unwrap();
+        let u = Tensor::from_vec(u, (3, 9000), &Device::Cpu).unwrap();
+        let want = (g.silu().unwrap() * &u).unwrap();
+        let got = silu_mul_cpu(&g, &u).unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(got.dims(), want.dims());
+        assert_eq!(bits(&got), bits(&want));
+    }
 }
