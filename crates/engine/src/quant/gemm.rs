@@ -144,8 +144,15 @@ fn vnni_probe() -> bool {
             libc::_exit(if ok { 0 } else { 1 });
         }
         let mut status = 0;
-        if libc::waitpid(pid, &mut status, 0) != pid {
-            return false;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            let interrupted = std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+            if r != -1 || !interrupted {
+                return false;
+            }
         }
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
     }
