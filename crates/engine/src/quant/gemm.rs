@@ -369,6 +369,17 @@ fn by_four(m: usize, kb: usize, scale: impl Fn(usize, usize) -> f32) -> Vec<[f32
     v
 }
 
+/// Blocks per row of an `[m, kb] x [n, kb]^T -> [m, n]` product, its operands' lengths
+/// checked (the weights padded to whole column groups); `None` when there is nothing to do.
+fn blocks_per_row(m: usize, n: usize, x: usize, w: usize, out: usize) -> Option<usize> {
+    if m == 0 || n == 0 {
+        return None;
+    }
+    let kb = x / m;
+    assert!(x == m * kb && w == n.div_ceil(G) * G * kb && out == m * n);
+    Some(kb)
+}
+
 fn run_tasks(n: usize, isa: CpuIsa, task: impl Fn(usize, usize, CpuIsa) + Sync) {
     let tc = task_cols(n);
     (0..n.div_ceil(tc))
@@ -389,11 +400,9 @@ pub(crate) fn gemm_q4_1_with(
     n: usize,
     out: &mut [f32],
 ) {
-    if m == 0 || n == 0 {
+    let Some(kb) = blocks_per_row(m, n, x.len(), w.len(), out.len()) else {
         return;
-    }
-    let kb = x.len() / m;
-    assert!(x.len() == m * kb && w.len() == n.div_ceil(G) * G * kb && out.len() == m * n);
+    };
     let xd = by_four(m, kb, |r, b| x[r * kb + b].d.to_f32());
     let xs = by_four(m, kb, |r, b| x[r * kb + b].s.to_f32());
     let p = Q4Problem {
@@ -429,11 +438,9 @@ pub(crate) fn gemm_q8_0_with(
     n: usize,
     out: &mut [f32],
 ) {
-    if m == 0 || n == 0 {
+    let Some(kb) = blocks_per_row(m, n, x.len(), w.len(), out.len()) else {
         return;
-    }
-    let kb = x.len() / m;
-    assert!(x.len() == m * kb && w.len() == n.div_ceil(G) * G * kb && out.len() == m * n);
+    };
     let xd = by_four(m, kb, |r, b| x[r * kb + b].d.to_f32());
     let p = Q8Problem {
         w: w.as_ptr(),
@@ -485,6 +492,7 @@ mod tests {
             (7, 33, 4),
             (9, 70, 18),
             (17, 24, 7),
+            (1, 5, 48),
         ] {
             let k = kb * QK;
             let xf = rand_f32(m * k, &mut seed);

@@ -110,51 +110,42 @@ impl QuantLinear {
     /// Several layers over the same input (Q/K/V, gate/up): the activation rows are
     /// quantized once for all of them. The same results as separate `forward` calls.
     pub fn forward_many(layers: &[&QuantLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-        let own = layers.iter().all(|l| matches!(l, Self::Own { .. }));
-        if !own {
+        // Our kernels' weights, or candle's matmuls one by one when any layer is candle's.
+        let own: Option<Vec<(&QuantWeights, usize, usize)>> = layers
+            .iter()
+            .map(|l| match l {
+                Self::Own { w, n, k } => Some((w, *n, *k)),
+                Self::Candle(_) => None,
+            })
+            .collect();
+        let Some(own) = own else {
             return layers
                 .iter()
                 .map(|l| match l {
                     Self::Candle(m) => Ok(m.forward(x)?),
-                    own => own.forward(x),
+                    ours => ours.forward(x),
                 })
                 .collect();
-        }
+        };
         let (m, kx) = x.dims2()?;
-        let mut need = (false, false);
-        for l in layers {
-            if let Self::Own { w, k, .. } = l {
-                if *k != kx {
-                    return Err(EngineError::Config(format!(
-                        "matmul: input width {kx}, weight width {k}"
-                    )));
-                }
-                match w {
-                    QuantWeights::Q4_1(_) => need.0 = true,
-                    QuantWeights::Q8_0(_) => need.1 = true,
-                }
-            }
+        if let Some((_, _, k)) = own.iter().find(|(_, _, k)| *k != kx) {
+            return Err(EngineError::Config(format!(
+                "matmul: input width {kx}, weight width {k}"
+            )));
         }
+        let need = |q4: bool| {
+            own.iter()
+                .any(|(w, _, _)| matches!(w, QuantWeights::Q4_1(_)) == q4)
+        };
         let outs = with_f32(x, |xd| {
-            let rows = QuantizedRows::new(xd, m, kx, need.0, need.1);
-            layers
-                .iter()
-                .map(|l| match l {
-                    Self::Own { w, n, .. } => rows.matmul(w, *n),
-                    Self::Candle(_) => unreachable!("all layers are ours"),
-                })
+            let rows = QuantizedRows::new(xd, m, kx, need(true), need(false));
+            own.iter()
+                .map(|(w, n, _)| rows.matmul(w, *n))
                 .collect::<Vec<_>>()
         })?;
-        layers
-            .iter()
+        own.iter()
             .zip(outs)
-            .map(|(l, out)| {
-                let n = match l {
-                    Self::Own { n, .. } => *n,
-                    Self::Candle(_) => unreachable!("all layers are ours"),
-                };
-                Ok(Tensor::from_vec(out, (m, n), x.device())?)
-            })
+            .map(|((_, n, _), out)| Ok(Tensor::from_vec(out, (m, *n), x.device())?))
             .collect()
     }
 }
@@ -169,38 +160,48 @@ struct QuantizedRows {
 
 impl QuantizedRows {
     fn new(x: &[f32], m: usize, k: usize, q8_1: bool, q8_0: bool) -> Self {
-        let kb = k / QK;
-        let mut rows = Self {
+        // Each of the `m` rows of `x` quantized into its `k / 32` blocks (none if not needed).
+        fn rows<B: Clone>(
+            x: &[f32],
+            k: usize,
+            wanted: bool,
+            zero: B,
+            q: fn(&[f32], &mut [B]),
+        ) -> Vec<B> {
+            if !wanted {
+                return Vec::new();
+            }
+            let mut out = vec![zero; x.len() / k * (k / QK)];
+            for (row, blocks) in x.chunks_exact(k).zip(out.chunks_exact_mut(k / QK)) {
+                q(row, blocks);
+            }
+            out
+        }
+        let x = &x[..m * k];
+        Self {
             m,
-            q8_1: Vec::new(),
-            q8_0: Vec::new(),
-        };
-        if q8_1 {
-            rows.q8_1 = vec![
+            q8_1: rows(
+                x,
+                k,
+                q8_1,
                 BlockQ8_1 {
                     d: Default::default(),
                     s: Default::default(),
-                    qs: [0; QK]
-                };
-                m * kb
-            ];
-            for r in 0..m {
-                quantize_row_q8_1(&x[r * k..(r + 1) * k], &mut rows.q8_1[r * kb..(r + 1) * kb]);
-            }
-        }
-        if q8_0 {
-            rows.q8_0 = vec![
+                    qs: [0; QK],
+                },
+                quantize_row_q8_1,
+            ),
+            q8_0: rows(
+                x,
+                k,
+                q8_0,
                 BlockQ8_0 {
                     d: Default::default(),
-                    qs: [0; QK]
-                };
-                m * kb
-            ];
-            for r in 0..m {
-                quantize_row_q8_0(&x[r * k..(r + 1) * k], &mut rows.q8_0[r * kb..(r + 1) * kb]);
-            }
+                    qs: [0; QK],
+                },
+                quantize_row_q8_0,
+            ),
         }
-        rows
     }
 
     /// `[m, n]` outputs of one weight.
