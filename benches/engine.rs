@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrolm_engine::attention::{lcg_uniform, paged_attention_cpu_grouped, PagedAttentionShape};
+use ferrolm_engine::attention::{lcg_uniform, paged_attention_cpu_f16, PagedAttentionShape};
 use ferrolm_engine::kv_cache::{BlockPool, KvCacheManager};
 use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, QuantLinear, QuantWeights};
 use ferrolm_engine::sampling::{sample_token, SamplingParams};
@@ -120,8 +120,10 @@ fn paged_attention(c: &mut Criterion) {
         let seqs = 16;
         let blocks_per = ctx.div_ceil(bs);
         let num_blocks = seqs * blocks_per;
-        let kv = lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
-        let vv = lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+        let f16s =
+            |v: Vec<f32>| -> Vec<half::f16> { v.into_iter().map(half::f16::from_f32).collect() };
+        let kv = f16s(lcg_uniform(num_blocks * bs * nkv * hd, &mut seed));
+        let vv = f16s(lcg_uniform(num_blocks * bs * nkv * hd, &mut seed));
         let q = lcg_uniform(seqs * nh * hd, &mut seed);
         let tables: Vec<Vec<u32>> = (0..seqs)
             .map(|s| ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect())
@@ -129,10 +131,21 @@ fn paged_attention(c: &mut Criterion) {
         let qsl: Vec<usize> = (0..=seqs).collect();
         let ctxs = vec![ctx; seqs];
         let mut out = vec![0f32; q.len()];
-        g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 4) as u64));
+        let prompt_lens = vec![0; seqs]; // decode rows
+        g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 2) as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
-                paged_attention_cpu_grouped(shape, &q, &kv, &vv, &qsl, &ctxs, &tables, &mut out);
+                paged_attention_cpu_f16(
+                    shape,
+                    &q,
+                    &kv,
+                    &vv,
+                    &qsl,
+                    &ctxs,
+                    &prompt_lens,
+                    &tables,
+                    &mut out,
+                );
                 black_box(&out);
             })
         });

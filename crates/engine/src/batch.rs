@@ -19,6 +19,11 @@ pub struct FlatBatch {
     pub block_tables: Vec<Vec<u32>>,
     /// Rows of the flat batch whose logits are wanted (usually each sequence's last token).
     pub logits_indices: Vec<usize>,
+    /// Each sequence's prompt length (0 unless set by [`FlatBatch::set_prompt_len`]): rows
+    /// at positions below it are prompt rows, which the CPU backend computes in llama.cpp's
+    /// prompt-processing order rather than its decode order (attention/cpu.rs). A property
+    /// of the row, so results still do not depend on the batch or the chunking.
+    pub prompt_lens: Vec<usize>,
 }
 
 impl FlatBatch {
@@ -55,6 +60,7 @@ impl FlatBatch {
         self.query_start_loc.push(self.token_ids.len());
         self.context_lens.push(start_pos + tokens.len());
         self.block_tables.push(block_table.to_vec());
+        self.prompt_lens.push(0);
         match want_logits {
             LogitsWanted::None => {}
             LogitsWanted::Last => {
@@ -64,6 +70,20 @@ impl FlatBatch {
             }
             LogitsWanted::All => self.logits_indices.extend(first_row..self.token_ids.len()),
         }
+    }
+}
+
+impl FlatBatch {
+    /// Sets the prompt length of the sequence pushed last.
+    pub fn set_prompt_len(&mut self, prompt_len: usize) {
+        if let Some(p) = self.prompt_lens.last_mut() {
+            *p = prompt_len;
+        }
+    }
+
+    /// The prompt length of sequence `s` (0 when never set).
+    pub fn prompt_len(&self, s: usize) -> usize {
+        self.prompt_lens.get(s).copied().unwrap_or(0)
     }
 }
 

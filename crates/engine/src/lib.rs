@@ -8,6 +8,7 @@ pub mod attention;
 pub mod batch;
 pub mod engine;
 pub mod error;
+pub mod ggml_arith;
 pub mod gguf;
 pub mod graphs;
 pub mod kv_cache;

@@ -248,6 +248,7 @@ pub fn greedy_generate(
                 let start = p.len() + outputs[i].len() - 1;
                 batch.push_seq(&[last], start, &tables[i], block_size, LogitsWanted::Last);
             }
+            batch.set_prompt_len(p.len());
             rows.push(i);
         }
         let logits = runner.execute(&batch)?.to_vec2::<f32>()?;
@@ -291,6 +292,8 @@ pub fn teacher_forced_logprobs(
     let mut runner = ModelRunner::new(model, nb, block_size)?;
     let mut batch = FlatBatch::default();
     batch.push_seq(&all, 0, &table, block_size, LogitsWanted::None);
+    // The completion's rows as generation computes them (decode order on the CPU).
+    batch.set_prompt_len(prompt.len());
     batch.logits_indices = (prompt.len() - 1..all.len() - 1).collect();
     if completion.is_empty() {
         return Ok(Vec::new());

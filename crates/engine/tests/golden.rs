@@ -11,8 +11,9 @@ use serde_json::Value;
 /// Steps whose golden top-1/top-2 margin is below this are near-ties: two correct engines
 /// may pick differently there.
 const MARGIN: f64 = 0.3;
-/// Share of steps whose chosen-token log-prob is within 0.15 of llama.cpp's.
-const CHOSEN_WITHIN_FLOOR: f64 = 0.95;
+/// Share of steps whose chosen-token log-prob must be within 0.15 of llama.cpp's (the
+/// issue's bar; the CPU backend reproduces llama.cpp's arithmetic and measures 100%).
+const CHOSEN_WITHIN_FLOOR: f64 = 0.99;
 
 #[test]
 fn tokenizer_matches_llama_cpp_on_all_records() {
@@ -120,9 +121,12 @@ fn teacher_forced_logprobs_match_llama_cpp() {
         chosen_deltas.len(),
         top5_deltas.last().unwrap()
     );
-    // The issue asks for >= 99%; we measure 96.9% (2026-11-26) while the median and the
-    // argmax rule hold. The gap is open work (see the engine foundation issue's notes): this
-    // floor keeps it from growing until it is closed.
+    assert!(
+        argmax_failures.is_empty(),
+        "{} steps with margin >= {MARGIN} pick another token:\n{}",
+        argmax_failures.len(),
+        argmax_failures.join("\n")
+    );
     assert!(
         within >= CHOSEN_WITHIN_FLOOR,
         "only {:.2}% of steps within 0.15",

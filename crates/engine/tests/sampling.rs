@@ -237,8 +237,9 @@ fn prompt_logprobs_match_the_goldens_teacher_forced() {
         within * 100.0,
         deltas.len()
     );
-    // The issue asks for 99%; see golden.rs for the measured gap (same numerics).
-    assert!(within >= 0.95, "{within}");
+    // The issue's bar. These rows are all prompt rows (llama.cpp's prompt-processing order)
+    // while the goldens' steps were decoded one at a time: 99.07% measured (2026-11-27).
+    assert!(within >= 0.99, "{within}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! prompt or the thread count.
 
 use candle_core::{DType, Device, Storage, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
 use super::{AttentionBackend, KvCacheLayout};
@@ -130,20 +131,32 @@ pub fn paged_attention_cpu(
     });
 }
 
-/// The CPU backend's attention: [`paged_attention_cpu`]'s arithmetic, operation for
-/// operation (so the same bits), laid out for speed. K is stored transposed within each block
-/// (`k_t`: `[num_blocks, num_kv_heads, head_dim, block_size]`), so the scores of up to 16 keys
-/// are vector lanes, each lane still a sequential sum over `d`; and one task computes all the
-/// query heads of a KV group for one token (they share every K and V read, and their sums are
-/// independent chains) unless that leaves too few tasks for the threads.
+/// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
+/// V, flash attention off, single-token decode; see [`crate::ggml_arith`]) so that outputs
+/// match llama.cpp's bit for bit: q rounded to f16; each score `ggml_vec_dot_f16`'s lanes
+/// and tree, times `scale`; softmax with the AVX-512 `expf`, summed 16 keys at a time into a
+/// double; probabilities rounded to f16; each output dim the f16 dot of the probabilities
+/// with V over positions (lane = position % 64). The key and position orders are fixed, so a
+/// row's result depends on nothing but its own context.
+///
+/// Prompt rows (positions below their sequence's `prompt_lens` entry, when that is 2 or
+/// more) take llama.cpp's prompt-processing order instead: its f16 matmuls with two or more
+/// columns go through llamafile's `tinyBLAS`, whose dot products use 16 lanes
+/// ([`crate::ggml_arith::dot_f16_tiled`]), both for the scores and for the values.
+///
+/// K is stored transposed within each block (`k_t`: `[num_blocks, num_kv_heads, head_dim,
+/// block_size]`, 8 keys' scores are vector lanes); V as `[num_blocks * block_size,
+/// num_kv_heads, head_dim]`. One task computes all the query heads of a KV group for one
+/// token (they share the K and V conversions) unless that leaves too few tasks.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention_cpu_grouped(
+pub fn paged_attention_cpu_f16(
     shape: PagedAttentionShape,
     q: &[f32],
-    k_t: &[f32],
-    v_cache: &[f32],
+    k_t: &[f16],
+    v_cache: &[f16],
     query_start_loc: &[usize],
     context_lens: &[usize],
+    prompt_lens: &[usize],
     block_tables: &[Vec<u32>],
     out: &mut [f32],
 ) {
@@ -162,6 +175,7 @@ pub fn paged_attention_cpu_grouped(
         v_cache,
         query_start_loc,
         context_lens,
+        prompt_lens,
         block_tables,
         out,
     )
@@ -172,10 +186,11 @@ fn attention_by_tasks(
     shape: PagedAttentionShape,
     heads_per_task: usize,
     q: &[f32],
-    k_t: &[f32],
-    v_cache: &[f32],
+    k_t: &[f16],
+    v_cache: &[f16],
     query_start_loc: &[usize],
     context_lens: &[usize],
+    prompt_lens: &[usize],
     block_tables: &[Vec<u32>],
     out: &mut [f32],
 ) {
@@ -193,6 +208,7 @@ fn attention_by_tasks(
             let first = task * heads_per_task; // row * num_heads + head
             let (row, h0) = (first / num_heads, first % num_heads);
             let (s, pos) = rows[row];
+            let prompt_len = prompt_lens.get(s).copied().unwrap_or(0);
             let keys = Keys {
                 shape,
                 k_t,
@@ -200,34 +216,39 @@ fn attention_by_tasks(
                 table: &block_tables[s],
                 n_keys: pos + 1,
                 kvh: h0 / group,
+                prompt_order: pos < prompt_len && prompt_len >= 2 && hd % 16 == 0,
             };
-            let q = &q[first * hd..(first + heads_per_task) * hd];
-            // Up to four heads at a time (their sums stay in registers).
-            for (qs, os) in q.chunks(4 * hd).zip(o.chunks_mut(4 * hd)) {
-                match os.len() / hd {
-                    1 => keys.attend::<1>(qs, os),
-                    2 => keys.attend::<2>(qs, os),
-                    3 => keys.attend::<3>(qs, os),
-                    _ => keys.attend::<4>(qs, os),
-                }
-            }
+            keys.attend(&q[first * hd..(first + heads_per_task) * hd], o);
         });
 }
 
 /// One token's keys and values for one KV head.
 struct Keys<'a> {
     shape: PagedAttentionShape,
-    k_t: &'a [f32],
-    v_cache: &'a [f32],
+    k_t: &'a [f16],
+    v_cache: &'a [f16],
     table: &'a [u32],
     n_keys: usize,
     kvh: usize,
+    /// llama.cpp's prompt-processing order (16 lanes) rather than its decode order (64).
+    prompt_order: bool,
 }
 
 impl Keys<'_> {
-    /// H query heads of this KV head: `q`, `out` are `[H, head_dim]`.
-    #[allow(clippy::needless_range_loop)] // heads index several parallel arrays
-    fn attend<const H: usize>(&self, q: &[f32], out: &mut [f32]) {
+    /// The segments of the context that lie in one block: (first position, block id, len).
+    fn segments(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let bs = self.shape.block_size;
+        (0..self.n_keys).step_by(bs).map(move |start| {
+            (
+                start,
+                self.table[start / bs] as usize,
+                bs.min(self.n_keys - start),
+            )
+        })
+    }
+
+    /// Query heads of this KV head: `q`, `out` are `[heads, head_dim]`.
+    fn attend(&self, q: &[f32], out: &mut [f32]) {
         let PagedAttentionShape {
             num_kv_heads: nkv,
             head_dim: hd,
@@ -235,150 +256,177 @@ impl Keys<'_> {
             scale,
             ..
         } = self.shape;
-        let kvh = self.kvh;
-        let qh: [&[f32]; H] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
-        let mut m = [f32::NEG_INFINITY; H];
-        let mut l = [0f32; H];
-        let mut acc = vec![0f32; H * hd];
-        let mut scores = [[0f32; 256]; H];
-        let mut start = 0;
-        while start < self.n_keys {
-            let block = self.table[start / bs] as usize;
-            let first = start % bs;
-            let len = (bs - first).min(self.n_keys - start).min(256);
-            // This block's keys for this KV head: [head_dim, block_size].
+        let (n, kvh) = (self.n_keys, self.kvh);
+        let heads = q.len() / hd;
+        // q as llama.cpp's matmul converts it to the K cache's type.
+        let qh: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        // Scores, then probabilities: [heads, n].
+        let mut p = vec![0f32; heads * n];
+        let mut kb = vec![0f32; hd * bs];
+        for (start, block, len) in self.segments() {
             let kt = &self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs];
-            let mut bmax = [f32::NEG_INFINITY; H];
-            if bs % 16 == 0 {
-                self.scores::<H, 16>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
-            } else if bs % 8 == 0 {
-                self.scores::<H, 8>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
-            } else {
-                self.scores::<H, 1>(&qh, kt, first, len, &mut scores, &mut bmax, scale);
+            for (dst, src) in kb.iter_mut().zip(kt) {
+                *dst = src.to_f32();
             }
-            let mut new_m = [0f32; H];
-            for h in 0..H {
-                new_m[h] = m[h].max(bmax[h]);
-                let correction = (m[h] - new_m[h]).exp();
-                l[h] *= correction;
-                for a in acc[h * hd..(h + 1) * hd].iter_mut() {
-                    *a *= correction;
-                }
+            for h in 0..heads {
+                let out = &mut p[h * n + start..][..len];
+                key_scores(&qh[h * hd..][..hd], &kb, bs, len, out, self.prompt_order);
             }
+        }
+        for h in 0..heads {
+            softmax_to_f16(&mut p[h * n..][..n], scale);
+        }
+        // acc[h][lane][d]: lane = position % 64 (16 in prompt order), each lane adding its
+        // products in order.
+        let lanes = if self.prompt_order { 16 } else { 64 };
+        let mut acc = vec![0f32; heads * 64 * hd];
+        let mut vb = vec![0f32; hd];
+        for (start, block, len) in self.segments() {
             for i in 0..len {
-                let off = ((block * bs + (start + i) % bs) * nkv + kvh) * hd;
-                let vv = &self.v_cache[off..off + hd];
-                for h in 0..H {
-                    let p = (scores[h][i] - new_m[h]).exp();
-                    l[h] += p;
-                    let a = &mut acc[h * hd..(h + 1) * hd];
-                    for d in 0..hd {
-                        a[d] += p * vv[d];
+                let off = ((block * bs + i) * nkv + kvh) * hd;
+                for (dst, src) in vb.iter_mut().zip(&self.v_cache[off..off + hd]) {
+                    *dst = src.to_f32();
+                }
+                let pos = start + i;
+                for h in 0..heads {
+                    let pv = p[h * n + pos];
+                    let a = &mut acc[(h * 64 + pos % lanes) * hd..][..hd];
+                    for (a, &v) in a.iter_mut().zip(&vb) {
+                        *a += v * pv;
                     }
                 }
             }
-            m = new_m;
-            start += len;
         }
-        for h in 0..H {
-            let inv = 1.0 / l[h];
-            for d in 0..hd {
-                out[h * hd + d] = acc[h * hd + d] * inv;
-            }
-        }
-    }
-
-    /// Scores of keys `first..first + len` of a block, W keys per pass: lane j of head h is
-    /// `sum_d q[h][d] * k[j][d]` added in d order (mul, then add: the reference's rounding).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn scores<const H: usize, const W: usize>(
-        &self,
-        qh: &[&[f32]; H],
-        kt: &[f32],
-        first: usize,
-        len: usize,
-        scores: &mut [[f32; 256]; H],
-        bmax: &mut [f32; H],
-        scale: f32,
-    ) {
-        let (hd, bs) = (self.shape.head_dim, self.shape.block_size);
-        let mut j0 = 0;
-        while j0 < len {
-            // W lanes from `first + j0`, inside the block (bs is a multiple of W); lanes past
-            // `len` are computed and dropped.
-            let dots = key_dots::<H, W>(qh, &kt[first + j0..], hd, bs);
-            let n = W.min(len - j0);
-            for h in 0..H {
-                for j in 0..n {
-                    let sc = dots[h][j] * scale;
-                    scores[h][j0 + j] = sc;
-                    bmax[h] = bmax[h].max(sc);
+        for h in 0..heads {
+            let (acc, out) = (&acc[h * 64 * hd..][..64 * hd], &mut out[h * hd..][..hd]);
+            if self.prompt_order {
+                for (d, o) in out.iter_mut().enumerate() {
+                    *o = crate::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l * hd + d]));
                 }
+            } else {
+                lanes_to_sums(acc, out);
             }
-            j0 += W;
         }
     }
 }
 
-/// `dots[h][j] = sum_d q[h][d] * kt[d * bs + j]`, each lane a sequential sum over `d` with
-/// the product rounded before the add (the reference's arithmetic). `kt` starts at the first
-/// key; `W` keys from there lie inside the block.
-#[allow(clippy::needless_range_loop)] // lanes index parallel register arrays
+/// `out[j] = dot_f16(q, key j)` (or `dot_f16_tiled` in prompt order) for the `len` keys of
+/// a block held as f32 `kb: [head_dim, block_size]`, unscaled; 8 keys per pass as vector
+/// lanes when the head dimension is whole SIMD steps.
+fn key_scores(q: &[f32], kb: &[f32], bs: usize, len: usize, out: &mut [f32], prompt: bool) {
+    let hd = q.len();
+    if bs % 8 == 0 && (if prompt { hd % 16 == 0 } else { hd % 64 == 0 }) {
+        for j in (0..len).step_by(8) {
+            let lanes = if prompt {
+                dot8::<true>(q, kb, bs, j)
+            } else {
+                dot8::<false>(q, kb, bs, j)
+            };
+            let m = 8.min(len - j);
+            out[j..j + m].copy_from_slice(&lanes[..m]);
+        }
+    } else {
+        let mut k = vec![0f32; hd];
+        for (j, o) in out.iter_mut().enumerate().take(len) {
+            for (d, kd) in k.iter_mut().enumerate() {
+                *kd = kb[d * bs + j];
+            }
+            *o = if prompt {
+                crate::ggml_arith::dot_f16_tiled(q, &k)
+            } else {
+                crate::ggml_arith::dot_f16(q, &k)
+            };
+        }
+    }
+}
+
+type Lanes = [f32; 8];
+
 #[inline(always)]
-fn key_dots<const H: usize, const W: usize>(
-    qh: &[&[f32]; H],
-    kt: &[f32],
-    hd: usize,
-    bs: usize,
-) -> [[f32; W]; H] {
-    assert!(kt.len() >= (hd - 1) * bs + W && qh.iter().all(|q| q.len() >= hd));
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if W.is_multiple_of(8) && W <= 16 {
-        use std::arch::x86_64::*;
-        // SAFETY: AVX2 is in the build's target; every load is inside `kt` / `qh` (asserted).
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; H];
-            let lanes = W / 8;
-            for d in 0..hd {
-                let k = kt.as_ptr().add(d * bs);
-                let kv = [_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8 * (lanes - 1)))];
-                for h in 0..H {
-                    let q = _mm256_set1_ps(*qh[h].get_unchecked(d));
-                    for x in 0..lanes {
-                        acc[h][x] = _mm256_add_ps(acc[h][x], _mm256_mul_ps(q, kv[x]));
-                    }
-                }
-            }
-            let mut out = [[0f32; W]; H];
-            for h in 0..H {
-                for x in 0..lanes {
-                    _mm256_storeu_ps(out[h].as_mut_ptr().add(8 * x), acc[h][x]);
-                }
-            }
-            return out;
-        }
-    }
-    let mut dots = [[0f32; W]; H];
-    for d in 0..hd {
-        let k = &kt[d * bs..d * bs + W];
-        for h in 0..H {
-            let qd = qh[h][d];
-            for j in 0..W {
-                dots[h][j] += qd * k[j];
-            }
-        }
-    }
-    dots
+fn add(a: Lanes, b: Lanes) -> Lanes {
+    std::array::from_fn(|x| a[x] + b[x])
 }
 
-/// Paged KV cache in host memory (f32): K transposed within each block, V as the reference
-/// lays it out; attention by [`paged_attention_cpu_grouped`].
+/// [`crate::ggml_arith::dot_f16`] (`PROMPT`: `dot_f16_tiled`) of `q` with keys `j..j + 8`
+/// of `kb` (each vector lane one key), for a head dimension of whole 64-wide (16) steps.
+#[inline(always)]
+fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
+    let width = if PROMPT { 16 } else { 64 };
+    let steps = q.len() / width;
+    // Lane l of llama.cpp's accumulators: the products of dims l, l + width, ... in order.
+    let lane = |l: usize| -> Lanes {
+        let mut s = [0f32; 8];
+        for c in 0..steps {
+            let d = width * c + l;
+            let (qd, k) = (q[d], &kb[d * bs + j..][..8]);
+            for x in 0..8 {
+                s[x] += qd * k[x];
+            }
+        }
+        s
+    };
+    // The 16 values the final tree reduces.
+    let s = |l: usize| {
+        if PROMPT {
+            lane(l)
+        } else {
+            add(add(lane(l), lane(32 + l)), add(lane(16 + l), lane(48 + l)))
+        }
+    };
+    let t3: [Lanes; 8] = std::array::from_fn(|i| add(s(i + 8), s(i)));
+    let t6: [Lanes; 4] = std::array::from_fn(|i| add(t3[i + 4], t3[i]));
+    add(add(t6[0], t6[2]), add(t6[1], t6[3]))
+}
+
+/// `ggml_soft_max` over one row of unscaled scores (scaled here), then the f16 rounding of
+/// the probabilities that llama.cpp's next matmul applies.
+fn softmax_to_f16(w: &mut [f32], scale: f32) {
+    use crate::ggml_arith::{expf, reduce16};
+    let mut max = f32::NEG_INFINITY;
+    for x in w.iter_mut() {
+        *x *= scale;
+        max = if max > *x { max } else { *x };
+    }
+    let mut sum = 0f64;
+    for chunk in w.chunks_mut(16) {
+        let mut e = [0f32; 16];
+        for (x, e) in chunk.iter_mut().zip(e.iter_mut()) {
+            *x = expf(*x - max);
+            *e = *x;
+        }
+        sum += reduce16(&e) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in w.iter_mut() {
+        *x = f16::from_f32(*x * inv).to_f32();
+    }
+}
+
+/// Finishes 64 lane sums per dim (`acc: [64, head_dim]`) with `ggml_vec_dot_f16`'s
+/// reduction ([`crate::ggml_arith::dot_f16_finish`]), all dims at once.
+fn lanes_to_sums(acc: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    let row = |l: usize| &acc[l * hd..][..hd];
+    let mut s = vec![0f32; 16 * hd];
+    for l in 0..16 {
+        let (a0, a1, a2, a3) = (row(l), row(16 + l), row(32 + l), row(48 + l));
+        for d in 0..hd {
+            s[l * hd + d] = (a0[d] + a2[d]) + (a1[d] + a3[d]);
+        }
+    }
+    for d in 0..hd {
+        let v: [f32; 16] = std::array::from_fn(|l| s[l * hd + d]);
+        out[d] = crate::ggml_arith::reduce16(&v);
+    }
+}
+
+/// Paged KV cache in host memory, f16 as llama.cpp keeps it: K transposed within each
+/// block, V row-major; attention by [`paged_attention_cpu_f16`].
 pub struct CpuPagedAttention {
     layout: KvCacheLayout,
     num_heads: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
 }
 
 impl CpuPagedAttention {
@@ -388,10 +436,10 @@ impl CpuPagedAttention {
             layout,
             num_heads,
             k: (0..layout.num_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![f16::ZERO; per_layer])
                 .collect(),
             v: (0..layout.num_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![f16::ZERO; per_layer])
                 .collect(),
         }
     }
@@ -437,7 +485,7 @@ impl AttentionBackend for CpuPagedAttention {
             for (row, &slot) in batch.slot_mapping.iter().enumerate() {
                 let (block, i) = (slot as usize / bs, slot as usize % bs);
                 for (j, &x) in data[row * width..(row + 1) * width].iter().enumerate() {
-                    kt[(block * width + j) * bs + i] = x;
+                    kt[(block * width + j) * bs + i] = f16::from_f32(x);
                 }
             }
         })?;
@@ -445,7 +493,12 @@ impl AttentionBackend for CpuPagedAttention {
         with_f32(v, |data| {
             for (row, &slot) in batch.slot_mapping.iter().enumerate() {
                 let s = slot as usize * width;
-                vc[s..s + width].copy_from_slice(&data[row * width..(row + 1) * width]);
+                for (dst, &x) in vc[s..s + width]
+                    .iter_mut()
+                    .zip(&data[row * width..(row + 1) * width])
+                {
+                    *dst = f16::from_f32(x);
+                }
             }
         })?;
         Ok(())
@@ -463,13 +516,14 @@ impl AttentionBackend for CpuPagedAttention {
         let n = batch.num_tokens();
         let mut out = vec![0f32; n * self.num_heads * l.head_dim];
         with_f32(q, |qd| {
-            paged_attention_cpu_grouped(
+            paged_attention_cpu_f16(
                 shape,
                 qd,
                 &self.k[layer],
                 &self.v[layer],
                 &batch.query_start_loc,
                 &batch.context_lens,
+                &batch.prompt_lens,
                 &batch.block_tables,
                 &mut out,
             )
@@ -576,45 +630,97 @@ mod tests {
             let o = attn.attend(0, &qt, &b).unwrap();
             got.extend(o.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
+        // f16 K, V and probabilities: within a few f16 ulp of the f32 formula.
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                (a - b).abs() <= 4e-3 * (1.0 + b.abs()),
                 "element {i}: {a} vs {b}"
             );
         }
     }
 
-    /// The grouped kernel is the reference's arithmetic: the same bits, for decode rows and
-    /// chunked prompts, one head or a whole group per task, block sizes 16, 8 and 4.
+    /// llama.cpp's attention for one (row, head) written the plain way (every step of
+    /// `ggml_vec_dot_f16`, `ggml_soft_max` and the f16 roundings, over the positions in
+    /// order): the fast kernel must give the same bits.
+    fn ggml_reference(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+        scale: f32,
+        prompt_order: bool,
+    ) -> Vec<f32> {
+        use crate::ggml_arith::{dot_f16_tiled, expf, reduce16};
+        let dot_f16 = |x: &[f32], y: &[f32]| {
+            if prompt_order {
+                dot_f16_tiled(x, y)
+            } else {
+                crate::ggml_arith::dot_f16(x, y)
+            }
+        };
+        let r = |x: f32| f16::from_f32(x).to_f32();
+        let qh: Vec<f32> = q.iter().map(|&x| r(x)).collect();
+        let kh: Vec<Vec<f32>> = keys
+            .iter()
+            .map(|k| k.iter().map(|&x| r(x)).collect())
+            .collect();
+        let w: Vec<f32> = kh.iter().map(|k| dot_f16(k, &qh) * scale).collect();
+        let max = w.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        // Padded to whole 64-wide steps with masked keys (probability 0), as llama.cpp's
+        // KV cache is.
+        let n_kv = w.len().div_ceil(64) * 64;
+        let mut e: Vec<f32> = w.iter().map(|&x| expf(x - max)).collect();
+        e.resize(n_kv, 0.0);
+        let sum: f64 = e
+            .chunks(16)
+            .map(|c| reduce16(&std::array::from_fn(|i| c[i])) as f64)
+            .sum();
+        let inv = (1.0 / sum) as f32;
+        let p: Vec<f32> = e.iter().map(|&x| r(x * inv)).collect();
+        (0..q.len())
+            .map(|d| {
+                let mut col: Vec<f32> = values.iter().map(|v| r(v[d])).collect();
+                col.resize(n_kv, 0.0);
+                dot_f16(&col, &p)
+            })
+            .collect()
+    }
+
+    /// The paged kernel is llama.cpp's arithmetic: the same bits as [`ggml_reference`] for
+    /// decode rows and chunked prompts in both orders, one head or a whole group per task,
+    /// several block sizes, a head dim of two 64-wide steps and one with a tail.
     #[test]
-    fn grouped_attention_equals_the_reference_bit_for_bit() {
+    fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
         for (nh, nkv, hd, bs) in [
             (9, 3, 64, 16),
-            (8, 2, 32, 8),
+            (8, 2, 128, 8),
             (6, 6, 16, 4),
-            (12, 2, 16, 32),
+            (12, 2, 80, 32),
         ] {
             let num_blocks = 24;
             let mut seed = 11;
             let k = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
             let v = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
-            let mut k_t = vec![0f32; k.len()];
+            let mut k_t = vec![f16::ZERO; k.len()];
             for b in 0..num_blocks {
                 for i in 0..bs {
                     for h in 0..nkv {
                         for d in 0..hd {
                             k_t[((b * nkv + h) * hd + d) * bs + i] =
-                                k[((b * bs + i) * nkv + h) * hd + d];
+                                f16::from_f32(k[((b * bs + i) * nkv + h) * hd + d]);
                         }
                     }
                 }
             }
+            let v16: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
             // Three sequences: a 5-token chunk of a longer prompt, one decode row deep in
-            // its context, a 2-token chunk from position 0.
+            // its context (past 64 positions), a 2-token chunk from position 0.
             let tables: Vec<Vec<u32>> =
                 vec![(0..8).rev().collect(), (8..20).collect(), vec![23, 21]];
             let context_lens = vec![(5 * bs / 2).min(8 * bs), 11 * bs + 3, 2];
             let qsl = vec![0, 5, 6, 8];
+            // The first sequence's chunk straddles the end of its prompt (prompt order, then
+            // decode order); the second is a decode row; the third all prompt.
+            let prompt_lens = vec![context_lens[0] - 2, 4 * bs, 2];
             let shape = PagedAttentionShape {
                 num_heads: nh,
                 num_kv_heads: nkv,
@@ -622,9 +728,25 @@ mod tests {
                 block_size: bs,
                 scale: 1.0 / (hd as f32).sqrt(),
             };
-            let q = crate::attention::lcg_uniform(8 * nh * hd, &mut seed);
+            let q: Vec<f32> = crate::attention::lcg_uniform(8 * nh * hd, &mut seed)
+                .iter()
+                .map(|x| x * 4.0)
+                .collect();
+            let rows = row_positions(&qsl, &context_lens);
             let mut want = vec![0f32; q.len()];
-            paged_attention_cpu(shape, &q, &k, &v, &qsl, &context_lens, &tables, &mut want);
+            for (row, &(s, pos)) in rows.iter().enumerate() {
+                for h in 0..nh {
+                    let kvh = h / (nh / nkv);
+                    let slot = |p: usize| tables[s][p / bs] as usize * bs + p % bs;
+                    let at = |c: &[f32], p: usize| c[(slot(p) * nkv + kvh) * hd..][..hd].to_vec();
+                    let keys: Vec<Vec<f32>> = (0..=pos).map(|p| at(&k, p)).collect();
+                    let values: Vec<Vec<f32>> = (0..=pos).map(|p| at(&v, p)).collect();
+                    let prompt_order = pos < prompt_lens[s] && hd % 16 == 0;
+                    let q = &q[(row * nh + h) * hd..][..hd];
+                    let o = ggml_reference(q, &keys, &values, shape.scale, prompt_order);
+                    want[(row * nh + h) * hd..][..hd].copy_from_slice(&o);
+                }
+            }
             for heads_per_task in [1, nh / nkv] {
                 let mut got = vec![0f32; q.len()];
                 attention_by_tasks(
@@ -632,9 +754,10 @@ mod tests {
                     heads_per_task,
                     &q,
                     &k_t,
-                    &v,
+                    &v16,
                     &qsl,
                     &context_lens,
+                    &prompt_lens,
                     &tables,
                     &mut got,
                 );
@@ -642,7 +765,7 @@ mod tests {
                     assert_eq!(
                         a.to_bits(),
                         b.to_bits(),
-                        "shape {nh}/{nkv}/{hd}/{bs}, {heads_per_task} heads per task, element {i}"
+                        "shape {nh}/{nkv}/{hd}/{bs}, {heads_per_task} heads per task, element {i}: {a} vs {b}"
                     );
                 }
             }

@@ -132,10 +132,60 @@ pub struct LlamaModel {
     weight_bytes: usize,
 }
 
-/// candle-nn's fused RMSNorm: one row at a time, reduced over the hidden dim only, so
-/// batch-invariant.
+/// RMSNorm one row at a time (so batch-invariant): llama.cpp's arithmetic on the CPU
+/// ([`crate::ggml_arith::rms_norm_row`]), candle-nn's fused kernel elsewhere.
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return rms_norm_cpu(x, w, eps);
+    }
     Ok(candle_nn::ops::rms_norm(x, w, eps)?)
+}
+
+fn rms_norm_cpu(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let dim = w.dims1()?;
+    let out = crate::attention::with_f32(x, |xd| {
+        crate::attention::with_f32(w, |wd| {
+            let mut out = vec![0f32; xd.len()];
+            out.par_chunks_mut(dim)
+                .zip(xd.par_chunks(dim))
+                .for_each(|(o, x)| crate::ggml_arith::rms_norm_row(x, wd, eps, o));
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+}
+
+/// RoPE on the CPU as llama.cpp computes it ([`crate::ggml_arith::rotate_pair`]) over
+/// `t: [n, heads * head_dim]` with `cos`/`sin` rows `[n, 1, head_dim / 2]`; `neox` pairs
+/// `i` with `i + head_dim / 2`, else `2i` with `2i + 1`.
+fn rope_cpu(t: &Tensor, cos: &Tensor, sin: &Tensor, head_dim: usize, neox: bool) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let half = head_dim / 2;
+    let width = t.dims2()?.1;
+    let out = crate::attention::with_f32(t, |x| {
+        crate::attention::with_f32(cos, |c| {
+            crate::attention::with_f32(sin, |s| {
+                let mut out = x.to_vec();
+                out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
+                    let (c, s) = (&c[row * half..][..half], &s[row * half..][..half]);
+                    for head in o.chunks_mut(head_dim) {
+                        for i in 0..half {
+                            let (a, b) = if neox {
+                                (i, i + half)
+                            } else {
+                                (2 * i, 2 * i + 1)
+                            };
+                            (head[a], head[b]) =
+                                crate::ggml_arith::rotate_pair(head[a], head[b], c[i], s[i]);
+                        }
+                    }
+                });
+                out
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, t.dims(), t.device())?)
 }
 
 /// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
@@ -178,8 +228,8 @@ fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     Ok((g.silu()? * u)?)
 }
 
-/// candle's `g.silu()? * u` (the same f32 operations: `g / (1 + exp(-g))`, then `* u`) in one
-/// parallel pass, without the intermediate tensor.
+/// `silu(g) * u` in one parallel pass as llama.cpp's `ggml_vec_swiglu_f32` computes it
+/// ([`crate::ggml_arith::silu`], then `* u`).
 fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     if g.dims() != u.dims() {
@@ -192,7 +242,7 @@ fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
                 .zip(gd.par_chunks(8192).zip(ud.par_chunks(8192)))
                 .for_each(|(o, (g, u))| {
                     for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g / (1.0 + (-g).exp()) * u;
+                        *o = crate::ggml_arith::silu(g) * u;
                     }
                 });
             out
@@ -528,11 +578,11 @@ impl LlamaModel {
         self.dtype
     }
 
-    /// Bytes of one K or V element in this model's KV cache: f32 on the CPU, the activation
-    /// type on a GPU.
+    /// Bytes of one K or V element in this model's KV cache: f16 on the CPU (as llama.cpp
+    /// keeps it), the activation type on a GPU.
     pub fn kv_cache_elem_bytes(&self) -> usize {
         if self.device.is_cpu() {
-            4
+            2
         } else {
             self.dtype.size_in_bytes()
         }
@@ -640,6 +690,9 @@ impl LlamaModel {
         let neox = matches!(c.rope_style, RopeStyle::Neox);
         // One position per "batch" row: rope over [n, heads, 1, head_dim].
         let rope = |t: Tensor, heads: usize| -> Result<Tensor> {
+            if t.device().is_cpu() && t.dtype() == DType::F32 && cos.dtype() == DType::F32 {
+                return rope_cpu(&t, &cos, &sin, hd, neox);
+            }
             let t = t.reshape((n, heads, 1, hd))?;
             let t = if neox {
                 candle_nn::rotary_emb::rope(&t, &cos, &sin)?
@@ -727,22 +780,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_silu_mul_is_candles_silu_times_up_bit_for_bit() {
+    fn cpu_silu_mul_is_llama_cpps_formula_and_close_to_candles() {
         let mut seed = 5;
         let g: Vec<f32> = crate::attention::lcg_uniform(3 * 9000, &mut seed)
             .iter()
             .map(|v| v * 12.0)
             .collect();
         let u = crate::attention::lcg_uniform(3 * 9000, &mut seed);
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| crate::ggml_arith::silu(g) * u)
+            .collect();
         let g = Tensor::from_vec(g, (3, 9000), &Device::Cpu).unwrap();
         let u = Tensor::from_vec(u, (3, 9000), &Device::Cpu).unwrap();
-        let want = (g.silu().unwrap() * &u).unwrap();
-        let got = silu_mul_cpu(&g, &u).unwrap();
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.iter().map(|x| x.to_bits()).collect()
-        };
-        assert_eq!(got.dims(), want.dims());
+        let got: Vec<f32> = silu_mul_cpu(&g, &u)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
         assert_eq!(bits(&got), bits(&want));
+        let candle: Vec<f32> = (g.silu().unwrap() * &u)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in got.iter().zip(&candle) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn cpu_rms_norm_and_rope_agree_with_candles() {
+        let mut seed = 11;
+        let (n, heads, hd) = (5, 3, 64);
+        let x = Tensor::from_vec(
+            crate::attention::lcg_uniform(n * heads * hd, &mut seed),
+            (n, heads * hd),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = Tensor::from_vec(
+            crate::attention::lcg_uniform(heads * hd, &mut seed),
+            heads * hd,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let close = |a: &Tensor, b: &Tensor, tol: f32| {
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() <= tol * b.abs().max(1.0), "{a} vs {b}");
+            }
+        };
+        close(
+            &rms_norm(&x, &w, 1e-5).unwrap(),
+            &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
+            1e-5,
+        );
+        let table = RopeTable::new_ggml(hd, 10000.0, 1.0, None, 64, &Device::Cpu).unwrap();
+        let pos = Tensor::from_vec(vec![0u32, 1, 7, 30, 63], n, &Device::Cpu).unwrap();
+        let (cos, sin) = table.gather(&pos, DType::F32).unwrap();
+        for neox in [false, true] {
+            let got = rope_cpu(&x, &cos, &sin, hd, neox).unwrap();
+            let t = x.reshape((n, heads, 1, hd)).unwrap();
+            let want = if neox {
+                candle_nn::rotary_emb::rope(&t, &cos, &sin).unwrap()
+            } else {
+                candle_nn::rotary_emb::rope_i(&t, &cos, &sin).unwrap()
+            };
+            close(&got, &want.reshape((n, heads * hd)).unwrap(), 1e-6);
+        }
     }
 }

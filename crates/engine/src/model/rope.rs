@@ -47,9 +47,39 @@ impl RopeTable {
         })
     }
 
-    /// The table a model's config asks for (its theta, scaling and context length).
+    /// llama.cpp's CPU table (`ggml_rope_cache_init`: the angle by repeated f32
+    /// multiplication, then `cosf`/`sinf`), which the CPU backend uses to match llama.cpp's
+    /// outputs bit for bit; it drifts from [`RopeTable::new`]'s exact angles by a few f32
+    /// ulp of the angle.
+    pub fn new_ggml(
+        head_dim: usize,
+        theta: f32,
+        linear_scale: f32,
+        freq_factors: Option<&[f32]>,
+        max_positions: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; max_positions * half];
+        let mut sin = vec![0f32; max_positions * half];
+        for (p, (c, s)) in cos.chunks_mut(half).zip(sin.chunks_mut(half)).enumerate() {
+            crate::ggml_arith::rope_cache(p, half, theta, 1.0 / linear_scale, freq_factors, c, s);
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
+            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+        })
+    }
+
+    /// The table a model's config asks for (its theta, scaling and context length): on the
+    /// CPU llama.cpp's ([`RopeTable::new_ggml`]), elsewhere the exact angles.
     pub fn for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
-        Self::new(
+        let make = if device.is_cpu() {
+            Self::new_ggml
+        } else {
+            Self::new
+        };
+        make(
             c.head_dim,
             c.rope_theta,
             c.rope_linear_scale,

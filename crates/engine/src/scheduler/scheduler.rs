@@ -259,6 +259,7 @@ impl Scheduler {
                 bs,
                 want,
             );
+            batch.set_prompt_len(r.prompt_len);
             rows.push(first..batch.logits_indices.len());
         }
         (batch, rows)
