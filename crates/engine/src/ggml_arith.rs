@@ -43,6 +43,132 @@ pub fn expf(x: f32) -> f32 {
     scalef(j, n)
 }
 
+/// [`expf`] on 8 values at once (vector lanes when every `n` is a normal exponent, which
+/// softmax and SiLU inputs nearly always are; else lane by lane): the same bits.
+#[inline]
+pub fn expf8(x: [f32; 8]) -> [f32; 8] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    // SAFETY: AVX2 and FMA are in the build's target.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), expf8_avx2(_mm256_loadu_ps(x.as_ptr())));
+        return out;
+    }
+    #[allow(unreachable_code)]
+    expf8_portable(x)
+}
+
+#[inline]
+fn expf8_portable(x: [f32; 8]) -> [f32; 8] {
+    let z: [f32; 8] = std::array::from_fn(|i| x[i].mul_add(c(LOG2E), c(ROUND)));
+    let n: [f32; 8] = std::array::from_fn(|i| z[i] - c(ROUND));
+    let b: [f32; 8] =
+        std::array::from_fn(|i| (-n[i]).mul_add(c(LN2_LO), (-n[i]).mul_add(c(LN2_HI), x[i])));
+    let j: [f32; 8] = std::array::from_fn(|i| {
+        let u = b[i] * b[i];
+        c(C4)
+            .mul_add(b[i], c(C3))
+            .mul_add(u, c(C2).mul_add(b[i], c(C1)))
+            .mul_add(u, c(C0).mul_add(b[i], 1.0))
+    });
+    if n.iter().all(|&n| n.abs() <= 126.0) {
+        // 2^n is a normal f32, so j * 2^n rounds once, as scalef does.
+        std::array::from_fn(|i| j[i] * f32::from_bits(((n[i] as i32 + 127) as u32) << 23))
+    } else {
+        std::array::from_fn(|i| scalef(j[i], n[i]))
+    }
+}
+
+/// [`expf8`] on an AVX2 vector (the same operations as vector instructions).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (this build's target guarantees it where compiled).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+pub unsafe fn expf8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let set = |b: u32| _mm256_set1_ps(c(b));
+    let z = _mm256_fmadd_ps(x, set(LOG2E), set(ROUND));
+    let n = _mm256_sub_ps(z, set(ROUND));
+    let b = _mm256_fnmadd_ps(n, set(LN2_LO), _mm256_fnmadd_ps(n, set(LN2_HI), x));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(set(C4), b, set(C3)),
+            u,
+            _mm256_fmadd_ps(set(C2), b, set(C1)),
+        ),
+        u,
+        _mm256_fmadd_ps(set(C0), b, _mm256_set1_ps(1.0)),
+    );
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    if _mm256_movemask_ps(_mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0), _CMP_GT_OQ)) != 0 {
+        let (mut jv, mut nv) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(jv.as_mut_ptr(), j);
+        _mm256_storeu_ps(nv.as_mut_ptr(), n);
+        let r: [f32; 8] = std::array::from_fn(|i| scalef(jv[i], nv[i]));
+        return _mm256_loadu_ps(r.as_ptr());
+    }
+    // 2^n is a normal f32 (n is integral), so j * 2^n rounds once, as scalef does.
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    _mm256_mul_ps(j, _mm256_castsi256_ps(e))
+}
+
+/// f16 values to f32 (exact).
+#[inline]
+pub fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    #[allow(unused_mut)] // advanced only by the F16C loop
+    let mut i = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
+    // SAFETY: F16C is in the build's target; loads and stores stay inside the slices.
+    unsafe {
+        use std::arch::x86_64::*;
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+    }
+    for k in i..n {
+        dst[k] = src[k].to_f32();
+    }
+}
+
+/// Rounds f32 values to f16 (to nearest even, as llama.cpp converts) in place, keeping them
+/// as f32.
+#[inline]
+pub fn round_to_f16(x: &mut [f32]) {
+    #[allow(unused_mut)] // advanced only by the F16C loop
+    let mut i = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "f16c"))]
+    // SAFETY: F16C is in the build's target; loads and stores stay inside the slice.
+    unsafe {
+        use std::arch::x86_64::*;
+        while i + 8 <= x.len() {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            i += 8;
+        }
+    }
+    for v in &mut x[i..] {
+        *v = half::f16::from_f32(*v).to_f32();
+    }
+}
+
 /// `_mm512_scalef_ps(j, n)` for the values `ggml_v_expf` gives it, with its `|n| > 192`
 /// overflow/underflow blend.
 #[inline]
@@ -55,7 +181,8 @@ fn scalef(j: f32, n: f32) -> f32 {
         return f32::NAN;
     }
     // j * 2^n is exact in f64 for |n| <= 192; the cast rounds once, as scalef does.
-    (j as f64 * (n as f64).exp2()) as f32
+    let pow2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * pow2) as f32
 }
 
 /// `ggml_v_silu`: `x / (1 + expf(0 - x))`.
@@ -174,6 +301,51 @@ mod tests {
         // Subnormal results round once.
         let tiny = expf(-100.0);
         assert!(tiny > 0.0 && tiny < f32::MIN_POSITIVE);
+    }
+
+    #[test]
+    fn expf8_is_expf_lane_for_lane() {
+        let mut x = -110.0f32;
+        while x < 90.0 {
+            let v: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.37);
+            let (got, portable) = (expf8(v), expf8_portable(v));
+            for i in 0..8 {
+                assert_eq!(got[i].to_bits(), expf(v[i]).to_bits(), "{}", v[i]);
+                assert_eq!(portable[i].to_bits(), expf(v[i]).to_bits(), "{}", v[i]);
+            }
+            x += 1.3;
+        }
+        let edge = [
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1e-30,
+            -87.5,
+            88.7,
+            f32::NAN,
+            150.0,
+        ];
+        let got = expf8(edge);
+        for i in 0..8 {
+            assert!(
+                got[i].to_bits() == expf(edge[i]).to_bits()
+                    || (got[i].is_nan() && expf(edge[i]).is_nan())
+            );
+        }
+    }
+
+    #[test]
+    fn f16_conversions_round_to_nearest_even() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 - 18.0) * 0.3711 + 1e-4).collect();
+        let mut r = x.clone();
+        round_to_f16(&mut r);
+        let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let mut back = vec![0f32; 37];
+        f16_to_f32(&h, &mut back);
+        for i in 0..37 {
+            assert_eq!(r[i].to_bits(), h[i].to_f32().to_bits());
+            assert_eq!(back[i].to_bits(), h[i].to_f32().to_bits());
+        }
     }
 
     #[test]

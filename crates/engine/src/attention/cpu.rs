@@ -5,6 +5,8 @@
 
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
+
+use crate::ggml_arith::f16_to_f32;
 use rayon::prelude::*;
 
 use super::{AttentionBackend, KvCacheLayout};
@@ -249,6 +251,10 @@ impl Keys<'_> {
 
     /// Query heads of this KV head: `q`, `out` are `[heads, head_dim]`.
     fn attend(&self, q: &[f32], out: &mut [f32]) {
+        SCRATCH.with(|s| self.attend_with(q, out, &mut s.borrow_mut()))
+    }
+
+    fn attend_with(&self, q: &[f32], out: &mut [f32], sc: &mut Scratch) {
         let PagedAttentionShape {
             num_kv_heads: nkv,
             head_dim: hd,
@@ -258,56 +264,211 @@ impl Keys<'_> {
         } = self.shape;
         let (n, kvh) = (self.n_keys, self.kvh);
         let heads = q.len() / hd;
+        let Scratch {
+            qh,
+            p,
+            kb,
+            rows,
+            tree,
+        } = sc;
         // q as llama.cpp's matmul converts it to the K cache's type.
-        let qh: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        let qh = sized(qh, q.len());
+        qh.copy_from_slice(q);
+        crate::ggml_arith::round_to_f16(qh);
         // Scores, then probabilities: [heads, n].
-        let mut p = vec![0f32; heads * n];
-        let mut kb = vec![0f32; hd * bs];
+        let p = sized(p, heads * n);
+        let kb = sized(kb, hd * bs);
         for (start, block, len) in self.segments() {
-            let kt = &self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs];
-            for (dst, src) in kb.iter_mut().zip(kt) {
-                *dst = src.to_f32();
-            }
+            f16_to_f32(&self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs], kb);
             for h in 0..heads {
                 let out = &mut p[h * n + start..][..len];
-                key_scores(&qh[h * hd..][..hd], &kb, bs, len, out, self.prompt_order);
+                key_scores(&qh[h * hd..][..hd], kb, bs, len, out, self.prompt_order);
             }
         }
         for h in 0..heads {
             softmax_to_f16(&mut p[h * n..][..n], scale);
         }
-        // acc[h][lane][d]: lane = position % 64 (16 in prompt order), each lane adding its
-        // products in order.
-        let lanes = if self.prompt_order { 16 } else { 64 };
-        let mut acc = vec![0f32; heads * 64 * hd];
-        let mut vb = vec![0f32; hd];
-        for (start, block, len) in self.segments() {
-            for i in 0..len {
-                let off = ((block * bs + i) * nkv + kvh) * hd;
-                for (dst, src) in vb.iter_mut().zip(&self.v_cache[off..off + hd]) {
-                    *dst = src.to_f32();
-                }
-                let pos = start + i;
-                for h in 0..heads {
-                    let pv = p[h * n + pos];
-                    let a = &mut acc[(h * 64 + pos % lanes) * hd..][..hd];
-                    for (a, &v) in a.iter_mut().zip(&vb) {
-                        *a += v * pv;
+        // Each position's V row in the cache.
+        rows.clear();
+        for (_, block, len) in self.segments() {
+            rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
+        }
+        let tree = sized(tree, 16 * hd);
+        for h in 0..heads {
+            let out = &mut out[h * hd..][..hd];
+            values_dot(
+                &p[h * n..][..n],
+                rows,
+                self.v_cache,
+                self.prompt_order,
+                tree,
+                out,
+            );
+        }
+    }
+}
+
+/// One head's output: for each dim `d`, the f16 dot product of the probabilities `p` with
+/// V's column `d` over the positions (V row of position `i` at `v[rows[i]..]`) in
+/// `ggml_vec_dot_f16`'s order (lane = position % 64, `(a0 + a2) + (a1 + a3)`, then
+/// [`crate::ggml_arith::reduce16`]) or, in prompt order, tinyBLAS's (lane = position % 16,
+/// then the tree). `tree` is `[16, head_dim]` scratch.
+fn values_dot(
+    p: &[f32],
+    rows: &[usize],
+    v: &[f16],
+    prompt: bool,
+    tree: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = out.len();
+    assert!(rows.len() == p.len() && rows.iter().all(|&r| r + hd <= v.len()));
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
+    if hd % 8 == 0 {
+        for d0 in (0..hd).step_by(64) {
+            // SAFETY: AVX2 and F16C are in the build's target; every V row read is inside
+            // `v` (asserted above) and every store inside `tree`.
+            unsafe {
+                match (hd - d0).min(64) / 8 {
+                    8 => values_lanes_avx2::<8>(p, rows, v, d0, prompt, tree, hd),
+                    4 => values_lanes_avx2::<4>(p, rows, v, d0, prompt, tree, hd),
+                    w => {
+                        for k in 0..w {
+                            values_lanes_avx2::<1>(p, rows, v, d0 + 8 * k, prompt, tree, hd)
+                        }
                     }
                 }
             }
         }
-        for h in 0..heads {
-            let (acc, out) = (&acc[h * 64 * hd..][..64 * hd], &mut out[h * hd..][..hd]);
-            if self.prompt_order {
-                for (d, o) in out.iter_mut().enumerate() {
-                    *o = crate::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l * hd + d]));
-                }
-            } else {
-                lanes_to_sums(acc, out);
+        tree_reduce(tree, out);
+        return;
+    }
+    let _ = tree;
+    let lanes = if prompt { 16 } else { 64 };
+    for (d, o) in out.iter_mut().enumerate() {
+        let mut acc = [0f32; 64];
+        for (i, (&pv, &r)) in p.iter().zip(rows).enumerate() {
+            acc[i % lanes] += v[r + d].to_f32() * pv;
+        }
+        *o = if prompt {
+            crate::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l]))
+        } else {
+            crate::ggml_arith::dot_f16_finish(&acc, std::iter::empty())
+        };
+    }
+}
+
+/// The 16 values per dim that [`crate::ggml_arith::reduce16`]'s tree takes, for dims
+/// `d0..d0 + 8 W`, into `tree[l][d]`: each lane's chain of positions held in W registers
+/// (from its first product: llama.cpp's chains start from +0, which differs only in the sign
+/// of an all-zero sum; a lane no position reaches is +0).
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "f16c"
+))]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn values_lanes_avx2<const W: usize>(
+    p: &[f32],
+    rows: &[usize],
+    v: &[f16],
+    d0: usize,
+    prompt: bool,
+    tree: &mut [f32],
+    hd: usize,
+) {
+    use std::arch::x86_64::*;
+    let n = p.len();
+    let step = if prompt { 16 } else { 64 };
+    let vp = v.as_ptr().add(d0);
+    let chain = |lane: usize| -> [__m256; W] {
+        let mut acc = [_mm256_setzero_ps(); W];
+        let mut i = lane;
+        let mut first = true;
+        while i < n {
+            let pv = _mm256_set1_ps(*p.get_unchecked(i));
+            let row = vp.add(*rows.get_unchecked(i));
+            for (w, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * w) as *const __m128i));
+                let t = _mm256_mul_ps(x, pv);
+                *a = if first { t } else { _mm256_add_ps(*a, t) };
+            }
+            first = false;
+            i += step;
+        }
+        acc
+    };
+    let tp = tree.as_mut_ptr().add(d0);
+    for l in 0..16 {
+        let dst = tp.add(l * hd);
+        if prompt {
+            for (w, a) in chain(l).iter().enumerate() {
+                _mm256_storeu_ps(dst.add(8 * w), *a);
+            }
+        } else {
+            let (a0, a2) = (chain(l), chain(32 + l));
+            for w in 0..W {
+                _mm256_storeu_ps(dst.add(8 * w), _mm256_add_ps(a0[w], a2[w]));
+            }
+            let (a1, a3) = (chain(16 + l), chain(48 + l));
+            for w in 0..W {
+                let x = _mm256_loadu_ps(dst.add(8 * w));
+                _mm256_storeu_ps(
+                    dst.add(8 * w),
+                    _mm256_add_ps(x, _mm256_add_ps(a1[w], a3[w])),
+                );
             }
         }
     }
+}
+
+/// [`crate::ggml_arith::reduce16`] of `tree: [16, head_dim]` for every dim at once (vector
+/// lanes over `d`): halves, then quarters, then pairs.
+#[allow(dead_code)] // the portable build reduces per dim
+fn tree_reduce(tree: &mut [f32], out: &mut [f32]) {
+    let hd = out.len();
+    for width in [8, 4] {
+        for i in 0..width {
+            let (lo, hi) = tree.split_at_mut((i + width) * hd);
+            let (dst, src) = (&mut lo[i * hd..][..hd], &hi[..hd]);
+            for d in 0..hd {
+                dst[d] = src[d] + dst[d];
+            }
+        }
+    }
+    let t = |i: usize| &tree[i * hd..][..hd];
+    let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
+    for d in 0..hd {
+        out[d] = (t0[d] + t2[d]) + (t1[d] + t3[d]);
+    }
+}
+
+/// Per-thread buffers of [`Keys::attend`] (one task per (token, KV head) would otherwise
+/// allocate them each time).
+#[derive(Default)]
+struct Scratch {
+    qh: Vec<f32>,
+    p: Vec<f32>,
+    kb: Vec<f32>,
+    rows: Vec<usize>,
+    tree: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The first `n` elements of `v`, grown as needed (contents unspecified).
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 /// `out[j] = dot_f16(q, key j)` (or `dot_f16_tiled` in prompt order) for the `len` keys of
@@ -322,8 +483,11 @@ fn key_scores(q: &[f32], kb: &[f32], bs: usize, len: usize, out: &mut [f32], pro
             } else {
                 dot8::<false>(q, kb, bs, j)
             };
-            let m = 8.min(len - j);
-            out[j..j + m].copy_from_slice(&lanes[..m]);
+            if j + 8 <= len {
+                out[j..j + 8].copy_from_slice(&lanes);
+            } else {
+                out[j..len].copy_from_slice(&lanes[..len - j]);
+            }
         }
     } else {
         let mut k = vec![0f32; hd];
@@ -351,6 +515,82 @@ fn add(a: Lanes, b: Lanes) -> Lanes {
 /// of `kb` (each vector lane one key), for a head dimension of whole 64-wide (16) steps.
 #[inline(always)]
 fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        let width = if PROMPT { 16 } else { 64 };
+        assert!(q.len() % width == 0 && j + 8 <= bs && kb.len() >= q.len() * bs);
+        // SAFETY: AVX2 is in the build's target; every load is inside `kb` / `q` (asserted).
+        // The usual head dims get their chain lengths as constants (fully unrolled).
+        return unsafe {
+            match q.len() / width {
+                1 => dot8_avx2::<PROMPT, 1>(q, kb, bs, j),
+                2 => dot8_avx2::<PROMPT, 2>(q, kb, bs, j),
+                4 => dot8_avx2::<PROMPT, 4>(q, kb, bs, j),
+                8 => dot8_avx2::<PROMPT, 8>(q, kb, bs, j),
+                _ => dot8_avx2::<PROMPT, 0>(q, kb, bs, j),
+            }
+        };
+    }
+    #[allow(unreachable_code)]
+    dot8_portable::<PROMPT>(q, kb, bs, j)
+}
+
+/// [`dot8`] in AVX2 vectors (one key per lane; the same adds in the same order).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
+    q: &[f32],
+    kb: &[f32],
+    bs: usize,
+    j: usize,
+) -> Lanes {
+    use std::arch::x86_64::*;
+    let width = if PROMPT { 16 } else { 64 };
+    // STEPS = 0: not a constant.
+    let steps = if STEPS > 0 { STEPS } else { q.len() / width };
+    let (qp, kp) = (q.as_ptr(), kb.as_ptr().add(j));
+    // A lane's chain from its first product (llama.cpp's starts from +0: that differs only
+    // in the sign of an all-zero sum, which no score can tell).
+    #[inline(always)]
+    unsafe fn lane(
+        qp: *const f32,
+        kp: *const f32,
+        bs: usize,
+        l: usize,
+        width: usize,
+        steps: usize,
+    ) -> __m256 {
+        let prod =
+            |d: usize| _mm256_mul_ps(_mm256_set1_ps(*qp.add(d)), _mm256_loadu_ps(kp.add(d * bs)));
+        let mut s = prod(l);
+        for c in 1..steps {
+            s = _mm256_add_ps(s, prod(width * c + l));
+        }
+        s
+    }
+    let mut sv = [_mm256_setzero_ps(); 16];
+    for (l, sl) in sv.iter_mut().enumerate() {
+        let lane = |x: usize| lane(qp, kp, bs, x, width, steps);
+        *sl = if PROMPT {
+            lane(l)
+        } else {
+            _mm256_add_ps(
+                _mm256_add_ps(lane(l), lane(32 + l)),
+                _mm256_add_ps(lane(16 + l), lane(48 + l)),
+            )
+        };
+    }
+    let t3: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(sv[i + 8], sv[i]));
+    let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
+    let r = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), r);
+    out
+}
+
+#[inline(always)]
+#[allow(dead_code)] // the portable build's path; tested against the AVX2 one
+fn dot8_portable<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
     let width = if PROMPT { 16 } else { 64 };
     let steps = q.len() / width;
     // Lane l of llama.cpp's accumulators: the products of dims l, l + width, ... in order.
@@ -381,7 +621,7 @@ fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes
 /// `ggml_soft_max` over one row of unscaled scores (scaled here), then the f16 rounding of
 /// the probabilities that llama.cpp's next matmul applies.
 fn softmax_to_f16(w: &mut [f32], scale: f32) {
-    use crate::ggml_arith::{expf, reduce16};
+    use crate::ggml_arith::{expf, expf8, reduce16};
     let mut max = f32::NEG_INFINITY;
     for x in w.iter_mut() {
         *x *= scale;
@@ -390,34 +630,25 @@ fn softmax_to_f16(w: &mut [f32], scale: f32) {
     let mut sum = 0f64;
     for chunk in w.chunks_mut(16) {
         let mut e = [0f32; 16];
-        for (x, e) in chunk.iter_mut().zip(e.iter_mut()) {
-            *x = expf(*x - max);
-            *e = *x;
+        if chunk.len() == 16 {
+            for half in 0..2 {
+                let x: [f32; 8] = std::array::from_fn(|i| chunk[8 * half + i] - max);
+                e[8 * half..8 * half + 8].copy_from_slice(&expf8(x));
+            }
+            chunk.copy_from_slice(&e);
+        } else {
+            for (x, e) in chunk.iter_mut().zip(e.iter_mut()) {
+                *x = expf(*x - max);
+                *e = *x;
+            }
         }
         sum += reduce16(&e) as f64;
     }
     let inv = (1.0 / sum) as f32;
     for x in w.iter_mut() {
-        *x = f16::from_f32(*x * inv).to_f32();
+        *x *= inv;
     }
-}
-
-/// Finishes 64 lane sums per dim (`acc: [64, head_dim]`) with `ggml_vec_dot_f16`'s
-/// reduction ([`crate::ggml_arith::dot_f16_finish`]), all dims at once.
-fn lanes_to_sums(acc: &[f32], out: &mut [f32]) {
-    let hd = out.len();
-    let row = |l: usize| &acc[l * hd..][..hd];
-    let mut s = vec![0f32; 16 * hd];
-    for l in 0..16 {
-        let (a0, a1, a2, a3) = (row(l), row(16 + l), row(32 + l), row(48 + l));
-        for d in 0..hd {
-            s[l * hd + d] = (a0[d] + a2[d]) + (a1[d] + a3[d]);
-        }
-    }
-    for d in 0..hd {
-        let v: [f32; 16] = std::array::from_fn(|l| s[l * hd + d]);
-        out[d] = crate::ggml_arith::reduce16(&v);
-    }
+    crate::ggml_arith::round_to_f16(w);
 }
 
 /// Paged KV cache in host memory, f16 as llama.cpp keeps it: K transposed within each
@@ -695,6 +926,7 @@ mod tests {
             (8, 2, 128, 8),
             (6, 6, 16, 4),
             (12, 2, 80, 32),
+            (4, 2, 12, 4), // no whole SIMD steps: the scalar paths
         ] {
             let num_blocks = 24;
             let mut seed = 11;

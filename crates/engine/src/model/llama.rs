@@ -241,8 +241,16 @@ fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
             out.par_chunks_mut(8192)
                 .zip(gd.par_chunks(8192).zip(ud.par_chunks(8192)))
                 .for_each(|(o, (g, u))| {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = crate::ggml_arith::silu(g) * u;
+                    let whole = o.len() / 8 * 8;
+                    for i in (0..whole).step_by(8) {
+                        let x: [f32; 8] = std::array::from_fn(|k| 0.0 - g[i + k]);
+                        let e = crate::ggml_arith::expf8(x);
+                        for k in 0..8 {
+                            o[i + k] = g[i + k] / (1.0 + e[k]) * u[i + k];
+                        }
+                    }
+                    for i in whole..o.len() {
+                        o[i] = crate::ggml_arith::silu(g[i]) * u[i];
                     }
                 });
             out
