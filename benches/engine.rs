@@ -173,6 +173,7 @@ fn scheduler_step(c: &mut Criterion) {
             max_num_seqs: 256,
             max_num_batched_tokens: 8192,
             max_model_len: max_len,
+            max_batch_prefill_tokens: None,
         },
         KvCacheManager::new(256 * max_len / bs, bs, true),
         vec![2],

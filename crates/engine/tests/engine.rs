@@ -115,6 +115,18 @@ fn batch_invariance_alone_together_preempted_and_prefix_cached() {
     assert_eq!(engine.stats.get(&engine.stats.prefix_cache_hits), 0);
     drop(engine);
 
+    // All at once with prompts fed 24 tokens a step (the CPU server's prefill cap, smaller).
+    let engine = start(EngineConfig {
+        max_batch_prefill_tokens: Some(24),
+        ..small_cfg()
+    });
+    assert_eq!(
+        run_all_at_once(&engine, &prompts),
+        alone,
+        "a prefill cap differs"
+    );
+    drop(engine);
+
     // All at once in a pool so small that requests must be preempted and recomputed.
     let engine = start(EngineConfig {
         max_model_len: Some(128),

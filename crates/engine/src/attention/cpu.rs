@@ -1,19 +1,19 @@
-//! CPU paged attention in plain Rust: parallel over (token, head), f32 accumulation,
-//! online softmax one KV block at a time. Each (token, head) is computed by one thread in
-//! a fixed key order, so a row's result never depends on the batch, the chunking of its
-//! prompt or the thread count.
+//! CPU paged attention in plain Rust, parallel over (token, KV head): the backend's kernel
+//! ([`paged_attention_cpu_f16`], llama.cpp's arithmetic over an f16 cache) and the f32
+//! reference ([`paged_attention_cpu`], which the CUDA kernels' tests use). Each (token, head)
+//! is computed by one thread in a fixed order, so a row's result never depends on the batch,
+//! the chunking of its prompt or the thread count.
 
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
-
-use crate::ggml_arith::f16_to_f32;
 use rayon::prelude::*;
 
 use super::{AttentionBackend, KvCacheLayout};
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
+use crate::ggml_arith::f16_to_f32;
 
-/// Keys whose dot products run side by side in the CPU kernel.
+/// Keys whose dot products run side by side in the reference.
 const KEYS_AT_ONCE: usize = 8;
 
 /// Heads and sizes of one paged attention call.
@@ -36,8 +36,9 @@ fn row_positions(query_start_loc: &[usize], context_lens: &[usize]) -> Vec<(usiz
     rows
 }
 
-/// The reference paged attention: `q`, `out` are `[num_tokens, num_heads, head_dim]`,
-/// the caches `[num_blocks, block_size, num_kv_heads, head_dim]`.
+/// The f32 reference paged attention (online softmax one block at a time): `q`, `out` are
+/// `[num_tokens, num_heads, head_dim]`, the caches `[num_blocks, block_size, num_kv_heads,
+/// head_dim]`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 pub fn paged_attention_cpu(
     shape: PagedAttentionShape,

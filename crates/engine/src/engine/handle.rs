@@ -21,6 +21,9 @@ use crate::tokenizer::Tokenizer;
 pub struct EngineConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
+    /// Prompt tokens per step across requests (TGI's `--max-batch-prefill-tokens`; decode
+    /// tokens do not count); `None`: only `max_num_batched_tokens` bounds them.
+    pub max_batch_prefill_tokens: Option<usize>,
     /// Defaults to the model's context length.
     pub max_model_len: Option<usize>,
     pub block_size: usize,
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
         Self {
             max_num_seqs: 256,
             max_num_batched_tokens: 2048,
+            max_batch_prefill_tokens: None,
             max_model_len: None,
             block_size: 16,
             enable_prefix_caching: true,
@@ -150,6 +154,7 @@ impl EngineHandle {
             max_num_seqs: cfg.max_num_seqs,
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_model_len,
+            max_batch_prefill_tokens: cfg.max_batch_prefill_tokens,
         };
         let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?;
         let stats = Arc::new(EngineStats::default());

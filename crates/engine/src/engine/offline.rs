@@ -188,6 +188,7 @@ mod tests {
             max_num_seqs: seqs,
             max_num_batched_tokens: tokens,
             max_model_len: 512,
+            max_batch_prefill_tokens: None,
         };
         // Together, with chunked prefill (budget 40 < 6 x 23 prompt tokens).
         let (rep, together) = generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9).unwrap();
@@ -244,6 +245,7 @@ mod tests {
             max_num_seqs: 4,
             max_num_batched_tokens: 64,
             max_model_len: 128,
+            max_batch_prefill_tokens: None,
         };
         let (_, x) = generate_offline(&a, c.clone(), 8, 16, &p, 5).unwrap();
         let (_, y) = generate_offline(&b, c, 8, 16, &p, 5).unwrap();

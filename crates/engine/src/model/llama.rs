@@ -723,14 +723,21 @@ impl LlamaModel {
                 }
             };
             prof.mark("rope")?;
+            dump(|| format!("attn_norm-{li}"), &h)?;
+            dump(|| format!("Qcur-{li}"), &q)?;
+            dump(|| format!("Kcur-{li}"), &k)?;
+            dump(|| format!("Vcur-{li}"), &v)?;
             attn.write_kv(li, &k, &v, batch)?;
             prof.mark("kv write")?;
             let o = attn.attend(li, &q, batch)?;
             prof.mark("attention")?;
+            dump(|| format!("kqv_out-{li}"), &o)?;
             let o = layer.wo.forward(&o)?;
             prof.mark("o matmul")?;
             let (x1, h1) = add_rms_norm(&o, &x, &layer.ffn_norm, eps)?;
             prof.mark("add+norm")?;
+            dump(|| format!("ffn_inp-{li}"), &x1)?;
+            dump(|| format!("ffn_norm-{li}"), &h1)?;
             let gu = match &layer.gate_up {
                 GateUpProj::Split(wg, wu) => {
                     let [g, u] = forward_many([wg, wu], &h1)?;
@@ -744,7 +751,9 @@ impl LlamaModel {
                 (gu, None) => silu_mul_packed(&gu)?,
             };
             prof.mark("silu*mul")?;
+            dump(|| format!("ffn_swiglu-{li}"), &act)?;
             let d = layer.w_down.forward(&act)?;
+            dump(|| format!("ffn_out-{li}"), &d)?;
             prof.mark("down matmul")?;
             match self.layers.get(li + 1) {
                 Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
@@ -757,10 +766,26 @@ impl LlamaModel {
         }
         let x =
             rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?.to_dtype(self.dtype)?;
+        dump(|| "result_norm".into(), &x)?;
         let logits = self.output.forward(&x)?.to_dtype(DType::F32)?;
+        dump(|| "result_output".into(), &logits)?;
         prof.mark("lm head")?;
         Ok(logits)
     }
+}
+
+/// Writes `t` as raw little-endian f32 to `$FERROLM_DUMP_DIR/NAME.f32` when that variable is
+/// set (each forward pass overwrites the last): the layer outputs under llama.cpp's tensor
+/// names, for `scripts/llamacpp-dump/cmp.py`. Off, it costs one cached check.
+fn dump(name: impl FnOnce() -> String, t: &Tensor) -> Result<()> {
+    static DIR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var("FERROLM_DUMP_DIR").ok()) else {
+        return Ok(());
+    };
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let path = format!("{dir}/{}.f32", name());
+    std::fs::write(&path, bytes).map_err(|e| EngineError::Config(format!("{path}: {e}")))
 }
 
 /// Whether a GGUF tensor type can be held quantized by this model code.

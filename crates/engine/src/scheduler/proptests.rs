@@ -37,6 +37,20 @@ fn step(s: &mut Scheduler, cfg: &SchedulerConfig) -> Result<(), TestCaseError> {
         "token budget exceeded"
     );
     prop_assert!(s.num_running() <= cfg.max_num_seqs, "max_num_seqs exceeded");
+    if let Some(cap) = cfg.max_batch_prefill_tokens {
+        let prefill: usize = out
+            .scheduled
+            .iter()
+            .filter(|r| r.num_new_tokens > 1)
+            .map(|r| r.num_new_tokens)
+            .sum();
+        prop_assert!(
+            prefill <= cap,
+            "prefill budget exceeded: {} > {}",
+            prefill,
+            cap
+        );
+    }
     let mut ids: Vec<u64> = out.scheduled.iter().map(|r| r.id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -80,10 +94,16 @@ proptest! {
         block_size in prop_oneof![Just(2usize), Just(4), Just(16)],
         max_num_seqs in 1usize..8,
         max_num_batched_tokens in 8usize..96,
+        max_batch_prefill_tokens in proptest::option::of(1usize..64),
         caching in any::<bool>(),
     ) {
         let max_model_len = (num_blocks * block_size).min(96);
-        let cfg = SchedulerConfig { max_num_seqs, max_num_batched_tokens, max_model_len };
+        let cfg = SchedulerConfig {
+            max_num_seqs,
+            max_num_batched_tokens,
+            max_model_len,
+            max_batch_prefill_tokens,
+        };
         let kv = KvCacheManager::new(num_blocks, block_size, caching);
         let mut s = Scheduler::new(cfg.clone(), kv, vec![2]).unwrap();
         let mut next_id = 0u64;
@@ -134,6 +154,7 @@ fn preemption_keeps_generated_tokens_and_recomputes() {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
         max_model_len: 16,
+        max_batch_prefill_tokens: None,
     };
     let kv = KvCacheManager::new(4, 4, false);
     let mut s = Scheduler::new(cfg.clone(), kv, vec![2]).unwrap();
@@ -178,6 +199,7 @@ fn a_prompt_that_cannot_fit_is_refused_and_a_small_pool_is_refused() {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
         max_model_len: 16,
+        max_batch_prefill_tokens: None,
     };
     assert!(Scheduler::new(cfg.clone(), KvCacheManager::new(3, 4, false), vec![]).is_err());
     let mut s = Scheduler::new(cfg, KvCacheManager::new(4, 4, false), vec![]).unwrap();
@@ -195,6 +217,7 @@ fn parallel_samples_share_prompt_blocks_and_free_them() {
         max_num_seqs: 8,
         max_num_batched_tokens: 256,
         max_model_len: 64,
+        max_batch_prefill_tokens: None,
     };
     let mut s = Scheduler::new(cfg, KvCacheManager::new(32, 4, true), vec![2]).unwrap();
     let prompt: Vec<u32> = (100..118).collect(); // 18 tokens: 4 full blocks + 2

@@ -10,8 +10,12 @@ use crate::kv_cache::KvCacheManager;
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
+    /// Tokens per step, decode and prompt tokens together (vLLM's meaning).
     pub max_num_batched_tokens: usize,
     pub max_model_len: usize,
+    /// Prompt tokens per step, across requests (TGI's `--max-batch-prefill-tokens`); decode
+    /// tokens do not count. `None`: only `max_num_batched_tokens` bounds them.
+    pub max_batch_prefill_tokens: Option<usize>,
 }
 
 /// One request's share of a step.
@@ -149,13 +153,19 @@ impl Scheduler {
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
+        // A chunk of more than one token is prompt (or recompute) work; one token is a decode.
+        let mut prefill_budget = self.config.max_batch_prefill_tokens.unwrap_or(usize::MAX);
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let (id, start, remaining) = {
                 let r = &self.running[i];
                 (r.id, r.num_computed, r.tokens.len() - r.num_computed)
             };
-            let n = remaining.min(budget);
+            let n = if remaining > 1 {
+                remaining.min(budget).min(prefill_budget)
+            } else {
+                remaining.min(budget)
+            };
             if n == 0 {
                 i += 1;
                 continue;
@@ -188,11 +198,15 @@ impl Scheduler {
                 samples: start + n == self.running[i].tokens.len(),
             });
             budget -= n;
+            if remaining > 1 {
+                prefill_budget -= n;
+            }
             i += 1;
         }
         // No admissions in a step that had to preempt: the pool is under pressure.
         if out.preempted.is_empty() {
-            while budget > 0 && self.running.len() < self.config.max_num_seqs {
+            while budget > 0 && prefill_budget > 0 && self.running.len() < self.config.max_num_seqs
+            {
                 let Some(req) = self.waiting.front_mut() else {
                     break;
                 };
@@ -204,7 +218,9 @@ impl Scheduler {
                 } else {
                     (Vec::new(), req.num_computed)
                 };
-                let n = (req.tokens.len() - n_cached).min(budget);
+                let n = (req.tokens.len() - n_cached)
+                    .min(budget)
+                    .min(prefill_budget);
                 if self
                     .kv
                     .allocate_slots(req.id, n_cached + n, &cached, &req.tokens)
@@ -225,6 +241,7 @@ impl Scheduler {
                     samples: n_cached + n == req.tokens.len(),
                 });
                 budget -= n;
+                prefill_budget = prefill_budget.saturating_sub(n);
                 self.running.push(req);
             }
         }

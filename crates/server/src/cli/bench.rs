@@ -111,6 +111,9 @@ pub struct BenchReport {
     pub mean_e2el_ms: f64,
     pub median_e2el_ms: f64,
     pub p99_e2el_ms: f64,
+    /// Each completed request's time to first token, seconds, in the order the requests were
+    /// sent (as vLLM's result file lists them).
+    pub ttfts: Vec<f64>,
 }
 
 /// A Gamma(shape, 1) draw (Marsaglia and Tsang), from the deterministic uniform stream.
@@ -383,6 +386,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             mean_e2el_ms: e2e.0,
             median_e2el_ms: e2e.1,
             p99_e2el_ms: e2e.2,
+            ttfts: ok.iter().map(|r| r.ttft_s).collect(),
         })
     })?;
     print_report(&report);

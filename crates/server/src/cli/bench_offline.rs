@@ -178,6 +178,7 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
             max_num_seqs,
             max_num_batched_tokens,
             max_model_len,
+            max_batch_prefill_tokens: None,
         },
         num_blocks,
         device: if gpu { "cuda".into() } else { "cpu".into() },
