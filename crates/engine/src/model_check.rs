@@ -62,7 +62,12 @@ fn run_plan_with(
         tables.push((next..next + nb).collect::<Vec<u32>>());
         next += nb;
     }
-    let mut runner = ModelRunner::new(model, next as usize, bs)?;
+    // On the CPU these runs are the GPU's reference: f32 attention, not llama.cpp's f16.
+    let mut runner = if model.device().is_cpu() {
+        ModelRunner::new_cpu_reference(model, next as usize, bs)
+    } else {
+        ModelRunner::new(model, next as usize, bs)?
+    };
     if graphs {
         let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
         runner

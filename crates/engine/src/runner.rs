@@ -4,7 +4,7 @@
 use candle_core::DType;
 use candle_core::{Device, Tensor, D};
 
-use crate::attention::{AttentionBackend, CpuPagedAttention, KvCacheLayout};
+use crate::attention::{AttentionBackend, CpuPagedAttention, CpuReferenceAttention, KvCacheLayout};
 use crate::batch::{FlatBatch, LogitsWanted};
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
@@ -36,6 +36,20 @@ impl<'m> ModelRunner<'m> {
         Self {
             model,
             attn: Box::new(CpuPagedAttention::new(
+                KvCacheLayout::for_model(&model.config, num_blocks, block_size),
+                model.config.num_heads,
+            )),
+            #[cfg(feature = "cuda")]
+            graphs: None,
+        }
+    }
+
+    /// A CPU runner with the f32 reference attention ([`CpuReferenceAttention`]): the
+    /// reference the GPU checks compare against.
+    pub fn new_cpu_reference(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
+        Self {
+            model,
+            attn: Box::new(CpuReferenceAttention::new(
                 KvCacheLayout::for_model(&model.config, num_blocks, block_size),
                 model.config.num_heads,
             )),

@@ -677,6 +677,87 @@ impl CpuPagedAttention {
     }
 }
 
+/// An f32 paged KV cache with the f32 reference kernel ([`paged_attention_cpu`]): the CPU
+/// reference the GPU checks compare against (llama.cpp's f16 arithmetic would put a
+/// deliberate ~1e-3 between them).
+pub struct CpuReferenceAttention {
+    layout: KvCacheLayout,
+    num_heads: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl CpuReferenceAttention {
+    pub fn new(layout: KvCacheLayout, num_heads: usize) -> Self {
+        let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
+        let zeros = || {
+            (0..layout.num_layers)
+                .map(|_| vec![0f32; per_layer])
+                .collect()
+        };
+        Self {
+            layout,
+            num_heads,
+            k: zeros(),
+            v: zeros(),
+        }
+    }
+}
+
+impl AttentionBackend for CpuReferenceAttention {
+    fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()> {
+        let width = self.layout.num_kv_heads * self.layout.head_dim;
+        let n_slots = self.layout.num_slots();
+        if let Some(&slot) = batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
+            return Err(EngineError::Config(format!(
+                "slot {slot} is outside the KV cache ({n_slots} slots)"
+            )));
+        }
+        for (cache, t) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
+            with_f32(t, |data| {
+                for (row, &slot) in batch.slot_mapping.iter().enumerate() {
+                    let s = slot as usize * width;
+                    cache[s..s + width].copy_from_slice(&data[row * width..(row + 1) * width]);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
+        let l = self.layout;
+        let shape = PagedAttentionShape {
+            num_heads: self.num_heads,
+            num_kv_heads: l.num_kv_heads,
+            head_dim: l.head_dim,
+            block_size: l.block_size,
+            scale: 1.0 / (l.head_dim as f32).sqrt(),
+        };
+        let n = batch.num_tokens();
+        let mut out = vec![0f32; n * self.num_heads * l.head_dim];
+        with_f32(q, |qd| {
+            paged_attention_cpu(
+                shape,
+                qd,
+                &self.k[layer],
+                &self.v[layer],
+                &batch.query_start_loc,
+                &batch.context_lens,
+                &batch.block_tables,
+                &mut out,
+            )
+        })?;
+        Ok(
+            Tensor::from_vec(out, (n, self.num_heads * l.head_dim), &Device::Cpu)?
+                .to_dtype(q.dtype())?,
+        )
+    }
+
+    fn layout(&self) -> KvCacheLayout {
+        self.layout
+    }
+}
+
 /// Runs `f` on a CPU f32 tensor's contiguous data.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = if t.dtype() == DType::F32 {
@@ -1002,6 +1083,46 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn reference_backend_equals_dense_attention() {
+        let (nh, nkv, hd, bs) = (6, 2, 8, 4);
+        let n = 11;
+        let mut seed = 3;
+        let q = crate::attention::lcg_uniform(n * nh * hd, &mut seed);
+        let k = crate::attention::lcg_uniform(n * nkv * hd, &mut seed);
+        let v = crate::attention::lcg_uniform(n * nkv * hd, &mut seed);
+        let want = dense(&q, &k, &v, n, nh, nkv, hd);
+        let layout = KvCacheLayout {
+            num_layers: 1,
+            num_blocks: 4,
+            block_size: bs,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let mut attn = CpuReferenceAttention::new(layout, nh);
+        let mut b = FlatBatch::default();
+        b.push_seq(
+            &vec![0; n],
+            0,
+            &[3, 0, 2],
+            bs,
+            crate::batch::LogitsWanted::Last,
+        );
+        let t = |x: &[f32], w: usize| Tensor::from_slice(x, (n, w), &Device::Cpu).unwrap();
+        attn.write_kv(0, &t(&k, nkv * hd), &t(&v, nkv * hd), &b)
+            .unwrap();
+        let got: Vec<f32> = attn
+            .attend(0, &t(&q, nh * hd), &b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
 

@@ -12,7 +12,8 @@ pub mod split;
 
 pub(crate) use cpu::with_f32;
 pub use cpu::{
-    paged_attention_cpu, paged_attention_cpu_f16, CpuPagedAttention, PagedAttentionShape,
+    paged_attention_cpu, paged_attention_cpu_f16, CpuPagedAttention, CpuReferenceAttention,
+    PagedAttentionShape,
 };
 
 use candle_core::Tensor;

@@ -544,7 +544,16 @@ impl LlamaModel {
             weight_bytes += c.vocab_size * h * dtype.size_in_bytes();
             rand((c.vocab_size, h), 1.0)?
         };
-        let rope = RopeTable::for_config(c, device)?;
+        // Exact angles on every device: dummy models are the GPU checks' references, and
+        // llama.cpp's CPU table is for matching llama.cpp on real (GGUF) models.
+        let rope = RopeTable::new(
+            c.head_dim,
+            c.rope_theta,
+            c.rope_linear_scale,
+            c.rope_freq_factors.as_deref(),
+            c.max_position_embeddings,
+            device,
+        )?;
         Ok(Self {
             device: device.clone(),
             dtype,
