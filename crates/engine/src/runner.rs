@@ -33,26 +33,23 @@ pub fn enforce_eager() -> bool {
 impl<'m> ModelRunner<'m> {
     /// A runner with a CPU KV cache of `num_blocks` blocks of `block_size` tokens.
     pub fn new_cpu(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
-        Self {
-            model,
-            attn: Box::new(CpuPagedAttention::new(
-                KvCacheLayout::for_model(&model.config, num_blocks, block_size),
-                model.config.num_heads,
-            )),
-            #[cfg(feature = "cuda")]
-            graphs: None,
-        }
+        let layout = KvCacheLayout::for_model(&model.config, num_blocks, block_size);
+        let attn = CpuPagedAttention::new(layout, model.config.num_heads);
+        Self::with_backend(model, Box::new(attn))
     }
 
     /// A CPU runner with the f32 reference attention ([`CpuReferenceAttention`]): the
     /// reference the GPU checks compare against.
     pub fn new_cpu_reference(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
+        let layout = KvCacheLayout::for_model(&model.config, num_blocks, block_size);
+        let attn = CpuReferenceAttention::new(layout, model.config.num_heads);
+        Self::with_backend(model, Box::new(attn))
+    }
+
+    fn with_backend(model: &'m LlamaModel, attn: Box<dyn AttentionBackend + 'm>) -> Self {
         Self {
             model,
-            attn: Box::new(CpuReferenceAttention::new(
-                KvCacheLayout::for_model(&model.config, num_blocks, block_size),
-                model.config.num_heads,
-            )),
+            attn,
             #[cfg(feature = "cuda")]
             graphs: None,
         }

@@ -329,7 +329,7 @@ fn values_dot(
         target_feature = "avx2",
         target_feature = "f16c"
     ))]
-    if hd % 8 == 0 {
+    if hd.is_multiple_of(8) {
         for d0 in (0..hd).step_by(64) {
             // SAFETY: AVX2 and F16C are in the build's target; every V row read is inside
             // `v` (asserted above) and every store inside `tree`.
@@ -438,7 +438,7 @@ fn tree_reduce(tree: &mut [f32], out: &mut [f32]) {
             let (lo, hi) = tree.split_at_mut((i + width) * hd);
             let (dst, src) = (&mut lo[i * hd..][..hd], &hi[..hd]);
             for d in 0..hd {
-                dst[d] = src[d] + dst[d];
+                dst[d] += src[d];
             }
         }
     }
@@ -477,7 +477,7 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// lanes when the head dimension is whole SIMD steps.
 fn key_scores(q: &[f32], kb: &[f32], bs: usize, len: usize, out: &mut [f32], prompt: bool) {
     let hd = q.len();
-    if bs % 8 == 0 && (if prompt { hd % 16 == 0 } else { hd % 64 == 0 }) {
+    if bs.is_multiple_of(8) && hd.is_multiple_of(if prompt { 16 } else { 64 }) {
         for j in (0..len).step_by(8) {
             let lanes = if prompt {
                 dot8::<true>(q, kb, bs, j)
@@ -519,7 +519,7 @@ fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         let width = if PROMPT { 16 } else { 64 };
-        assert!(q.len() % width == 0 && j + 8 <= bs && kb.len() >= q.len() * bs);
+        assert!(q.len().is_multiple_of(width) && j + 8 <= bs && kb.len() >= q.len() * bs);
         // SAFETY: AVX2 is in the build's target; every load is inside `kb` / `q` (asserted).
         // The usual head dims get their chain lengths as constants (fully unrolled).
         return unsafe {
@@ -706,13 +706,8 @@ impl CpuReferenceAttention {
 
 impl AttentionBackend for CpuReferenceAttention {
     fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()> {
+        check_slots(&self.layout, batch)?;
         let width = self.layout.num_kv_heads * self.layout.head_dim;
-        let n_slots = self.layout.num_slots();
-        if let Some(&slot) = batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
-            return Err(EngineError::Config(format!(
-                "slot {slot} is outside the KV cache ({n_slots} slots)"
-            )));
-        }
         for (cache, t) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
             with_f32(t, |data| {
                 for (row, &slot) in batch.slot_mapping.iter().enumerate() {
@@ -725,37 +720,59 @@ impl AttentionBackend for CpuReferenceAttention {
     }
 
     fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
-        let l = self.layout;
-        let shape = PagedAttentionShape {
-            num_heads: self.num_heads,
-            num_kv_heads: l.num_kv_heads,
-            head_dim: l.head_dim,
-            block_size: l.block_size,
-            scale: 1.0 / (l.head_dim as f32).sqrt(),
-        };
-        let n = batch.num_tokens();
-        let mut out = vec![0f32; n * self.num_heads * l.head_dim];
-        with_f32(q, |qd| {
+        attend_on_cpu(self.layout, self.num_heads, q, batch, |shape, q, out| {
             paged_attention_cpu(
                 shape,
-                qd,
+                q,
                 &self.k[layer],
                 &self.v[layer],
                 &batch.query_start_loc,
                 &batch.context_lens,
                 &batch.block_tables,
-                &mut out,
+                out,
             )
-        })?;
-        Ok(
-            Tensor::from_vec(out, (n, self.num_heads * l.head_dim), &Device::Cpu)?
-                .to_dtype(q.dtype())?,
-        )
+        })
     }
 
     fn layout(&self) -> KvCacheLayout {
         self.layout
     }
+}
+
+/// The step's slots all lie inside a cache of `layout`.
+fn check_slots(layout: &KvCacheLayout, batch: &FlatBatch) -> Result<()> {
+    let n_slots = layout.num_slots();
+    match batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
+        Some(slot) => Err(EngineError::Config(format!(
+            "slot {slot} is outside the KV cache ({n_slots} slots)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A CPU backend's `attend`: `kernel(shape, q, out)` over the step's rows, as a tensor of
+/// `q`'s type `[num_tokens, num_heads * head_dim]`.
+fn attend_on_cpu(
+    layout: KvCacheLayout,
+    num_heads: usize,
+    q: &Tensor,
+    batch: &FlatBatch,
+    kernel: impl FnOnce(PagedAttentionShape, &[f32], &mut [f32]),
+) -> Result<Tensor> {
+    let shape = PagedAttentionShape {
+        num_heads,
+        num_kv_heads: layout.num_kv_heads,
+        head_dim: layout.head_dim,
+        block_size: layout.block_size,
+        scale: 1.0 / (layout.head_dim as f32).sqrt(),
+    };
+    let n = batch.num_tokens();
+    let mut out = vec![0f32; n * num_heads * layout.head_dim];
+    with_f32(q, |qd| kernel(shape, qd, &mut out))?;
+    Ok(
+        Tensor::from_vec(out, (n, num_heads * layout.head_dim), &Device::Cpu)?
+            .to_dtype(q.dtype())?,
+    )
 }
 
 /// Runs `f` on a CPU f32 tensor's contiguous data.
@@ -782,15 +799,8 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
 
 impl AttentionBackend for CpuPagedAttention {
     fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()> {
+        check_slots(&self.layout, batch)?;
         let width = self.layout.num_kv_heads * self.layout.head_dim;
-        let n_slots = self.layout.num_slots();
-        for &slot in &batch.slot_mapping {
-            if slot as usize >= n_slots {
-                return Err(EngineError::Config(format!(
-                    "slot {slot} is outside the KV cache ({n_slots} slots)"
-                )));
-            }
-        }
         let bs = self.layout.block_size;
         let kt = &mut self.k[layer];
         with_f32(k, |data| {
@@ -818,33 +828,19 @@ impl AttentionBackend for CpuPagedAttention {
     }
 
     fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
-        let l = self.layout;
-        let shape = PagedAttentionShape {
-            num_heads: self.num_heads,
-            num_kv_heads: l.num_kv_heads,
-            head_dim: l.head_dim,
-            block_size: l.block_size,
-            scale: 1.0 / (l.head_dim as f32).sqrt(),
-        };
-        let n = batch.num_tokens();
-        let mut out = vec![0f32; n * self.num_heads * l.head_dim];
-        with_f32(q, |qd| {
+        attend_on_cpu(self.layout, self.num_heads, q, batch, |shape, q, out| {
             paged_attention_cpu_f16(
                 shape,
-                qd,
+                q,
                 &self.k[layer],
                 &self.v[layer],
                 &batch.query_start_loc,
                 &batch.context_lens,
                 &batch.prompt_lens,
                 &batch.block_tables,
-                &mut out,
+                out,
             )
-        })?;
-        Ok(
-            Tensor::from_vec(out, (n, self.num_heads * l.head_dim), &Device::Cpu)?
-                .to_dtype(q.dtype())?,
-        )
+        })
     }
 
     fn layout(&self) -> KvCacheLayout {

@@ -546,14 +546,7 @@ impl LlamaModel {
         };
         // Exact angles on every device: dummy models are the GPU checks' references, and
         // llama.cpp's CPU table is for matching llama.cpp on real (GGUF) models.
-        let rope = RopeTable::new(
-            c.head_dim,
-            c.rope_theta,
-            c.rope_linear_scale,
-            c.rope_freq_factors.as_deref(),
-            c.max_position_embeddings,
-            device,
-        )?;
+        let rope = RopeTable::exact_for_config(c, device)?;
         Ok(Self {
             device: device.clone(),
             dtype,

@@ -74,11 +74,23 @@ impl RopeTable {
     /// The table a model's config asks for (its theta, scaling and context length): on the
     /// CPU llama.cpp's ([`RopeTable::new_ggml`]), elsewhere the exact angles.
     pub fn for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
-        let make = if device.is_cpu() {
-            Self::new_ggml
+        if device.is_cpu() {
+            Self::from_config(Self::new_ggml, c, device)
         } else {
-            Self::new
-        };
+            Self::exact_for_config(c, device)
+        }
+    }
+
+    /// The exact angles ([`RopeTable::new`]) for a model's config, on any device.
+    pub fn exact_for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
+        Self::from_config(Self::new, c, device)
+    }
+
+    fn from_config(
+        make: fn(usize, f32, f32, Option<&[f32]>, usize, &Device) -> Result<Self>,
+        c: &super::LlamaConfig,
+        device: &Device,
+    ) -> Result<Self> {
         make(
             c.head_dim,
             c.rope_theta,

@@ -202,6 +202,12 @@ fn a_prompt_that_cannot_fit_is_refused_and_a_small_pool_is_refused() {
         max_batch_prefill_tokens: None,
     };
     assert!(Scheduler::new(cfg.clone(), KvCacheManager::new(3, 4, false), vec![]).is_err());
+    // A zero prefill cap would never schedule a prompt: refused.
+    let zero_cap = SchedulerConfig {
+        max_batch_prefill_tokens: Some(0),
+        ..cfg.clone()
+    };
+    assert!(Scheduler::new(zero_cap, KvCacheManager::new(4, 4, false), vec![]).is_err());
     let mut s = Scheduler::new(cfg, KvCacheManager::new(4, 4, false), vec![]).unwrap();
     assert!(s
         .add_request(Request::new(0, vec![1; 16], SamplingParams::default()))

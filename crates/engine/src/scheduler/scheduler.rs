@@ -74,9 +74,13 @@ impl Scheduler {
                 config.max_model_len
             )));
         }
-        if config.max_num_seqs == 0 || config.max_num_batched_tokens == 0 {
+        if config.max_num_seqs == 0
+            || config.max_num_batched_tokens == 0
+            || config.max_batch_prefill_tokens == Some(0)
+        {
             return Err(EngineError::Config(
-                "max_num_seqs and max_num_batched_tokens must be positive".into(),
+                "max_num_seqs, max_num_batched_tokens and max_batch_prefill_tokens must be positive"
+                    .into(),
             ));
         }
         Ok(Self {
