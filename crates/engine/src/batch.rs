@@ -22,7 +22,8 @@ pub struct FlatBatch {
     /// Each sequence's prompt length (0 unless set by [`FlatBatch::set_prompt_len`]): rows
     /// at positions below it are prompt rows, which the CPU backend computes in llama.cpp's
     /// prompt-processing order rather than its decode order (attention/cpu.rs). A property
-    /// of the row, so results still do not depend on the batch or the chunking.
+    /// of the row, so results still do not depend on the batch or the chunking (the prefix
+    /// cache keys blocks by it too: `KvCacheManager::key_prompt_positions`).
     pub prompt_lens: Vec<usize>,
 }
 
@@ -79,11 +80,6 @@ impl FlatBatch {
         if let Some(p) = self.prompt_lens.last_mut() {
             *p = prompt_len;
         }
-    }
-
-    /// The prompt length of sequence `s` (0 when never set).
-    pub fn prompt_len(&self, s: usize) -> usize {
-        self.prompt_lens.get(s).copied().unwrap_or(0)
     }
 }
 

@@ -201,8 +201,8 @@ pub fn reduce16(v: &[f32; 16]) -> f32 {
 
 /// `ggml_vec_dot_f16`'s result (AVX-512: four 16-lane accumulators over steps of 64, then
 /// `(a0 + a2) + (a1 + a3)` and [`reduce16`]) from the 64 lane sums `acc[i % 64]`, where each
-/// lane summed its products in order starting from +0. `tail` is the sum of the products
-/// past the last whole step, which llama.cpp adds in double one at a time (`tail_terms`).
+/// lane summed its products in order starting from +0, then `tail_terms` (the products past
+/// the last whole step), which llama.cpp adds in double one at a time.
 #[inline]
 pub fn dot_f16_finish(acc: &[f32; 64], tail_terms: impl Iterator<Item = f32>) -> f32 {
     let s: [f32; 16] =

@@ -76,6 +76,60 @@ fn small_cfg() -> EngineConfig {
     }
 }
 
+/// A second chat turn whose prompt holds the first turn's answer: with prefix caching it
+/// gets the same tokens and the same log-probs, bit for bit, as on an engine that has
+/// cached nothing (the answer's blocks were computed as generated rows, a prompt's rows are
+/// computed in llama.cpp's prompt order: they must not be reused as prompt).
+#[test]
+fn a_later_turn_reusing_an_answer_equals_a_cold_run() {
+    let first = prompts()[12].clone();
+    let with_logprobs = SamplingParams {
+        max_tokens: 12,
+        logprobs: Some(1),
+        ..Default::default()
+    };
+    let turn = |engine: &EngineHandle, p: &[u32]| {
+        let mut rx = engine
+            .add_request(p.to_vec(), with_logprobs.clone())
+            .unwrap()
+            .1;
+        let mut out = Vec::new();
+        while let Some(o) = rx.blocking_recv() {
+            out.extend(o.logprobs.iter().map(|l| (l.token_id, l.logprob.to_bits())));
+            if o.finished.is_some() {
+                break;
+            }
+        }
+        out
+    };
+    let engine = start(small_cfg());
+    let answer: Vec<u32> = collect(
+        engine
+            .add_request(
+                first.clone(),
+                SamplingParams {
+                    max_tokens: 40,
+                    ignore_eos: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .1,
+    )
+    .0;
+    let mut second = first.clone();
+    second.extend(&answer);
+    second.extend(&first[first.len() - 6..]);
+    let warm = turn(&engine, &second);
+    assert!(
+        engine.stats.get(&engine.stats.prefix_cache_hits) > 0,
+        "the first turn's prompt is reused"
+    );
+    drop(engine);
+    let cold = turn(&start(small_cfg()), &second);
+    assert_eq!(warm, cold);
+}
+
 #[test]
 fn batch_invariance_alone_together_preempted_and_prefix_cached() {
     let prompts = prompts();

@@ -219,10 +219,22 @@ fn attention_by_tasks(
                 table: &block_tables[s],
                 n_keys: pos + 1,
                 kvh: h0 / group,
-                prompt_order: pos < prompt_len && prompt_len >= 2 && hd % 16 == 0,
+                prompt_order: prompt_order(pos, prompt_len) && hd.is_multiple_of(16),
             };
             keys.attend(&q[first * hd..(first + heads_per_task) * hd], o);
         });
+}
+
+/// llama.cpp's ubatch: a prompt is processed 512 tokens at a time.
+const LLAMA_CPP_UBATCH: usize = 512;
+
+/// Whether llama.cpp computes the row at `pos` of a sequence with a `prompt_len`-token prompt
+/// in its prompt-processing order: a prompt row, unless it is alone in its ubatch (a
+/// one-token prompt, or the last row of a prompt one longer than a multiple of 512), which
+/// llama.cpp computes as a decode step.
+fn prompt_order(pos: usize, prompt_len: usize) -> bool {
+    let alone = prompt_len % LLAMA_CPP_UBATCH == 1 && pos + 1 == prompt_len;
+    pos < prompt_len && !alone
 }
 
 /// One token's keys and values for one KV head.
@@ -324,6 +336,7 @@ fn values_dot(
 ) {
     let hd = out.len();
     assert!(rows.len() == p.len() && rows.iter().all(|&r| r + hd <= v.len()));
+    assert!(tree.len() >= 16 * hd);
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -519,7 +532,8 @@ fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         let width = if PROMPT { 16 } else { 64 };
-        assert!(q.len().is_multiple_of(width) && j + 8 <= bs && kb.len() >= q.len() * bs);
+        assert!(q.len().is_multiple_of(width) && !q.is_empty());
+        assert!(j + 8 <= bs && kb.len() >= q.len() * bs);
         // SAFETY: AVX2 is in the build's target; every load is inside `kb` / `q` (asserted).
         // The usual head dims get their chain lengths as constants (fully unrolled).
         return unsafe {
@@ -590,7 +604,7 @@ unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
 }
 
 #[inline(always)]
-#[allow(dead_code)] // the portable build's path; tested against the AVX2 one
+#[allow(dead_code)] // the portable build's path (its tests run it: -C target-cpu=x86-64)
 fn dot8_portable<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
     let width = if PROMPT { 16 } else { 64 };
     let steps = q.len() / width;
@@ -1051,7 +1065,7 @@ mod tests {
                     let at = |c: &[f32], p: usize| c[(slot(p) * nkv + kvh) * hd..][..hd].to_vec();
                     let keys: Vec<Vec<f32>> = (0..=pos).map(|p| at(&k, p)).collect();
                     let values: Vec<Vec<f32>> = (0..=pos).map(|p| at(&v, p)).collect();
-                    let prompt_order = pos < prompt_lens[s] && hd % 16 == 0;
+                    let prompt_order = pos < prompt_lens[s] && hd % 16 == 0 && prompt_lens[s] > 1;
                     let q = &q[(row * nh + h) * hd..][..hd];
                     let o = ggml_reference(q, &keys, &values, shape.scale, prompt_order);
                     want[(row * nh + h) * hd..][..hd].copy_from_slice(&o);
@@ -1080,6 +1094,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rows_alone_in_a_llama_cpp_ubatch_take_the_decode_order() {
+        assert!(prompt_order(0, 5) && prompt_order(4, 5) && !prompt_order(5, 5));
+        assert!(!prompt_order(0, 1), "a one-token prompt is a decode step");
+        assert!(prompt_order(511, 513) && !prompt_order(512, 513));
+        assert!(prompt_order(512, 514) && prompt_order(513, 514));
     }
 
     #[test]

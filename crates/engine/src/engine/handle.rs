@@ -149,7 +149,9 @@ impl EngineHandle {
             Some(n) => n,
             None => cfg.kv_cache_memory_bytes / bytes_per_block,
         };
-        let kv = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching);
+        // The CPU backend's prompt and generated rows differ in their last bits: key by both.
+        let kv = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+            .key_prompt_positions(model.device().is_cpu());
         let sched_cfg = SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,
             max_num_batched_tokens: cfg.max_num_batched_tokens,

@@ -101,7 +101,8 @@ fn run_offline(
     if let Some(line) = runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len)? {
         eprintln!("{line}");
     }
-    let kv = KvCacheManager::new(num_blocks, block_size, true);
+    let kv = KvCacheManager::new(num_blocks, block_size, true)
+        .key_prompt_positions(model.device().is_cpu());
     let mut sched = Scheduler::new(config, kv, Vec::new())?;
     let params = SamplingParams {
         ignore_eos: true,

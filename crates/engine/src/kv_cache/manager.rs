@@ -27,6 +27,9 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
     enable_caching: bool,
+    /// Key cached blocks also by how many of their positions are prompt positions (see
+    /// [`KvCacheManager::key_prompt_positions`]).
+    key_prompt_positions: bool,
     requests: HashMap<RequestId, RequestBlocks>,
     pub stats: PrefixCacheStats,
 }
@@ -37,9 +40,20 @@ impl KvCacheManager {
             pool: BlockPool::new(num_blocks, enable_caching),
             block_size,
             enable_caching,
+            key_prompt_positions: false,
             requests: HashMap::new(),
             stats: PrefixCacheStats::default(),
         }
+    }
+
+    /// Keys each cached block also by how many of its positions are prompt positions. The
+    /// CPU backend computes prompt and generated positions in different orders (llama.cpp's),
+    /// so a block whose tokens a later request has as prompt (a chat's earlier answer) holds
+    /// KV that request would compute slightly differently: with these keys it is not reused,
+    /// and a request's result does not depend on what is cached.
+    pub fn key_prompt_positions(mut self, on: bool) -> Self {
+        self.key_prompt_positions = on;
+        self
     }
 
     pub fn block_size(&self) -> usize {
@@ -61,17 +75,20 @@ impl KvCacheManager {
             .unwrap_or(&[])
     }
 
-    fn ensure_hashes(&mut self, req: RequestId, tokens: &[u32]) {
+    fn ensure_hashes(&mut self, req: RequestId, tokens: &[u32], prompt_len: usize) {
         let bs = self.block_size;
+        let by_prompt = self.key_prompt_positions;
         let entry = self.requests.entry(req).or_default();
         let full = tokens.len() / bs;
         while entry.hashes.len() < full {
             let i = entry.hashes.len();
             let parent = entry.hashes.last().copied();
+            let prompt_positions = prompt_len.saturating_sub(i * bs).min(bs) as u64;
+            let extra: &[u64] = if by_prompt { &[prompt_positions] } else { &[] };
             entry.hashes.push(hash_block_tokens(
                 parent,
                 &tokens[i * bs..(i + 1) * bs],
-                &[],
+                extra,
             ));
         }
     }
@@ -79,11 +96,16 @@ impl KvCacheManager {
     /// The longest run of cached full blocks that starts `tokens`, capped so that at least
     /// one prompt token is still computed (its logits are needed). Returns the blocks and
     /// the number of tokens they cover. Counts the lookup in the prefix-cache stats.
-    pub fn find_cached_prefix(&mut self, req: RequestId, tokens: &[u32]) -> (Vec<BlockId>, usize) {
+    pub fn find_cached_prefix(
+        &mut self,
+        req: RequestId,
+        tokens: &[u32],
+        prompt_len: usize,
+    ) -> (Vec<BlockId>, usize) {
         if !self.enable_caching || tokens.is_empty() {
             return (Vec::new(), 0);
         }
-        self.ensure_hashes(req, tokens);
+        self.ensure_hashes(req, tokens, prompt_len);
         let max_blocks = (tokens.len() - 1) / self.block_size;
         let mut found = Vec::new();
         if let Some(r) = self.requests.get(&req) {
@@ -102,14 +124,16 @@ impl KvCacheManager {
 
     /// Makes room for the request to hold `num_tokens` tokens in all, first adopting
     /// `cached` (from [`Self::find_cached_prefix`], for a request with no blocks yet).
-    /// Registers blocks that `tokens` fills completely in the prefix cache. Returns the new
-    /// blocks, or `None` (and changes nothing) when the pool is short.
+    /// Registers blocks that `tokens` fills completely in the prefix cache (the first
+    /// `prompt_len` of `tokens` are the request's prompt). Returns the new blocks, or `None`
+    /// (and changes nothing) when the pool is short.
     pub fn allocate_slots(
         &mut self,
         req: RequestId,
         num_tokens: usize,
         cached: &[BlockId],
         tokens: &[u32],
+        prompt_len: usize,
     ) -> Option<Vec<BlockId>> {
         let have = self.requests.get(&req).map(|r| r.blocks.len()).unwrap_or(0);
         let need_total = num_tokens.div_ceil(self.block_size);
@@ -131,7 +155,7 @@ impl KvCacheManager {
         if self.enable_caching {
             // Blocks whose tokens are all known after this step can serve later requests.
             let full = tokens.len().min(num_tokens) / self.block_size;
-            self.ensure_hashes(req, &tokens[..full * self.block_size]);
+            self.ensure_hashes(req, &tokens[..full * self.block_size], prompt_len);
             let entry = self.requests.get_mut(&req)?;
             for i in entry.num_cached..full.min(entry.blocks.len()) {
                 self.pool.cache_full_block(entry.blocks[i], entry.hashes[i]);
@@ -187,34 +211,51 @@ mod tests {
     fn shared_prefix_is_found_and_capped() {
         let mut m = KvCacheManager::new(8, 4, true);
         let a: Vec<u32> = (0..10).collect();
-        assert_eq!(m.find_cached_prefix(1, &a), (vec![], 0));
-        m.allocate_slots(1, a.len(), &[], &a).unwrap();
+        assert_eq!(m.find_cached_prefix(1, &a, a.len()), (vec![], 0));
+        m.allocate_slots(1, a.len(), &[], &a, a.len()).unwrap();
         assert_eq!(m.block_table(1).len(), 3);
         // Same first 8 tokens: two cached blocks.
         let b: Vec<u32> = (0..8).chain([99, 98]).collect();
-        let (blocks, n) = m.find_cached_prefix(2, &b);
+        let (blocks, n) = m.find_cached_prefix(2, &b, b.len());
         assert_eq!((blocks.clone(), n), (m.block_table(1)[..2].to_vec(), 8));
-        m.allocate_slots(2, b.len(), &blocks, &b).unwrap();
+        m.allocate_slots(2, b.len(), &blocks, &b, b.len()).unwrap();
         assert_eq!(m.pool().ref_cnt(blocks[0]), 2);
         m.check_invariants().unwrap();
         // A prompt that is exactly two cached blocks reuses only one: one token must run.
         let c: Vec<u32> = (0..8).collect();
-        assert_eq!(m.find_cached_prefix(3, &c).1, 4);
+        assert_eq!(m.find_cached_prefix(3, &c, c.len()).1, 4);
         m.free(1);
         m.free(2);
         m.check_invariants().unwrap();
         assert_eq!(m.pool().num_free_blocks(), 8);
         // Freed blocks stay findable.
-        assert_eq!(m.find_cached_prefix(4, &b).1, 8);
+        assert_eq!(m.find_cached_prefix(4, &b, b.len()).1, 8);
+    }
+
+    #[test]
+    fn prompt_position_keys_keep_generated_blocks_from_a_later_prompt() {
+        // A's 4-token prompt and 4 generated tokens fill two blocks of 4; B's prompt is all
+        // eight plus more. With prompt-position keys B reuses only A's prompt block.
+        for (keyed, want) in [(true, 4), (false, 8)] {
+            let mut m = KvCacheManager::new(8, 4, true).key_prompt_positions(keyed);
+            let a: Vec<u32> = (0..8).collect();
+            m.allocate_slots(1, 8, &[], &a, 4).unwrap();
+            let b: Vec<u32> = (0..12).collect();
+            assert_eq!(
+                m.find_cached_prefix(2, &b, b.len()).1,
+                want,
+                "keyed {keyed}"
+            );
+        }
     }
 
     #[test]
     fn allocation_fails_cleanly_when_short() {
         let mut m = KvCacheManager::new(2, 4, false);
         let t: Vec<u32> = (0..12).collect();
-        assert!(m.allocate_slots(1, 12, &[], &t).is_none());
+        assert!(m.allocate_slots(1, 12, &[], &t, t.len()).is_none());
         assert_eq!(m.pool().num_free_blocks(), 2);
-        assert!(m.allocate_slots(1, 8, &[], &t).is_some());
+        assert!(m.allocate_slots(1, 8, &[], &t, t.len()).is_some());
         m.check_invariants().unwrap();
     }
 }

@@ -228,35 +228,51 @@ fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     Ok((g.silu()? * u)?)
 }
 
-/// `silu(g) * u` in one parallel pass as llama.cpp's `ggml_vec_swiglu_f32` computes it
-/// ([`crate::ggml_arith::silu`], then `* u`).
+/// `silu(g) * u` in one parallel pass, row by row as llama.cpp's `ggml_vec_swiglu_f32`
+/// computes it ([`swiglu_row`]).
 fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     if g.dims() != u.dims() {
         return Err(EngineError::Config("silu_mul: shapes differ".into()));
     }
+    let width = g.dims().last().copied().unwrap_or(1).max(1);
+    // Whole rows per task (llama.cpp's vector steps restart at each row).
+    let rows_per_task = (8192 / width).max(1);
     let out = crate::attention::with_f32(g, |gd| {
         crate::attention::with_f32(u, |ud| {
             let mut out = vec![0f32; gd.len()];
-            out.par_chunks_mut(8192)
-                .zip(gd.par_chunks(8192).zip(ud.par_chunks(8192)))
+            let chunk = rows_per_task * width;
+            out.par_chunks_mut(chunk)
+                .zip(gd.par_chunks(chunk).zip(ud.par_chunks(chunk)))
                 .for_each(|(o, (g, u))| {
-                    let whole = o.len() / 8 * 8;
-                    for i in (0..whole).step_by(8) {
-                        let x: [f32; 8] = std::array::from_fn(|k| 0.0 - g[i + k]);
-                        let e = crate::ggml_arith::expf8(x);
-                        for k in 0..8 {
-                            o[i + k] = g[i + k] / (1.0 + e[k]) * u[i + k];
-                        }
-                    }
-                    for i in whole..o.len() {
-                        o[i] = crate::ggml_arith::silu(g[i]) * u[i];
+                    for ((o, g), u) in o
+                        .chunks_mut(width)
+                        .zip(g.chunks(width))
+                        .zip(u.chunks(width))
+                    {
+                        swiglu_row(g, u, o);
                     }
                 });
             out
         })
     })??;
     Ok(Tensor::from_vec(out, g.dims(), g.device())?)
+}
+
+/// `ggml_vec_swiglu_f32` over one row: 16 values at a time with llama.cpp's exp polynomial
+/// ([`crate::ggml_arith::expf8`], two halves), the rest with libm's `expf` as its scalar tail.
+fn swiglu_row(g: &[f32], u: &[f32], o: &mut [f32]) {
+    let whole = g.len() / 16 * 16;
+    for i in (0..whole).step_by(8) {
+        let x: [f32; 8] = std::array::from_fn(|k| 0.0 - g[i + k]);
+        let e = crate::ggml_arith::expf8(x);
+        for k in 0..8 {
+            o[i + k] = g[i + k] / (1.0 + e[k]) * u[i + k];
+        }
+    }
+    for i in whole..g.len() {
+        o[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+    }
 }
 
 /// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
@@ -822,10 +838,18 @@ mod tests {
             .map(|v| v * 12.0)
             .collect();
         let u = crate::attention::lcg_uniform(3 * 9000, &mut seed);
+        // Rows of 9000: 8992 in whole 16-wide steps (the polynomial), an 8-value libm tail.
         let want: Vec<f32> = g
             .iter()
             .zip(&u)
-            .map(|(&g, &u)| crate::ggml_arith::silu(g) * u)
+            .enumerate()
+            .map(|(i, (&g, &u))| {
+                if i % 9000 < 8992 {
+                    crate::ggml_arith::silu(g) * u
+                } else {
+                    g / (1.0 + (-g).exp()) * u
+                }
+            })
             .collect();
         let g = Tensor::from_vec(g, (3, 9000), &Device::Cpu).unwrap();
         let u = Tensor::from_vec(u, (3, 9000), &Device::Cpu).unwrap();

@@ -161,9 +161,14 @@ impl Scheduler {
         let mut prefill_budget = self.config.max_batch_prefill_tokens.unwrap_or(usize::MAX);
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let (id, start, remaining) = {
+            let (id, start, remaining, prompt_len) = {
                 let r = &self.running[i];
-                (r.id, r.num_computed, r.tokens.len() - r.num_computed)
+                (
+                    r.id,
+                    r.num_computed,
+                    r.tokens.len() - r.num_computed,
+                    r.prompt_len,
+                )
             };
             let n = if remaining > 1 {
                 remaining.min(budget).min(prefill_budget)
@@ -177,7 +182,11 @@ impl Scheduler {
             let mut scheduled = false;
             loop {
                 let tokens = &self.running[i].tokens;
-                if self.kv.allocate_slots(id, start + n, &[], tokens).is_some() {
+                if self
+                    .kv
+                    .allocate_slots(id, start + n, &[], tokens, prompt_len)
+                    .is_some()
+                {
                     scheduled = true;
                     break;
                 }
@@ -218,7 +227,8 @@ impl Scheduler {
                 let (cached, n_cached) = if req.params.prompt_logprobs.is_some() {
                     (Vec::new(), req.num_computed)
                 } else if req.num_computed == 0 {
-                    self.kv.find_cached_prefix(req.id, &req.tokens)
+                    self.kv
+                        .find_cached_prefix(req.id, &req.tokens, req.prompt_len)
                 } else {
                     (Vec::new(), req.num_computed)
                 };
@@ -227,7 +237,7 @@ impl Scheduler {
                     .min(prefill_budget);
                 if self
                     .kv
-                    .allocate_slots(req.id, n_cached + n, &cached, &req.tokens)
+                    .allocate_slots(req.id, n_cached + n, &cached, &req.tokens, req.prompt_len)
                     .is_none()
                 {
                     break;
