@@ -43,8 +43,8 @@ pub fn expf(x: f32) -> f32 {
     scalef(j, n)
 }
 
-/// [`expf`] on 8 values at once (vector lanes when every `n` is a normal exponent, which
-/// softmax and SiLU inputs nearly always are; else lane by lane): the same bits.
+/// [`expf`] on 8 values at once (AVX2 vector lanes when every `n` is a normal exponent,
+/// which softmax and SiLU inputs nearly always are; else lane by lane): the same bits.
 #[inline]
 pub fn expf8(x: [f32; 8]) -> [f32; 8] {
     #[cfg(all(
@@ -65,23 +65,7 @@ pub fn expf8(x: [f32; 8]) -> [f32; 8] {
 
 #[inline]
 fn expf8_portable(x: [f32; 8]) -> [f32; 8] {
-    let z: [f32; 8] = std::array::from_fn(|i| x[i].mul_add(c(LOG2E), c(ROUND)));
-    let n: [f32; 8] = std::array::from_fn(|i| z[i] - c(ROUND));
-    let b: [f32; 8] =
-        std::array::from_fn(|i| (-n[i]).mul_add(c(LN2_LO), (-n[i]).mul_add(c(LN2_HI), x[i])));
-    let j: [f32; 8] = std::array::from_fn(|i| {
-        let u = b[i] * b[i];
-        c(C4)
-            .mul_add(b[i], c(C3))
-            .mul_add(u, c(C2).mul_add(b[i], c(C1)))
-            .mul_add(u, c(C0).mul_add(b[i], 1.0))
-    });
-    if n.iter().all(|&n| n.abs() <= 126.0) {
-        // 2^n is a normal f32, so j * 2^n rounds once, as scalef does.
-        std::array::from_fn(|i| j[i] * f32::from_bits(((n[i] as i32 + 127) as u32) << 23))
-    } else {
-        std::array::from_fn(|i| scalef(j[i], n[i]))
-    }
+    std::array::from_fn(|i| expf(x[i]))
 }
 
 /// [`expf8`] on an AVX2 vector (the same operations as vector instructions).
@@ -189,6 +173,22 @@ fn scalef(j: f32, n: f32) -> f32 {
 #[inline]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + expf(0.0 - x))
+}
+
+/// `ggml_vec_swiglu_f32` over one row, `o = silu(g) * u`: 16 values at a time with
+/// [`expf8`] (two halves), the rest with libm's `expf` as its scalar tail.
+pub fn swiglu_row(g: &[f32], u: &[f32], o: &mut [f32]) {
+    let whole = g.len() / 16 * 16;
+    for i in (0..whole).step_by(8) {
+        let x: [f32; 8] = std::array::from_fn(|k| 0.0 - g[i + k]);
+        let e = expf8(x);
+        for k in 0..8 {
+            o[i + k] = g[i + k] / (1.0 + e[k]) * u[i + k];
+        }
+    }
+    for i in whole..g.len() {
+        o[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+    }
 }
 
 /// `_mm512_reduce_add_ps`'s tree (GCC): halves, then quarters, then pairs.

@@ -307,72 +307,66 @@ impl Keys<'_> {
             rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
         }
         let tree = sized(tree, 16 * hd);
-        for h in 0..heads {
-            let out = &mut out[h * hd..][..hd];
-            values_dot(
-                &p[h * n..][..n],
-                rows,
-                self.v_cache,
-                self.prompt_order,
-                tree,
-                out,
-            );
-        }
+        values_dot(p, rows, self.v_cache, self.prompt_order, tree, hd, out);
     }
 }
 
-/// One head's output: for each dim `d`, the f16 dot product of the probabilities `p` with
-/// V's column `d` over the positions (V row of position `i` at `v[rows[i]..]`) in
-/// `ggml_vec_dot_f16`'s order (lane = position % 64, `(a0 + a2) + (a1 + a3)`, then
-/// [`crate::ggml_arith::reduce16`]) or, in prompt order, tinyBLAS's (lane = position % 16,
-/// then the tree). `tree` is `[16, head_dim]` scratch.
+/// Each head's output: for each dim `d`, the f16 dot product of the head's probabilities
+/// (`p: [heads, n]`) with V's column `d` over the positions (V row of position `i` at
+/// `v[rows[i]..]`) in `ggml_vec_dot_f16`'s order (lane = position % 64, `(a0 + a2) + (a1 +
+/// a3)`, then [`crate::ggml_arith::reduce16`]) or, in prompt order, tinyBLAS's (lane =
+/// position % 16, then the tree), into `out: [heads, hd]`. `tree` is `[16, hd]` scratch.
+#[allow(clippy::too_many_arguments)]
 fn values_dot(
     p: &[f32],
     rows: &[usize],
     v: &[f16],
     prompt: bool,
     tree: &mut [f32],
+    hd: usize,
     out: &mut [f32],
 ) {
-    let hd = out.len();
-    assert!(rows.len() == p.len() && rows.iter().all(|&r| r + hd <= v.len()));
+    let n = rows.len();
+    // Checked once for all heads: every V row read below lies inside `v`.
+    assert!(p.len() * hd == n * out.len() && rows.iter().all(|&r| r + hd <= v.len()));
     assert!(tree.len() >= 16 * hd);
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "f16c"
-    ))]
-    if hd.is_multiple_of(8) {
-        for d0 in (0..hd).step_by(64) {
-            // SAFETY: AVX2 and F16C are in the build's target; every V row read is inside
-            // `v` (asserted above) and every store inside `tree`.
-            unsafe {
-                match (hd - d0).min(64) / 8 {
-                    8 => values_lanes_avx2::<8>(p, rows, v, d0, prompt, tree, hd),
-                    4 => values_lanes_avx2::<4>(p, rows, v, d0, prompt, tree, hd),
-                    w => {
-                        for k in 0..w {
-                            values_lanes_avx2::<1>(p, rows, v, d0 + 8 * k, prompt, tree, hd)
+    for (p, out) in p.chunks(n.max(1)).zip(out.chunks_mut(hd)) {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "f16c"
+        ))]
+        if hd.is_multiple_of(8) {
+            for d0 in (0..hd).step_by(64) {
+                // SAFETY: AVX2 and F16C are in the build's target; every V row read is
+                // inside `v` (asserted above) and every store inside `tree`.
+                unsafe {
+                    match (hd - d0).min(64) / 8 {
+                        8 => values_lanes_avx2::<8>(p, rows, v, d0, prompt, tree, hd),
+                        4 => values_lanes_avx2::<4>(p, rows, v, d0, prompt, tree, hd),
+                        w => {
+                            for k in 0..w {
+                                values_lanes_avx2::<1>(p, rows, v, d0 + 8 * k, prompt, tree, hd)
+                            }
                         }
                     }
                 }
             }
+            tree_reduce(tree, out);
+            continue;
         }
-        tree_reduce(tree, out);
-        return;
-    }
-    let _ = tree;
-    let lanes = if prompt { 16 } else { 64 };
-    for (d, o) in out.iter_mut().enumerate() {
-        let mut acc = [0f32; 64];
-        for (i, (&pv, &r)) in p.iter().zip(rows).enumerate() {
-            acc[i % lanes] += v[r + d].to_f32() * pv;
+        let lanes = if prompt { 16 } else { 64 };
+        for (d, o) in out.iter_mut().enumerate() {
+            let mut acc = [0f32; 64];
+            for (i, (&pv, &r)) in p.iter().zip(rows).enumerate() {
+                acc[i % lanes] += v[r + d].to_f32() * pv;
+            }
+            *o = if prompt {
+                crate::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l]))
+            } else {
+                crate::ggml_arith::dot_f16_finish(&acc, std::iter::empty())
+            };
         }
-        *o = if prompt {
-            crate::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l]))
-        } else {
-            crate::ggml_arith::dot_f16_finish(&acc, std::iter::empty())
-        };
     }
 }
 
@@ -636,7 +630,7 @@ fn dot8_portable<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize)
 /// `ggml_soft_max` over one row of unscaled scores (scaled here), then the f16 rounding of
 /// the probabilities that llama.cpp's next matmul applies.
 fn softmax_to_f16(w: &mut [f32], scale: f32) {
-    use crate::ggml_arith::{expf, expf8, reduce16};
+    use crate::ggml_arith::{expf8, reduce16};
     let mut max = f32::NEG_INFINITY;
     for x in w.iter_mut() {
         *x *= scale;
@@ -644,19 +638,15 @@ fn softmax_to_f16(w: &mut [f32], scale: f32) {
     }
     let mut sum = 0f64;
     for chunk in w.chunks_mut(16) {
+        // Past the row, llama.cpp's padded cache holds masked keys: exp(-inf) = 0.
+        let x: [f32; 16] =
+            std::array::from_fn(|i| chunk.get(i).map_or(f32::NEG_INFINITY, |x| x - max));
         let mut e = [0f32; 16];
-        if chunk.len() == 16 {
-            for half in 0..2 {
-                let x: [f32; 8] = std::array::from_fn(|i| chunk[8 * half + i] - max);
-                e[8 * half..8 * half + 8].copy_from_slice(&expf8(x));
-            }
-            chunk.copy_from_slice(&e);
-        } else {
-            for (x, e) in chunk.iter_mut().zip(e.iter_mut()) {
-                *x = expf(*x - max);
-                *e = *x;
-            }
+        for half in 0..2 {
+            let x: [f32; 8] = std::array::from_fn(|i| x[8 * half + i]);
+            e[8 * half..8 * half + 8].copy_from_slice(&expf8(x));
         }
+        chunk.copy_from_slice(&e[..chunk.len()]);
         sum += reduce16(&e) as f64;
     }
     let inv = (1.0 / sum) as f32;

@@ -5,7 +5,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{LlamaConfig, RopeStyle};
-use super::rope::RopeTable;
+use super::rope::{RopeAngles, RopeTable};
 use crate::attention::AttentionBackend;
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
@@ -229,7 +229,7 @@ fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 }
 
 /// `silu(g) * u` in one parallel pass, row by row as llama.cpp's `ggml_vec_swiglu_f32`
-/// computes it ([`swiglu_row`]).
+/// computes it ([`crate::ggml_arith::swiglu_row`]).
 fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     if g.dims() != u.dims() {
@@ -250,29 +250,13 @@ fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
                         .zip(g.chunks(width))
                         .zip(u.chunks(width))
                     {
-                        swiglu_row(g, u, o);
+                        crate::ggml_arith::swiglu_row(g, u, o);
                     }
                 });
             out
         })
     })??;
     Ok(Tensor::from_vec(out, g.dims(), g.device())?)
-}
-
-/// `ggml_vec_swiglu_f32` over one row: 16 values at a time with llama.cpp's exp polynomial
-/// ([`crate::ggml_arith::expf8`], two halves), the rest with libm's `expf` as its scalar tail.
-fn swiglu_row(g: &[f32], u: &[f32], o: &mut [f32]) {
-    let whole = g.len() / 16 * 16;
-    for i in (0..whole).step_by(8) {
-        let x: [f32; 8] = std::array::from_fn(|k| 0.0 - g[i + k]);
-        let e = crate::ggml_arith::expf8(x);
-        for k in 0..8 {
-            o[i + k] = g[i + k] / (1.0 + e[k]) * u[i + k];
-        }
-    }
-    for i in whole..g.len() {
-        o[i] = g[i] / (1.0 + (-g[i]).exp()) * u[i];
-    }
 }
 
 /// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
@@ -479,7 +463,16 @@ impl LlamaModel {
             ..config
         };
         Ok(Self {
-            rope: RopeTable::for_config(&config, device)?,
+            // On the CPU llama.cpp's angles, so GGUF models match llama.cpp bit for bit.
+            rope: RopeTable::for_config(
+                &config,
+                if device.is_cpu() {
+                    RopeAngles::LlamaCpp
+                } else {
+                    RopeAngles::Exact
+                },
+                device,
+            )?,
             config,
             device: device.clone(),
             dtype: DType::F32,
@@ -562,7 +555,7 @@ impl LlamaModel {
         };
         // Exact angles on every device: dummy models are the GPU checks' references, and
         // llama.cpp's CPU table is for matching llama.cpp on real (GGUF) models.
-        let rope = RopeTable::exact_for_config(c, device)?;
+        let rope = RopeTable::for_config(c, RopeAngles::Exact, device)?;
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -900,7 +893,16 @@ mod tests {
             &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
             1e-5,
         );
-        let table = RopeTable::new_ggml(hd, 10000.0, 1.0, None, 64, &Device::Cpu).unwrap();
+        let table = RopeTable::new(
+            RopeAngles::LlamaCpp,
+            hd,
+            10000.0,
+            1.0,
+            None,
+            64,
+            &Device::Cpu,
+        )
+        .unwrap();
         let pos = Tensor::from_vec(vec![0u32, 1, 7, 30, 63], n, &Device::Cpu).unwrap();
         let (cos, sin) = table.gather(&pos, DType::F32).unwrap();
         for neox in [false, true] {

@@ -10,48 +10,22 @@ pub struct RopeTable {
     sin: Tensor,
 }
 
+/// How a table's angles are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeAngles {
+    /// `position * inv_freq` in f64, then cos/sin.
+    Exact,
+    /// llama.cpp's CPU table (`ggml_rope_cache_init`: the angle by repeated f32
+    /// multiplication, then `cosf`/`sinf`), for matching llama.cpp's outputs bit for bit; it
+    /// drifts from the exact angles by a few f32 ulp of the angle.
+    LlamaCpp,
+}
+
 impl RopeTable {
     /// `freq_factors` (llama3-style scaling, GGUF `rope_freqs.weight`) divide the base
     /// frequencies, as llama.cpp applies them.
     pub fn new(
-        head_dim: usize,
-        theta: f32,
-        linear_scale: f32,
-        freq_factors: Option<&[f32]>,
-        max_positions: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| {
-                let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
-                let factor = freq_factors
-                    .and_then(|ff| ff.get(i))
-                    .copied()
-                    .unwrap_or(1.0) as f64;
-                f / factor / linear_scale as f64
-            })
-            .collect();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for p in 0..max_positions {
-            for &f in &inv_freq {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
-            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
-        })
-    }
-
-    /// llama.cpp's CPU table (`ggml_rope_cache_init`: the angle by repeated f32
-    /// multiplication, then `cosf`/`sinf`), which the CPU backend uses to match llama.cpp's
-    /// outputs bit for bit; it drifts from [`RopeTable::new`]'s exact angles by a few f32
-    /// ulp of the angle.
-    pub fn new_ggml(
+        angles: RopeAngles,
         head_dim: usize,
         theta: f32,
         linear_scale: f32,
@@ -62,8 +36,32 @@ impl RopeTable {
         let half = head_dim / 2;
         let mut cos = vec![0f32; max_positions * half];
         let mut sin = vec![0f32; max_positions * half];
-        for (p, (c, s)) in cos.chunks_mut(half).zip(sin.chunks_mut(half)).enumerate() {
-            crate::ggml_arith::rope_cache(p, half, theta, 1.0 / linear_scale, freq_factors, c, s);
+        let rows = cos.chunks_mut(half).zip(sin.chunks_mut(half)).enumerate();
+        match angles {
+            RopeAngles::Exact => {
+                let inv_freq: Vec<f64> = (0..half)
+                    .map(|i| {
+                        let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / head_dim as f64);
+                        let factor = freq_factors
+                            .and_then(|ff| ff.get(i))
+                            .copied()
+                            .unwrap_or(1.0) as f64;
+                        f / factor / linear_scale as f64
+                    })
+                    .collect();
+                for (p, (c, s)) in rows {
+                    for ((c, s), &f) in c.iter_mut().zip(s).zip(&inv_freq) {
+                        let a = p as f64 * f;
+                        (*c, *s) = (a.cos() as f32, a.sin() as f32);
+                    }
+                }
+            }
+            RopeAngles::LlamaCpp => {
+                let freq_scale = 1.0 / linear_scale;
+                for (p, (c, s)) in rows {
+                    crate::ggml_arith::rope_cache(p, half, theta, freq_scale, freq_factors, c, s);
+                }
+            }
         }
         Ok(Self {
             cos: Tensor::from_vec(cos, (max_positions, half), device)?,
@@ -71,27 +69,10 @@ impl RopeTable {
         })
     }
 
-    /// The table a model's config asks for (its theta, scaling and context length): on the
-    /// CPU llama.cpp's ([`RopeTable::new_ggml`]), elsewhere the exact angles.
-    pub fn for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
-        if device.is_cpu() {
-            Self::from_config(Self::new_ggml, c, device)
-        } else {
-            Self::exact_for_config(c, device)
-        }
-    }
-
-    /// The exact angles ([`RopeTable::new`]) for a model's config, on any device.
-    pub fn exact_for_config(c: &super::LlamaConfig, device: &Device) -> Result<Self> {
-        Self::from_config(Self::new, c, device)
-    }
-
-    fn from_config(
-        make: fn(usize, f32, f32, Option<&[f32]>, usize, &Device) -> Result<Self>,
-        c: &super::LlamaConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        make(
+    /// The table a model's config asks for (its theta, scaling and context length).
+    pub fn for_config(c: &super::LlamaConfig, angles: RopeAngles, device: &Device) -> Result<Self> {
+        Self::new(
+            angles,
             c.head_dim,
             c.rope_theta,
             c.rope_linear_scale,

@@ -255,7 +255,7 @@ impl Scheduler {
                     samples: n_cached + n == req.tokens.len(),
                 });
                 budget -= n;
-                prefill_budget = prefill_budget.saturating_sub(n);
+                prefill_budget -= n;
                 self.running.push(req);
             }
         }
