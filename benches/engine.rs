@@ -12,11 +12,13 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrolm_engine::attention::{lcg_uniform, paged_attention_cpu_f16, PagedAttentionShape};
+use ferrolm_engine::attention::{paged_attention_cpu_f16, PagedAttentionShape};
 use ferrolm_engine::kv_cache::{BlockPool, KvCacheManager};
+use ferrolm_engine::lcg::lcg_uniform;
 use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, QuantLinear, QuantWeights};
+use ferrolm_engine::request::Request;
 use ferrolm_engine::sampling::{sample_token, SamplingParams};
-use ferrolm_engine::scheduler::{Request, Scheduler, SchedulerConfig};
+use ferrolm_engine::scheduler::{Scheduler, SchedulerConfig};
 
 const HIDDEN: usize = 576;
 const MLP: usize = 1536;

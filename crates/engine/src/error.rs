@@ -1,4 +1,5 @@
-//! The engine's one error type. The server maps it to OpenAI error JSON.
+//! The engine's one error type, with a variant per kind of failure. The server maps it to
+//! OpenAI error JSON in one place (its `api/error.rs`).
 
 use std::path::PathBuf;
 
@@ -29,12 +30,43 @@ pub enum EngineError {
         max_tokens: usize,
         max_model_len: usize,
     },
+    /// Settings that cannot work together (flags, config files).
     #[error("configuration: {0}")]
     Config(String),
+    /// Something this build, device or backend does not have.
+    #[error("not available: {0}")]
+    Unavailable(String),
+    /// The CUDA driver or one of our kernel launches failed.
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    /// Tensors of shapes or types that do not fit together (an engine bug or a bad file).
+    #[error("shape: {0}")]
+    Shape(String),
+    /// A step's batch that the model or a backend cannot run (an engine bug).
+    #[error("batch: {0}")]
+    Batch(String),
+    /// The KV cache cannot do what a step asks (slot outside it, no room for one request).
+    #[error("KV cache: {0}")]
+    Cache(String),
+    /// A GPU check that could not run to its verdict.
+    #[error("check: {0}")]
+    Check(String),
+    #[error("cannot start the engine thread: {source}")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the engine has stopped")]
     EngineStopped,
     #[error("tensor backend: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl EngineError {
+    /// The one path from a CUDA driver or launcher error into ours.
+    pub fn cuda(e: impl std::fmt::Display) -> Self {
+        Self::Cuda(e.to_string())
+    }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,28 +1,36 @@
 //! ferrolm-engine: everything from token ids in to tokens out, no HTTP.
 //!
-//! Data flow (see DESIGN.md in the repository): a request's prompt is tokenized, the
-//! scheduler picks what runs each step, the runner lays the step out as one [`batch::FlatBatch`],
-//! the model computes it through the paged attention backend, and the sampler picks tokens.
+//! Data flow (docs/architecture.md): a request's prompt is tokenized, the scheduler picks
+//! what runs each step, the scheduler lays the step out as one [`batch::FlatBatch`], the
+//! worker's runner computes it through the model and the paged attention backend, and the
+//! sampler picks tokens. Layers, bottom up (a module imports only from layers below it):
+//! `error`, `env`, `lcg` → `gguf`, `tokenizer`, `kv_cache`, `batch`, `instrument`, `cuda` →
+//! `ops`, `quant` → `attention` → `model` → `sampling`, `request` → `scheduler`, `worker` →
+//! `config`, `loader` → `engine` → `diagnostics`.
 
 pub mod attention;
 pub mod batch;
+pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod diagnostics;
 pub mod engine;
+pub mod env;
 pub mod error;
-pub mod ggml_arith;
 pub mod gguf;
-pub mod graphs;
+pub mod instrument;
 pub mod kv_cache;
+pub mod lcg;
 pub mod loader;
 pub mod model;
-#[cfg(feature = "cuda")]
-pub mod model_check;
-#[cfg(feature = "cuda")]
 pub mod ops;
-pub mod profile;
 pub mod quant;
-pub mod runner;
+pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod tokenizer;
+pub mod worker;
 
 pub use error::{EngineError, Result};

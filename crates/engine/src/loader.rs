@@ -14,15 +14,7 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Where `models/fetch-default.sh` puts the default model (same rules as the script).
 pub fn default_model_path() -> PathBuf {
-    let dir = if let Ok(d) = std::env::var("FERROLM_MODEL_DIR") {
-        PathBuf::from(d)
-    } else if let Ok(c) = std::env::var("XDG_CACHE_HOME") {
-        PathBuf::from(c).join("ferrolm/models")
-    } else {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
-            .join(".cache/ferrolm/models")
-    };
-    dir.join(DEFAULT_MODEL_FILE)
+    crate::env::get().model_dir.join(DEFAULT_MODEL_FILE)
 }
 
 /// A model ready to run: weights, tokenizer, chat template.
@@ -34,6 +26,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Loads the model on the device named as `--device` takes it (cpu, cuda, auto).
+    pub fn load_on(path: impl AsRef<Path>, device: &str) -> Result<Self> {
+        Self::load(path, &crate::device::resolve_device(device)?)
+    }
+
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.exists() {
@@ -62,18 +59,7 @@ impl LoadedModel {
             });
         }
         let chat_template = match &tokenizer.chat_template {
-            Some(src) => {
-                let name = |id: Option<u32>| {
-                    id.and_then(|i| tokenizer.piece(i))
-                        .unwrap_or("")
-                        .to_string()
-                };
-                Some(ChatTemplate::new(
-                    src,
-                    &name(tokenizer.bos_id),
-                    &name(tokenizer.eos_id),
-                )?)
-            }
+            Some(src) => Some(ChatTemplate::for_tokenizer(src, &tokenizer)?),
             None => None,
         };
         Ok(Self {
@@ -82,6 +68,19 @@ impl LoadedModel {
             tokenizer,
             chat_template,
         })
+    }
+
+    /// Replaces the model's chat template with `--chat-template`'s: a file path or the
+    /// template text itself.
+    pub fn set_chat_template(&mut self, path_or_text: &str) -> Result<()> {
+        let src = std::fs::read_to_string(path_or_text).unwrap_or_else(|_| path_or_text.into());
+        self.chat_template = Some(ChatTemplate::for_tokenizer(&src, &self.tokenizer)?);
+        Ok(())
+    }
+
+    /// Whether the model runs on the CPU.
+    pub fn on_cpu(&self) -> bool {
+        self.model.device().is_cpu()
     }
 
     pub fn max_model_len(&self) -> usize {

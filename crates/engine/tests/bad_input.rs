@@ -8,7 +8,7 @@ use std::io::Write;
 use candle_core::Device;
 use common::{load_model, model_path};
 use ferrolm_engine::loader::LoadedModel;
-use ferrolm_engine::runner::{greedy_generate, teacher_forced_logprobs};
+use ferrolm_engine::worker::{greedy_generate, teacher_forced_logprobs};
 use ferrolm_engine::EngineError;
 
 fn truncated_copy(len: u64, name: &str) -> std::path::PathBuf {

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{ids, load_model, read_jsonl};
-use ferrolm_engine::engine::{EngineConfig, EngineHandle, RequestOutput};
-use ferrolm_engine::scheduler::{FinishReason, SamplingParams};
+use ferrolm_engine::config::{EngineConfig, PrefillCap};
+use ferrolm_engine::engine::{EngineHandle, RequestOutput};
+use ferrolm_engine::request::FinishReason;
+use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::ChatMessage;
 
 const MAX_TOKENS: usize = 20;
@@ -171,7 +173,7 @@ fn batch_invariance_alone_together_preempted_and_prefix_cached() {
 
     // All at once with prompts fed 24 tokens a step (the CPU server's prefill cap, smaller).
     let engine = start(EngineConfig {
-        max_batch_prefill_tokens: Some(24),
+        max_batch_prefill_tokens: PrefillCap::Tokens(24),
         ..small_cfg()
     });
     assert_eq!(
@@ -185,7 +187,7 @@ fn batch_invariance_alone_together_preempted_and_prefix_cached() {
     let engine = start(EngineConfig {
         max_model_len: Some(128),
         num_blocks_override: Some(12),
-        max_num_batched_tokens: 64,
+        max_num_batched_tokens: Some(64),
         ..Default::default()
     });
     assert_eq!(
@@ -285,7 +287,7 @@ fn a_pool_that_cannot_hold_one_sequence_is_refused_at_start() {
 fn engine_greedy_equals_the_plain_runner_and_reports_usage() {
     let lm = load_model();
     let p = prompts()[0].clone();
-    let want = ferrolm_engine::runner::greedy_generate(
+    let want = ferrolm_engine::worker::greedy_generate(
         &lm.model,
         std::slice::from_ref(&p),
         MAX_TOKENS,

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{ids, load_model, read_jsonl};
-use ferrolm_engine::runner::{argmax, greedy_generate, teacher_forced_logprobs};
+use ferrolm_engine::sampling::argmax;
 use ferrolm_engine::tokenizer::ChatMessage;
+use ferrolm_engine::worker::{greedy_generate, teacher_forced_logprobs};
 use serde_json::Value;
 
 /// Steps whose golden top-1/top-2 margin is below this are near-ties: two correct engines

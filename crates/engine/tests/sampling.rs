@@ -6,10 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use common::{ids, load_model, read_jsonl};
-use ferrolm_engine::engine::{EngineConfig, EngineHandle, RequestOutput};
-use ferrolm_engine::runner::teacher_forced_logprobs;
+use ferrolm_engine::config::EngineConfig;
+use ferrolm_engine::engine::{EngineHandle, RequestOutput};
+use ferrolm_engine::request::FinishReason;
 use ferrolm_engine::sampling::SamplingParams;
-use ferrolm_engine::scheduler::FinishReason;
+use ferrolm_engine::worker::teacher_forced_logprobs;
 
 fn start() -> EngineHandle {
     let lm = load_model();

@@ -3,49 +3,9 @@
 
 mod common;
 
-use common::Server;
+use common::{post, sse, Server};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Reads an SSE response into its JSON chunks; checks it ends with [DONE].
-async fn sse(s: &Server, path: &str, body: &Value) -> Vec<Value> {
-    let r = reqwest::Client::new()
-        .post(s.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let text = r.text().await.unwrap();
-    let datas: Vec<&str> = text
-        .split("\n\n")
-        .filter_map(|e| e.trim().strip_prefix("data: "))
-        .collect();
-    assert_eq!(
-        datas.last(),
-        Some(&"[DONE]"),
-        "stream did not end with [DONE]: {text}"
-    );
-    datas[..datas.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
 
 async fn tokenize(s: &Server, text: &str) -> usize {
     let (st, v) = post(s, "/tokenize", &json!({"prompt": text})).await;

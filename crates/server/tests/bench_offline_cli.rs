@@ -1,11 +1,11 @@
 //! `ferrolm bench throughput` / `bench latency` as a user runs them, on the CPU with dummy
 //! weights shaped by a shipped config.json (the GPU runs are in scripts/gpu-check.sh).
 
+mod common;
+
 use std::process::Command;
 
-fn ferrolm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferrolm"))
-}
+use common::{ferrolm, json_out, run_ok, take_json};
 
 fn tiny_config() -> String {
     format!(
@@ -14,50 +14,42 @@ fn tiny_config() -> String {
     )
 }
 
-fn json_out(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("ferrolm-{name}-{}.json", std::process::id()))
+/// `ferrolm bench <kind> --model <the tiny config>`: the CLI's first words in every test.
+fn bench(kind: &str) -> Command {
+    let mut cmd = ferrolm();
+    cmd.args(["bench", kind, "--model", &tiny_config()]);
+    cmd
 }
 
 #[test]
 fn bench_throughput_counts_every_token() {
     let out_json = json_out("throughput");
-    let out = ferrolm()
-        .args([
-            "bench",
-            "throughput",
-            "--model",
-            &tiny_config(),
-            "--load-format",
-            "dummy",
-        ])
-        .args([
-            "--device",
-            "cpu",
-            "--num-prompts",
-            "12",
-            "--input-len",
-            "20",
-        ])
-        .args([
-            "--output-len",
-            "6",
-            "--max-num-batched-tokens",
-            "64",
-            "--output-json",
-        ])
-        .arg(&out_json)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let out = run_ok(
+        bench("throughput")
+            .args(["--load-format", "dummy"])
+            .args([
+                "--device",
+                "cpu",
+                "--num-prompts",
+                "12",
+                "--input-len",
+                "20",
+            ])
+            .args([
+                "--output-len",
+                "6",
+                "--max-num-batched-tokens",
+                "64",
+                "--output-json",
+            ])
+            .arg(&out_json),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Throughput:") && text.contains("output tokens/s"),
         "{text}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
-    std::fs::remove_file(&out_json).ok();
+    let v = take_json(&out_json);
     assert_eq!(v["num_requests"], 12);
     let secs = v["elapsed_time"].as_f64().unwrap();
     let out_tps = v["output_tokens_per_second"].as_f64().unwrap();
@@ -72,37 +64,23 @@ fn bench_throughput_counts_every_token() {
 #[test]
 fn bench_latency_reports_prefill_and_decode() {
     let out_json = json_out("latency");
-    let out = ferrolm()
-        .args([
-            "bench",
-            "latency",
-            "--model",
-            &tiny_config(),
-            "--device",
-            "cpu",
-        ])
-        .args([
-            "--batch-size",
-            "2",
-            "--input-len",
-            "8",
-            "--output-len",
-            "5",
-            "--num-iters",
-            "2",
-        ])
-        .arg("--output-json")
-        .arg(&out_json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        bench("latency")
+            .args(["--device", "cpu"])
+            .args([
+                "--batch-size",
+                "2",
+                "--input-len",
+                "8",
+                "--output-len",
+                "5",
+                "--num-iters",
+                "2",
+            ])
+            .arg("--output-json")
+            .arg(&out_json),
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
-    std::fs::remove_file(&out_json).ok();
+    let v = take_json(&out_json);
     assert_eq!(v["latencies"].as_array().unwrap().len(), 2);
     assert!(v["prefill_secs"].as_f64().unwrap() > 0.0);
     assert!(v["decode_ms_per_step"].as_f64().unwrap() > 0.0);
@@ -116,15 +94,8 @@ fn bench_refuses_what_it_cannot_run() {
         (vec!["--dtype", "int8"], "--dtype"),
         (vec!["--input-len", "5000"], "exceeds the model length"),
     ] {
-        let out = ferrolm()
-            .args([
-                "bench",
-                "throughput",
-                "--model",
-                &tiny_config(),
-                "--num-prompts",
-                "1",
-            ])
+        let out = bench("throughput")
+            .args(["--num-prompts", "1"])
             .args(&args)
             .output()
             .unwrap();

@@ -1,28 +1,18 @@
 //! `ferrolm generate` as a user runs it.
 
-use std::process::Command;
+mod common;
 
-fn ferrolm() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferrolm"))
-}
+use common::{ferrolm, run_ok};
 
 #[test]
 fn generate_answers_paris_and_prints_timing() {
-    let out = ferrolm()
-        .args([
-            "generate",
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "8",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(ferrolm().args([
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Paris"), "{text}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -34,22 +24,14 @@ fn generate_answers_paris_and_prints_timing() {
 
 #[test]
 fn generate_chat_runs_the_template_and_times_it() {
-    let out = ferrolm()
-        .args([
-            "generate",
-            "--chat",
-            "--prompt",
-            "What is the capital of France?",
-            "--max-tokens",
-            "12",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(ferrolm().args([
+        "generate",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "12",
+    ]));
     // llama.cpp's greedy answer to this chat prompt on this model begins "L'Étoile" (golden
     // record 6): the chat path must reproduce it (37 prompt tokens through the template).
     let text = String::from_utf8_lossy(&out.stdout);

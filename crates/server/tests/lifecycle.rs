@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{metric_value, Server};
+use common::{ferrolm, json_out, metric_value, read_json, Server};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -256,22 +256,14 @@ async fn metrics_pass_promtool_exist_from_start_and_move() {
     let m1 = s.metrics().await;
     assert_eq!(metric_value(&m1, "vllm:generation_tokens_total"), 10.0);
     assert!(metric_value(&m1, "vllm:prompt_tokens_total") > 0.0);
-    assert_eq!(
-        metric_value(&m1, "vllm:e2e_request_latency_seconds_count"),
-        2.0
-    );
-    assert_eq!(
-        metric_value(&m1, "vllm:time_to_first_token_seconds_count"),
-        2.0
-    );
-    assert_eq!(
-        metric_value(&m1, "vllm:inter_token_latency_seconds_count"),
-        8.0
-    );
-    assert_eq!(
-        metric_value(&m1, "vllm:request_generation_tokens_sum"),
-        10.0
-    );
+    for (name, want) in [
+        ("vllm:e2e_request_latency_seconds_count", 2.0),
+        ("vllm:time_to_first_token_seconds_count", 2.0),
+        ("vllm:inter_token_latency_seconds_count", 8.0),
+        ("vllm:request_generation_tokens_sum", 10.0),
+    ] {
+        assert_eq!(metric_value(&m1, name), want, "{name}");
+    }
     assert!(
         metric_value(&m1, "vllm:prefix_cache_hits_total") > 0.0,
         "the second chat shares the system prompt"
@@ -327,11 +319,11 @@ fn which_promtool() -> Option<String> {
 async fn bench_serve_reports_vllm_fields() {
     let _serial = serial();
     let s = Server::start(&[]).await;
-    let out = std::env::temp_dir().join(format!("ferrolm-bench-{}.json", std::process::id()));
+    let out = json_out("bench");
     let url = s.base.clone();
     let out2 = out.clone();
     let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+        ferrolm()
             .args([
                 "bench",
                 "serve",
@@ -359,7 +351,7 @@ async fn bench_serve_reports_vllm_fields() {
     .await
     .unwrap();
     assert!(status.success());
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let v = read_json(&out);
     assert_eq!(v["completed"], 6);
     assert_eq!(v["total_input_tokens"], 6 * 32);
     assert_eq!(v["total_output_tokens"], 6 * 8);

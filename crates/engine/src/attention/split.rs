@@ -156,9 +156,9 @@ mod tests {
         let max_blocks = 1300usize.div_ceil(bs);
         let num_blocks = ns * max_blocks + 5;
         let mut seed = 11;
-        let q = crate::attention::lcg_uniform(ns * nh * hd, &mut seed);
-        let kc = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
-        let vc = crate::attention::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+        let q = crate::lcg::lcg_uniform(ns * nh * hd, &mut seed);
+        let kc = crate::lcg::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
+        let vc = crate::lcg::lcg_uniform(num_blocks * bs * nkv * hd, &mut seed);
         // Sequence s gets blocks in a scrambled order from a shared pool.
         let mut tables = vec![0i32; ns * max_blocks];
         for s in 0..ns {

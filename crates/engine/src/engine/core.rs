@@ -5,29 +5,16 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::handle::{RequestOutput, Usage};
+use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
+use crate::config::StepObserver;
 use crate::error::Result;
 use crate::model::LlamaModel;
-use crate::runner::ModelRunner;
-use crate::sampling::{sample_token, top_logprobs, StopStringMatcher, TokenLogprob};
-use crate::scheduler::{FinishReason, Request, RequestId, Scheduler};
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
-
-/// Where a request's outputs go, and the state needed to produce them.
-struct Sink {
-    tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
-    decoder: IncrementalDecoder,
-    stop: StopStringMatcher,
-    prompt_len: usize,
-    generated: usize,
-    cached_tokens: usize,
-    /// Prompt log-probs gathered over the prompt's chunks (position 0 has none).
-    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
-    prompt_logprobs_sent: bool,
-    arrived: std::time::Instant,
-    queue_secs: Option<f64>,
-}
+use crate::request::{Request, RequestId};
+use crate::sampling::{sample_token, top_logprobs, TokenLogprob};
+use crate::scheduler::Scheduler;
+use crate::tokenizer::Tokenizer;
+use crate::worker::ModelRunner;
 
 pub struct EngineCore<'m> {
     pub scheduler: Scheduler,
@@ -35,7 +22,7 @@ pub struct EngineCore<'m> {
     tokenizer: Arc<Tokenizer>,
     sinks: HashMap<RequestId, Sink>,
     stats: Arc<EngineStats>,
-    pub step_observer: Option<super::StepObserver>,
+    pub step_observer: Option<StepObserver>,
 }
 
 impl<'m> EngineCore<'m> {
@@ -44,6 +31,7 @@ impl<'m> EngineCore<'m> {
         tokenizer: Arc<Tokenizer>,
         scheduler: Scheduler,
         stats: Arc<EngineStats>,
+        enforce_eager: bool,
     ) -> Result<Self> {
         let mut runner = ModelRunner::new(
             model,
@@ -53,8 +41,9 @@ impl<'m> EngineCore<'m> {
         if let Some(line) = runner.capture_decode_graphs(
             scheduler.config.max_num_seqs,
             scheduler.config.max_model_len,
+            enforce_eager,
         )? {
-            eprintln!("{line}");
+            tracing::info!("{line}");
         }
         Ok(Self {
             scheduler,
@@ -74,20 +63,7 @@ impl<'m> EngineCore<'m> {
         tx: tokio::sync::mpsc::UnboundedSender<RequestOutput>,
     ) {
         let id = req.id;
-        let prompt_len = req.prompt_len;
-        let sink = Sink {
-            tx,
-            decoder: IncrementalDecoder::new(req.params.skip_special_tokens),
-            stop: StopStringMatcher::new(req.params.stop.clone()),
-            prompt_len,
-            generated: 0,
-            cached_tokens: 0,
-            prompt_logprobs: req.params.prompt_logprobs.map(|_| vec![None]),
-            prompt_logprobs_sent: false,
-            arrived: std::time::Instant::now(),
-            queue_secs: None,
-        };
-        self.sinks.insert(id, sink);
+        self.sinks.insert(id, Sink::new(&req, tx));
         if self.scheduler.add_request(req).is_err() {
             self.abort(id);
         }
@@ -99,16 +75,7 @@ impl<'m> EngineCore<'m> {
         self.scheduler.abort(id);
         self.publish();
         if let Some(sink) = self.sinks.remove(&id) {
-            let _ = sink.tx.send(RequestOutput {
-                id,
-                finished: Some(FinishReason::Abort),
-                usage: Usage {
-                    prompt_tokens: sink.prompt_len,
-                    completion_tokens: sink.generated,
-                    cached_tokens: sink.cached_tokens,
-                },
-                ..Default::default()
-            });
+            let _ = sink.tx.send(sink.abort_output(id));
         }
         self.publish();
     }
@@ -126,9 +93,7 @@ impl<'m> EngineCore<'m> {
         }
         for s in &out.scheduled {
             if let Some(sink) = self.sinks.get_mut(&s.id) {
-                if sink.queue_secs.is_none() {
-                    sink.queue_secs = Some(sink.arrived.elapsed().as_secs_f64());
-                }
+                sink.scheduled();
             }
         }
         let (batch, rows) = self.scheduler.build_batch(&out);
@@ -185,9 +150,17 @@ impl<'m> EngineCore<'m> {
             sampled.push(Some(tok));
         }
         let events = self.scheduler.update(&out, &sampled);
-        // Counters first: a client that sees its last token also sees its blocks freed.
+        // Counters and the step's statistics first: a client that sees its last token also
+        // sees its blocks freed and this step counted.
         self.publish();
         let n_tokens = out.num_tokens();
+        if let Some(obs) = &self.step_observer {
+            (obs.0)(n_tokens);
+        }
+        self.stats.num_steps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .step_tokens
+            .fetch_add(n_tokens as u64, Ordering::Relaxed);
         for ev in events {
             let Some(tok) = ev.new_token else { continue };
             self.stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
@@ -199,46 +172,16 @@ impl<'m> EngineCore<'m> {
                 // Prompt tokens count once, when the prefill has produced the first token.
                 self.stats
                     .prompt_tokens
-                    .fetch_add(sink.prompt_len as u64, Ordering::Relaxed);
+                    .fetch_add(sink.prompt_len() as u64, Ordering::Relaxed);
                 sink.cached_tokens = self
                     .scheduler
                     .request(ev.id)
                     .map(|r| r.num_cached_tokens)
                     .unwrap_or(0);
             }
-            let mut finished = ev.finished;
-            let delta = sink.decoder.push(&self.tokenizer, tok);
-            let (mut text, hit) = sink.stop.push(&delta);
-            if hit {
-                finished = Some(FinishReason::Stop);
-            } else if finished.is_some() {
-                let tail = sink.decoder.finish();
-                let (t, hit_tail) = sink.stop.push(&tail);
-                text.push_str(&t);
-                if !hit_tail {
-                    text.push_str(&sink.stop.flush());
-                }
-            }
-            let (prompt_logprobs, queue_secs) = if sink.prompt_logprobs_sent {
-                (None, None)
-            } else {
-                sink.prompt_logprobs_sent = true;
-                (sink.prompt_logprobs.take(), sink.queue_secs)
-            };
-            let output = RequestOutput {
-                id: ev.id,
-                new_token_ids: vec![tok],
-                text,
-                finished,
-                usage: Usage {
-                    prompt_tokens: sink.prompt_len,
-                    completion_tokens: sink.generated,
-                    cached_tokens: sink.cached_tokens,
-                },
-                logprobs: new_logprobs.remove(&ev.id).into_iter().collect(),
-                prompt_logprobs,
-                queue_secs,
-            };
+            let logprobs = new_logprobs.remove(&ev.id).into_iter().collect();
+            let output = sink.token_output(&self.tokenizer, ev.id, tok, ev.finished, logprobs);
+            let finished = output.finished;
             if finished.is_some() && ev.finished.is_none() {
                 // A stop string ended it: the scheduler still has it running.
                 self.scheduler.finish_request(ev.id);
@@ -252,13 +195,6 @@ impl<'m> EngineCore<'m> {
                 self.abort(ev.id);
             }
         }
-        if let Some(obs) = &self.step_observer {
-            (obs.0)(n_tokens);
-        }
-        self.stats.num_steps.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .step_tokens
-            .fetch_add(n_tokens as u64, Ordering::Relaxed);
         self.publish();
         Ok(n_tokens)
     }

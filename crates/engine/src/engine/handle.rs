@@ -6,86 +6,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::core::EngineCore;
+use super::kv_sizing::kv_blocks;
+use super::output::RequestOutput;
 use super::stats::EngineStats;
+use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::model::LlamaModel;
-use crate::sampling::TokenLogprob;
-use crate::scheduler::{
-    FinishReason, Request, RequestId, SamplingParams, Scheduler, SchedulerConfig,
-};
+use crate::request::{Request, RequestId};
+use crate::sampling::SamplingParams;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
-
-/// Engine settings, named after vLLM's flags.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    pub max_num_seqs: usize,
-    pub max_num_batched_tokens: usize,
-    /// Prompt tokens per step across requests (TGI's `--max-batch-prefill-tokens`; decode
-    /// tokens do not count); `None`: only `max_num_batched_tokens` bounds them.
-    pub max_batch_prefill_tokens: Option<usize>,
-    /// Defaults to the model's context length.
-    pub max_model_len: Option<usize>,
-    pub block_size: usize,
-    pub enable_prefix_caching: bool,
-    /// KV cache size in bytes (`--kv-cache-memory-bytes`).
-    pub kv_cache_memory_bytes: usize,
-    /// Fixes the number of KV blocks (`--num-gpu-blocks-override`).
-    pub num_blocks_override: Option<usize>,
-    /// Called on the engine thread with each step's token count (for histograms).
-    pub step_observer: Option<StepObserver>,
-}
-
-/// A callback for each engine step's token count.
-#[derive(Clone)]
-pub struct StepObserver(pub Arc<dyn Fn(usize) + Send + Sync>);
-
-impl std::fmt::Debug for StepObserver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StepObserver")
-    }
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            max_num_seqs: 256,
-            max_num_batched_tokens: 2048,
-            max_batch_prefill_tokens: None,
-            max_model_len: None,
-            block_size: 16,
-            enable_prefix_caching: true,
-            kv_cache_memory_bytes: 1 << 30,
-            num_blocks_override: None,
-            step_observer: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Prompt tokens served from the prefix cache.
-    pub cached_tokens: usize,
-}
-
-/// One step's news for one request: its new token, the text it completes, and whether it ended.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RequestOutput {
-    pub id: RequestId,
-    pub new_token_ids: Vec<u32>,
-    /// Text delta: never a broken UTF-8 character, never part of a stop string.
-    pub text: String,
-    pub finished: Option<FinishReason>,
-    pub usage: Usage,
-    /// Log-probs of `new_token_ids` when the request asked for them.
-    pub logprobs: Vec<TokenLogprob>,
-    /// On the first output only, when asked for: one entry per prompt token (the first is None).
-    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
-    /// On the first output only: seconds from arrival until first scheduled.
-    pub queue_secs: Option<f64>,
-}
+use crate::worker::compute_pool;
 
 enum Command {
     Add {
@@ -107,31 +39,10 @@ pub struct EngineHandle {
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The thread pool the model computes on: one thread per available core. Code that drives
-/// the model runs *inside* it (`compute_pool().install(..)`): a driver outside the pool would
-/// be a third thread on two cores, and rayon's idle workers yield-spinning against it cost a
-/// third of every CPU step (measured with perf: `sched_yield` and context switches).
-pub fn compute_pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(available_cores())
-            .thread_name(|i| format!("ferrolm-compute-{i}"))
-            .build()
-            .expect("building the compute thread pool")
-    })
-}
-
-/// Threads the machine really offers this process (cgroup quota and affinity aware).
-pub fn available_cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 impl EngineHandle {
-    /// Sizes the KV cache, checks it can hold one full-length sequence, and starts the
-    /// engine thread, which owns the model from then on.
+    /// Sizes the KV cache (see `kv_sizing`), resolves the device's defaults (token budget,
+    /// prefill cap), captures CUDA graphs unless eager, and starts the engine thread, which
+    /// owns the model from then on.
     pub fn start(model: LlamaModel, tokenizer: Arc<Tokenizer>, cfg: EngineConfig) -> Result<Self> {
         let c = &model.config;
         let max_model_len = cfg.max_model_len.unwrap_or(c.max_position_embeddings);
@@ -144,19 +55,19 @@ impl EngineHandle {
         if cfg.block_size == 0 {
             return Err(EngineError::Config("block_size must be positive".into()));
         }
-        let bytes_per_block = model.kv_cache_bytes_per_block(cfg.block_size);
-        let num_blocks = match cfg.num_blocks_override {
-            Some(n) => n,
-            None => cfg.kv_cache_memory_bytes / bytes_per_block,
-        };
+        let (num_blocks, how) = kv_blocks(&model, &cfg)?;
+        if let Some(how) = how {
+            tracing::info!("kv cache: {how}");
+        }
+        let on_cpu = model.device().is_cpu();
         // The CPU backend's prompt and generated rows differ in their last bits: key by both.
         let kv = KvCacheManager::new(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-            .key_prompt_positions(model.device().is_cpu());
+            .key_prompt_positions(on_cpu);
         let sched_cfg = SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,
-            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_num_batched_tokens: cfg.token_budget(on_cpu),
             max_model_len,
-            max_batch_prefill_tokens: cfg.max_batch_prefill_tokens,
+            max_batch_prefill_tokens: cfg.prefill_cap(on_cpu),
         };
         let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?;
         let stats = Arc::new(EngineStats::default());
@@ -164,6 +75,7 @@ impl EngineHandle {
         let thread_stats = stats.clone();
         let thread_tok = tokenizer.clone();
         let observer = cfg.step_observer.clone();
+        let enforce_eager = cfg.enforce_eager();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let join = std::thread::Builder::new()
             .name("ferrolm-engine".into())
@@ -171,7 +83,13 @@ impl EngineHandle {
                 // The loop runs on a worker of the compute pool, so the model's parallel work
                 // is split between it and the other workers: one busy thread per core.
                 compute_pool().install(|| {
-                    match EngineCore::new(&model, thread_tok, scheduler, thread_stats) {
+                    match EngineCore::new(
+                        &model,
+                        thread_tok,
+                        scheduler,
+                        thread_stats,
+                        enforce_eager,
+                    ) {
                         Ok(mut core) => {
                             let _ = ready_tx.send(Ok(()));
                             core.step_observer = observer;
@@ -183,7 +101,7 @@ impl EngineHandle {
                     }
                 })
             })
-            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+            .map_err(|source| EngineError::Thread { source })?;
         // The KV cache is allocated on the engine thread: wait until it is there (or not).
         ready_rx.recv().map_err(|_| EngineError::EngineStopped)??;
         Ok(Self {
@@ -288,7 +206,7 @@ fn engine_loop(core: &mut EngineCore<'_>, rx: mpsc::Receiver<Command>) {
         if core.has_work() {
             if let Err(e) = core.step() {
                 // A failed step fails every request in it rather than the whole server.
-                eprintln!("engine step failed: {e}");
+                tracing::error!("engine step failed: {e}");
                 core.fail_all();
             }
         }

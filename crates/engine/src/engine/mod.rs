@@ -1,14 +1,18 @@
 //! The engine loop on its own OS thread, and the handle the server talks to it through.
 //! Nothing but the engine thread touches the scheduler, the KV cache or the model.
+//! `core.rs` is one step (schedule -> execute -> update), `output.rs` what each request
+//! hears, `kv_sizing.rs` how big the cache is, `offline.rs` the same loop over token ids.
 
 mod core;
 mod handle;
+mod kv_sizing;
 mod offline;
+mod output;
 mod stats;
 
 pub use self::core::EngineCore;
-pub use handle::{
-    available_cores, compute_pool, EngineConfig, EngineHandle, RequestOutput, StepObserver, Usage,
-};
+pub use handle::EngineHandle;
+pub use kv_sizing::kv_blocks;
 pub use offline::{generate_offline, random_prompts, OfflineReport};
+pub use output::{RequestOutput, Usage};
 pub use stats::EngineStats;

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
+use crate::lcg::lcg_next;
 use crate::model::LlamaModel;
-use crate::runner::ModelRunner;
+use crate::request::Request;
 use crate::sampling::SamplingParams;
-use crate::scheduler::{Request, Scheduler, SchedulerConfig};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::worker::{compute_pool, ModelRunner};
 
 /// What an offline run did, with its wall time and each step's.
 #[derive(Debug, Clone, Default)]
@@ -69,7 +71,7 @@ impl OfflineReport {
     }
 }
 
-/// Runs every prompt to `output_len` new tokens; returns the report and each request's
+/// Runs every prompt to `output_len` new tokens (CUDA graphs unless `enforce_eager`); returns the report and each request's
 /// generated ids (in prompt order).
 pub fn generate_offline(
     model: &LlamaModel,
@@ -78,10 +80,20 @@ pub fn generate_offline(
     block_size: usize,
     prompts: &[Vec<u32>],
     output_len: usize,
+    enforce_eager: bool,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     // Driven from inside the compute pool, as the engine thread is.
-    super::compute_pool()
-        .install(|| run_offline(model, config, num_blocks, block_size, prompts, output_len))
+    compute_pool().install(|| {
+        run_offline(
+            model,
+            config,
+            num_blocks,
+            block_size,
+            prompts,
+            output_len,
+            enforce_eager,
+        )
+    })
 }
 
 fn run_offline(
@@ -91,6 +103,7 @@ fn run_offline(
     block_size: usize,
     prompts: &[Vec<u32>],
     output_len: usize,
+    enforce_eager: bool,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     if output_len == 0 {
         return Err(EngineError::InvalidRequest(
@@ -98,8 +111,11 @@ fn run_offline(
         ));
     }
     let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
-    if let Some(line) = runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len)? {
-        eprintln!("{line}");
+    let eager = crate::env::get().enforce_eager || enforce_eager;
+    if let Some(line) =
+        runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len, eager)?
+    {
+        tracing::info!("{line}");
     }
     let kv = KvCacheManager::new(num_blocks, block_size, true)
         .key_prompt_positions(model.device().is_cpu());
@@ -124,7 +140,7 @@ fn run_offline(
         let t = Instant::now();
         let out = sched.schedule();
         if out.is_empty() {
-            return Err(EngineError::Config(
+            return Err(EngineError::Cache(
                 "the scheduler can place no request (KV cache too small for one?)".into(),
             ));
         }
@@ -157,12 +173,7 @@ pub fn random_prompts(n: usize, len: usize, lo: u32, hi: u32, seed: u64) -> Vec<
     (0..n)
         .map(|_| {
             (0..len)
-                .map(|_| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    lo + ((s >> 33) % (hi - lo).max(1) as u64) as u32
-                })
+                .map(|_| lo + ((lcg_next(&mut s) >> 33) % (hi - lo).max(1) as u64) as u32)
                 .collect()
         })
         .collect()
@@ -192,7 +203,8 @@ mod tests {
             max_batch_prefill_tokens: None,
         };
         // Together, with chunked prefill (budget 40 < 6 x 23 prompt tokens).
-        let (rep, together) = generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9).unwrap();
+        let (rep, together) =
+            generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9, false).unwrap();
         assert_eq!(rep.output_tokens, 6 * 9);
         assert_eq!(rep.prompt_tokens, 6 * 23);
         assert!(together.iter().all(|o| o.len() == 9));
@@ -203,8 +215,16 @@ mod tests {
         assert!(decode.2 >= 1.0 && decode.2 <= 6.0);
         // One at a time: the same greedy tokens.
         for (p, want) in prompts.iter().zip(&together) {
-            let (_, alone) =
-                generate_offline(&model, cfg(1, 512), 64, 16, std::slice::from_ref(p), 9).unwrap();
+            let (_, alone) = generate_offline(
+                &model,
+                cfg(1, 512),
+                64,
+                16,
+                std::slice::from_ref(p),
+                9,
+                false,
+            )
+            .unwrap();
             assert_eq!(&alone[0], want);
         }
         // Random weights still give a prompt-dependent answer (no constant output).
@@ -214,7 +234,7 @@ mod tests {
     #[test]
     fn stacked_projections_compute_the_same_logits() {
         use crate::batch::{FlatBatch, LogitsWanted};
-        use crate::runner::ModelRunner;
+        use crate::worker::ModelRunner;
         let split = tiny();
         let mut stacked = tiny();
         assert!(stacked.stack_projections().unwrap());
@@ -248,8 +268,8 @@ mod tests {
             max_model_len: 128,
             max_batch_prefill_tokens: None,
         };
-        let (_, x) = generate_offline(&a, c.clone(), 8, 16, &p, 5).unwrap();
-        let (_, y) = generate_offline(&b, c, 8, 16, &p, 5).unwrap();
+        let (_, x) = generate_offline(&a, c.clone(), 8, 16, &p, 5, false).unwrap();
+        let (_, y) = generate_offline(&b, c, 8, 16, &p, 5, false).unwrap();
         assert_eq!(x, y);
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
+use crate::kv_cache::KvCacheLayout;
 
 /// How RoPE pairs up the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,6 +241,17 @@ impl LlamaConfig {
     }
 
     /// Parameters of the weights (for the weight-read floor: bytes = params * elem size).
+    /// The paged KV cache's shape for this model.
+    pub fn kv_layout(&self, num_blocks: usize, block_size: usize) -> KvCacheLayout {
+        KvCacheLayout {
+            num_layers: self.num_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
     pub fn num_params(&self) -> usize {
         let (h, q, kv, ff) = (
             self.hidden_size,

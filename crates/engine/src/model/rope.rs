@@ -59,7 +59,15 @@ impl RopeTable {
             RopeAngles::LlamaCpp => {
                 let freq_scale = 1.0 / linear_scale;
                 for (p, (c, s)) in rows {
-                    crate::ggml_arith::rope_cache(p, half, theta, freq_scale, freq_factors, c, s);
+                    crate::ops::ggml_arith::rope_cache(
+                        p,
+                        half,
+                        theta,
+                        freq_scale,
+                        freq_factors,
+                        c,
+                        s,
+                    );
                 }
             }
         }

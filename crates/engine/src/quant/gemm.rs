@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::avx2::hsum8;
 use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use super::matmul::COLUMN_GROUP as G;
+use super::columns::COLUMN_GROUP as G;
 
 /// Blocks ahead that a tile asks the memory system for: a decode step streams every weight
 /// from DRAM once, and the hardware prefetcher alone left the tiles waiting on it.
@@ -56,7 +56,7 @@ static ISA: OnceLock<CpuIsa> = OnceLock::new();
 /// The instruction set chosen for this process (probed once).
 pub fn cpu_isa() -> CpuIsa {
     *ISA.get_or_init(|| {
-        if std::env::var("FERROLM_CPU_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("avx2")) {
+        if crate::env::get().cpu_isa_avx2 {
             return CpuIsa::Avx2;
         }
         if vnni_reported() && vnni_probe() {
@@ -466,7 +466,7 @@ mod tests {
     use crate::quant::blocks::{
         dot_q4_1_q8_1, dot_q8_0_q8_0, quantize_row_q8_0, quantize_row_q8_1, QK,
     };
-    use crate::quant::matmul::interleave;
+    use crate::quant::columns::interleave;
     use half::f16;
 
     use crate::quant::tests::rand_f32;
@@ -573,7 +573,7 @@ mod tests {
         // VNNI only where the CPU and OS report it and the forked probe ran it correctly.
         if cpu_isa() == CpuIsa::Avx512Vnni {
             assert!(vnni_reported() && vnni_probe());
-        } else if std::env::var("FERROLM_CPU_ISA").is_err() {
+        } else if !crate::env::get().cpu_isa_avx2 {
             assert!(!(vnni_reported() && vnni_probe()));
         }
     }

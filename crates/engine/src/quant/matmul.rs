@@ -10,9 +10,10 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use super::columns::interleave;
 use super::{quantize_row_q8_0, quantize_row_q8_1};
-use crate::attention::with_f32;
 use crate::error::{EngineError, Result};
+use crate::ops::with_f32;
 
 /// Weights in a layout our kernels read: GGUF's blocks, with the columns (output features)
 /// interleaved in groups of [`COLUMN_GROUP`] (build them with [`QuantWeights::q4_1`] /
@@ -20,38 +21,6 @@ use crate::error::{EngineError, Result};
 pub enum QuantWeights {
     Q4_1(Vec<BlockQ4_1>),
     Q8_0(Vec<BlockQ8_0>),
-}
-
-/// Columns whose blocks lie side by side: block `b` of columns `4g..4g+4` is stored as four
-/// consecutive blocks, so a register tile of up to four columns reads one forward stream
-/// (four separate column streams read ~3.5x slower from memory on this project's CPU kind).
-/// One (GGUF's own layout) where the tiled kernels are not built.
-pub const COLUMN_GROUP: usize = if cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)) {
-    4
-} else {
-    1
-};
-
-/// GGUF's `[n, kb]` blocks regrouped by [`COLUMN_GROUP`]; a last partial group is padded with
-/// copies of the last column (read by no tile: tiles stop at `n`).
-pub(crate) fn interleave<T: Copy>(rows: Vec<T>, n: usize, kb: usize) -> Vec<T> {
-    let g = COLUMN_GROUP;
-    if g == 1 || n == 0 {
-        return rows;
-    }
-    let mut out = Vec::with_capacity(n.div_ceil(g) * g * kb);
-    for group in 0..n.div_ceil(g) {
-        for b in 0..kb {
-            for j in 0..g {
-                out.push(rows[(group * g + j).min(n - 1) * kb + b]);
-            }
-        }
-    }
-    out
 }
 
 impl QuantWeights {
@@ -129,7 +98,7 @@ impl QuantLinear {
         };
         let (m, kx) = x.dims2()?;
         if let Some((_, _, k)) = own.iter().find(|(_, _, k)| *k != kx) {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::Shape(format!(
                 "matmul: input width {kx}, weight width {k}"
             )));
         }

@@ -9,6 +9,7 @@
 ))]
 mod avx2;
 mod blocks;
+mod columns;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -52,13 +53,9 @@ mod tests {
 
     /// Pseudo-random values in [-2, 2) (the kernel tests' inputs).
     pub(super) fn rand_f32(n: usize, seed: &mut u64) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-            })
+        crate::lcg::lcg_uniform(n, seed)
+            .into_iter()
+            .map(|u| u * 2.0)
             .collect()
     }
 

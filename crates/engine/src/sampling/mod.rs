@@ -1,12 +1,14 @@
 //! Sampling: the parameters a vLLM user sends, the logits processing they ask for, seeded
 //! draws that do not depend on the batch, log-probs, and stop strings.
 
+mod logits;
 mod logprobs;
 mod params;
 mod rng;
 mod sampler;
 mod stop;
 
+pub use logits::{argmax, log_softmax_rows};
 pub use logprobs::{top_logprobs, TokenLogprob};
 pub use params::SamplingParams;
 pub use rng::draw_uniform;

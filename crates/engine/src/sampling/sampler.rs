@@ -2,9 +2,9 @@
 //! min_tokens mask, repetition / frequency / presence penalties, then greedy or
 //! temperature with top-k, top-p and min-p, drawn with the request's own seeded stream.
 
+use super::logits::argmax;
 use super::params::SamplingParams;
 use super::rng::draw_uniform;
-use crate::runner::argmax;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
@@ -288,7 +288,7 @@ mod tests {
         // spread and every cut (only the normaliser's summation order differs: a draw could
         // change only within ~1e-15 of a boundary).
         let mut seed = 9u64;
-        let logits: Vec<f32> = crate::attention::lcg_uniform(49152, &mut seed)
+        let logits: Vec<f32> = crate::lcg::lcg_uniform(49152, &mut seed)
             .iter()
             .enumerate()
             .map(|(i, u)| u * 6.0 + if i % 97 == 0 { 8.0 } else { 0.0 })

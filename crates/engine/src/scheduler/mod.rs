@@ -2,11 +2,9 @@
 //! running requests go first (one decode token or their next prompt chunk), then waiting
 //! requests (after a prefix-cache lookup) get what budget remains.
 
-mod request;
 #[allow(clippy::module_inception)]
 mod scheduler;
 
-pub use request::{FinishReason, Request, RequestId, RequestStatus, SamplingParams};
 pub use scheduler::{ScheduledRequest, Scheduler, SchedulerConfig, SchedulerOutput, StepEvent};
 
 #[cfg(test)]

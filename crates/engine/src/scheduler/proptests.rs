@@ -5,6 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::kv_cache::KvCacheManager;
+use crate::request::Request;
+use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -2,10 +2,10 @@
 
 use std::collections::VecDeque;
 
-use super::request::{FinishReason, Request, RequestId, RequestStatus};
 use crate::batch::{FlatBatch, LogitsWanted};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
+use crate::request::{FinishReason, Request, RequestId, RequestStatus};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {

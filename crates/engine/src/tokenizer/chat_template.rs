@@ -32,6 +32,12 @@ pub struct ChatTemplate {
 const TEMPLATE_NAME: &str = "chat";
 
 impl ChatTemplate {
+    /// The template with the tokenizer's BOS and EOS pieces as `bos_token`/`eos_token`.
+    pub fn for_tokenizer(source: &str, tokenizer: &super::Tokenizer) -> Result<Self> {
+        let name = |id: Option<u32>| id.and_then(|i| tokenizer.piece(i)).unwrap_or("");
+        Self::new(source, name(tokenizer.bos_id), name(tokenizer.eos_id))
+    }
+
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);

@@ -1,118 +1,24 @@
-//! `POST /v1/chat/completions`, and the server-sent-events driver both endpoints stream with.
+//! `POST /v1/chat/completions`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
-use ferrolm_engine::sampling::TokenLogprob;
-use ferrolm_engine::tokenizer::{ChatMessage, Tokenizer};
-use futures_util::StreamExt;
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use ferrolm_engine::tokenizer::ChatMessage;
 
-use super::completions::{collect_all, token_str};
 use super::error::ApiError;
-use super::generation::*;
-use super::types::*;
-use super::AppState;
-
-/// Streams engine outputs as SSE chunks ending in `data: [DONE]`. A task feeds a bounded
-/// channel; when the client goes away the channel closes, the task ends and the
-/// submission's drop aborts whatever had not finished (queued requests included).
-pub fn stream_sse<R, U>(
-    state: Arc<AppState>,
-    mut sub: Submission,
-    rxs: Vec<UnboundedReceiver<RequestOutput>>,
-    started: Instant,
-    mut render: R,
-    usage: Option<U>,
-) -> Response
-where
-    R: FnMut(usize, &RequestOutput, bool) -> Vec<serde_json::Value> + Send + 'static,
-    U: FnOnce(usize) -> serde_json::Value + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
-    let n = rxs.len();
-    tokio::spawn(async move {
-        let mut timers: Vec<RequestTimer> = (0..n).map(|_| RequestTimer::new(started)).collect();
-        let mut seen = vec![false; n];
-        let mut completion_tokens = vec![0usize; n];
-        let mut streams = futures_util::stream::select_all(
-            rxs.into_iter()
-                .enumerate()
-                .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |o| (i, o))),
-        );
-        let mut finished = 0;
-        while finished < n {
-            let next = tokio::select! {
-                next = streams.next() => next,
-                _ = tx.closed() => return,
-            };
-            let Some((i, o)) = next else { break };
-            timers[i].on_output(&state, &o);
-            completion_tokens[i] = o.usage.completion_tokens;
-            if o.finished.is_some() {
-                finished += 1;
-                sub.mark_finished(i);
-            }
-            for chunk in render(i, &o, !seen[i]) {
-                if tx
-                    .send(Ok(Event::default().data(chunk.to_string())))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            seen[i] = true;
-        }
-        if let Some(u) = usage {
-            let chunk = u(completion_tokens.iter().sum());
-            if tx
-                .send(Ok(Event::default().data(chunk.to_string())))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
-        drop(sub);
-    });
-    Sse::new(ReceiverStream::new(rx)).into_response()
-}
-
-fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> ChatLogprobs {
-    ChatLogprobs {
-        content: lps
-            .iter()
-            .map(|l| {
-                let s = token_str(tok, l.token_id);
-                ChatTokenLogprob {
-                    bytes: tok.token_bytes(l.token_id).to_vec(),
-                    token: s,
-                    logprob: l.logprob,
-                    top_logprobs: l
-                        .top
-                        .iter()
-                        .map(|&(t, lp)| TopLogprobOut {
-                            token: token_str(tok, t),
-                            logprob: lp,
-                            bytes: tok.token_bytes(t).to_vec(),
-                        })
-                        .collect(),
-                }
-            })
-            .collect(),
-    }
-}
+use super::protocol::{
+    request_id, unix_now, ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessageIn,
+    ChatMessageOut, ChatRequest, ChatResponse, MessageContent, UsageOut,
+};
+use super::state::{submit, AppState};
+use super::stream::{build_choices, chat_logprobs, collect_all, stream_sse, usage_chunk};
+use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
 
 /// Messages to template input: text parts joined by newlines; only text content is read.
 fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
@@ -181,31 +87,19 @@ pub async fn chat_completions(
     let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
     let prompt = tok.encode(&text, true)?;
     let max_model_len = engine.max_model_len;
-    let max_tokens = match req.max_completion_tokens.or(req.common.max_tokens) {
-        Some(m) if m < 1 => {
-            return Err(ApiError::invalid_field(
-                "max_tokens",
-                format!("`max_tokens` must be at least 1, got {m}"),
-            ))
-        }
-        Some(m) => m as usize,
-        None => max_model_len.saturating_sub(prompt.len()).max(1),
-    };
+    let max_tokens = max_tokens_or(
+        req.max_completion_tokens.or(req.common.max_tokens),
+        max_model_len.saturating_sub(prompt.len()).max(1),
+    )?;
     check_length(prompt.len(), max_tokens, max_model_len)?;
-    let top = req.top_logprobs.unwrap_or(0);
-    if !(0..=MAX_LOGPROBS).contains(&top) {
-        return Err(ApiError::invalid_field(
-            "top_logprobs",
-            format!("`top_logprobs` must be between 0 and {MAX_LOGPROBS}"),
-        ));
-    }
-    if req.top_logprobs.is_some() && req.logprobs != Some(true) {
+    let top = logprobs_count("top_logprobs", req.top_logprobs)?;
+    if top.is_some() && req.logprobs != Some(true) {
         return Err(ApiError::invalid_field(
             "top_logprobs",
             "`top_logprobs` needs `logprobs` set to true",
         ));
     }
-    let logprobs = (req.logprobs == Some(true)).then_some(top as usize);
+    let logprobs = (req.logprobs == Some(true)).then_some(top.unwrap_or(0));
     let params = sampling_params(&req.common, max_tokens, logprobs, None, tok.vocab_size())?;
     let (mut sub, rxs) = submit(&state, engine, std::slice::from_ref(&prompt), n, &params)?;
     let id = request_id("chatcmpl");
@@ -213,8 +107,6 @@ pub async fn chat_completions(
     let model = state.served_model_name.clone();
 
     if req.common.stream {
-        let include_usage = req.common.include_usage();
-        let prompt_len = prompt.len();
         let chunk = {
             let id = id.clone();
             let model = model.clone();
@@ -230,19 +122,7 @@ pub async fn chat_completions(
                 .unwrap_or_default()
             }
         };
-        let usage_chunk = {
-            let chunk = chunk.clone();
-            move |completion_tokens: usize| {
-                chunk(
-                    Vec::new(),
-                    Some(UsageOut {
-                        prompt_tokens: prompt_len,
-                        completion_tokens,
-                        total_tokens: prompt_len + completion_tokens,
-                    }),
-                )
-            }
-        };
+        let usage = usage_chunk(req.common.include_usage(), prompt.len(), chunk.clone());
         let render = move |i: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
             let mut out = Vec::new();
             if first {
@@ -269,50 +149,33 @@ pub async fn chat_completions(
                             content: (!o.text.is_empty()).then(|| o.text.clone()),
                         },
                         logprobs: lp,
-                        finish_reason: finish_str(o.finished),
+                        finish_reason: o.finished.as_ref().map(|f| f.as_str()),
                     }],
                     None,
                 ));
             }
             out
         };
-        return Ok(stream_sse(
-            state.clone(),
-            sub,
-            rxs,
-            started,
-            render,
-            include_usage.then_some(usage_chunk),
-        ));
+        return Ok(stream_sse(state.clone(), sub, rxs, started, render, usage));
     }
 
     let results = collect_all(&state, &mut sub, rxs, started).await;
-    let mut choices = Vec::new();
-    let mut completion_tokens = 0;
-    for (i, r) in results.into_iter().enumerate() {
-        let r = r?;
-        completion_tokens += r.completion_tokens;
-        choices.push(ChatChoice {
-            index: i,
-            message: ChatMessageOut {
-                role: "assistant",
-                content: r.text,
-            },
-            logprobs: logprobs.map(|_| chat_logprobs(&tok, &r.logprobs)),
-            finish_reason: r.finish,
-        });
-    }
+    let (choices, completion_tokens) = build_choices(results, |i, r| ChatChoice {
+        index: i,
+        message: ChatMessageOut {
+            role: "assistant",
+            content: r.text,
+        },
+        logprobs: logprobs.map(|_| chat_logprobs(&tok, &r.logprobs)),
+        finish_reason: r.finish,
+    })?;
     Ok(Json(ChatResponse {
         id,
         object: "chat.completion",
         created,
         model,
         choices,
-        usage: UsageOut {
-            prompt_tokens: prompt.len(),
-            completion_tokens,
-            total_tokens: prompt.len() + completion_tokens,
-        },
+        usage: UsageOut::new(prompt.len(), completion_tokens),
     })
     .into_response())
 }

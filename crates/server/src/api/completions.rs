@@ -1,6 +1,5 @@
 //! `POST /v1/completions`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,100 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
 use ferrolm_engine::sampling::TokenLogprob;
-use ferrolm_engine::tokenizer::Tokenizer;
 
 use super::error::ApiError;
-use super::generation::*;
-use super::types::*;
-use super::AppState;
-
-/// What one choice produced.
-#[derive(Default)]
-pub struct Collected {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    pub logprobs: Vec<TokenLogprob>,
-    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
-    pub finish: Option<&'static str>,
-    pub completion_tokens: usize,
-    pub prompt_tokens: usize,
-}
-
-/// Reads one engine stream to its end.
-pub async fn collect(
-    state: &AppState,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
-    started: Instant,
-) -> Result<Collected, ApiError> {
-    let mut c = Collected::default();
-    let mut timer = RequestTimer::new(started);
-    while let Some(o) = rx.recv().await {
-        timer.on_output(state, &o);
-        c.text.push_str(&o.text);
-        c.token_ids.extend(&o.new_token_ids);
-        c.logprobs.extend(o.logprobs.iter().cloned());
-        if o.prompt_logprobs.is_some() {
-            c.prompt_logprobs = o.prompt_logprobs.clone();
-        }
-        c.prompt_tokens = o.usage.prompt_tokens;
-        c.completion_tokens = o.usage.completion_tokens;
-        if o.finished.is_some() {
-            c.finish = finish_str(o.finished);
-            return Ok(c);
-        }
-    }
-    Err(ApiError::unavailable(
-        "the engine stopped before the request finished",
-    ))
-}
-
-/// Reads every choice's stream to its end (concurrently) and marks them finished, so the
-/// submission's drop aborts nothing.
-pub async fn collect_all(
-    state: &AppState,
-    sub: &mut Submission,
-    rxs: Vec<tokio::sync::mpsc::UnboundedReceiver<RequestOutput>>,
-    started: Instant,
-) -> Vec<Result<Collected, ApiError>> {
-    let results =
-        futures_util::future::join_all(rxs.into_iter().map(|rx| collect(state, rx, started))).await;
-    for i in 0..results.len() {
-        sub.mark_finished(i);
-    }
-    results
-}
-
-pub fn token_str(tok: &Tokenizer, id: u32) -> String {
-    String::from_utf8_lossy(tok.token_bytes(id)).into_owned()
-}
-
-/// OpenAI's completions log-probs object for a run of tokens, offsets counted from `offset`.
-pub fn completion_logprobs(
-    tok: &Tokenizer,
-    items: &[Option<&TokenLogprob>],
-    ids: &[u32],
-    offset: usize,
-) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs::default();
-    let mut pos = offset;
-    for (item, &id) in items.iter().zip(ids) {
-        let s = token_str(tok, id);
-        out.text_offset.push(pos);
-        pos += s.chars().count();
-        out.tokens.push(s);
-        out.token_logprobs.push(item.map(|l| l.logprob));
-        out.top_logprobs.push(item.map(|l| {
-            let mut m: HashMap<String, f32> = l
-                .top
-                .iter()
-                .map(|&(t, lp)| (token_str(tok, t), lp))
-                .collect();
-            m.entry(token_str(tok, l.token_id)).or_insert(l.logprob);
-            m
-        }));
-    }
-    out
-}
+use super::protocol::{
+    request_id, unix_now, CompletionChoice, CompletionLogprobs, CompletionRequest,
+    CompletionResponse, Prompt, UsageOut,
+};
+use super::state::{submit, AppState};
+use super::stream::{build_choices, collect_all, completion_logprobs, stream_sse, usage_chunk};
+use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -138,34 +52,13 @@ pub async fn completions(
             format!("token ids must be below the vocabulary size {vocab}"),
         ));
     }
-    let max_tokens = req.common.max_tokens.unwrap_or(16);
-    if max_tokens < 1 {
-        return Err(ApiError::invalid_field(
-            "max_tokens",
-            format!("`max_tokens` must be at least 1, got {max_tokens}"),
-        ));
-    }
-    let max_tokens = max_tokens as usize;
+    let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
     for p in &prompts {
         check_length(p.len(), max_tokens, engine.max_model_len)?;
     }
-    let logprobs = match req.logprobs {
-        Some(k) if !(0..=MAX_LOGPROBS).contains(&k) => {
-            return Err(ApiError::invalid_field(
-                "logprobs",
-                format!("`logprobs` must be between 0 and {MAX_LOGPROBS}"),
-            ))
-        }
-        k => k.map(|k| k as usize),
-    };
-    let prompt_logprobs = match req.common.prompt_logprobs {
-        Some(k) if !(0..=MAX_LOGPROBS).contains(&k) => {
-            return Err(ApiError::invalid_field(
-                "prompt_logprobs",
-                format!("`prompt_logprobs` must be between 0 and {MAX_LOGPROBS}"),
-            ))
-        }
-        Some(k) => Some(k as usize),
+    let logprobs = logprobs_count("logprobs", req.logprobs)?;
+    let prompt_logprobs = match logprobs_count("prompt_logprobs", req.common.prompt_logprobs)? {
+        Some(k) => Some(k),
         None if req.echo => logprobs,
         None => None,
     };
@@ -174,14 +67,28 @@ pub async fn completions(
     let id = request_id("cmpl");
     let created = unix_now();
     let model = state.served_model_name.clone();
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
 
     if req.common.stream {
-        let include_usage = req.common.include_usage();
         let echo = req.echo;
         let prompts_text: Vec<String> = prompts.iter().map(|p| tok.decode(p, false)).collect();
-        let prompt_total: usize = prompts.iter().map(Vec::len).sum();
-        // The usage chunk carries the same id as the stream's other chunks.
-        let usage_id = id.clone();
+        // Every chunk, the usage chunk included, carries the stream's one id.
+        let chunk = {
+            let id = id.clone();
+            let model = model.clone();
+            move |choices: Vec<CompletionChoice>, usage: Option<UsageOut>| {
+                serde_json::to_value(CompletionResponse {
+                    id: id.clone(),
+                    object: "text_completion",
+                    created,
+                    model: model.clone(),
+                    choices,
+                    usage,
+                })
+                .unwrap_or_default()
+            }
+        };
+        let usage = usage_chunk(req.common.include_usage(), prompt_tokens, chunk.clone());
         let render =
             move |choice: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
                 let mut text = String::new();
@@ -193,47 +100,21 @@ pub async fn completions(
                     let items: Vec<Option<&TokenLogprob>> = o.logprobs.iter().map(Some).collect();
                     completion_logprobs(&tok, &items, &o.new_token_ids, 0)
                 });
-                vec![serde_json::to_value(CompletionResponse {
-                    id: id.clone(),
-                    object: "text_completion",
-                    created,
-                    model: model.clone(),
-                    choices: vec![CompletionChoice {
+                vec![chunk(
+                    vec![CompletionChoice {
                         index: choice,
                         text,
                         logprobs: lp,
-                        finish_reason: finish_str(o.finished),
+                        finish_reason: o.finished.as_ref().map(|f| f.as_str()),
                     }],
-                    usage: None,
-                })
-                .unwrap_or_default()]
+                    None,
+                )]
             };
-        let usage_chunk = {
-            let id = usage_id;
-            let model = state.served_model_name.clone();
-            move |completion_tokens: usize| {
-                serde_json::json!({
-                    "id": id, "object": "text_completion", "created": created, "model": model, "choices": [],
-                    "usage": {"prompt_tokens": prompt_total, "completion_tokens": completion_tokens, "total_tokens": prompt_total + completion_tokens}
-                })
-            }
-        };
-        return Ok(super::chat::stream_sse(
-            state.clone(),
-            sub,
-            rxs,
-            started,
-            render,
-            include_usage.then_some(usage_chunk),
-        ));
+        return Ok(stream_sse(state.clone(), sub, rxs, started, render, usage));
     }
 
     let results = collect_all(&state, &mut sub, rxs, started).await;
-    let mut choices = Vec::with_capacity(results.len());
-    let mut completion_tokens = 0;
-    for (i, r) in results.into_iter().enumerate() {
-        let r = r?;
-        completion_tokens += r.completion_tokens;
+    let (choices, completion_tokens) = build_choices(results, |i, r| {
         let prompt = &prompts[i / n];
         let mut text = String::new();
         let mut lp_out = None;
@@ -258,25 +139,20 @@ pub async fn completions(
             lp.top_logprobs.extend(more.top_logprobs);
         }
         text.push_str(&r.text);
-        choices.push(CompletionChoice {
+        CompletionChoice {
             index: i,
             text,
             logprobs: lp_out,
             finish_reason: r.finish,
-        });
-    }
-    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+        }
+    })?;
     Ok(Json(CompletionResponse {
         id,
         object: "text_completion",
         created,
-        model: state.served_model_name.clone(),
+        model,
         choices,
-        usage: Some(UsageOut {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }),
+        usage: Some(UsageOut::new(prompt_tokens, completion_tokens)),
     })
     .into_response())
 }

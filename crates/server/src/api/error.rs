@@ -36,6 +36,10 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+    pub fn with_param(mut self, p: &str) -> Self {
+        self.param = Some(p.to_string());
+        self
+    }
 
     fn error_type(&self) -> &'static str {
         match self.status.as_u16() {

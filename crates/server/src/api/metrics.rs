@@ -1,9 +1,11 @@
 //! `/metrics`: Prometheus text exposition with vLLM's metric names and types, label
-//! `model_name`, every labelled series present from start-up; plus ferrolm's HTTP counter.
+//! `model_name`, every labelled series present from start-up; plus ferrolm's HTTP counter,
+//! and the per-request timer that feeds the latency histograms.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use ferrolm_engine::engine::EngineStats;
+use ferrolm_engine::engine::{EngineStats, RequestOutput};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
@@ -73,6 +75,11 @@ impl Metrics {
         };
         let mut tok = token_buckets();
         tok.retain(|&b| b <= (max_model_len as f64).max(10.0) * 2.0);
+        // vLLM's buckets for whole-request times (end to end, and queued).
+        let request_secs = vec![
+            0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+            120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+        ];
         let request_success = IntCounterVec::new(
             Opts::new(
                 "vllm:request_success_total",
@@ -153,18 +160,12 @@ impl Metrics {
             e2e: hist(
                 "vllm:e2e_request_latency_seconds",
                 "Histogram of e2e request latency in seconds.",
-                vec![
-                    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-                ],
+                request_secs.clone(),
             )?,
             queue_time: hist(
                 "vllm:request_queue_time_seconds",
                 "Histogram of time spent in WAITING phase for request.",
-                vec![
-                    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-                ],
+                request_secs,
             )?,
             request_prompt_tokens: hist(
                 "vllm:request_prompt_tokens",
@@ -211,5 +212,63 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Per engine request: timings for the latency histograms and a log line.
+pub struct RequestTimer {
+    pub started: Instant,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    queue_secs: Option<f64>,
+}
+
+impl RequestTimer {
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            first: None,
+            last: None,
+            queue_secs: None,
+        }
+    }
+
+    pub fn on_output(&mut self, m: &Metrics, o: &RequestOutput) {
+        let now = Instant::now();
+        if o.queue_secs.is_some() {
+            self.queue_secs = o.queue_secs;
+        }
+        if !o.new_token_ids.is_empty() {
+            match self.last {
+                None => m.ttft.observe((now - self.started).as_secs_f64()),
+                Some(prev) => m.itl.observe((now - prev).as_secs_f64()),
+            }
+            self.first.get_or_insert(now);
+            self.last = Some(now);
+        }
+        if let Some(f) = o.finished {
+            m.e2e.observe(self.started.elapsed().as_secs_f64());
+            if let Some(q) = self.queue_secs {
+                m.queue_time.observe(q);
+            }
+            m.request_prompt_tokens
+                .observe(o.usage.prompt_tokens as f64);
+            m.request_generation_tokens
+                .observe(o.usage.completion_tokens as f64);
+            m.request_success.with_label_values(&[f.as_str()]).inc();
+            tracing::info!(
+                request_id = o.id,
+                prompt_tokens = o.usage.prompt_tokens,
+                generated_tokens = o.usage.completion_tokens,
+                cached_tokens = o.usage.cached_tokens,
+                ttft_s = self
+                    .first
+                    .map(|t| (t - self.started).as_secs_f64())
+                    .unwrap_or(0.0),
+                total_s = self.started.elapsed().as_secs_f64(),
+                finish_reason = f.as_str(),
+                "request finished"
+            );
+        }
     }
 }

@@ -1,19 +1,22 @@
-//! `/health`, `/metrics`, `/version`, `/v1/models`, `/tokenize`, `/detokenize`.
+//! `/health`, `/metrics`, `/version`, `/v1/models`, `/tokenize`, `/detokenize`; the 404
+//! fallback and the HTTP request counter every route passes through.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::generation::{parse_body, unix_now};
-use super::types::ChatMessageIn;
-use super::AppState;
+use super::protocol::{unix_now, ChatMessageIn, MessageContent};
+use super::state::{AppState, Loaded};
+use super::validate::parse_body;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
     state.loaded()?;
@@ -54,6 +57,18 @@ pub async fn models(
     })))
 }
 
+/// What /tokenize and /detokenize do first: the loaded model, the body, and the model it names.
+fn read_body<'a, T: DeserializeOwned>(
+    state: &'a AppState,
+    body: Result<Bytes, BytesRejection>,
+    model: impl FnOnce(&T) -> Option<&str>,
+) -> Result<(&'a Loaded, T), ApiError> {
+    let loaded = state.loaded()?;
+    let req: T = parse_body(state, body)?;
+    state.check_model(model(&req))?;
+    Ok((loaded, req))
+}
+
 #[derive(Deserialize)]
 pub struct TokenizeRequest {
     model: Option<String>,
@@ -66,9 +81,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let loaded = state.loaded()?;
-    let req: TokenizeRequest = parse_body(&state, body)?;
-    state.check_model(req.model.as_deref())?;
+    let (loaded, req) = read_body(&state, body, |r: &TokenizeRequest| r.model.as_deref())?;
     let tok = &loaded.engine.tokenizer;
     let text = match (req.prompt, req.messages) {
         (Some(p), None) => p,
@@ -81,7 +94,7 @@ pub async fn tokenize(
                 .iter()
                 .map(|m| {
                     let content = match &m.content {
-                        Some(super::types::MessageContent::Text(s)) => s.clone(),
+                        Some(MessageContent::Text(s)) => s.clone(),
                         _ => String::new(),
                     };
                     ferrolm_engine::tokenizer::ChatMessage::new(m.role.clone(), content)
@@ -113,9 +126,7 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let loaded = state.loaded()?;
-    let req: DetokenizeRequest = parse_body(&state, body)?;
-    state.check_model(req.model.as_deref())?;
+    let (loaded, req) = read_body(&state, body, |r: &DetokenizeRequest| r.model.as_deref())?;
     let tok = &loaded.engine.tokenizer;
     if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
         return Err(ApiError::invalid_field(
@@ -126,4 +137,29 @@ pub async fn detokenize(
     Ok(Json(
         serde_json::json!({ "prompt": tok.decode(&req.tokens, false) }),
     ))
+}
+
+/// 404 for a route that does not exist, as OpenAI's error JSON.
+pub async fn not_found(req: Request<Body>) -> ApiError {
+    ApiError::not_found(format!(
+        "route {} {} does not exist",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// Counts every HTTP request by its route pattern and status.
+pub async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), resp.status().as_str()])
+        .inc();
+    resp
 }

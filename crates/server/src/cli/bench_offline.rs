@@ -6,12 +6,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferrolm_engine::engine::{generate_offline, random_prompts, OfflineReport};
+use ferrolm_engine::config::EngineConfig;
+use ferrolm_engine::device::load_bench_model;
+use ferrolm_engine::engine::{generate_offline, kv_blocks, random_prompts, OfflineReport};
 use ferrolm_engine::loader::default_model_path;
 use ferrolm_engine::scheduler::SchedulerConfig;
 use serde::Serialize;
-
-use super::device::{kv_blocks, load_bench_model, resolve_device};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -121,20 +121,18 @@ struct Setup {
     model: ferrolm_engine::model::LlamaModel,
     sched: SchedulerConfig,
     num_blocks: usize,
+    enforce_eager: bool,
     device: String,
     name: String,
     load_secs: f64,
 }
 
 fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
-    if a.enforce_eager {
-        ferrolm_engine::runner::set_enforce_eager(true);
-    }
-    let device = resolve_device(&a.device)?;
     let path = a.model.clone().unwrap_or_else(default_model_path);
     let t = Instant::now();
-    let model = load_bench_model(&path, &a.load_format, &a.dtype, &device, a.max_model_len)?;
+    let model = load_bench_model(&path, &a.load_format, &a.dtype, &a.device, a.max_model_len)?;
     let load_secs = t.elapsed().as_secs_f64();
+    let device = model.device().clone();
     let gpu = !device.is_cpu();
     let max_num_seqs = a.max_num_seqs.unwrap_or(if gpu { 1024 } else { 256 });
     let max_num_batched_tokens = a
@@ -147,15 +145,20 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
         needed_len <= max_model_len,
         "input + output ({needed_len}) exceeds the model length {max_model_len}"
     );
-    let num_blocks = kv_blocks(
-        &model,
-        a.num_gpu_blocks_override,
-        a.gpu_memory_utilization,
-        a.kv_cache_memory_bytes,
-        max_num_batched_tokens,
+    let engine_cfg = EngineConfig {
         max_num_seqs,
-        a.block_size,
-    )?;
+        max_num_batched_tokens: Some(max_num_batched_tokens),
+        block_size: a.block_size,
+        kv_cache_memory_bytes: a.kv_cache_memory_bytes,
+        num_blocks_override: a.num_gpu_blocks_override,
+        gpu_memory_utilization: a.gpu_memory_utilization,
+        enforce_eager: a.enforce_eager,
+        ..EngineConfig::default()
+    };
+    let (num_blocks, how) = kv_blocks(&model, &engine_cfg)?;
+    if let Some(how) = how {
+        eprintln!("kv cache: {how}");
+    }
     anyhow::ensure!(
         num_blocks * a.block_size >= needed_len,
         "the KV cache ({num_blocks} blocks) cannot hold one request of {needed_len} tokens"
@@ -181,6 +184,7 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
             max_batch_prefill_tokens: None,
         },
         num_blocks,
+        enforce_eager: a.enforce_eager,
         device: if gpu { "cuda".into() } else { "cpu".into() },
         name,
         load_secs,
@@ -223,6 +227,7 @@ pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
         a.model.block_size,
         &warm,
         4,
+        s.enforce_eager,
     )?;
     let (r, _) = generate_offline(
         &s.model,
@@ -231,6 +236,7 @@ pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
         a.model.block_size,
         &prompts,
         a.output_len,
+        s.enforce_eager,
     )?;
     let res = ThroughputResult {
         device: s.device.clone(),
@@ -299,13 +305,14 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
             m.block_size,
             &prompts,
             a.output_len,
+            s.enforce_eager,
         )?
         .0)
     };
     for _ in 0..a.num_iters_warmup {
         run()?;
     }
-    ferrolm_engine::profile::take();
+    ferrolm_engine::instrument::profile::take();
     let mut lat = Vec::new();
     let (mut prefill, mut decode) = (0.0, 0.0);
     for _ in 0..a.num_iters {
@@ -338,7 +345,7 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         "Avg latency: {:.4} seconds (batch {} x {}/{} on {}); prefill {:.4} s; decode {:.3} ms/step",
         res.avg_latency, a.batch_size, a.input_len, a.output_len, res.device, res.prefill_secs, res.decode_ms_per_step
     );
-    for line in ferrolm_engine::profile::report() {
+    for line in ferrolm_engine::instrument::profile::report() {
         println!("{line}");
     }
     write_json(&m.output_json, &res)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use ferrolm_engine::engine::{EngineConfig, EngineHandle};
+use ferrolm_engine::config::EngineConfig;
+use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::ChatMessage;
@@ -60,9 +61,8 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let t_load = Instant::now();
-    let device = super::device::resolve_device(&args.device)?;
-    let lm =
-        LoadedModel::load(&path, &device).with_context(|| format!("loading {}", path.display()))?;
+    let lm = LoadedModel::load_on(&path, &args.device)
+        .with_context(|| format!("loading {}", path.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
     if args.prompt.is_empty() {
         anyhow::bail!("the prompt is empty");

@@ -1,9 +1,7 @@
 //! `ferrolm gpu-check`: our CUDA kernels against their CPU references on fresh random inputs,
 //! then timings; ends with a compact table. Exit 1 if a check fails.
 
-use ferrolm_engine::attention::cuda::{
-    check_kernels, time_decode_attention, CheckRow, CudaKernels, DecodeKernel,
-};
+use ferrolm_engine::diagnostics::{run_gpu_checks, GpuCheckOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct GpuCheckArgs {
@@ -21,80 +19,23 @@ pub struct GpuCheckArgs {
     pub decode_kernel: String,
 }
 
-/// Prints a row as soon as it is known (a run cut short keeps what it printed).
-fn print_row(r: &CheckRow) {
-    println!(
-        "{:<58} {:<5} {}",
-        r.name,
-        if r.ok { "PASS" } else { "FAIL" },
-        r.detail
-    );
-}
-
 pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
-    let mut k = CudaKernels::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e}"))?;
-    let kinds: Vec<DecodeKernel> = match args.decode_kernel.as_str() {
-        "per-head" | "v1" => vec![DecodeKernel::PerHead],
-        "gqa" => vec![DecodeKernel::Gqa],
-        "both" => vec![DecodeKernel::PerHead, DecodeKernel::Gqa],
-        other => anyhow::bail!("--decode-kernel {other:?}: per-head, gqa or both"),
-    };
-    let mut rows: Vec<CheckRow> = Vec::new();
     println!("\n{:<58} {:<5} detail", "check", "ok");
-    let add = |new: Vec<CheckRow>, rows: &mut Vec<CheckRow>| {
-        for r in new {
-            print_row(&r);
-            rows.push(r);
-        }
+    let opts = GpuCheckOptions {
+        model_config: args.model_config,
+        kernels_only: args.kernels_only,
+        model_only: args.model_only,
+        decode_kernel: args.decode_kernel,
     };
-    if !args.kernels_only {
-        // The engine's decode kernel in the model checks is FERROLM_DECODE_KERNEL's.
-        match ferrolm_engine::model::LlamaConfig::from_hf_json(&args.model_config) {
-            Ok(cfg) => add(ferrolm_engine::model_check::model_checks(&cfg), &mut rows),
-            Err(e) => add(
-                vec![CheckRow {
-                    name: "model checks".into(),
-                    ok: false,
-                    detail: format!("error: {e}"),
-                }],
-                &mut rows,
-            ),
-        }
-    }
-    if !args.model_only {
-        match ferrolm_engine::attention::cuda::model_device(0) {
-            Ok(dev) => add(ferrolm_engine::ops::gemv_checks(&dev), &mut rows),
-            Err(e) => add(
-                vec![CheckRow {
-                    name: "gemv checks".into(),
-                    ok: false,
-                    detail: format!("error: {e}"),
-                }],
-                &mut rows,
-            ),
-        }
-    }
-    let kinds = if args.model_only { Vec::new() } else { kinds };
-    for &kind in &kinds {
-        k.decode_kernel = kind;
-        add(check_kernels::<f32>(&k, 1e-4), &mut rows);
-        add(check_kernels::<half::f16>(&k, 1e-2), &mut rows);
-        add(check_kernels::<half::bf16>(&k, 1e-2), &mut rows);
-    }
-    for &kind in &kinds {
-        k.decode_kernel = kind;
-        match time_decode_attention(&k) {
-            Ok(r) => add(r, &mut rows),
-            Err(e) => add(
-                vec![CheckRow {
-                    name: "timings".into(),
-                    ok: false,
-                    detail: format!("error: {e}"),
-                }],
-                &mut rows,
-            ),
-        }
-    }
+    // Each row is printed as soon as it is known (a run cut short keeps what it printed).
+    let rows = run_gpu_checks(&opts, |r| {
+        println!(
+            "{:<58} {:<5} {}",
+            r.name,
+            if r.ok { "PASS" } else { "FAIL" },
+            r.detail
+        )
+    })?;
     let failed = rows.iter().filter(|r| !r.ok).count();
     println!(
         "gpu-check: {} passed, {} failed",

@@ -2,7 +2,7 @@
 
 mod bench;
 mod bench_offline;
-pub mod device;
+mod env;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;

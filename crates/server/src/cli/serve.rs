@@ -7,9 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferrolm_engine::engine::{EngineConfig, EngineHandle, StepObserver};
+use ferrolm_engine::config::{EngineConfig, PrefillCap, StepObserver};
+use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
-use ferrolm_engine::tokenizer::ChatTemplate;
 
 use crate::api::metrics::Metrics;
 use crate::api::{router, AppState, Loaded};
@@ -91,8 +91,7 @@ fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
         return Ok(p);
     }
     // Fetch it the way `make model` does, when the script is at hand.
-    let script =
-        std::env::var("FERROLM_FETCH_SCRIPT").unwrap_or_else(|_| "models/fetch-default.sh".into());
+    let script = super::env::fetch_script();
     if std::path::Path::new(&script).exists() {
         tracing::info!("default model missing; running {script}");
         let status = std::process::Command::new(&script)
@@ -110,7 +109,7 @@ fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
     // Checked before anything else, so a wrong --device fails at once.
-    super::device::resolve_device(&args.device)?;
+    ferrolm_engine::device::resolve_device(&args.device)?;
     let model_path = resolve_model(&args.model)?;
     let served = args.served_model_name.clone().unwrap_or_else(|| {
         model_path
@@ -121,8 +120,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_key = args
         .api_key
         .clone()
-        .or_else(|| std::env::var("VLLM_API_KEY").ok())
-        .or_else(|| std::env::var("FERROLM_API_KEY").ok())
+        .or_else(super::env::api_key)
         .filter(|k| !k.is_empty());
     let metrics =
         Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
@@ -138,7 +136,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_n: args.max_n,
     });
     // Tokio gets a small share: the engine thread and its compute pool need the cores.
-    let workers = ferrolm_engine::engine::available_cores().clamp(1, 2);
+    let workers = ferrolm_engine::worker::available_cores().clamp(1, 2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -155,66 +153,33 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
         .await
         .with_context(|| format!("binding {addr}"))?;
     tracing::info!(%addr, "listening; loading {}", model_path.display());
-    if args.enforce_eager {
-        ferrolm_engine::runner::set_enforce_eager(true);
-    }
 
     let load_state = state.clone();
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let device = super::device::resolve_device(&load_args.device)?;
-        let lm = LoadedModel::load(&model_path, &device)?;
-        let max_num_batched_tokens = load_args
-            .max_num_batched_tokens
-            .unwrap_or(if device.is_cpu() { 256 } else { 8192 });
-        let num_blocks_override = match (load_args.num_gpu_blocks_override, device.is_cpu()) {
-            (Some(n), _) => Some(n),
-            (None, true) => None,
-            (None, false) => Some(super::device::kv_blocks(
-                &lm.model,
-                None,
-                load_args.gpu_memory_utilization,
-                load_args.kv_cache_memory_bytes,
-                max_num_batched_tokens,
-                load_args.max_num_seqs,
-                load_args.block_size,
-            )?),
-        };
-        let chat_template = match &load_args.chat_template {
-            Some(t) => {
-                let src = match std::fs::read_to_string(t) {
-                    Ok(s) => s,
-                    Err(_) => t.clone(),
-                };
-                let name = |id: Option<u32>| {
-                    id.and_then(|i| lm.tokenizer.piece(i))
-                        .unwrap_or("")
-                        .to_string()
-                };
-                Some(ChatTemplate::new(
-                    &src,
-                    &name(lm.tokenizer.bos_id),
-                    &name(lm.tokenizer.eos_id),
-                )?)
-            }
-            None => lm.chat_template,
-        };
+        let mut lm = LoadedModel::load_on(&model_path, &load_args.device)?;
+        if let Some(t) = &load_args.chat_template {
+            lm.set_chat_template(t)?;
+        }
         let describe = lm.model.describe();
         let hist = load_state.metrics.iteration_tokens.clone();
+        let chat_template = lm.chat_template;
         let engine = EngineHandle::start(
             lm.model,
             Arc::new(lm.tokenizer),
             EngineConfig {
                 max_num_seqs: load_args.max_num_seqs,
-                max_num_batched_tokens,
+                max_num_batched_tokens: load_args.max_num_batched_tokens,
                 max_batch_prefill_tokens: load_args
                     .max_batch_prefill_tokens
-                    .or(device.is_cpu().then_some(128)),
+                    .map_or(PrefillCap::DeviceDefault, PrefillCap::Tokens),
                 max_model_len: load_args.max_model_len,
                 block_size: load_args.block_size,
                 enable_prefix_caching: !load_args.no_enable_prefix_caching,
                 kv_cache_memory_bytes: load_args.kv_cache_memory_bytes,
-                num_blocks_override,
+                num_blocks_override: load_args.num_gpu_blocks_override,
+                gpu_memory_utilization: load_args.gpu_memory_utilization,
+                enforce_eager: load_args.enforce_eager,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
             },
         )?;
@@ -273,7 +238,7 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROLM_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(super::env::LOG_VAR)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

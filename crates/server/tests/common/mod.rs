@@ -1,10 +1,48 @@
-//! Starts the real `ferrolm serve` on a free port with the real default model, as a client
-//! would find it, and stops it when dropped.
+//! What the tests share: the `ferrolm` binary and its JSON output files; the real
+//! `ferrolm serve` started on a free port with the real default model, as a client would find
+//! it, and stopped when dropped; and requests to it (JSON, SSE streams, metrics).
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `ferrolm` binary under test.
+pub fn ferrolm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+}
+
+/// Runs a command to its end and checks that it succeeded (showing its stderr if not).
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Where a command run by this test process writes its JSON report.
+pub fn json_out(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ferrolm-{name}-{}.json", std::process::id()))
+}
+
+/// A JSON file's contents.
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A JSON file's contents; the file is removed.
+pub fn take_json(path: &Path) -> Value {
+    let v = read_json(path);
+    std::fs::remove_file(path).ok();
+    v
+}
 
 pub struct Server {
     pub child: Child,
@@ -37,7 +75,7 @@ impl Server {
         if let Ok(m) = std::env::var("FERROLM_TEST_MODEL") {
             args.insert(1, m);
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_ferrolm"))
+        let child = ferrolm()
             .args(&args)
             .env("FERROLM_LOG", "warn")
             .stdin(Stdio::null())
@@ -117,4 +155,45 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// POSTs a JSON body.
+pub async fn send_json(s: &Server, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(s.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// POSTs a JSON body; the status and the JSON answer (null if it is not JSON).
+pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let r = send_json(s, path, body).await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads an SSE response into its JSON chunks; checks it ends with [DONE].
+pub async fn sse(s: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let r = send_json(s, path, body).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let datas: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .collect();
+    assert_eq!(
+        datas.last(),
+        Some(&"[DONE]"),
+        "stream did not end with [DONE]: {text}"
+    );
+    datas[..datas.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
 }

@@ -5,7 +5,7 @@
 //! fixed buffers ([`AttentionBackend::begin_fixed_decode`]); candle's kernel parameters
 //! (dims and strides of non-contiguous layouts) come from candle's capture cache, filled by
 //! a warm-up run of the same step; the device has one stream and no event tracking
-//! (`attention::cuda::model_device`). Activations are allocated inside the capture (graph
+//! (`cuda::model_device`). Activations are allocated inside the capture (graph
 //! memory nodes, reused on every replay); the logits and greedy ids are copied into fixed
 //! tensors before the capture ends, and everything else is dropped inside it.
 
@@ -14,14 +14,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Storage, Tensor, D};
 use cudarc::driver::{sys, CudaGraph, CudaStream, DevicePtr};
 
-use super::{capture_sizes, pad_decode, padded_size, PaddedDecode};
 use crate::attention::AttentionBackend;
-use crate::batch::FlatBatch;
+use crate::batch::{capture_sizes, pad_decode, padded_size, FlatBatch, PaddedDecode};
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
 
 fn cuda_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Config(format!("CUDA graphs: {e}"))
+    EngineError::Cuda(format!("CUDA graphs: {e}"))
 }
 
 /// Device address of a contiguous tensor's first element.

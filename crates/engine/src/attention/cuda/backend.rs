@@ -8,14 +8,16 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CustomOp1, Layout, Shape, Storage, Tensor};
 use cudarc::driver::CudaSlice;
 
-use super::cuda::{plan_prefill_tiles, CudaKernels, DecodeShape, KernelType};
-use super::{AttentionBackend, KvCacheLayout};
-use crate::batch::FlatBatch;
+use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeShape};
+use crate::attention::AttentionBackend;
+use crate::batch::{FlatBatch, PaddedDecode};
+use crate::cuda::KernelType;
+use crate::cuda::{contiguous_view, cuda_err};
 use crate::error::{EngineError, Result};
-use crate::ops::{contiguous_view, cuda_err};
+use crate::kv_cache::KvCacheLayout;
 
 fn engine_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Config(format!("CUDA: {e}"))
+    EngineError::cuda(e)
 }
 
 /// One step's metadata on the device, uploaded once and read by every layer.
@@ -148,7 +150,7 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
 
     fn check(&self, t: &Tensor, what: &str) -> Result<()> {
         if t.dtype() != T::DTYPE {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::Shape(format!(
                 "{what} is {:?} but the KV cache holds {:?}",
                 t.dtype(),
                 T::DTYPE
@@ -164,20 +166,20 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
         let l = self.layout;
         let n_slots = l.num_slots();
         if let Some(&bad) = batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::Cache(format!(
                 "slot {bad} is outside the KV cache ({n_slots} slots)"
             )));
         }
         let qsl = &batch.query_start_loc;
         if qsl.len() != batch.num_seqs() + 1 || qsl.last().copied() != Some(batch.num_tokens()) {
-            return Err(EngineError::Config(
+            return Err(EngineError::Batch(
                 "query_start_loc does not match the step".into(),
             ));
         }
         for s in 0..batch.num_seqs() {
             let (ctx, new) = (batch.context_lens[s], qsl[s + 1] - qsl[s]);
             if batch.block_tables[s].len() * l.block_size < ctx || ctx < new {
-                return Err(EngineError::Config(format!(
+                return Err(EngineError::Batch(format!(
                     "sequence {s}: {} blocks for {ctx} tokens of context, {new} new",
                     batch.block_tables[s].len()
                 )));
@@ -186,7 +188,7 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
                 .iter()
                 .find(|&&b| b as usize >= l.num_blocks)
             {
-                return Err(EngineError::Config(format!(
+                return Err(EngineError::Cache(format!(
                     "block {b} is outside the KV cache ({} blocks)",
                     l.num_blocks
                 )));
@@ -257,17 +259,17 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
             &self.layout,
             self.num_heads,
         )
-        .ok_or_else(|| EngineError::Config("write_kv before begin_step".into()))?;
+        .ok_or_else(|| EngineError::Batch("write_kv before begin_step".into()))?;
         let width = self.layout.num_kv_heads * self.layout.head_dim;
         if k.elem_count() != step.num_tokens * width || v.elem_count() != k.elem_count() {
-            return Err(EngineError::Config(
+            return Err(EngineError::Shape(
                 "K/V do not match the step's tokens".into(),
             ));
         }
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let (Storage::Cuda(ks), Storage::Cuda(vs)) = (&*ks, &*vs) else {
-            return Err(EngineError::Config("K/V are not on the GPU".into()));
+            return Err(EngineError::Shape("K/V are not on the GPU".into()));
         };
         let kv = contiguous_view::<T>(ks, kl)?;
         let vv = contiguous_view::<T>(vs, vl)?;
@@ -295,7 +297,9 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let st = &self.kernels.stream;
         let zeros = |n: usize| st.alloc_zeros::<i32>(n.max(1)).map_err(engine_err);
         // Scratch for the widest split-K launch a step of these shapes can choose.
-        let parts = max_context.div_ceil(super::split::PARTITION_SIZE).max(1);
+        let parts = max_context
+            .div_ceil(crate::attention::split::PARTITION_SIZE)
+            .max(1);
         let n_part = max_seqs * self.num_heads * parts;
         let scratch = (
             st.alloc_zeros::<f32>(n_part * l.head_dim)
@@ -318,24 +322,20 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         Ok(())
     }
 
-    fn begin_fixed_decode(
-        &mut self,
-        batch: &FlatBatch,
-        padded: &crate::graphs::PaddedDecode,
-    ) -> Result<()> {
+    fn begin_fixed_decode(&mut self, batch: &FlatBatch, padded: &PaddedDecode) -> Result<()> {
         if batch.num_seqs() > 0 {
             self.validate(batch)?;
         }
         let f = self
             .fixed
             .as_mut()
-            .ok_or_else(|| EngineError::Config("fixed decode buffers not enabled".into()))?;
+            .ok_or_else(|| EngineError::Batch("fixed decode buffers not enabled".into()))?;
         let rows = padded.rows;
         if rows > f.max_seqs
             || padded.max_context > f.max_context
             || padded.block_tables.len() != rows * f.max_blocks
         {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::Batch(format!(
                 "a padded decode step of {rows} rows (context {}) does not fit the fixed buffers ({} rows, context {})",
                 padded.max_context, f.max_seqs, f.max_context
             )));

@@ -6,12 +6,12 @@
 
 use candle_core::{DType, Device};
 
-use crate::attention::cuda::CheckRow;
 use crate::batch::{FlatBatch, LogitsWanted};
 use crate::engine::random_prompts;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
+use crate::instrument::CheckRow;
 use crate::model::{LlamaConfig, LlamaModel};
-use crate::runner::ModelRunner;
+use crate::worker::ModelRunner;
 
 /// Per step: (sequence, new tokens).
 type Plan = Vec<Vec<(usize, usize)>>;
@@ -71,8 +71,8 @@ fn run_plan_with(
     if graphs {
         let longest = seqs.iter().map(Vec::len).max().unwrap_or(1);
         runner
-            .capture_decode_graphs(seqs.len(), longest)?
-            .ok_or_else(|| crate::EngineError::Config("no CUDA graphs captured".into()))?;
+            .capture_decode_graphs(seqs.len(), longest, false)?
+            .ok_or_else(|| EngineError::Cuda("no CUDA graphs captured".into()))?;
     }
     let mut done = vec![0usize; seqs.len()];
     let mut out = vec![Vec::new(); seqs.len()];
@@ -154,21 +154,8 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
             config.num_layers, config.head_dim
         )
     };
-    let mut push = |n: String, r: Result<(bool, String)>| {
-        rows.push(match r {
-            Ok((ok, detail)) => CheckRow {
-                name: n,
-                ok,
-                detail,
-            },
-            Err(e) => CheckRow {
-                name: n,
-                ok: false,
-                detail: format!("error: {e}"),
-            },
-        })
-    };
-    let gpu = match crate::attention::cuda::model_device(0) {
+    let mut push = |n: String, r: Result<(bool, String)>| rows.push(CheckRow::from_result(n, r));
+    let gpu = match crate::cuda::model_device(0) {
         Ok(d) => d,
         Err(e) => {
             push(name("gpu"), Err(e.into()));
@@ -209,9 +196,7 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
                 )),
             );
         }
-        (Err(e), _) | (_, Err(e)) => {
-            push(name("f32"), Err(crate::EngineError::Config(e.to_string())))
-        }
+        (Err(e), _) | (_, Err(e)) => push(name("f32"), Err(EngineError::Check(e.to_string()))),
     }
     // bf16: the GPU in bf16 against the CPU in f32 on the same (bf16-rounded) weights.
     let bf = (|| -> Result<(bool, String)> {

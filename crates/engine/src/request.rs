@@ -1,11 +1,11 @@
-//! A request as the scheduler sees it: its tokens, how many are in the KV cache, and when
-//! it stops.
+//! A request as the engine holds it: its id, tokens, sampling parameters, how many tokens
+//! are in the KV cache, and why it finished. One definition each, shared by every layer above.
 
 use crate::kv_cache::BlockId;
 
 pub type RequestId = u64;
 
-pub use crate::sampling::SamplingParams;
+use crate::sampling::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestStatus {

@@ -1,5 +1,13 @@
 //! The flat batch: every token the model computes in one step, from every request,
-//! laid end to end. Prefill chunks and decode tokens mix freely.
+//! laid end to end. Prefill chunks and decode tokens mix freely. `padded.rs` lays a decode
+//! step out for a CUDA graph's fixed buffers.
+
+mod padded;
+
+pub use padded::{
+    capture_sizes, is_plain_decode, pad_decode, padded_size, PaddedDecode, MAX_CAPTURE_CONTEXT,
+    MAX_CAPTURE_SIZE,
+};
 
 /// Per-step inputs of the model, on the host. The attention backend reads K/V through
 /// `block_tables` and writes the step's K/V at `slot_mapping`.

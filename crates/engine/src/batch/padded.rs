@@ -5,15 +5,11 @@
 //! of `n` sequences is padded to the next captured size, its inputs are copied into those
 //! buffers and the graph is replayed.
 //!
-//! This file holds the host-side plan (sizes, padding: testable without a GPU);
-//! `capture.rs` (feature `cuda`) captures and replays.
+//! This file holds the host-side plan (sizes, padding: testable without a GPU, and read by
+//! the attention backends' fixed buffers); `worker/graphs.rs` (feature `cuda`) captures and
+//! replays.
 
-#[cfg(feature = "cuda")]
-mod capture;
-#[cfg(feature = "cuda")]
-pub use capture::DecodeGraphs;
-
-use crate::batch::FlatBatch;
+use super::FlatBatch;
 use crate::error::{EngineError, Result};
 
 /// The largest batch captured (vLLM's v0 cap; v1's is 512). Larger decode batches run
@@ -79,12 +75,12 @@ pub struct PaddedDecode {
 pub fn pad_decode(batch: &FlatBatch, rows: usize, max_blocks: usize) -> Result<PaddedDecode> {
     let n = batch.num_seqs();
     if n > 0 && !is_plain_decode(batch) {
-        return Err(EngineError::Config(
+        return Err(EngineError::Batch(
             "a decode graph replays plain decode steps only".into(),
         ));
     }
     if n > rows {
-        return Err(EngineError::Config(format!(
+        return Err(EngineError::Batch(format!(
             "{n} sequences do not fit a graph of {rows} rows"
         )));
     }
@@ -101,7 +97,7 @@ pub fn pad_decode(batch: &FlatBatch, rows: usize, max_blocks: usize) -> Result<P
     for s in 0..n {
         let table = &batch.block_tables[s];
         if table.len() > max_blocks {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::Batch(format!(
                 "sequence {s} has {} blocks, the graphs' tables hold {max_blocks}",
                 table.len()
             )));
@@ -109,7 +105,7 @@ pub fn pad_decode(batch: &FlatBatch, rows: usize, max_blocks: usize) -> Result<P
         p.token_ids[s] = batch.token_ids[s];
         p.positions[s] = batch.positions[s];
         p.slots[s] = i32::try_from(batch.slot_mapping[s])
-            .map_err(|_| EngineError::Config("slot beyond i32".into()))?;
+            .map_err(|_| EngineError::Batch("slot beyond i32".into()))?;
         p.context_lens[s] = batch.context_lens[s] as i32;
         p.max_context = p.max_context.max(batch.context_lens[s]);
         for (j, &b) in table.iter().enumerate() {

@@ -13,8 +13,7 @@ use candle_core::Device;
 use crate::error::Result;
 
 pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FERROLM_PROFILE").is_ok_and(|v| v == "1"))
+    crate::env::get().profile
 }
 
 /// (phase, stage) -> (seconds, marks); (phase, "") counts steps.

@@ -1,23 +1,18 @@
-//! What completions and chat share: reading and checking the body, turning OpenAI fields
-//! into sampling parameters, submitting to the engine (aborting on drop), and metrics.
-
-use std::sync::Arc;
-use std::time::Instant;
+//! Reading a generation request: the body, the model name, the fields we refuse, `n`, the
+//! length and log-prob counts, and the shared sampling fields as the engine's
+//! `SamplingParams`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use ferrolm_engine::engine::{EngineHandle, RequestOutput};
 use ferrolm_engine::sampling::SamplingParams;
-use ferrolm_engine::scheduler::{FinishReason, RequestId};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::ApiError;
-use super::types::CommonParams;
-use super::{Admission, AppState};
+use super::protocol::{CommonParams, WithCommon};
+use super::state::AppState;
 
-pub const MAX_LOGPROBS: i64 = 20;
+const MAX_LOGPROBS: i64 = 20;
 
 /// Reads a JSON body: 413 over the limit, 400 for malformed JSON.
 pub fn parse_json(
@@ -64,13 +59,6 @@ pub fn parse_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     from_json(&parse_json(state, body)?)
-}
-
-/// An endpoint's request type: its own fields plus the shared sampling fields, which are read
-/// from the same JSON separately (see `CommonParams`).
-pub trait WithCommon: DeserializeOwned {
-    fn common(&self) -> &CommonParams;
-    fn set_common(&mut self, c: CommonParams);
 }
 
 /// Reads and checks what every generation endpoint checks first: the body, the model name,
@@ -260,148 +248,25 @@ pub fn check_length(
     Ok(())
 }
 
-/// Engine requests of one HTTP request; every one not finished is aborted when this drops
-/// (a client that disconnects drops the handler's future or the stream that owns it).
-pub struct Submission {
-    pub engine_ids: Vec<RequestId>,
-    finished: Vec<bool>,
-    state: Arc<AppState>,
-    _admission: Admission,
-}
-
-impl Submission {
-    pub fn mark_finished(&mut self, choice: usize) {
-        if let Some(f) = self.finished.get_mut(choice) {
-            *f = true;
-        }
+/// `max_tokens` as asked (at least 1), or `default` when the request leaves it out.
+pub fn max_tokens_or(requested: Option<i64>, default: usize) -> Result<usize, ApiError> {
+    match requested {
+        Some(m) if m < 1 => Err(ApiError::invalid_field(
+            "max_tokens",
+            format!("`max_tokens` must be at least 1, got {m}"),
+        )),
+        Some(m) => Ok(m as usize),
+        None => Ok(default),
     }
 }
 
-impl Drop for Submission {
-    fn drop(&mut self) {
-        if let Some(l) = self.state.loaded.get() {
-            for (id, done) in self.engine_ids.iter().zip(&self.finished) {
-                if !done {
-                    l.engine.abort(*id);
-                    self.state
-                        .metrics
-                        .request_success
-                        .with_label_values(&["abort"])
-                        .inc();
-                }
-            }
-        }
+/// A count of log-prob alternatives (`logprobs`, `top_logprobs`, `prompt_logprobs`), in range.
+pub fn logprobs_count(name: &str, k: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match k {
+        Some(k) if !(0..=MAX_LOGPROBS).contains(&k) => Err(ApiError::invalid_field(
+            name,
+            format!("`{name}` must be between 0 and {MAX_LOGPROBS}"),
+        )),
+        k => Ok(k.map(|k| k as usize)),
     }
-}
-
-/// Submits `prompts × n` engine requests (choice index = prompt * n + i; seeds offset by i).
-pub fn submit(
-    state: &Arc<AppState>,
-    engine: &EngineHandle,
-    prompts: &[Vec<u32>],
-    n: usize,
-    params: &SamplingParams,
-) -> Result<(Submission, Vec<UnboundedReceiver<RequestOutput>>), ApiError> {
-    let admission = state.admit(prompts.len() * n)?;
-    let mut sub = Submission {
-        engine_ids: Vec::new(),
-        finished: Vec::new(),
-        state: state.clone(),
-        _admission: admission,
-    };
-    let mut rxs = Vec::new();
-    for p in prompts {
-        for i in 0..n {
-            let mut params = params.clone();
-            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            let (id, rx) = engine.add_request(p.clone(), params)?;
-            sub.engine_ids.push(id);
-            sub.finished.push(false);
-            rxs.push(rx);
-        }
-    }
-    Ok((sub, rxs))
-}
-
-/// Per engine request: timings for the latency histograms and a log line.
-pub struct RequestTimer {
-    pub started: Instant,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    queue_secs: Option<f64>,
-}
-
-impl RequestTimer {
-    pub fn new(started: Instant) -> Self {
-        Self {
-            started,
-            first: None,
-            last: None,
-            queue_secs: None,
-        }
-    }
-
-    pub fn on_output(&mut self, state: &AppState, o: &RequestOutput) {
-        let now = Instant::now();
-        if o.queue_secs.is_some() {
-            self.queue_secs = o.queue_secs;
-        }
-        if !o.new_token_ids.is_empty() {
-            match self.last {
-                None => state
-                    .metrics
-                    .ttft
-                    .observe((now - self.started).as_secs_f64()),
-                Some(prev) => state.metrics.itl.observe((now - prev).as_secs_f64()),
-            }
-            self.first.get_or_insert(now);
-            self.last = Some(now);
-        }
-        if let Some(f) = o.finished {
-            let m = &state.metrics;
-            m.e2e.observe(self.started.elapsed().as_secs_f64());
-            if let Some(q) = self.queue_secs {
-                m.queue_time.observe(q);
-            }
-            m.request_prompt_tokens
-                .observe(o.usage.prompt_tokens as f64);
-            m.request_generation_tokens
-                .observe(o.usage.completion_tokens as f64);
-            m.request_success.with_label_values(&[f.as_str()]).inc();
-            tracing::info!(
-                request_id = o.id,
-                prompt_tokens = o.usage.prompt_tokens,
-                generated_tokens = o.usage.completion_tokens,
-                cached_tokens = o.usage.cached_tokens,
-                ttft_s = self
-                    .first
-                    .map(|t| (t - self.started).as_secs_f64())
-                    .unwrap_or(0.0),
-                total_s = self.started.elapsed().as_secs_f64(),
-                finish_reason = f.as_str(),
-                "request finished"
-            );
-        }
-    }
-}
-
-pub fn finish_str(f: Option<FinishReason>) -> Option<&'static str> {
-    match f {
-        Some(FinishReason::Stop) => Some("stop"),
-        Some(FinishReason::Length) => Some("length"),
-        // An aborted request that still answers (shutdown) reports "abort" as vLLM does.
-        Some(FinishReason::Abort) => Some("abort"),
-        None => None,
-    }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn request_id(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

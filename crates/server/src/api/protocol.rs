@@ -1,7 +1,9 @@
-//! OpenAI request and response types (the fields vLLM accepts). Unknown fields are ignored.
+//! OpenAI request and response types (the fields vLLM accepts), and the `id` and `created`
+//! every response carries. Unknown request fields are ignored.
 
 use std::collections::HashMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +81,13 @@ impl CommonParams {
     }
 }
 
+/// An endpoint's request type: its own fields plus the shared sampling fields, which are read
+/// from the same JSON separately (see `CommonParams`).
+pub trait WithCommon: DeserializeOwned {
+    fn common(&self) -> &CommonParams;
+    fn set_common(&mut self, c: CommonParams);
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Option<Prompt>,
@@ -128,6 +137,16 @@ pub struct UsageOut {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+}
+
+impl UsageOut {
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -228,7 +247,7 @@ pub struct ChatChunk {
     pub usage: Option<UsageOut>,
 }
 
-impl super::generation::WithCommon for CompletionRequest {
+impl WithCommon for CompletionRequest {
     fn common(&self) -> &CommonParams {
         &self.common
     }
@@ -237,11 +256,24 @@ impl super::generation::WithCommon for CompletionRequest {
     }
 }
 
-impl super::generation::WithCommon for ChatRequest {
+impl WithCommon for ChatRequest {
     fn common(&self) -> &CommonParams {
         &self.common
     }
     fn set_common(&mut self, c: CommonParams) {
         self.common = c;
     }
+}
+
+/// A response's `created`: seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A response's `id`: `prefix-` and a fresh UUID.
+pub fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

@@ -1,0 +1,297 @@
+//! The CPU backend's kernel: paged attention in llama.cpp's arithmetic over an f16 cache,
+//! parallel over (token, KV head). The SIMD lanes of its dot products live in `lanes.rs`.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::lanes::*;
+use super::reference::{row_positions, PagedAttentionShape};
+use crate::ops::ggml_arith::f16_to_f32;
+
+/// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
+/// V, flash attention off, single-token decode; see [`crate::ops::ggml_arith`]) so that outputs
+/// match llama.cpp's bit for bit: q rounded to f16; each score `ggml_vec_dot_f16`'s lanes
+/// and tree, times `scale`; softmax with the AVX-512 `expf`, summed 16 keys at a time into a
+/// double; probabilities rounded to f16; each output dim the f16 dot of the probabilities
+/// with V over positions (lane = position % 64). The key and position orders are fixed, so a
+/// row's result depends on nothing but its own context.
+///
+/// Prompt rows (positions below their sequence's `prompt_lens` entry, when that is 2 or
+/// more) take llama.cpp's prompt-processing order instead: its f16 matmuls with two or more
+/// columns go through llamafile's `tinyBLAS`, whose dot products use 16 lanes
+/// ([`crate::ops::ggml_arith::dot_f16_tiled`]), both for the scores and for the values.
+///
+/// K is stored transposed within each block (`k_t`: `[num_blocks, num_kv_heads, head_dim,
+/// block_size]`, 8 keys' scores are vector lanes); V as `[num_blocks * block_size,
+/// num_kv_heads, head_dim]`. One task computes all the query heads of a KV group for one
+/// token (they share the K and V conversions) unless that leaves too few tasks.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_cpu_f16(
+    shape: PagedAttentionShape,
+    q: &[f32],
+    k_t: &[f16],
+    v_cache: &[f16],
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+    prompt_lens: &[usize],
+    block_tables: &[Vec<u32>],
+    out: &mut [f32],
+) {
+    let rows = q.len() / (shape.num_heads * shape.head_dim).max(1);
+    let group = shape.num_heads / shape.num_kv_heads;
+    let heads_per_task = if rows * shape.num_kv_heads >= 2 * rayon::current_num_threads() {
+        group
+    } else {
+        1
+    };
+    attention_by_tasks(
+        shape,
+        heads_per_task,
+        q,
+        k_t,
+        v_cache,
+        query_start_loc,
+        context_lens,
+        prompt_lens,
+        block_tables,
+        out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_by_tasks(
+    shape: PagedAttentionShape,
+    heads_per_task: usize,
+    q: &[f32],
+    k_t: &[f16],
+    v_cache: &[f16],
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+    prompt_lens: &[usize],
+    block_tables: &[Vec<u32>],
+    out: &mut [f32],
+) {
+    let PagedAttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim: hd,
+        ..
+    } = shape;
+    let group = num_heads / num_kv_heads;
+    let rows = row_positions(query_start_loc, context_lens);
+    out.par_chunks_mut(heads_per_task * hd)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let first = task * heads_per_task; // row * num_heads + head
+            let (row, h0) = (first / num_heads, first % num_heads);
+            let (s, pos) = rows[row];
+            let prompt_len = prompt_lens.get(s).copied().unwrap_or(0);
+            let keys = Keys {
+                shape,
+                k_t,
+                v_cache,
+                table: &block_tables[s],
+                n_keys: pos + 1,
+                kvh: h0 / group,
+                prompt_order: prompt_order(pos, prompt_len) && hd.is_multiple_of(16),
+            };
+            keys.attend(&q[first * hd..(first + heads_per_task) * hd], o);
+        });
+}
+
+/// llama.cpp's ubatch: a prompt is processed 512 tokens at a time.
+const LLAMA_CPP_UBATCH: usize = 512;
+
+/// Whether llama.cpp computes the row at `pos` of a sequence with a `prompt_len`-token prompt
+/// in its prompt-processing order: a prompt row, unless it is alone in its ubatch (a
+/// one-token prompt, or the last row of a prompt one longer than a multiple of 512), which
+/// llama.cpp computes as a decode step.
+pub(super) fn prompt_order(pos: usize, prompt_len: usize) -> bool {
+    let alone = prompt_len % LLAMA_CPP_UBATCH == 1 && pos + 1 == prompt_len;
+    pos < prompt_len && !alone
+}
+
+/// One token's keys and values for one KV head.
+struct Keys<'a> {
+    shape: PagedAttentionShape,
+    k_t: &'a [f16],
+    v_cache: &'a [f16],
+    table: &'a [u32],
+    n_keys: usize,
+    kvh: usize,
+    /// llama.cpp's prompt-processing order (16 lanes) rather than its decode order (64).
+    prompt_order: bool,
+}
+
+impl Keys<'_> {
+    /// The segments of the context that lie in one block: (first position, block id, len).
+    fn segments(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let bs = self.shape.block_size;
+        (0..self.n_keys).step_by(bs).map(move |start| {
+            (
+                start,
+                self.table[start / bs] as usize,
+                bs.min(self.n_keys - start),
+            )
+        })
+    }
+
+    /// Query heads of this KV head: `q`, `out` are `[heads, head_dim]`.
+    fn attend(&self, q: &[f32], out: &mut [f32]) {
+        SCRATCH.with(|s| self.attend_with(q, out, &mut s.borrow_mut()))
+    }
+
+    fn attend_with(&self, q: &[f32], out: &mut [f32], sc: &mut Scratch) {
+        let PagedAttentionShape {
+            num_kv_heads: nkv,
+            head_dim: hd,
+            block_size: bs,
+            scale,
+            ..
+        } = self.shape;
+        let (n, kvh) = (self.n_keys, self.kvh);
+        let heads = q.len() / hd;
+        let Scratch {
+            qh,
+            p,
+            kb,
+            rows,
+            tree,
+        } = sc;
+        // q as llama.cpp's matmul converts it to the K cache's type.
+        let qh = sized(qh, q.len());
+        qh.copy_from_slice(q);
+        crate::ops::ggml_arith::round_to_f16(qh);
+        // Scores, then probabilities: [heads, n].
+        let p = sized(p, heads * n);
+        let kb = sized(kb, hd * bs);
+        for (start, block, len) in self.segments() {
+            f16_to_f32(&self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs], kb);
+            for h in 0..heads {
+                let out = &mut p[h * n + start..][..len];
+                key_scores(&qh[h * hd..][..hd], kb, bs, len, out, self.prompt_order);
+            }
+        }
+        for h in 0..heads {
+            softmax_to_f16(&mut p[h * n..][..n], scale);
+        }
+        // Each position's V row in the cache.
+        rows.clear();
+        for (_, block, len) in self.segments() {
+            rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
+        }
+        let tree = sized(tree, 16 * hd);
+        values_dot(p, rows, self.v_cache, self.prompt_order, tree, hd, out);
+    }
+}
+
+/// Each head's output: for each dim `d`, the f16 dot product of the head's probabilities
+/// (`p: [heads, n]`) with V's column `d` over the positions (V row of position `i` at
+/// `v[rows[i]..]`) in `ggml_vec_dot_f16`'s order (lane = position % 64, `(a0 + a2) + (a1 +
+/// a3)`, then [`crate::ops::ggml_arith::reduce16`]) or, in prompt order, tinyBLAS's (lane =
+/// position % 16, then the tree), into `out: [heads, hd]`. `tree` is `[16, hd]` scratch.
+#[allow(clippy::too_many_arguments)]
+fn values_dot(
+    p: &[f32],
+    rows: &[usize],
+    v: &[f16],
+    prompt: bool,
+    tree: &mut [f32],
+    hd: usize,
+    out: &mut [f32],
+) {
+    let n = rows.len();
+    // Checked once for all heads: every V row read below lies inside `v`.
+    assert!(p.len() * hd == n * out.len() && rows.iter().all(|&r| r + hd <= v.len()));
+    assert!(tree.len() >= 16 * hd);
+    for (p, out) in p.chunks(n.max(1)).zip(out.chunks_mut(hd)) {
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "f16c"
+        ))]
+        if hd.is_multiple_of(8) {
+            for d0 in (0..hd).step_by(64) {
+                // SAFETY: AVX2 and F16C are in the build's target; every V row read is
+                // inside `v` (asserted above) and every store inside `tree`.
+                unsafe {
+                    match (hd - d0).min(64) / 8 {
+                        8 => values_lanes_avx2::<8>(p, rows, v, d0, prompt, tree, hd),
+                        4 => values_lanes_avx2::<4>(p, rows, v, d0, prompt, tree, hd),
+                        w => {
+                            for k in 0..w {
+                                values_lanes_avx2::<1>(p, rows, v, d0 + 8 * k, prompt, tree, hd)
+                            }
+                        }
+                    }
+                }
+            }
+            tree_reduce(tree, out);
+            continue;
+        }
+        let lanes = if prompt { 16 } else { 64 };
+        for (d, o) in out.iter_mut().enumerate() {
+            let mut acc = [0f32; 64];
+            for (i, (&pv, &r)) in p.iter().zip(rows).enumerate() {
+                acc[i % lanes] += v[r + d].to_f32() * pv;
+            }
+            *o = if prompt {
+                crate::ops::ggml_arith::reduce16(&std::array::from_fn(|l| acc[l]))
+            } else {
+                crate::ops::ggml_arith::dot_f16_finish(&acc, std::iter::empty())
+            };
+        }
+    }
+}
+
+/// Per-thread buffers of [`Keys::attend`] (one task per (token, KV head) would otherwise
+/// allocate them each time).
+#[derive(Default)]
+struct Scratch {
+    qh: Vec<f32>,
+    p: Vec<f32>,
+    kb: Vec<f32>,
+    rows: Vec<usize>,
+    tree: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The first `n` elements of `v`, grown as needed (contents unspecified).
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// `ggml_soft_max` over one row of unscaled scores (scaled here), then the f16 rounding of
+/// the probabilities that llama.cpp's next matmul applies.
+fn softmax_to_f16(w: &mut [f32], scale: f32) {
+    use crate::ops::ggml_arith::{expf8, reduce16};
+    let mut max = f32::NEG_INFINITY;
+    for x in w.iter_mut() {
+        *x *= scale;
+        max = if max > *x { max } else { *x };
+    }
+    let mut sum = 0f64;
+    for chunk in w.chunks_mut(16) {
+        // Past the row, llama.cpp's padded cache holds masked keys: exp(-inf) = 0.
+        let x: [f32; 16] =
+            std::array::from_fn(|i| chunk.get(i).map_or(f32::NEG_INFINITY, |x| x - max));
+        let mut e = [0f32; 16];
+        for half in 0..2 {
+            let x: [f32; 8] = std::array::from_fn(|i| x[8 * half + i]);
+            e[8 * half..8 * half + 8].copy_from_slice(&expf8(x));
+        }
+        chunk.copy_from_slice(&e[..chunk.len()]);
+        sum += reduce16(&e) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for x in w.iter_mut() {
+        *x *= inv;
+    }
+    crate::ops::ggml_arith::round_to_f16(w);
+}

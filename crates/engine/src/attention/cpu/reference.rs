@@ -1,0 +1,130 @@
+//! The f32 reference paged attention (online softmax one block at a time), which the CUDA
+//! kernels' checks and the GPU checks' CPU runner compare against. Each (token, head) is
+//! computed by one thread in a fixed order, so a row's result never depends on the batch,
+//! the chunking of its prompt or the thread count.
+
+use rayon::prelude::*;
+
+/// Keys whose dot products run side by side in the reference.
+const KEYS_AT_ONCE: usize = 8;
+
+/// Heads and sizes of one paged attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedAttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub scale: f32,
+}
+
+/// Each flat row's sequence and position: a sequence's new tokens are the last of its context.
+pub(super) fn row_positions(
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+) -> Vec<(usize, usize)> {
+    let mut rows = Vec::with_capacity(query_start_loc.last().copied().unwrap_or(0));
+    for (s, &ctx) in context_lens.iter().enumerate() {
+        let (a, b) = (query_start_loc[s], query_start_loc[s + 1]);
+        rows.extend((a..b).map(|row| (s, ctx - (b - a) + (row - a))));
+    }
+    rows
+}
+
+/// The f32 reference paged attention (online softmax one block at a time): `q`, `out` are
+/// `[num_tokens, num_heads, head_dim]`, the caches `[num_blocks, block_size, num_kv_heads,
+/// head_dim]`.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+pub fn paged_attention_cpu(
+    shape: PagedAttentionShape,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    query_start_loc: &[usize],
+    context_lens: &[usize],
+    block_tables: &[Vec<u32>],
+    out: &mut [f32],
+) {
+    let PagedAttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim: hd,
+        block_size: bs,
+        scale,
+    } = shape;
+    let group = num_heads / num_kv_heads;
+    let rows = row_positions(query_start_loc, context_lens);
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let row = idx / num_heads;
+        let h = idx % num_heads;
+        let kvh = h / group;
+        let (s, pos) = rows[row];
+        let qv = &q[idx * hd..(idx + 1) * hd];
+        let table = &block_tables[s];
+        let n_keys = pos + 1;
+        let mut m = f32::NEG_INFINITY;
+        let mut l = 0f32;
+        let mut acc = vec![0f32; hd];
+        let mut scores = [0f32; 256];
+        let mut start = 0;
+        while start < n_keys {
+            let block = table[start / bs] as usize;
+            let len = (bs - start % bs).min(n_keys - start).min(scores.len());
+            let mut bmax = f32::NEG_INFINITY;
+            let key = |i: usize| {
+                let off = ((block * bs + (start + i) % bs) * num_kv_heads + kvh) * hd;
+                &k_cache[off..off + hd]
+            };
+            // Each key's dot is a sequential f32 sum over d: the order the goldens were
+            // validated with (a lane-split sum changes greedy output on this sensitive model;
+            // see the engine notes). Eight keys' sums run side by side: eight independent
+            // chains instead of one, the same bits per key.
+            let mut i = 0;
+            while i + KEYS_AT_ONCE <= len {
+                let ks: [&[f32]; KEYS_AT_ONCE] = std::array::from_fn(|j| key(i + j));
+                let mut dots = [0f32; KEYS_AT_ONCE];
+                for d in 0..hd {
+                    let qd = qv[d];
+                    for j in 0..KEYS_AT_ONCE {
+                        dots[j] += qd * ks[j][d];
+                    }
+                }
+                for j in 0..KEYS_AT_ONCE {
+                    scores[i + j] = dots[j] * scale;
+                    bmax = bmax.max(scores[i + j]);
+                }
+                i += KEYS_AT_ONCE;
+            }
+            for i in i..len {
+                let kv = key(i);
+                let mut dot = 0f32;
+                for d in 0..hd {
+                    dot += qv[d] * kv[d];
+                }
+                scores[i] = dot * scale;
+                bmax = bmax.max(scores[i]);
+            }
+            let new_m = m.max(bmax);
+            let correction = (m - new_m).exp();
+            l *= correction;
+            for a in acc.iter_mut() {
+                *a *= correction;
+            }
+            for i in 0..len {
+                let p = (scores[i] - new_m).exp();
+                l += p;
+                let off = ((block * bs + (start + i) % bs) * num_kv_heads + kvh) * hd;
+                let vv = &v_cache[off..off + hd];
+                for d in 0..hd {
+                    acc[d] += p * vv[d];
+                }
+            }
+            m = new_m;
+            start += len;
+        }
+        let inv = 1.0 / l;
+        for d in 0..hd {
+            o[d] = acc[d] * inv;
+        }
+    });
+}

@@ -1,0 +1,18 @@
+//! The GPU beneath the model (feature `cuda`): opening the device, its memory pool, our
+//! kernels' fatbins and loading them, and the one error path from the driver into ours.
+
+mod device;
+mod kernels;
+mod launch;
+mod pool;
+
+pub use device::{cuda_driver_present, model_device};
+pub(crate) use kernels::{
+    KernelType, PAGED_ATTENTION_FATBIN, PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN,
+    RESHAPE_AND_CACHE_FATBIN,
+};
+pub(crate) use launch::{contiguous_view, cuda_err, fused_module, gemv_module};
+pub use pool::{keep_freed_memory, set_pool_release_threshold, trim_pool};
+
+/// What the driver and our kernel launchers fail with (converted into `EngineError::Cuda`).
+pub type CudaResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;

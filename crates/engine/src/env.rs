@@ -1,0 +1,103 @@
+//! Every run-time switch the engine reads from the environment, read once, here (as vLLM's
+//! `envs.py`). Flags belong in [`crate::config::EngineConfig`]; these are for A/B runs,
+//! debugging and fallbacks. README lists them with the server's own (FERROLM_LOG,
+//! FERROLM_API_KEY, FERROLM_FETCH_SCRIPT, read by the server's CLI).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The engine's environment switches.
+#[derive(Debug, Clone)]
+pub struct Switches {
+    /// FERROLM_ENFORCE_EAGER=1: no CUDA graphs, as `--enforce-eager`.
+    pub enforce_eager: bool,
+    /// FERROLM_PROFILE=1: time each stage of eager steps (a device sync per stage).
+    pub profile: bool,
+    /// FERROLM_DUMP_DIR: write each layer's output there (llama.cpp's tensor names).
+    pub dump_dir: Option<String>,
+    /// FERROLM_NO_FUSED (set): candle's separate ops instead of our fused CUDA kernels.
+    pub fused_ops: bool,
+    /// FERROLM_GEMV=0: every dense matmul to cuBLAS (no skinny decode kernel).
+    pub gemv: bool,
+    /// FERROLM_F32_RESIDUAL=0: a half-precision model rounds its residual stream to its type.
+    pub f32_residual: bool,
+    /// FERROLM_STACK_PROJ=1/0: stack Q/K/V and gate/up weights (default: on a GPU only).
+    pub stack_projections: Option<bool>,
+    /// FERROLM_DECODE_KERNEL=per-head: the per-query-head decode kernel instead of GQA's.
+    pub decode_kernel_per_head: bool,
+    /// FERROLM_POOL_KEEP=1: the CUDA memory pool keeps freed memory.
+    pub pool_keep: bool,
+    /// FERROLM_CPU_ISA=avx2: the AVX2 matmul even where AVX-512 VNNI passed its probe.
+    pub cpu_isa_avx2: bool,
+    /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
+    /// where the default model is.
+    pub model_dir: PathBuf,
+}
+
+impl Switches {
+    /// Reads the switches from `var` (the process environment in [`get`]).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
+        let is = |name: &str, v: &str| var(name).is_some_and(|x| x == v);
+        let model_dir = match (var("FERROLM_MODEL_DIR"), var("XDG_CACHE_HOME")) {
+            (Some(d), _) => PathBuf::from(d),
+            (None, Some(c)) => PathBuf::from(c).join("ferrolm/models"),
+            (None, None) => PathBuf::from(var("HOME").unwrap_or_else(|| ".".into()))
+                .join(".cache/ferrolm/models"),
+        };
+        Self {
+            enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
+            profile: is("FERROLM_PROFILE", "1"),
+            dump_dir: var("FERROLM_DUMP_DIR"),
+            fused_ops: var("FERROLM_NO_FUSED").is_none(),
+            gemv: !is("FERROLM_GEMV", "0"),
+            f32_residual: !is("FERROLM_F32_RESIDUAL", "0"),
+            stack_projections: var("FERROLM_STACK_PROJ").map(|v| v == "1"),
+            decode_kernel_per_head: matches!(
+                var("FERROLM_DECODE_KERNEL").as_deref(),
+                Some("per-head") | Some("v1")
+            ),
+            pool_keep: is("FERROLM_POOL_KEEP", "1"),
+            cpu_isa_avx2: var("FERROLM_CPU_ISA").is_some_and(|v| v.eq_ignore_ascii_case("avx2")),
+            model_dir,
+        }
+    }
+}
+
+/// The process's switches, read on first use.
+pub fn get() -> &'static Switches {
+    static SWITCHES: OnceLock<Switches> = OnceLock::new();
+    SWITCHES.get_or_init(|| {
+        Switches::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_settings() {
+        let none = Switches::from_lookup(|_| None);
+        assert!(!none.enforce_eager && none.fused_ops && none.gemv && none.f32_residual);
+        assert_eq!(none.stack_projections, None);
+        assert_eq!(none.model_dir, PathBuf::from("./.cache/ferrolm/models"));
+        let set = Switches::from_lookup(|name| {
+            Some(
+                match name {
+                    "FERROLM_ENFORCE_EAGER" | "FERROLM_STACK_PROJ" => "1",
+                    "FERROLM_GEMV" | "FERROLM_F32_RESIDUAL" => "0",
+                    "FERROLM_DECODE_KERNEL" => "per-head",
+                    "FERROLM_CPU_ISA" => "AVX2",
+                    "FERROLM_MODEL_DIR" => "/m",
+                    "FERROLM_NO_FUSED" => "",
+                    _ => return None,
+                }
+                .into(),
+            )
+        });
+        assert!(set.enforce_eager && !set.gemv && !set.f32_residual && !set.fused_ops);
+        assert!(set.decode_kernel_per_head && set.cpu_isa_avx2);
+        assert_eq!(set.stack_projections, Some(true));
+        assert_eq!(set.model_dir, PathBuf::from("/m"));
+    }
+}

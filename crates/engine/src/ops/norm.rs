@@ -1,0 +1,178 @@
+//! RMSNorm, and residual add + RMSNorm: llama.cpp's arithmetic on the CPU, candle-nn's
+//! kernel or our fused CUDA kernel (kernels/fused.cu) on a GPU.
+
+use candle_core::{DType, Tensor};
+
+use super::with_f32;
+use crate::error::Result;
+
+/// RMSNorm one row at a time (so batch-invariant): llama.cpp's arithmetic on the CPU
+/// ([`super::ggml_arith::rms_norm_row`]), candle-nn's fused kernel elsewhere.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return rms_norm_cpu(x, w, eps);
+    }
+    Ok(candle_nn::ops::rms_norm(x, w, eps)?)
+}
+
+fn rms_norm_cpu(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let dim = w.dims1()?;
+    let out = with_f32(x, |xd| {
+        with_f32(w, |wd| {
+            let mut out = vec![0f32; xd.len()];
+            out.par_chunks_mut(dim)
+                .zip(xd.par_chunks(dim))
+                .for_each(|(o, x)| super::ggml_arith::rms_norm_row(x, wd, eps, o));
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(out, x.dims(), x.device())?)
+}
+
+/// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
+/// one fused kernel on CUDA. `residual` may be f32 under a half-precision `delta` (the
+/// stream of sums then loses nothing to rounding between layers).
+pub fn add_rms_norm(
+    delta: &Tensor,
+    residual: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let dt = delta.dtype();
+    #[cfg(feature = "cuda")]
+    if delta.device().is_cuda() && crate::env::get().fused_ops {
+        let (x, h) = cuda::add_rms_norm(delta, residual, w, eps)?;
+        return Ok((x, h.to_dtype(dt)?));
+    }
+    let x = (residual + delta.to_dtype(residual.dtype())?)?;
+    let h = rms_norm(&x, &w.to_dtype(x.dtype())?, eps)?.to_dtype(dt)?;
+    Ok((x, h))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::{CudaDType, CudaStorage};
+    use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
+    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+
+    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::error::{EngineError, Result};
+
+    /// Residual add + RMSNorm; the residual (and both outputs) in `R`: the delta's type, or f32
+    /// under a half-precision delta (`add_rms_norm_f32res_*`).
+    struct AddRmsNorm<'w> {
+        weight: &'w Tensor,
+        eps: f32,
+    }
+
+    impl AddRmsNorm<'_> {
+        fn run<T: KernelType + CudaDType, R: KernelType + CudaDType>(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (rows, h) = l1.shape().dims2()?;
+            let (x, r) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<R>(s2, l2)?);
+            let (ws, wl) = self.weight.storage_and_layout();
+            let Storage::Cuda(ws) = &*ws else {
+                return Err(cuda_err("add_rms_norm: the weight is not on the GPU"));
+            };
+            let w = contiguous_view::<T>(ws, wl)?;
+            let stream = s1.device.cuda_stream();
+            let name = if T::DTYPE == R::DTYPE {
+                format!("add_rms_norm_{}", T::SUFFIX)
+            } else {
+                format!("add_rms_norm_f32res_{}", T::SUFFIX)
+            };
+            let f = fused_module(&stream)?
+                .load_function(&name)
+                .map_err(cuda_err)?;
+            // SAFETY: both halves are written by the kernel before they are read.
+            let mut out = unsafe { stream.alloc::<R>(2 * rows * h) }.map_err(cuda_err)?;
+            let (rows_i, h_i) = (rows as i32, h as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (h.next_multiple_of(32).min(1024) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                stream
+                    .launch_builder(&f)
+                    .arg(&x)
+                    .arg(&r)
+                    .arg(&w)
+                    .arg(&mut out)
+                    .arg(&rows_i)
+                    .arg(&h_i)
+                    .arg(&self.eps)
+                    .launch(cfg)
+                    .map_err(cuda_err)?
+            };
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
+                Shape::from((2, rows, h)),
+            ))
+        }
+    }
+
+    impl CustomOp2 for AddRmsNorm<'_> {
+        fn name(&self) -> &'static str {
+            "add_rms_norm"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            Err(cuda_err("add_rms_norm runs on CUDA only"))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            if l1.shape() != l2.shape() || self.weight.dtype() != s1.dtype() {
+                return Err(cuda_err("add_rms_norm: shapes or types differ"));
+            }
+            use half::{bf16, f16};
+            match (s1.dtype(), s2.dtype()) {
+                (DType::F32, DType::F32) => self.run::<f32, f32>(s1, l1, s2, l2),
+                (DType::F16, DType::F16) => self.run::<f16, f16>(s1, l1, s2, l2),
+                (DType::BF16, DType::BF16) => self.run::<bf16, bf16>(s1, l1, s2, l2),
+                (DType::F16, DType::F32) => self.run::<f16, f32>(s1, l1, s2, l2),
+                (DType::BF16, DType::F32) => self.run::<bf16, f32>(s1, l1, s2, l2),
+                (a, b) => Err(cuda_err(format!(
+                    "add_rms_norm: {a:?} delta, {b:?} residual"
+                ))),
+            }
+        }
+    }
+
+    /// `(delta + residual, rms_norm(delta + residual) * weight)` in one kernel; `delta`,
+    /// `residual`: `[rows, hidden]`. The results have the residual's type, which is the
+    /// delta's or f32.
+    pub fn add_rms_norm(
+        delta: &Tensor,
+        residual: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        if delta.rank() != 2 {
+            return Err(EngineError::Shape(
+                "add_rms_norm takes [rows, hidden]".into(),
+            ));
+        }
+        let both = delta
+            .contiguous()?
+            .apply_op2_no_bwd(&residual.contiguous()?, &AddRmsNorm { weight, eps })?;
+        Ok((both.get(0)?, both.get(1)?))
+    }
+}

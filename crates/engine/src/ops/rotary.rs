@@ -1,0 +1,211 @@
+//! Rotary position embeddings: llama.cpp's rotation on the CPU, and on CUDA the split of a
+//! stacked QKV output into rotated q, rotated k and v in one kernel (kernels/fused.cu).
+
+use candle_core::Tensor;
+
+use super::with_f32;
+use crate::error::Result;
+
+/// RoPE on the CPU as llama.cpp computes it ([`super::ggml_arith::rotate_pair`]) over
+/// `t: [n, heads * head_dim]` with `cos`/`sin` rows `[n, 1, head_dim / 2]`; `neox` pairs
+/// `i` with `i + head_dim / 2`, else `2i` with `2i + 1`.
+pub fn rope_cpu(
+    t: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    head_dim: usize,
+    neox: bool,
+) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let half = head_dim / 2;
+    let width = t.dims2()?.1;
+    let out = with_f32(t, |x| {
+        with_f32(cos, |c| {
+            with_f32(sin, |s| {
+                let mut out = x.to_vec();
+                out.par_chunks_mut(width).enumerate().for_each(|(row, o)| {
+                    let (c, s) = (&c[row * half..][..half], &s[row * half..][..half]);
+                    for head in o.chunks_mut(head_dim) {
+                        for i in 0..half {
+                            let (a, b) = if neox {
+                                (i, i + half)
+                            } else {
+                                (2 * i, 2 * i + 1)
+                            };
+                            (head[a], head[b]) =
+                                super::ggml_arith::rotate_pair(head[a], head[b], c[i], s[i]);
+                        }
+                    }
+                });
+                out
+            })
+        })
+    })???;
+    Ok(Tensor::from_vec(out, t.dims(), t.device())?)
+}
+
+/// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
+/// else the split path's ops on its slices.
+pub fn rope_split_qkv(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    (nh, nkv, hd): (usize, usize, usize),
+    neox: bool,
+    rope: &dyn Fn(Tensor, usize) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if qkv.device().is_cuda() && crate::env::get().fused_ops {
+        let n = qkv.dims2()?.0;
+        let half = hd / 2;
+        return cuda::rope_split_qkv(
+            qkv,
+            &cos.reshape((n, half))?,
+            &sin.reshape((n, half))?,
+            (nh, nkv, hd),
+            neox,
+        );
+    }
+    let _ = (cos, sin, neox);
+    let (qw, kw) = (nh * hd, nkv * hd);
+    Ok((
+        rope(qkv.narrow(1, 0, qw)?.contiguous()?, nh)?,
+        rope(qkv.narrow(1, qw, kw)?.contiguous()?, nkv)?,
+        qkv.narrow(1, qw + kw, kw)?.contiguous()?,
+    ))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::{CudaDType, CudaStorage};
+    use candle_core::{DType, Layout, Shape, Tensor};
+    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+
+    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::error::Result;
+
+    /// A stacked QKV projection's output split into rotated q, rotated k and v (kernel
+    /// `rope_split_qkv`): one kernel where the split path runs two rope kernels and copies.
+    struct RopeSplitQkv {
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        neox: bool,
+    }
+
+    impl RopeSplitQkv {
+        fn run<T: KernelType + CudaDType>(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (n, width) = l1.shape().dims2()?;
+            let (nh, nkv, hd) = (self.nh, self.nkv, self.hd);
+            if width != (nh + 2 * nkv) * hd
+                || l2.shape().elem_count() != n * hd / 2
+                || l3.shape().elem_count() != n * hd / 2
+                || hd % 2 != 0
+            {
+                return Err(cuda_err("rope_split_qkv: shapes do not match"));
+            }
+            let qkv = contiguous_view::<T>(s1, l1)?;
+            let (cos, sin) = (contiguous_view::<T>(s2, l2)?, contiguous_view::<T>(s3, l3)?);
+            let stream = s1.device.cuda_stream();
+            let f = fused_module(&stream)?
+                .load_function(&format!("rope_split_qkv_{}", T::SUFFIX))
+                .map_err(cuda_err)?;
+            // SAFETY: the kernel writes every element of q, k and v.
+            let mut out = unsafe { stream.alloc::<T>(n * width) }.map_err(cuda_err)?;
+            let (n_i, nh_i, nkv_i, hd_i, neox) =
+                (n as i32, nh as i32, nkv as i32, hd as i32, self.neox as i32);
+            let cfg = LaunchConfig {
+                grid_dim: (n as u32, (nh + 2 * nkv) as u32, 1),
+                block_dim: ((hd / 2).next_multiple_of(32).min(128) as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                stream
+                    .launch_builder(&f)
+                    .arg(&qkv)
+                    .arg(&cos)
+                    .arg(&sin)
+                    .arg(&mut out)
+                    .arg(&n_i)
+                    .arg(&nh_i)
+                    .arg(&nkv_i)
+                    .arg(&hd_i)
+                    .arg(&neox)
+                    .launch(cfg)
+                    .map_err(cuda_err)?
+            };
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
+                Shape::from(n * width),
+            ))
+        }
+    }
+
+    impl candle_core::CustomOp3 for RopeSplitQkv {
+        fn name(&self) -> &'static str {
+            "rope_split_qkv"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            Err(cuda_err("rope_split_qkv runs on CUDA only"))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
+                return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
+            }
+            match s1.dtype() {
+                DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
+                DType::F16 => self.run::<half::f16>(s1, l1, s2, l2, s3, l3),
+                DType::BF16 => self.run::<half::bf16>(s1, l1, s2, l2, s3, l3),
+                other => Err(cuda_err(format!("rope_split_qkv: {other:?}"))),
+            }
+        }
+    }
+
+    /// `qkv` `[n, (nh + 2 nkv) * hd]` to `(q [n, nh*hd], k [n, nkv*hd], v [n, nkv*hd])`, q and k
+    /// rotated by `cos`/`sin` (`[n, hd/2]` in qkv's type; `neox`: rotate halves, else pairs).
+    pub fn rope_split_qkv(
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        (nh, nkv, hd): (usize, usize, usize),
+        neox: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let n = qkv.dims2()?.0;
+        let flat = qkv.contiguous()?.apply_op3_no_bwd(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            &RopeSplitQkv { nh, nkv, hd, neox },
+        )?;
+        let (qw, kw) = (nh * hd, nkv * hd);
+        Ok((
+            flat.narrow(0, 0, n * qw)?.reshape((n, qw))?,
+            flat.narrow(0, n * qw, n * kw)?.reshape((n, kw))?,
+            flat.narrow(0, n * (qw + kw), n * kw)?.reshape((n, kw))?,
+        ))
+    }
+}

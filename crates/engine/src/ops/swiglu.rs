@@ -1,0 +1,227 @@
+//! SiLU-and-mul (the SwiGLU MLP's activation): llama.cpp's `ggml_vec_swiglu_f32` on the
+//! CPU, one fused kernel on CUDA (kernels/fused.cu), over split or stacked gate/up outputs.
+
+use candle_core::{DType, Tensor};
+
+use super::with_f32;
+use crate::error::{EngineError, Result};
+
+/// silu(gate) * up: one fused kernel on CUDA (unless FERROLM_NO_FUSED is set).
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if g.device().is_cuda() && crate::env::get().fused_ops {
+        return cuda::silu_mul(g, u);
+    }
+    if g.device().is_cpu() && g.dtype() == DType::F32 && u.dtype() == DType::F32 {
+        return silu_mul_cpu(g, u);
+    }
+    Ok((g.silu()? * u)?)
+}
+
+/// `silu(g) * u` in one parallel pass, row by row as llama.cpp's `ggml_vec_swiglu_f32`
+/// computes it ([`super::ggml_arith::swiglu_row`]).
+pub(crate) fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    if g.dims() != u.dims() {
+        return Err(EngineError::Shape("silu_mul: shapes differ".into()));
+    }
+    let width = g.dims().last().copied().unwrap_or(1).max(1);
+    // Whole rows per task (llama.cpp's vector steps restart at each row).
+    let rows_per_task = (8192 / width).max(1);
+    let out = with_f32(g, |gd| {
+        with_f32(u, |ud| {
+            let mut out = vec![0f32; gd.len()];
+            let chunk = rows_per_task * width;
+            out.par_chunks_mut(chunk)
+                .zip(gd.par_chunks(chunk).zip(ud.par_chunks(chunk)))
+                .for_each(|(o, (g, u))| {
+                    for ((o, g), u) in o
+                        .chunks_mut(width)
+                        .zip(g.chunks(width))
+                        .zip(u.chunks(width))
+                    {
+                        super::ggml_arith::swiglu_row(g, u, o);
+                    }
+                });
+            out
+        })
+    })??;
+    Ok(Tensor::from_vec(out, g.dims(), g.device())?)
+}
+
+/// silu(gate) * up over a stacked gate/up output `[rows, 2 ff]`.
+pub fn silu_mul_packed(gu: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if gu.device().is_cuda() && crate::env::get().fused_ops {
+        return cuda::silu_mul_packed(gu);
+    }
+    let ff = gu.dims2()?.1 / 2;
+    silu_mul(
+        &gu.narrow(1, 0, ff)?.contiguous()?,
+        &gu.narrow(1, ff, ff)?.contiguous()?,
+    )
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda::{CudaDType, CudaStorage};
+    use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
+    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+
+    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::error::Result;
+
+    struct SiluMul;
+
+    impl SiluMul {
+        fn run<T: KernelType + CudaDType>(
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let n = l1.shape().elem_count();
+            let (g, u) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<T>(s2, l2)?);
+            let stream = s1.device.cuda_stream();
+            let f = fused_module(&stream)?
+                .load_function(&format!("silu_mul_{}", T::SUFFIX))
+                .map_err(cuda_err)?;
+            // SAFETY: every element is written by the kernel before it is read.
+            let mut out = unsafe { stream.alloc::<T>(n) }.map_err(cuda_err)?;
+            let n64 = n as i64;
+            let blocks = n.div_ceil(256).min(65535 * 8) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks.max(1), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                stream
+                    .launch_builder(&f)
+                    .arg(&g)
+                    .arg(&u)
+                    .arg(&mut out)
+                    .arg(&n64)
+                    .launch(cfg)
+                    .map_err(cuda_err)?
+            };
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
+                l1.shape().clone(),
+            ))
+        }
+    }
+
+    impl CustomOp2 for SiluMul {
+        fn name(&self) -> &'static str {
+            "silu_mul"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            Err(cuda_err("silu_mul runs on CUDA only"))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            if l1.shape() != l2.shape() {
+                return Err(cuda_err("silu_mul: gate and up differ in shape"));
+            }
+            match s1.dtype() {
+                DType::F32 => Self::run::<f32>(s1, l1, s2, l2),
+                DType::F16 => Self::run::<half::f16>(s1, l1, s2, l2),
+                DType::BF16 => Self::run::<half::bf16>(s1, l1, s2, l2),
+                other => Err(cuda_err(format!("silu_mul: {other:?}"))),
+            }
+        }
+    }
+
+    /// `silu(gate) * up` in one kernel.
+    pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok(gate
+            .contiguous()?
+            .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)?)
+    }
+
+    struct SiluMulPacked;
+
+    impl SiluMulPacked {
+        fn run<T: KernelType + CudaDType>(
+            s1: &CudaStorage,
+            l1: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let (rows, w) = l1.shape().dims2()?;
+            if w % 2 != 0 {
+                return Err(cuda_err("silu_mul_packed: odd width"));
+            }
+            let ff = w / 2;
+            let gu = contiguous_view::<T>(s1, l1)?;
+            let stream = s1.device.cuda_stream();
+            let f = fused_module(&stream)?
+                .load_function(&format!("silu_mul_packed_{}", T::SUFFIX))
+                .map_err(cuda_err)?;
+            // SAFETY: every element is written by the kernel before it is read.
+            let mut out = unsafe { stream.alloc::<T>(rows * ff) }.map_err(cuda_err)?;
+            let (rows_i, ff_i) = (rows as i64, ff as i64);
+            let blocks = (rows * ff).div_ceil(256).min(65535 * 8) as u32;
+            let cfg = LaunchConfig {
+                grid_dim: (blocks.max(1), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                stream
+                    .launch_builder(&f)
+                    .arg(&gu)
+                    .arg(&mut out)
+                    .arg(&rows_i)
+                    .arg(&ff_i)
+                    .launch(cfg)
+                    .map_err(cuda_err)?
+            };
+            Ok((
+                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
+                Shape::from((rows, ff)),
+            ))
+        }
+    }
+
+    impl candle_core::CustomOp1 for SiluMulPacked {
+        fn name(&self) -> &'static str {
+            "silu_mul_packed"
+        }
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            Err(cuda_err("silu_mul_packed runs on CUDA only"))
+        }
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            match s1.dtype() {
+                DType::F32 => Self::run::<f32>(s1, l1),
+                DType::F16 => Self::run::<half::f16>(s1, l1),
+                DType::BF16 => Self::run::<half::bf16>(s1, l1),
+                other => Err(cuda_err(format!("silu_mul_packed: {other:?}"))),
+            }
+        }
+    }
+
+    /// `[rows, 2 ff]` (gate, then up) to `silu(gate) * up` `[rows, ff]` in one kernel.
+    pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
+        Ok(gate_up.contiguous()?.apply_op1_no_bwd(&SiluMulPacked)?)
+    }
+}
