@@ -10,6 +10,10 @@
      to the defining file, and test code is left out.
   3. crates/server never names candle (no candle_core/candle_nn in src/ or tests/, no
      candle dependency in its Cargo.toml).
+  4. When docs/architecture.md has a ```layers block (one layer per line, lowest first,
+     module names separated by spaces), every top-level module of crates/engine is in it
+     exactly once, no name in it is not such a module, and no top-level module edge (as in
+     rule 2) goes from a lower layer to a higher one; edges within a layer are allowed.
 
     python3 scripts/check-layout.py [--root DIR] [--graph]
 
@@ -28,6 +32,9 @@ from pathlib import Path
 
 MAX_LINES = 600
 SERVER_CRATE = "server"
+ENGINE_CRATE = "engine"
+ARCH_DOC = Path("docs/architecture.md")
+_LAYERS_BLOCK = re.compile(r"^[ \t]*```[ \t]*layers[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 CANDLE_PATH = re.compile(r"(?<![\w$])candle_(?:core|nn)\b")
 
 # ---------------------------------------------------------------------------------------
@@ -688,6 +695,60 @@ def candle_in_server(root: Path, crate_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Rule 4: the engine's layer order, as docs/architecture.md's ```layers block states it.
+
+def read_layers(doc: Path) -> tuple[list[list[str]] | None, list[str]]:
+    """The layers of `doc`'s ```layers block, lowest first (None when the file or the block
+    is absent), and problems with the block itself."""
+    if not doc.is_file():
+        return None, []
+    blocks = _LAYERS_BLOCK.findall(doc.read_text(encoding="utf-8", errors="replace"))
+    if not blocks:
+        return None, []
+    problems = []
+    if len(blocks) > 1:
+        problems.append(f"{ARCH_DOC} has {len(blocks)} ```layers blocks; the first one counts")
+    layers = [line.split() for line in blocks[0].splitlines() if line.split()]
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(layers, 1):
+        for name in layer:
+            if name in seen:
+                problems.append(f"{ARCH_DOC}'s ```layers block names {name} twice "
+                                f"(layers {seen[name]} and {i})")
+            else:
+                seen[name] = i
+    return layers, problems
+
+
+def layer_problems(crate: Crate, tedges: dict[tuple[str, str], str],
+                   layers: list[list[str]]) -> list[str]:
+    """Upward top-level edges of `crate`, its top-level modules missing from `layers`, and
+    names in `layers` that are not its top-level modules."""
+    level: dict[str, int] = {}
+    for i, layer in enumerate(layers, 1):
+        for name in layer:
+            level.setdefault(name, i)
+    tops = sorted(k[0] for k, m in crate.modules.items() if len(k) == 1 and not m.test)
+    where = f"the ```layers block of {ARCH_DOC}"
+    problems = []
+    upward = [f"  {a} (layer {level[a]}) -> {b} (layer {level[b]})    ({example})"
+              for (a, b), example in sorted(tedges.items())
+              if a in level and b in level and level[a] < level[b]]
+    if upward:
+        problems.append(f"top-level modules of crate {crate.name} importing from a higher "
+                        f"layer (layers of {where}, 1 = lowest):\n" + "\n".join(upward))
+    missing = [t for t in tops if t not in level]
+    if missing:
+        problems.append(f"top-level modules of crate {crate.name} missing from {where}: "
+                        + ", ".join(missing))
+    unknown = sorted(n for n in level if n not in tops)
+    if unknown:
+        problems.append(f"names in {where} that are not top-level modules of crate "
+                        f"{crate.name}: " + ", ".join(unknown))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
 
 def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
     """(violation messages, ok summary, graph lines)."""
@@ -699,6 +760,7 @@ def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
     all_files: list[SrcFile] = []
     long_files: list[tuple[str, int]] = []
     cycle_msgs: list[str] = []
+    layers, layer_msgs = read_layers(root / ARCH_DOC)
     for crate_dir in sorted(p for p in crates_dir.iterdir() if (p / "src").is_dir()):
         src_dir = crate_dir / "src"
         files = [load_file(root, crate_dir.name, src_dir, p) for p in sorted(src_dir.rglob("*.rs"))]
@@ -719,6 +781,8 @@ def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
         for lines in cycles(tedges, str):
             cycle_msgs.append(f"import cycle between top-level modules in crate {crate.name}:\n"
                               + "\n".join(lines))
+        if layers is not None and crate.name == ENGINE_CRATE:
+            layer_msgs += layer_problems(crate, tedges, layers)
         if graph:
             graph_lines.append(f"# crate {crate.name}: top-level module -> modules it uses")
             by_src: dict[str, list[str]] = {}
@@ -730,6 +794,7 @@ def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
         problems.append(f"files over {MAX_LINES} lines (not counting #[cfg(test)] modules):\n"
                         + "\n".join(f"  {p}: {n} lines" for p, n in long_files))
     problems += cycle_msgs
+    problems += layer_msgs
     server_dir = crates_dir / SERVER_CRATE
     if server_dir.is_dir():
         found = candle_in_server(root, server_dir)
@@ -740,6 +805,8 @@ def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
     n, longest = max(counted) if counted else (0, "-")
     summary = (f"layout ok: {len(all_files)} files, longest non-test file {longest} ({n} lines), "
                "no cycles")
+    if layers is not None:
+        summary += f", {ENGINE_CRATE} within the {len(layers)} layers of {ARCH_DOC}"
     return problems, summary, graph_lines
 
 

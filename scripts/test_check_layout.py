@@ -233,6 +233,86 @@ class LayoutTest(unittest.TestCase):
         self.assertIn("crates/server/Cargo.toml: [dependencies] candle-core", out)
         self.assertNotIn("main.rs:1", out)
 
+    # -- rule 4 ------------------------------------------------------------------------
+
+    LAYERED = {
+        "crates/engine/src/lib.rs": "pub mod base;\npub mod mid;\npub mod peer;\npub mod top;\n",
+        "crates/engine/src/base.rs": "pub struct B;\n",
+        "crates/engine/src/mid/mod.rs": "mod inner;\npub use inner::M;\n",
+        "crates/engine/src/mid/inner.rs": "use crate::base::B;\npub struct M(pub B);\n",
+        "crates/engine/src/peer.rs": "pub fn p() { let _ = crate::mid::M(crate::base::B); }\n",
+        "crates/engine/src/top.rs": "use crate::{mid::M, peer::p};\npub fn t() -> M { p(); todo!() }\n",
+    }
+
+    def doc(self, block: str, before: str = "# Architecture\n\nText.\n\n") -> None:
+        self.write({"docs/architecture.md": before + "```layers\n" + block + "```\n\nMore.\n"})
+
+    def test_layer_order_kept_within_and_downward(self) -> None:
+        self.write(self.LAYERED)
+        self.doc("base\nmid peer\n\ntop\n")  # peer -> mid within a layer is fine
+        self.assertEqual(self.problems(), "")
+        _, summary, _ = cl.check(self.root)
+        self.assertTrue(summary.endswith(", engine within the 3 layers of docs/architecture.md"),
+                        summary)
+
+    def test_upward_edge_reported_with_its_example(self) -> None:
+        self.write(self.LAYERED)
+        self.doc("base mid\npeer\ntop\n")  # mid -> base within layer 1: fine
+        self.assertEqual(self.problems(), "")
+        self.doc("mid\nbase peer\ntop\n")  # mid (1) uses base (2): upward
+        out = self.problems()
+        self.assertIn("top-level modules of crate engine importing from a higher layer", out)
+        self.assertIn("  mid (layer 1) -> base (layer 2)    "
+                      "(crates/engine/src/mid/inner.rs:1: use crate::base::B;)", out)
+        self.assertNotIn("peer (layer", out)
+        self.assertNotIn("top (layer", out)
+        self.doc("top base\nmid peer\n")  # top (1) uses mid and peer (2)
+        out = self.problems()
+        self.assertIn("  top (layer 1) -> mid (layer 2)", out)
+        self.assertIn("  top (layer 1) -> peer (layer 2)", out)
+        self.assertNotIn("mid (layer 2) -> base", out)
+
+    def test_missing_and_unknown_modules_reported(self) -> None:
+        self.write(self.LAYERED)
+        self.doc("base  gone\nmid\n")
+        out = self.problems()
+        self.assertIn("top-level modules of crate engine missing from the ```layers block of "
+                      "docs/architecture.md: peer, top", out)
+        self.assertIn("names in the ```layers block of docs/architecture.md that are not "
+                      "top-level modules of crate engine: gone", out)
+
+    def test_layer_block_problems_and_absence(self) -> None:
+        self.write(self.LAYERED)
+        self.doc("base\nmid peer base\ntop\n")
+        self.assertIn("names base twice (layers 1 and 2)", self.problems())
+        # no block (another fenced block does not count), or no file: no layer rule
+        self.write({"docs/architecture.md": "# A\n\n```text\ntop\nbase\n```\n"})
+        self.assertEqual(self.problems(), "")
+        (self.root / "docs/architecture.md").unlink()
+        self.assertEqual(self.problems(), "")
+        _, summary, _ = cl.check(self.root)
+        self.assertTrue(summary.endswith("no cycles"), summary)
+
+    def test_layers_only_apply_to_the_engine_crate(self) -> None:
+        self.write(self.LAYERED)
+        self.write({
+            "crates/server/Cargo.toml": SERVER_TOML,
+            "crates/server/src/main.rs": "mod cli;\nmod api;\nfn main() { cli::run() }\n",
+            "crates/server/src/cli.rs": "pub fn run() { crate::api::serve() }\n",
+            "crates/server/src/api.rs": "pub fn serve() {}\n",
+        })
+        self.doc("base\nmid peer\ntop\n")
+        self.assertEqual(self.problems(), "")
+
+    def test_layers_exit_1_on_the_command_line(self) -> None:
+        self.write(self.LAYERED)
+        self.doc("top\nbase mid peer\n")
+        run = subprocess.run([sys.executable, str(SCRIPT), "--root", str(self.root)],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 1)
+        self.assertIn("layout: top-level modules of crate engine importing from a higher layer",
+                      run.stderr)
+
     # -- the command -------------------------------------------------------------------
 
     def test_clean_tree_exits_0_with_summary(self) -> None:

@@ -52,3 +52,115 @@ pub(crate) fn contiguous_view<'a, T: CudaDType>(
         .ok_or_else(|| cuda_err("fused op: input is not contiguous"))?;
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
+
+/// `impl candle_core::CustomOpN for $ty` for an op that runs on CUDA only (its CPU body is a
+/// plain function beside it, chosen before the op is applied): `cpu_fwd` refuses, and
+/// `cuda_fwd` binds `self` and the storages/layouts to the given names and runs `$body`.
+macro_rules! cuda_only_op {
+    ($op:ident, $name:expr, |$this:ident, $s1:ident, $l1:ident| $body:block) => {
+        impl candle_core::CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
+            }
+            fn cuda_fwd(
+                &self,
+                $s1: &candle_core::cuda::CudaStorage,
+                $l1: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+    ($op:ident $(<$lt:lifetime>)?, $name:expr,
+     |$this:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident| $body:block) => {
+        impl candle_core::CustomOp2 for $op$(<$lt>)? {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
+            }
+            fn cuda_fwd(
+                &self,
+                $s1: &candle_core::cuda::CudaStorage,
+                $l1: &candle_core::Layout,
+                $s2: &candle_core::cuda::CudaStorage,
+                $l2: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+    ($op:ident, $name:expr,
+     |$this:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident, $l3:ident| $body:block) => {
+        impl candle_core::CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            #[allow(clippy::too_many_arguments)]
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
+            }
+            #[allow(clippy::too_many_arguments)]
+            fn cuda_fwd(
+                &self,
+                $s1: &candle_core::cuda::CudaStorage,
+                $l1: &candle_core::Layout,
+                $s2: &candle_core::cuda::CudaStorage,
+                $l2: &candle_core::Layout,
+                $s3: &candle_core::cuda::CudaStorage,
+                $l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use cuda_only_op;
+
+/// `$e` with the type name `$t` bound to the storage's float type (f32, f16 or bf16); any
+/// other type is an error naming `$what`.
+macro_rules! by_float_type {
+    ($dtype:expr, $what:expr, $t:ident => $e:expr) => {
+        match $dtype {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                $e
+            }
+            candle_core::DType::F16 => {
+                type $t = half::f16;
+                $e
+            }
+            candle_core::DType::BF16 => {
+                type $t = half::bf16;
+                $e
+            }
+            other => Err($crate::cuda::cuda_err(format!("{}: {other:?}", $what))),
+        }
+    };
+}
+pub(crate) use by_float_type;

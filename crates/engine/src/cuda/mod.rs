@@ -11,7 +11,9 @@ pub(crate) use kernels::{
     KernelType, PAGED_ATTENTION_FATBIN, PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN,
     RESHAPE_AND_CACHE_FATBIN,
 };
-pub(crate) use launch::{contiguous_view, cuda_err, fused_module, gemv_module};
+pub(crate) use launch::{
+    by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, gemv_module,
+};
 pub use pool::{keep_freed_memory, set_pool_release_threshold, trim_pool};
 
 /// What the driver and our kernel launchers fail with (converted into `EngineError::Cuda`).

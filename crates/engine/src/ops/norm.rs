@@ -54,10 +54,10 @@ pub fn add_rms_norm(
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
+    use candle_core::{DType, Layout, Shape, Tensor};
     use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
-    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::cuda::{contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType};
     use crate::error::{EngineError, Result};
 
     /// Residual add + RMSNorm; the residual (and both outputs) in `R`: the delta's type, or f32
@@ -119,42 +119,22 @@ mod cuda {
         }
     }
 
-    impl CustomOp2 for AddRmsNorm<'_> {
-        fn name(&self) -> &'static str {
-            "add_rms_norm"
+    cuda_only_op!(AddRmsNorm<'_>, "add_rms_norm", |op, s1, l1, s2, l2| {
+        if l1.shape() != l2.shape() || op.weight.dtype() != s1.dtype() {
+            return Err(cuda_err("add_rms_norm: shapes or types differ"));
         }
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-            Err(cuda_err("add_rms_norm runs on CUDA only"))
+        use half::{bf16, f16};
+        match (s1.dtype(), s2.dtype()) {
+            (DType::F32, DType::F32) => op.run::<f32, f32>(s1, l1, s2, l2),
+            (DType::F16, DType::F16) => op.run::<f16, f16>(s1, l1, s2, l2),
+            (DType::BF16, DType::BF16) => op.run::<bf16, bf16>(s1, l1, s2, l2),
+            (DType::F16, DType::F32) => op.run::<f16, f32>(s1, l1, s2, l2),
+            (DType::BF16, DType::F32) => op.run::<bf16, f32>(s1, l1, s2, l2),
+            (a, b) => Err(cuda_err(format!(
+                "add_rms_norm: {a:?} delta, {b:?} residual"
+            ))),
         }
-        fn cuda_fwd(
-            &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            if l1.shape() != l2.shape() || self.weight.dtype() != s1.dtype() {
-                return Err(cuda_err("add_rms_norm: shapes or types differ"));
-            }
-            use half::{bf16, f16};
-            match (s1.dtype(), s2.dtype()) {
-                (DType::F32, DType::F32) => self.run::<f32, f32>(s1, l1, s2, l2),
-                (DType::F16, DType::F16) => self.run::<f16, f16>(s1, l1, s2, l2),
-                (DType::BF16, DType::BF16) => self.run::<bf16, bf16>(s1, l1, s2, l2),
-                (DType::F16, DType::F32) => self.run::<f16, f32>(s1, l1, s2, l2),
-                (DType::BF16, DType::F32) => self.run::<bf16, f32>(s1, l1, s2, l2),
-                (a, b) => Err(cuda_err(format!(
-                    "add_rms_norm: {a:?} delta, {b:?} residual"
-                ))),
-            }
-        }
-    }
+    });
 
     /// `(delta + residual, rms_norm(delta + residual) * weight)` in one kernel; `delta`,
     /// `residual`: `[rows, hidden]`. The results have the residual's type, which is the

@@ -79,10 +79,12 @@ pub fn rope_split_qkv(
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{DType, Layout, Shape, Tensor};
+    use candle_core::{Layout, Shape, Tensor};
     use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
-    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::cuda::{
+        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType,
+    };
     use crate::error::Result;
 
     /// A stacked QKV projection's output split into rotated q, rotated k and v (kernel
@@ -150,41 +152,12 @@ mod cuda {
         }
     }
 
-    impl candle_core::CustomOp3 for RopeSplitQkv {
-        fn name(&self) -> &'static str {
-            "rope_split_qkv"
+    cuda_only_op!(RopeSplitQkv, "rope_split_qkv", |op, s1, l1, s2, l2, s3, l3| {
+        if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
+            return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
         }
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-            Err(cuda_err("rope_split_qkv runs on CUDA only"))
-        }
-        fn cuda_fwd(
-            &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            s3: &CudaStorage,
-            l3: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
-                return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
-            }
-            match s1.dtype() {
-                DType::F32 => self.run::<f32>(s1, l1, s2, l2, s3, l3),
-                DType::F16 => self.run::<half::f16>(s1, l1, s2, l2, s3, l3),
-                DType::BF16 => self.run::<half::bf16>(s1, l1, s2, l2, s3, l3),
-                other => Err(cuda_err(format!("rope_split_qkv: {other:?}"))),
-            }
-        }
-    }
+        by_float_type!(s1.dtype(), "rope_split_qkv", T => op.run::<T>(s1, l1, s2, l2, s3, l3))
+    });
 
     /// `qkv` `[n, (nh + 2 nkv) * hd]` to `(q [n, nh*hd], k [n, nkv*hd], v [n, nkv*hd])`, q and k
     /// rotated by `cos`/`sin` (`[n, hd/2]` in qkv's type; `neox`: rotate halves, else pairs).

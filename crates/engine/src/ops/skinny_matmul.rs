@@ -3,10 +3,10 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Layout, Shape, Tensor};
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
-use crate::cuda::{contiguous_view, cuda_err, gemv_module, KernelType};
+use crate::cuda::{by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, KernelType};
 use crate::error::{EngineError, Result};
 use crate::instrument::CheckRow;
 
@@ -65,37 +65,12 @@ impl Gemv {
     }
 }
 
-impl CustomOp2 for Gemv {
-    fn name(&self) -> &'static str {
-        "gemv"
+cuda_only_op!(Gemv, "gemv", |_op, s1, l1, s2, l2| {
+    if s1.dtype() != s2.dtype() {
+        return Err(cuda_err("gemv: x and w differ in type"));
     }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-        Err(cuda_err("gemv runs on CUDA only"))
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        if s1.dtype() != s2.dtype() {
-            return Err(cuda_err("gemv: x and w differ in type"));
-        }
-        match s1.dtype() {
-            DType::F32 => Self::run::<f32>(s1, l1, s2, l2),
-            DType::F16 => Self::run::<half::f16>(s1, l1, s2, l2),
-            DType::BF16 => Self::run::<half::bf16>(s1, l1, s2, l2),
-            other => Err(cuda_err(format!("gemv: {other:?}"))),
-        }
-    }
-}
+    by_float_type!(s1.dtype(), "gemv", T => Gemv::run::<T>(s1, l1, s2, l2))
+});
 
 /// `x w^T` through the skinny matmul kernel when it applies (CUDA, `x` of at most
 /// [`GEMV_MAX_ROWS`] rows, both contiguous, same type, `k` a multiple of a 16-byte vector,

@@ -66,10 +66,12 @@ pub fn silu_mul_packed(gu: &Tensor) -> Result<Tensor> {
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
+    use candle_core::{Layout, Shape, Tensor};
     use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
-    use crate::cuda::{contiguous_view, cuda_err, fused_module, KernelType};
+    use crate::cuda::{
+        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType,
+    };
     use crate::error::Result;
 
     struct SiluMul;
@@ -113,37 +115,12 @@ mod cuda {
         }
     }
 
-    impl CustomOp2 for SiluMul {
-        fn name(&self) -> &'static str {
-            "silu_mul"
+    cuda_only_op!(SiluMul, "silu_mul", |_op, s1, l1, s2, l2| {
+        if l1.shape() != l2.shape() {
+            return Err(cuda_err("silu_mul: gate and up differ in shape"));
         }
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-            Err(cuda_err("silu_mul runs on CUDA only"))
-        }
-        fn cuda_fwd(
-            &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            if l1.shape() != l2.shape() {
-                return Err(cuda_err("silu_mul: gate and up differ in shape"));
-            }
-            match s1.dtype() {
-                DType::F32 => Self::run::<f32>(s1, l1, s2, l2),
-                DType::F16 => Self::run::<half::f16>(s1, l1, s2, l2),
-                DType::BF16 => Self::run::<half::bf16>(s1, l1, s2, l2),
-                other => Err(cuda_err(format!("silu_mul: {other:?}"))),
-            }
-        }
-    }
+        by_float_type!(s1.dtype(), "silu_mul", T => SiluMul::run::<T>(s1, l1, s2, l2))
+    });
 
     /// `silu(gate) * up` in one kernel.
     pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -195,30 +172,9 @@ mod cuda {
         }
     }
 
-    impl candle_core::CustomOp1 for SiluMulPacked {
-        fn name(&self) -> &'static str {
-            "silu_mul_packed"
-        }
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
-            Err(cuda_err("silu_mul_packed runs on CUDA only"))
-        }
-        fn cuda_fwd(
-            &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
-            match s1.dtype() {
-                DType::F32 => Self::run::<f32>(s1, l1),
-                DType::F16 => Self::run::<half::f16>(s1, l1),
-                DType::BF16 => Self::run::<half::bf16>(s1, l1),
-                other => Err(cuda_err(format!("silu_mul_packed: {other:?}"))),
-            }
-        }
-    }
+    cuda_only_op!(SiluMulPacked, "silu_mul_packed", |_op, s1, l1| {
+        by_float_type!(s1.dtype(), "silu_mul_packed", T => SiluMulPacked::run::<T>(s1, l1))
+    });
 
     /// `[rows, 2 ff]` (gate, then up) to `silu(gate) * up` `[rows, ff]` in one kernel.
     pub fn silu_mul_packed(gate_up: &Tensor) -> Result<Tensor> {
