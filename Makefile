@@ -50,13 +50,20 @@ test-tools:
 
 # Every test, in release mode (debug decodes ~20x slower), then the official openai client,
 # then the CUDA build (kernels compile on every change) and its checks.
-test: candle-patch model test-tools
+test: candle-patch model test-tools layout
 	$(CARGO) test --release --workspace
 	# The criterion benches compile with the tests (run them with `make bench`).
 	$(CARGO) bench --no-run -p ferrolm-engine --bench engine
 	$(MAKE) test-openai
 	$(MAKE) test-cuda
 	$(MAKE) k8s-validate
+
+# The code's shape (docs/architecture.md): no file over 600 lines outside tests, no import
+# cycles between files or folders, the engine's layer order, no candle in the server.
+.PHONY: layout
+layout:
+	python3 scripts/test_check_layout.py
+	python3 scripts/check-layout.py
 
 # Criterion benches of the engine's hot pieces (benches/engine.rs); BENCH_ARGS=--quick for a short run.
 bench: candle-patch

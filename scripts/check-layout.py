@@ -736,7 +736,7 @@ def layer_problems(crate: Crate, tedges: dict[tuple[str, str], str],
               if a in level and b in level and level[a] < level[b]]
     if upward:
         problems.append(f"top-level modules of crate {crate.name} importing from a higher "
-                        f"layer (layers of {where}, 1 = lowest):\n" + "\n".join(upward))
+                        f"layer ({where}, layer 1 = lowest):\n" + "\n".join(upward))
     missing = [t for t in tops if t not in level]
     if missing:
         problems.append(f"top-level modules of crate {crate.name} missing from {where}: "

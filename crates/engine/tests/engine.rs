@@ -149,51 +149,49 @@ fn batch_invariance_alone_together_preempted_and_prefix_cached() {
     );
     drop(engine);
 
+    // All at once on a fresh engine with `cfg`: the same tokens as one at a time. The engine
+    // is handed back for the checks of its own stats.
+    let all_at_once_equals_alone = |cfg: EngineConfig, differs: &str| {
+        let engine = start(cfg);
+        assert_eq!(run_all_at_once(&engine, &prompts), alone, "{differs}");
+        engine
+    };
+
     // All at once, prefix caching on.
-    let engine = start(small_cfg());
-    assert_eq!(
-        run_all_at_once(&engine, &prompts),
-        alone,
-        "all at once differs from one at a time"
-    );
-    drop(engine);
+    drop(all_at_once_equals_alone(
+        small_cfg(),
+        "all at once differs from one at a time",
+    ));
 
     // All at once with prefix caching off.
-    let engine = start(EngineConfig {
-        enable_prefix_caching: false,
-        ..small_cfg()
-    });
-    assert_eq!(
-        run_all_at_once(&engine, &prompts),
-        alone,
-        "prefix caching off differs"
+    let engine = all_at_once_equals_alone(
+        EngineConfig {
+            enable_prefix_caching: false,
+            ..small_cfg()
+        },
+        "prefix caching off differs",
     );
     assert_eq!(engine.stats.get(&engine.stats.prefix_cache_hits), 0);
     drop(engine);
 
     // All at once with prompts fed 24 tokens a step (the CPU server's prefill cap, smaller).
-    let engine = start(EngineConfig {
-        max_batch_prefill_tokens: PrefillCap::Tokens(24),
-        ..small_cfg()
-    });
-    assert_eq!(
-        run_all_at_once(&engine, &prompts),
-        alone,
-        "a prefill cap differs"
-    );
-    drop(engine);
+    drop(all_at_once_equals_alone(
+        EngineConfig {
+            max_batch_prefill_tokens: PrefillCap::Tokens(24),
+            ..small_cfg()
+        },
+        "a prefill cap differs",
+    ));
 
     // All at once in a pool so small that requests must be preempted and recomputed.
-    let engine = start(EngineConfig {
-        max_model_len: Some(128),
-        num_blocks_override: Some(12),
-        max_num_batched_tokens: Some(64),
-        ..Default::default()
-    });
-    assert_eq!(
-        run_all_at_once(&engine, &prompts),
-        alone,
-        "preempted run differs"
+    let engine = all_at_once_equals_alone(
+        EngineConfig {
+            max_model_len: Some(128),
+            num_blocks_override: Some(12),
+            max_num_batched_tokens: Some(64),
+            ..Default::default()
+        },
+        "preempted run differs",
     );
     assert!(
         engine.stats.get(&engine.stats.num_preemptions) > 0,

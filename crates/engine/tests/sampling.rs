@@ -52,6 +52,11 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>) -> Done 
     panic!("stream ended without a finish");
 }
 
+/// One request to its end.
+fn run(engine: &EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Done {
+    collect(engine.add_request(prompt, params).unwrap().1)
+}
+
 fn golden_prompts() -> Vec<Vec<u32>> {
     read_jsonl("smollm2_q4_1_greedy.jsonl")
         .iter()
@@ -74,28 +79,10 @@ fn sampled(seed: u64) -> SamplingParams {
 fn seeded_sampling_is_reproducible_alone_and_in_a_mixed_batch_of_16() {
     let engine = start();
     let prompts = golden_prompts();
-    let alone = collect(
-        engine
-            .add_request(prompts[2].clone(), sampled(1234))
-            .unwrap()
-            .1,
-    )
-    .tokens;
-    let again = collect(
-        engine
-            .add_request(prompts[2].clone(), sampled(1234))
-            .unwrap()
-            .1,
-    )
-    .tokens;
+    let alone = run(&engine, prompts[2].clone(), sampled(1234)).tokens;
+    let again = run(&engine, prompts[2].clone(), sampled(1234)).tokens;
     assert_eq!(alone, again);
-    let other_seed = collect(
-        engine
-            .add_request(prompts[2].clone(), sampled(99))
-            .unwrap()
-            .1,
-    )
-    .tokens;
+    let other_seed = run(&engine, prompts[2].clone(), sampled(99)).tokens;
     assert_ne!(alone, other_seed, "different seeds gave the same 16 tokens");
     // 16 mixed requests at once: greedy, other seeds, penalties, unseeded; ours among them.
     let mut rxs = Vec::new();
@@ -142,13 +129,7 @@ fn seeded_sampling_is_reproducible_alone_and_in_a_mixed_batch_of_16() {
 fn top_k_one_and_temperature_zero_equal_greedy() {
     let engine = start();
     let p = golden_prompts()[0].clone();
-    let greedy = collect(
-        engine
-            .add_request(p.clone(), SamplingParams::greedy(16))
-            .unwrap()
-            .1,
-    )
-    .tokens;
+    let greedy = run(&engine, p.clone(), SamplingParams::greedy(16)).tokens;
     let k1 = SamplingParams {
         max_tokens: 16,
         temperature: 1.0,
@@ -156,17 +137,14 @@ fn top_k_one_and_temperature_zero_equal_greedy() {
         seed: Some(5),
         ..Default::default()
     };
-    assert_eq!(
-        collect(engine.add_request(p.clone(), k1).unwrap().1).tokens,
-        greedy
-    );
+    assert_eq!(run(&engine, p.clone(), k1).tokens, greedy);
     let t0 = SamplingParams {
         max_tokens: 16,
         temperature: 0.0,
         top_p: 0.5,
         ..Default::default()
     };
-    assert_eq!(collect(engine.add_request(p, t0).unwrap().1).tokens, greedy);
+    assert_eq!(run(&engine, p, t0).tokens, greedy);
 }
 
 #[test]
@@ -179,7 +157,7 @@ fn logprobs_are_log_softmax_of_the_logits() {
         logprobs: Some(5),
         ..Default::default()
     };
-    let d = collect(engine.add_request(p.clone(), params).unwrap().1);
+    let d = run(&engine, p.clone(), params);
     let reference = teacher_forced_logprobs(&lm.model, &p, &d.tokens).unwrap();
     let lps: Vec<_> = d.outputs.iter().flat_map(|o| o.logprobs.clone()).collect();
     assert_eq!(lps.len(), d.tokens.len());
@@ -213,7 +191,7 @@ fn prompt_logprobs_match_the_goldens_teacher_forced() {
             prompt_logprobs: Some(1),
             ..Default::default()
         };
-        let d = collect(engine.add_request(all.clone(), params).unwrap().1);
+        let d = run(&engine, all.clone(), params);
         let pl = d.outputs[0]
             .prompt_logprobs
             .clone()
@@ -247,12 +225,7 @@ fn prompt_logprobs_match_the_goldens_teacher_forced() {
 fn stop_strings_are_cut_and_stop_the_request() {
     let engine = start();
     let p = golden_prompts()[0].clone(); // " Paris.\n\nThe United States ..."
-    let plain = collect(
-        engine
-            .add_request(p.clone(), SamplingParams::greedy(12))
-            .unwrap()
-            .1,
-    );
+    let plain = run(&engine, p.clone(), SamplingParams::greedy(12));
     assert!(plain.text.starts_with(" Paris.\n\nThe"), "{:?}", plain.text);
     // "\n\n" arrives as two "\n" tokens: split across tokens.
     let params = SamplingParams {
@@ -260,7 +233,7 @@ fn stop_strings_are_cut_and_stop_the_request() {
         stop: vec!["\n\n".into()],
         ..Default::default()
     };
-    let d = collect(engine.add_request(p.clone(), params).unwrap().1);
+    let d = run(&engine, p.clone(), params);
     assert_eq!(d.text, " Paris.");
     assert_eq!(d.finish, FinishReason::Stop);
     for o in &d.outputs {
@@ -275,10 +248,10 @@ fn stop_strings_are_cut_and_stop_the_request() {
         stop_token_ids: vec![30],
         ..Default::default()
     };
-    let d = collect(engine.add_request(p.clone(), params).unwrap().1);
+    let d = run(&engine, p.clone(), params);
     assert_eq!(d.finish, FinishReason::Stop);
     assert_eq!(d.tokens.last(), Some(&30));
-    let d = collect(engine.add_request(p, SamplingParams::greedy(3)).unwrap().1);
+    let d = run(&engine, p, SamplingParams::greedy(3));
     assert_eq!((d.finish, d.tokens.len()), (FinishReason::Length, 3));
     assert_eq!(engine.stats.kv_usage(), 0.0);
 }

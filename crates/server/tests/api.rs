@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{post, sse, Server};
+use common::{get_json, post, sse, Server};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -136,19 +136,9 @@ async fn completions_chat_streaming_n_stop_logprobs_usage() {
         .starts_with(" Paris"));
 
     // Models, version, detokenize.
-    let v: Value = reqwest::get(s.url("/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&s, "/v1/models").await;
     assert_eq!(v["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
-    let v: Value = reqwest::get(s.url("/version"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&s, "/version").await;
     assert!(v["version"].is_string());
     let (_, v) = post(
         &s,

@@ -20,6 +20,31 @@ fn long_request(stream: bool) -> Value {
     json!({"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": true, "temperature": 0, "stream": stream})
 }
 
+/// `n` completion requests at once, each in its own task (request `i` sends `body(i)`): each
+/// task answers the status, the time the response took to arrive, and the JSON answer.
+fn spawn_completions(
+    s: &Server,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> Vec<tokio::task::JoinHandle<(u16, Duration, Value)>> {
+    let c = reqwest::Client::new();
+    (0..n)
+        .map(|i| {
+            let c = c.clone();
+            let url = s.url("/v1/completions");
+            let body = body(i);
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = c.post(url).json(&body).send().await.unwrap();
+                let status = r.status().as_u16();
+                let elapsed = t0.elapsed();
+                let v: Value = r.json().await.unwrap();
+                (status, elapsed, v)
+            })
+        })
+        .collect()
+}
+
 async fn wait_idle(s: &Server, within: Duration) {
     let t0 = Instant::now();
     loop {
@@ -123,25 +148,11 @@ async fn disconnected_clients_free_everything() {
 async fn overload_is_refused_early_with_429() {
     let _serial = serial();
     let s = Server::start(&["--max-num-seqs", "4", "--max-queue-len", "4"]).await;
-    let c = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let c = c.clone();
-        let url = s.url("/v1/completions");
-        tasks.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            let r = c
-                .post(url)
-                .json(&json!({"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0, "ignore_eos": true}))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let elapsed = t0.elapsed();
-            let v: Value = r.json().await.unwrap();
-            (status, elapsed, v)
-        }));
-    }
+    let tasks = spawn_completions(
+        &s,
+        40,
+        |_| json!({"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0, "ignore_eos": true}),
+    );
     let mut accepted = 0;
     let mut refused = 0;
     for t in tasks {
@@ -174,17 +185,11 @@ async fn overload_is_refused_early_with_429() {
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let _serial = serial();
     let mut s = Server::start(&[]).await;
-    let c = reqwest::Client::new();
-    let mut tasks = Vec::new();
-    for i in 0..8 {
-        let c = c.clone();
-        let url = s.url("/v1/completions");
-        tasks.push(tokio::spawn(async move {
-            let body = json!({"prompt": format!("Story {i}:"), "max_tokens": 48, "ignore_eos": true, "temperature": 0});
-            let r = c.post(url).json(&body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }));
-    }
+    let tasks = spawn_completions(
+        &s,
+        8,
+        |i| json!({"prompt": format!("Story {i}:"), "max_tokens": 48, "ignore_eos": true, "temperature": 0}),
+    );
     // Let them all start, then ask the server to stop.
     let t0 = Instant::now();
     while s.metric("vllm:num_requests_running").await < 8.0 {
@@ -193,7 +198,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     }
     s.sigterm();
     for t in tasks {
-        let (status, v) = t.await.unwrap();
+        let (status, _, v) = t.await.unwrap();
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["usage"]["completion_tokens"], 48);
         assert_eq!(v["choices"][0]["finish_reason"], "length");

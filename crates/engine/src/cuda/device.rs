@@ -1,6 +1,6 @@
 //! Opening a GPU for the model: the driver check and the candle device on its own stream.
 
-use super::pool::set_pool_release_threshold;
+use super::pool::{keep_freed_memory, set_pool_release_threshold};
 
 /// Whether libcuda can be opened (cudarc panics on first use otherwise).
 pub fn cuda_driver_present() -> bool {

@@ -32,12 +32,12 @@ fn load_once(
     Ok(loaded)
 }
 
-fn fused_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
+pub(crate) fn fused_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
     static MODULE: Mutex<Option<Arc<CudaModule>>> = Mutex::new(None);
     load_once(&MODULE, FUSED_FATBIN, stream)
 }
 
-fn gemv_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
+pub(crate) fn gemv_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
     static MODULE: Mutex<Option<Arc<CudaModule>>> = Mutex::new(None);
     load_once(&MODULE, GEMV_FATBIN, stream)
 }

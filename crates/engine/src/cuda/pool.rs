@@ -9,7 +9,7 @@ use super::CudaResult;
 /// activations are unmapped at its end and mapped again by the next). Opt-in until a GPU
 /// run measures it (scripts/gpu-check.sh runs the A/B).
 pub fn keep_freed_memory() -> bool {
-    std::env::var("FERROLM_POOL_KEEP").is_ok_and(|v| v == "1")
+    crate::env::get().pool_keep
 }
 
 fn default_pool(

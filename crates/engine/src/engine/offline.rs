@@ -71,8 +71,8 @@ impl OfflineReport {
     }
 }
 
-/// Runs every prompt to `output_len` new tokens (CUDA graphs unless `enforce_eager`); returns the report and each request's
-/// generated ids (in prompt order).
+/// Runs every prompt to `output_len` new tokens (CUDA graphs unless `enforce_eager`);
+/// returns the report and each request's generated ids (in prompt order).
 pub fn generate_offline(
     model: &LlamaModel,
     config: SchedulerConfig,
@@ -84,87 +84,67 @@ pub fn generate_offline(
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     // Driven from inside the compute pool, as the engine thread is.
     compute_pool().install(|| {
-        run_offline(
-            model,
-            config,
-            num_blocks,
-            block_size,
-            prompts,
-            output_len,
-            enforce_eager,
-        )
-    })
-}
-
-fn run_offline(
-    model: &LlamaModel,
-    config: SchedulerConfig,
-    num_blocks: usize,
-    block_size: usize,
-    prompts: &[Vec<u32>],
-    output_len: usize,
-    enforce_eager: bool,
-) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
-    if output_len == 0 {
-        return Err(EngineError::InvalidRequest(
-            "output_len must be positive".into(),
-        ));
-    }
-    let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
-    let eager = crate::env::get().enforce_eager || enforce_eager;
-    if let Some(line) =
-        runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len, eager)?
-    {
-        tracing::info!("{line}");
-    }
-    let kv = KvCacheManager::new(num_blocks, block_size, true)
-        .key_prompt_positions(model.device().is_cpu());
-    let mut sched = Scheduler::new(config, kv, Vec::new())?;
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(output_len)
-    };
-    // The cache's zeroing is queued on the device: let it finish before the clock starts.
-    model.device().synchronize()?;
-    let started = Instant::now();
-    for (i, p) in prompts.iter().enumerate() {
-        sched.add_request(Request::new(i as u64, p.clone(), params.clone()))?;
-    }
-    let mut outputs = vec![Vec::with_capacity(output_len); prompts.len()];
-    let mut report = OfflineReport {
-        num_requests: prompts.len(),
-        prompt_tokens: prompts.iter().map(Vec::len).sum(),
-        ..Default::default()
-    };
-    while sched.has_work() {
-        let t = Instant::now();
-        let out = sched.schedule();
-        if out.is_empty() {
-            return Err(EngineError::Cache(
-                "the scheduler can place no request (KV cache too small for one?)".into(),
+        if output_len == 0 {
+            return Err(EngineError::InvalidRequest(
+                "output_len must be positive".into(),
             ));
         }
-        let (batch, rows) = sched.build_batch(&out);
-        let ids = runner.execute_greedy(&batch)?;
-        let sampled: Vec<Option<u32>> = out
-            .scheduled
-            .iter()
-            .zip(&rows)
-            .map(|(s, r)| (s.samples && !r.is_empty()).then(|| ids[r.end - 1]))
-            .collect();
-        for ev in sched.update(&out, &sampled) {
-            if let Some(tok) = ev.new_token {
-                outputs[ev.id as usize].push(tok);
-                report.output_tokens += 1;
-            }
+        let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
+        let eager = crate::env::get().enforce_eager || enforce_eager;
+        if let Some(line) =
+            runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len, eager)?
+        {
+            tracing::info!("{line}");
         }
-        report.step_tokens.push(out.num_tokens());
-        report.step_seqs.push(out.scheduled.len());
-        report.step_secs.push(t.elapsed().as_secs_f64());
-    }
-    report.secs = started.elapsed().as_secs_f64();
-    report.preemptions = sched.num_preemptions as usize;
-    Ok((report, outputs))
+        let kv = KvCacheManager::new(num_blocks, block_size, true)
+            .key_prompt_positions(model.device().is_cpu());
+        let mut sched = Scheduler::new(config, kv, Vec::new())?;
+        let params = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(output_len)
+        };
+        // The cache's zeroing is queued on the device: let it finish before the clock starts.
+        model.device().synchronize()?;
+        let started = Instant::now();
+        for (i, p) in prompts.iter().enumerate() {
+            sched.add_request(Request::new(i as u64, p.clone(), params.clone()))?;
+        }
+        let mut outputs = vec![Vec::with_capacity(output_len); prompts.len()];
+        let mut report = OfflineReport {
+            num_requests: prompts.len(),
+            prompt_tokens: prompts.iter().map(Vec::len).sum(),
+            ..Default::default()
+        };
+        while sched.has_work() {
+            let t = Instant::now();
+            let out = sched.schedule();
+            if out.is_empty() {
+                return Err(EngineError::Cache(
+                    "the scheduler can place no request (KV cache too small for one?)".into(),
+                ));
+            }
+            let (batch, rows) = sched.build_batch(&out);
+            let ids = runner.execute_greedy(&batch)?;
+            let sampled: Vec<Option<u32>> = out
+                .scheduled
+                .iter()
+                .zip(&rows)
+                .map(|(s, r)| (s.samples && !r.is_empty()).then(|| ids[r.end - 1]))
+                .collect();
+            for ev in sched.update(&out, &sampled) {
+                if let Some(tok) = ev.new_token {
+                    outputs[ev.id as usize].push(tok);
+                    report.output_tokens += 1;
+                }
+            }
+            report.step_tokens.push(out.num_tokens());
+            report.step_seqs.push(out.scheduled.len());
+            report.step_secs.push(t.elapsed().as_secs_f64());
+        }
+        report.secs = started.elapsed().as_secs_f64();
+        report.preemptions = sched.num_preemptions as usize;
+        Ok((report, outputs))
+    })
 }
 
 /// `n` prompts of `len` token ids drawn uniformly from `[lo, hi)` with a fixed generator.

@@ -241,6 +241,17 @@ impl LlamaConfig {
     }
 
     /// Parameters of the weights (for the weight-read floor: bytes = params * elem size).
+    /// (hidden, heads, KV heads, head dim, MLP width): the shapes every weight is made of.
+    pub fn dims(&self) -> (usize, usize, usize, usize, usize) {
+        (
+            self.hidden_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.intermediate_size,
+        )
+    }
+
     /// The paged KV cache's shape for this model.
     pub fn kv_layout(&self, num_blocks: usize, block_size: usize) -> KvCacheLayout {
         KvCacheLayout {

@@ -95,13 +95,7 @@ impl LlamaModel {
         seed: u64,
     ) -> Result<Self> {
         let c = &config;
-        let (h, nh, nkv, hd, ff) = (
-            c.hidden_size,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-            c.intermediate_size,
-        );
+        let (h, nh, nkv, hd, ff) = c.dims();
         let mut next_seed = seed;
         let mut rand = |shape: (usize, usize), bound: f32| -> Result<Tensor> {
             next_seed = next_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -49,13 +49,7 @@ impl LlamaModel {
             })
         };
         let c = &config;
-        let (h, nh, nkv, hd, ff) = (
-            c.hidden_size,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-            c.intermediate_size,
-        );
+        let (h, nh, nkv, hd, ff) = c.dims();
         let embed_q = qt("token_embd.weight")?;
         check_shape("token_embd.weight", &embed_q, &[c.vocab_size, h])?;
         let embed = embed_q.dequantize(device)?.to_dtype(DType::F32)?;

@@ -54,8 +54,8 @@ pub fn add_rms_norm(
 mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{DType, Layout, Shape, Tensor};
-    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+    use candle_core::{DType, Layout, Shape, Storage, Tensor};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
 
     use crate::cuda::{contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType};
     use crate::error::{EngineError, Result};

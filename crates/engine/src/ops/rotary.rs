@@ -80,7 +80,7 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
     use candle_core::{Layout, Shape, Tensor};
-    use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
 
     use crate::cuda::{
         by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType,

@@ -184,7 +184,7 @@ impl DecodeGraphs {
 
     /// The captured size a step would replay, if it can replay one.
     pub fn size_for(&self, batch: &FlatBatch) -> Option<usize> {
-        if !super::is_plain_decode(batch)
+        if !crate::batch::is_plain_decode(batch)
             || batch.context_lens.iter().any(|&c| c > self.max_context)
             || batch.block_tables.iter().any(|t| t.len() > self.max_blocks)
         {

@@ -117,7 +117,7 @@ impl<'m> ModelRunner<'m> {
     }
 
     /// Captures CUDA graphs for decode steps of up to `max_seqs` sequences whose contexts
-    /// stay within `max_model_len` (capped at [`super::graphs::MAX_CAPTURE_CONTEXT`]), as vLLM
+    /// stay within `max_model_len` (capped at [`crate::batch::MAX_CAPTURE_CONTEXT`]), as vLLM
     /// does at startup; a no-op on the CPU or when `enforce_eager` (vLLM's flag). Returns a
     /// line saying what was captured.
     pub fn capture_decode_graphs(
@@ -131,7 +131,7 @@ impl<'m> ModelRunner<'m> {
         }
         #[cfg(feature = "cuda")]
         {
-            let ctx = max_model_len.min(super::graphs::MAX_CAPTURE_CONTEXT);
+            let ctx = max_model_len.min(crate::batch::MAX_CAPTURE_CONTEXT);
             let g = super::graphs::DecodeGraphs::capture(
                 self.model,
                 self.attn.as_mut(),

@@ -1,7 +1,6 @@
 //! `POST /v1/chat/completions`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,11 +12,13 @@ use ferrolm_engine::tokenizer::ChatMessage;
 
 use super::error::ApiError;
 use super::protocol::{
-    request_id, unix_now, ChatChoice, ChatChunk, ChatChunkChoice, ChatDelta, ChatMessageIn,
-    ChatMessageOut, ChatRequest, ChatResponse, MessageContent, UsageOut,
+    request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatMessageIn, ChatMessageOut,
+    ChatRequest, ChatResponse, MessageContent, UsageOut,
 };
 use super::state::{submit, AppState};
-use super::stream::{build_choices, chat_logprobs, collect_all, stream_sse, usage_chunk};
+use super::stream::{
+    build_choices, chat_logprobs, chunk_builder, collect_all, stream_sse, usage_chunk,
+};
 use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
 
 /// Messages to template input: text parts joined by newlines; only text content is read.
@@ -73,11 +74,7 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let loaded = state.loaded()?;
-    let (req, n): (ChatRequest, usize) = read_request(&state, body)?;
-    let engine = &loaded.engine;
-    let tok = engine.tokenizer.clone();
+    let (started, loaded, tok, req, n) = read_request::<ChatRequest>(&state, body)?;
     let template = loaded.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request(
             "the model has no chat template; use /v1/completions or --chat-template",
@@ -86,6 +83,7 @@ pub async fn chat_completions(
     let messages = flatten_messages(&req.messages)?;
     let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
     let prompt = tok.encode(&text, true)?;
+    let engine = &loaded.engine;
     let max_model_len = engine.max_model_len;
     let max_tokens = max_tokens_or(
         req.max_completion_tokens.or(req.common.max_tokens),
@@ -107,21 +105,12 @@ pub async fn chat_completions(
     let model = state.served_model_name.clone();
 
     if req.common.stream {
-        let chunk = {
-            let id = id.clone();
-            let model = model.clone();
-            move |choices: Vec<ChatChunkChoice>, usage: Option<UsageOut>| {
-                serde_json::to_value(ChatChunk {
-                    id: id.clone(),
-                    object: "chat.completion.chunk",
-                    created,
-                    model: model.clone(),
-                    choices,
-                    usage,
-                })
-                .unwrap_or_default()
-            }
-        };
+        let chunk = chunk_builder::<ChatChunkChoice>(
+            id.clone(),
+            "chat.completion.chunk",
+            created,
+            model.clone(),
+        );
         let usage = usage_chunk(req.common.include_usage(), prompt.len(), chunk.clone());
         let render = move |i: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
             let mut out = Vec::new();
@@ -175,7 +164,7 @@ pub async fn chat_completions(
         created,
         model,
         choices,
-        usage: UsageOut::new(prompt.len(), completion_tokens),
+        usage: Some(UsageOut::new(prompt.len(), completion_tokens)),
     })
     .into_response())
 }

@@ -1,7 +1,6 @@
 //! `POST /v1/completions`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,18 +16,16 @@ use super::protocol::{
     CompletionResponse, Prompt, UsageOut,
 };
 use super::state::{submit, AppState};
-use super::stream::{build_choices, collect_all, completion_logprobs, stream_sse, usage_chunk};
+use super::stream::{
+    build_choices, chunk_builder, collect_all, completion_logprobs, stream_sse, usage_chunk,
+};
 use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let loaded = state.loaded()?;
-    let (req, n): (CompletionRequest, usize) = read_request(&state, body)?;
-    let engine = &loaded.engine;
-    let tok = engine.tokenizer.clone();
+    let (started, loaded, tok, req, n) = read_request::<CompletionRequest>(&state, body)?;
     let vocab = tok.vocab_size();
     let prompts: Vec<Vec<u32>> = match req.prompt.clone() {
         None => return Err(ApiError::invalid_field("prompt", "`prompt` is required")),
@@ -54,7 +51,7 @@ pub async fn completions(
     }
     let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
     for p in &prompts {
-        check_length(p.len(), max_tokens, engine.max_model_len)?;
+        check_length(p.len(), max_tokens, loaded.engine.max_model_len)?;
     }
     let logprobs = logprobs_count("logprobs", req.logprobs)?;
     let prompt_logprobs = match logprobs_count("prompt_logprobs", req.common.prompt_logprobs)? {
@@ -63,7 +60,7 @@ pub async fn completions(
         None => None,
     };
     let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs, vocab)?;
-    let (mut sub, rxs) = submit(&state, engine, &prompts, n, &params)?;
+    let (mut sub, rxs) = submit(&state, &loaded.engine, &prompts, n, &params)?;
     let id = request_id("cmpl");
     let created = unix_now();
     let model = state.served_model_name.clone();
@@ -73,21 +70,12 @@ pub async fn completions(
         let echo = req.echo;
         let prompts_text: Vec<String> = prompts.iter().map(|p| tok.decode(p, false)).collect();
         // Every chunk, the usage chunk included, carries the stream's one id.
-        let chunk = {
-            let id = id.clone();
-            let model = model.clone();
-            move |choices: Vec<CompletionChoice>, usage: Option<UsageOut>| {
-                serde_json::to_value(CompletionResponse {
-                    id: id.clone(),
-                    object: "text_completion",
-                    created,
-                    model: model.clone(),
-                    choices,
-                    usage,
-                })
-                .unwrap_or_default()
-            }
-        };
+        let chunk = chunk_builder::<CompletionChoice>(
+            id.clone(),
+            "text_completion",
+            created,
+            model.clone(),
+        );
         let usage = usage_chunk(req.common.include_usage(), prompt_tokens, chunk.clone());
         let render =
             move |choice: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {

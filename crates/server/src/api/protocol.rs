@@ -165,17 +165,23 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
 }
 
+/// Every completions and chat answer, and every chunk of their streams: the request's id,
+/// the object's name, `created`, the model, the choices, and the usage where there is one
+/// (a non-streamed answer always has one).
 #[derive(Debug, Clone, Serialize)]
-pub struct CompletionResponse {
+pub struct ChoicesResponse<C> {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<CompletionChoice>,
+    pub choices: Vec<C>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
 }
 
+pub type CompletionResponse = ChoicesResponse<CompletionChoice>;
+
+/// A token in chat log-probs: the token, its log-prob and its bytes.
 #[derive(Debug, Clone, Serialize)]
 pub struct TopLogprobOut {
     pub token: String,
@@ -183,11 +189,12 @@ pub struct TopLogprobOut {
     pub bytes: Vec<u8>,
 }
 
+/// A generated token in chat log-probs: its `token`, `logprob` and `bytes` (flattened: the
+/// same JSON as with the three fields here) and its alternatives.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatTokenLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
+    #[serde(flatten)]
+    pub chosen: TopLogprobOut,
     pub top_logprobs: Vec<TopLogprobOut>,
 }
 
@@ -210,15 +217,7 @@ pub struct ChatChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatResponse {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChoice>,
-    pub usage: UsageOut,
-}
+pub type ChatResponse = ChoicesResponse<ChatChoice>;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ChatDelta {
@@ -228,6 +227,7 @@ pub struct ChatDelta {
     pub content: Option<String>,
 }
 
+/// A choice of a chat stream's chunk (a `ChoicesResponse<ChatChunkChoice>`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChunkChoice {
     pub index: usize,
@@ -236,34 +236,21 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ChatChunk {
-    pub id: String,
-    pub object: &'static str,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<ChatChunkChoice>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageOut>,
+/// `WithCommon` for request types that keep the shared fields in their `common` field.
+macro_rules! with_common {
+    ($($request:ty),*) => {$(
+        impl WithCommon for $request {
+            fn common(&self) -> &CommonParams {
+                &self.common
+            }
+            fn set_common(&mut self, c: CommonParams) {
+                self.common = c;
+            }
+        }
+    )*};
 }
 
-impl WithCommon for CompletionRequest {
-    fn common(&self) -> &CommonParams {
-        &self.common
-    }
-    fn set_common(&mut self, c: CommonParams) {
-        self.common = c;
-    }
-}
-
-impl WithCommon for ChatRequest {
-    fn common(&self) -> &CommonParams {
-        &self.common
-    }
-    fn set_common(&mut self, c: CommonParams) {
-        self.common = c;
-    }
-}
+with_common!(CompletionRequest, ChatRequest);
 
 /// A response's `created`: seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

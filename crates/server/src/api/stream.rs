@@ -13,13 +13,14 @@ use ferrolm_engine::engine::RequestOutput;
 use ferrolm_engine::sampling::TokenLogprob;
 use ferrolm_engine::tokenizer::Tokenizer;
 use futures_util::StreamExt;
+use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
 use super::error::ApiError;
 use super::metrics::RequestTimer;
 use super::protocol::{
-    ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprobOut, UsageOut,
+    ChatLogprobs, ChatTokenLogprob, ChoicesResponse, CompletionLogprobs, TopLogprobOut, UsageOut,
 };
 use super::state::{AppState, Submission};
 
@@ -87,6 +88,27 @@ where
         drop(sub);
     });
     Sse::new(ReceiverStream::new(rx)).into_response()
+}
+
+/// The endpoint's chunk from choices and usage: every chunk of a stream, the usage chunk
+/// included, carries the stream's one id, its object name, `created` and the model.
+pub fn chunk_builder<C: Serialize + Send + 'static>(
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+) -> impl Fn(Vec<C>, Option<UsageOut>) -> serde_json::Value + Clone + Send + 'static {
+    move |choices: Vec<C>, usage: Option<UsageOut>| {
+        serde_json::to_value(ChoicesResponse {
+            id: id.clone(),
+            object,
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+        })
+        .unwrap_or_default()
+    }
 }
 
 /// The last chunk of a stream when `stream_options.include_usage` asks for it: no choices,
@@ -210,25 +232,17 @@ pub fn completion_logprobs(
 
 /// OpenAI's chat log-probs object for a run of tokens.
 pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> ChatLogprobs {
+    let entry = |id: u32, logprob: f32| TopLogprobOut {
+        token: token_str(tok, id),
+        logprob,
+        bytes: tok.token_bytes(id).to_vec(),
+    };
     ChatLogprobs {
         content: lps
             .iter()
-            .map(|l| {
-                let s = token_str(tok, l.token_id);
-                ChatTokenLogprob {
-                    bytes: tok.token_bytes(l.token_id).to_vec(),
-                    token: s,
-                    logprob: l.logprob,
-                    top_logprobs: l
-                        .top
-                        .iter()
-                        .map(|&(t, lp)| TopLogprobOut {
-                            token: token_str(tok, t),
-                            logprob: lp,
-                            bytes: tok.token_bytes(t).to_vec(),
-                        })
-                        .collect(),
-                }
+            .map(|l| ChatTokenLogprob {
+                chosen: entry(l.token_id, l.logprob),
+                top_logprobs: l.top.iter().map(|&(t, lp)| entry(t, lp)).collect(),
             })
             .collect(),
     }

@@ -2,15 +2,19 @@
 //! length and log-prob counts, and the shared sampling fields as the engine's
 //! `SamplingParams`.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use ferrolm_engine::sampling::SamplingParams;
+use ferrolm_engine::tokenizer::Tokenizer;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::protocol::{CommonParams, WithCommon};
-use super::state::AppState;
+use super::state::{AppState, Loaded};
 
 const MAX_LOGPROBS: i64 = 20;
 
@@ -61,19 +65,25 @@ pub fn parse_body<T: DeserializeOwned>(
     from_json(&parse_json(state, body)?)
 }
 
-/// Reads and checks what every generation endpoint checks first: the body, the model name,
-/// fields we refuse by name, and `n`. Returns the request and its `n`.
+/// What every generation endpoint (completions, chat) does first: notes the time, takes the
+/// loaded model (503 while it loads or the server shuts down), then reads and checks the body,
+/// the model name, fields we refuse by name, and `n`. Returns when the handler began (where
+/// the request's latencies are measured from), the loaded model, its tokenizer, the request
+/// and its `n`.
+#[allow(clippy::type_complexity)]
 pub fn read_request<T: WithCommon>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(T, usize), ApiError> {
+) -> Result<(Instant, &Loaded, Arc<Tokenizer>, T, usize), ApiError> {
+    let started = Instant::now();
+    let loaded = state.loaded()?;
     let json = parse_json(state, body)?;
     let mut req: T = from_json(&json)?;
     req.set_common(from_json(&json)?);
     state.check_model(req.common().model.as_deref())?;
     refuse_unsupported(req.common())?;
     let n = choices_n(state, req.common())?;
-    Ok((req, n))
+    Ok((started, loaded, loaded.engine.tokenizer.clone(), req, n))
 }
 
 fn field<T>(name: &str, ok: bool, v: T) -> Result<T, ApiError> {

@@ -36,6 +36,9 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The server logs to stdout (one line per request); the other commands keep stdout for
+    // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
+    init_tracing(matches!(cli.command, Command::Serve(_)));
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Serve(a) => serve::run(a),
@@ -43,4 +46,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "cuda")]
         Command::GpuCheck(a) => gpu_check::run(a),
     }
+}
+
+fn init_tracing(to_stdout: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if to_stdout {
+        builder.try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
 }

@@ -107,7 +107,6 @@ fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing();
     // Checked before anything else, so a wrong --device fails at once.
     ferrolm_engine::device::resolve_device(&args.device)?;
     let model_path = resolve_model(&args.model)?;
@@ -235,13 +234,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(super::env::LOG_VAR)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
 }

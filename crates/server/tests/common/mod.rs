@@ -167,6 +167,16 @@ pub async fn send_json(s: &Server, path: &str, body: &Value) -> reqwest::Respons
         .unwrap()
 }
 
+/// GETs a path; its JSON answer.
+pub async fn get_json(s: &Server, path: &str) -> Value {
+    reqwest::get(s.url(path))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// POSTs a JSON body; the status and the JSON answer (null if it is not JSON).
 pub async fn post(s: &Server, path: &str, body: &Value) -> (u16, Value) {
     let r = send_json(s, path, body).await;

@@ -1,11 +1,11 @@
 //! The attention kernels' `gpu-check` rows: each kernel against the CPU references at
 //! several shapes, and decode attention's read rate beside a device copy.
 
-use cudarc::driver::{CudaSlice, DevicePtr};
-use half::{bf16, f16};
+use cudarc::driver::CudaSlice;
+use half::bf16;
 
-use super::kernels::{CudaKernels, DecodeKernel, DecodeShape};
-use crate::attention::split::paged_decode_split_reference;
+use super::kernels::{gqa_kernel_built, CudaKernels, DecodeKernel, DecodeShape};
+use crate::attention::split::{choose_decode_launch, paged_decode_split_reference};
 use crate::cuda::{CudaResult, KernelType};
 use crate::instrument::CheckRow;
 

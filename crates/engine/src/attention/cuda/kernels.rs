@@ -10,11 +10,10 @@ use cudarc::driver::{
 
 use crate::attention::split::choose_decode_launch;
 pub use crate::attention::split::{plan_prefill_tiles, PREFILL_TILE_ROWS};
-use crate::cuda::kernels::{
-    PAGED_ATTENTION_FATBIN, PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN,
-    RESHAPE_AND_CACHE_FATBIN,
+use crate::cuda::{
+    cuda_driver_present, CudaResult, KernelType, PAGED_ATTENTION_FATBIN,
+    PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN, RESHAPE_AND_CACHE_FATBIN,
 };
-use crate::cuda::{cuda_driver_present, CudaResult, KernelType};
 
 pub struct CudaKernels {
     pub ctx: Arc<CudaContext>,
@@ -43,9 +42,10 @@ impl DecodeKernel {
     /// passed every kernel and model check and read K/V at 2680 GB/s on the B64 ctx2048
     /// shape, where the per-head kernel reads each KV head once per query head.
     pub fn from_env() -> Self {
-        match std::env::var("FERROLM_DECODE_KERNEL").as_deref() {
-            Ok("per-head") | Ok("v1") => Self::PerHead,
-            _ => Self::Gqa,
+        if crate::env::get().decode_kernel_per_head {
+            Self::PerHead
+        } else {
+            Self::Gqa
         }
     }
 }
