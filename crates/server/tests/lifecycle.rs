@@ -21,21 +21,23 @@ fn long_request(stream: bool) -> Value {
 }
 
 /// `n` completion requests at once, each in its own task (request `i` sends `body(i)`): each
-/// task answers the status, the time the response took to arrive, and the JSON answer.
+/// task answers the status, the time the response took to arrive (from before its body was
+/// made), and the JSON answer.
 fn spawn_completions(
     s: &Server,
     n: usize,
-    body: impl Fn(usize) -> Value,
+    body: impl Fn(usize) -> Value + Clone + Send + 'static,
 ) -> Vec<tokio::task::JoinHandle<(u16, Duration, Value)>> {
     let c = reqwest::Client::new();
     (0..n)
         .map(|i| {
             let c = c.clone();
             let url = s.url("/v1/completions");
-            let body = body(i);
+            let body = body.clone();
             tokio::spawn(async move {
                 let t0 = Instant::now();
-                let r = c.post(url).json(&body).send().await.unwrap();
+                let json = body(i);
+                let r = c.post(url).json(&json).send().await.unwrap();
                 let status = r.status().as_u16();
                 let elapsed = t0.elapsed();
                 let v: Value = r.json().await.unwrap();
