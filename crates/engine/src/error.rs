@@ -69,4 +69,28 @@ impl EngineError {
     }
 }
 
+/// A request field out of range, named as the OpenAI API names it: the server answers 400
+/// with it as `param`. Inside the engine it is an [`EngineError::InvalidRequest`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidParam {
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl InvalidParam {
+    pub fn new(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<InvalidParam> for EngineError {
+    fn from(e: InvalidParam) -> Self {
+        Self::InvalidRequest(e.message)
+    }
+}
+
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

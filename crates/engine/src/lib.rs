@@ -33,4 +33,4 @@ pub mod scheduler;
 pub mod tokenizer;
 pub mod worker;
 
-pub use error::{EngineError, Result};
+pub use error::{EngineError, InvalidParam, Result};

@@ -34,6 +34,34 @@ impl FinishReason {
     }
 }
 
+/// A prompt and its parameters as [`crate::engine::EngineHandle::validate`] accepted them:
+/// parameters in range, a non-empty prompt of known tokens shorter than the context. The only
+/// way into the engine; nothing past the handle checks a request again (the scheduler keeps
+/// its own invariant that a queued prompt fits).
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) params: SamplingParams,
+}
+
+impl ValidRequest {
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The same request with its seed (if any) moved on by `i`: choice `i` of `n` parallel
+    /// samples. A seed never makes a request invalid.
+    pub fn with_seed_offset(&self, i: u64) -> Self {
+        let mut r = self.clone();
+        r.params.seed = r.params.seed.map(|s| s.wrapping_add(i));
+        r
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub id: RequestId,

@@ -7,8 +7,9 @@ use std::io::Write;
 
 use candle_core::Device;
 use common::{load_model, model_path};
+use ferrolm_engine::engine::greedy_generate;
 use ferrolm_engine::loader::LoadedModel;
-use ferrolm_engine::worker::{greedy_generate, teacher_forced_logprobs};
+use ferrolm_engine::worker::teacher_forced_logprobs;
 use ferrolm_engine::EngineError;
 
 fn truncated_copy(len: u64, name: &str) -> std::path::PathBuf {
@@ -73,14 +74,14 @@ fn not_a_gguf_is_a_clear_error() {
 #[test]
 fn empty_and_overlong_prompts_are_errors() {
     let lm = load_model();
-    let never = |_: u32| false;
-    match greedy_generate(&lm.model, &[vec![]], 4, &never) {
+    let never: &[u32] = &[];
+    match greedy_generate(&lm.model, &[vec![]], 4, never) {
         Err(EngineError::InvalidRequest(m)) => assert!(m.contains("empty"), "{m}"),
         other => panic!("empty prompt: {other:?}"),
     }
     let ctx = lm.max_model_len();
     let long = vec![504u32; ctx + 1];
-    match greedy_generate(&lm.model, &[long.clone()], 4, &never) {
+    match greedy_generate(&lm.model, &[long.clone()], 4, never) {
         Err(e @ EngineError::PromptTooLong { .. }) => {
             let m = e.to_string();
             assert!(
@@ -92,5 +93,5 @@ fn empty_and_overlong_prompts_are_errors() {
     }
     assert!(teacher_forced_logprobs(&lm.model, &[], &[1]).is_err());
     // A token id outside the vocabulary is refused, not indexed.
-    assert!(greedy_generate(&lm.model, &[vec![1_000_000]], 1, &never).is_err());
+    assert!(greedy_generate(&lm.model, &[vec![1_000_000]], 1, never).is_err());
 }

@@ -285,11 +285,11 @@ fn a_pool_that_cannot_hold_one_sequence_is_refused_at_start() {
 fn engine_greedy_equals_the_plain_runner_and_reports_usage() {
     let lm = load_model();
     let p = prompts()[0].clone();
-    let want = ferrolm_engine::worker::greedy_generate(
+    let want = ferrolm_engine::engine::greedy_generate(
         &lm.model,
         std::slice::from_ref(&p),
         MAX_TOKENS,
-        &|t| lm.tokenizer.eog_ids.contains(&t),
+        &lm.tokenizer.eog_ids,
     )
     .unwrap()
     .tokens

@@ -4,9 +4,10 @@
 mod common;
 
 use common::{ids, load_model, read_jsonl};
+use ferrolm_engine::engine::greedy_generate;
 use ferrolm_engine::sampling::argmax;
 use ferrolm_engine::tokenizer::ChatMessage;
-use ferrolm_engine::worker::{greedy_generate, teacher_forced_logprobs};
+use ferrolm_engine::worker::teacher_forced_logprobs;
 use serde_json::Value;
 
 /// Steps whose golden top-1/top-2 margin is below this are near-ties: two correct engines
@@ -161,15 +162,15 @@ fn free_running_greedy_matches_llama_cpp_one_at_a_time_and_batched() {
     let tok = &lm.tokenizer;
     let records = read_jsonl("smollm2_q4_1_greedy.jsonl");
     let prompts: Vec<Vec<u32>> = records.iter().map(|r| ids(&r["prompt_ids"])).collect();
-    let stop = |t: u32| tok.is_eog(t);
+    let stop = &tok.eog_ids;
     let mut singles = Vec::new();
     for (r, p) in records.iter().zip(&prompts) {
-        let g = greedy_generate(&lm.model, std::slice::from_ref(p), 48, &stop).unwrap();
+        let g = greedy_generate(&lm.model, std::slice::from_ref(p), 48, stop).unwrap();
         assert_matches_golden(r, &g.tokens[0]);
         singles.push(g.tokens[0].clone());
     }
     // All twelve prompts in one flat batch per step give the same tokens as one at a time.
-    let batched = greedy_generate(&lm.model, &prompts, 48, &stop).unwrap();
+    let batched = greedy_generate(&lm.model, &prompts, 48, stop).unwrap();
     for (i, (a, b)) in singles.iter().zip(&batched.tokens).enumerate() {
         assert_eq!(a, b, "record {i}: batched output differs from single");
     }

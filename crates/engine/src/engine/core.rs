@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
+use super::step::{execute_step, StepLogits};
 use crate::config::StepObserver;
 use crate::error::Result;
 use crate::model::LlamaModel;
@@ -96,7 +97,6 @@ impl<'m> EngineCore<'m> {
                 sink.scheduled();
             }
         }
-        let (batch, rows) = self.scheduler.build_batch(&out);
         // On a GPU, a step whose every sampling request is plain greedy takes its argmax
         // there and copies only ids back.
         let device_greedy = self.runner.on_gpu()
@@ -106,50 +106,44 @@ impl<'m> EngineCore<'m> {
                         .is_plain_greedy(r.tokens.len().saturating_sub(r.prompt_len))
                 })
             });
-        let (logits, greedy) = if device_greedy {
-            (Vec::new(), self.runner.execute_greedy(&batch)?)
-        } else {
-            (self.runner.execute(&batch)?.to_vec2::<f32>()?, Vec::new())
-        };
         let eog = self.tokenizer.eog_ids.clone();
-        let mut sampled = Vec::with_capacity(out.scheduled.len());
         let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
-        for (s, range) in out.scheduled.iter().zip(&rows) {
-            let Some(req) = self.scheduler.request(s.id) else {
-                sampled.push(None);
-                continue;
-            };
-            // Prompt log-probs: row for position p scores the prompt token at p + 1.
-            if let (Some(k), Some(sink)) = (req.params.prompt_logprobs, self.sinks.get_mut(&s.id)) {
-                if let Some(pl) = sink.prompt_logprobs.as_mut() {
-                    for (j, row) in range.clone().enumerate() {
-                        let next = s.start + j + 1;
-                        if next < req.prompt_len {
-                            pl.push(Some(top_logprobs(&logits[row], req.tokens[next], k)));
+        let sinks = &mut self.sinks;
+        let events = execute_step(
+            &mut self.scheduler,
+            &mut self.runner,
+            &out,
+            !device_greedy,
+            |req, s, range, logits| {
+                let StepLogits::Host(logits) = logits else {
+                    return logits.greedy_last(s, &range);
+                };
+                // Prompt log-probs: row for position p scores the prompt token at p + 1.
+                if let (Some(k), Some(sink)) = (req.params.prompt_logprobs, sinks.get_mut(&s.id)) {
+                    if let Some(pl) = sink.prompt_logprobs.as_mut() {
+                        for (j, row) in range.clone().enumerate() {
+                            let next = s.start + j + 1;
+                            if next < req.prompt_len {
+                                pl.push(Some(top_logprobs(&logits[row], req.tokens[next], k)));
+                            }
                         }
                     }
                 }
-            }
-            if !s.samples || range.is_empty() {
-                sampled.push(None);
-                continue;
-            }
-            if device_greedy {
-                sampled.push(greedy.get(range.end - 1).copied());
-                continue;
-            }
-            let raw = &logits[range.end - 1];
-            let mut work = raw.clone();
-            let (prompt, output) = req.tokens.split_at(req.prompt_len);
-            let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
-            let tok =
-                sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed).token;
-            if let Some(k) = req.params.logprobs {
-                new_logprobs.insert(s.id, top_logprobs(raw, tok, k));
-            }
-            sampled.push(Some(tok));
-        }
-        let events = self.scheduler.update(&out, &sampled);
+                if !s.samples || range.is_empty() {
+                    return None;
+                }
+                let raw = &logits[range.end - 1];
+                let mut work = raw.clone();
+                let (prompt, output) = req.tokens.split_at(req.prompt_len);
+                let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
+                let tok =
+                    sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed).token;
+                if let Some(k) = req.params.logprobs {
+                    new_logprobs.insert(s.id, top_logprobs(raw, tok, k));
+                }
+                Some(tok)
+            },
+        )?;
         // Counters and the step's statistics first: a client that sees its last token also
         // sees its blocks freed and this step counted.
         self.publish();

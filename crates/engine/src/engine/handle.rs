@@ -10,10 +10,10 @@ use super::kv_sizing::kv_blocks;
 use super::output::RequestOutput;
 use super::stats::EngineStats;
 use crate::config::EngineConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, InvalidParam, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::model::LlamaModel;
-use crate::request::{Request, RequestId};
+use crate::request::{Request, RequestId, ValidRequest};
 use crate::sampling::SamplingParams;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenizer::Tokenizer;
@@ -115,10 +115,35 @@ impl EngineHandle {
         })
     }
 
-    /// Queues a request; its outputs arrive on the returned receiver. Never waits for the
-    /// engine thread (which only reads commands between steps): everything that can refuse
-    /// a request is checked here. Dropping the receiver aborts the request at the engine's
-    /// next token; `abort` frees it at once.
+    /// The one check of a request (see [`ValidRequest`]); the error names the field.
+    pub fn validate(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> std::result::Result<ValidRequest, InvalidParam> {
+        let vocab = self.tokenizer.vocab_size();
+        params.check(vocab)?;
+        if prompt.is_empty() {
+            return Err(InvalidParam::new("prompt", "the prompt is empty"));
+        }
+        if prompt.len() >= self.max_model_len {
+            let e = EngineError::PromptTooLong {
+                prompt_len: prompt.len(),
+                max_tokens: params.max_tokens,
+                max_model_len: self.max_model_len,
+            };
+            return Err(InvalidParam::new("prompt", e.to_string()));
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(InvalidParam::new(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        Ok(ValidRequest { prompt, params })
+    }
+
+    /// Checks and queues a request ([`Self::validate`] then [`Self::submit`]).
     pub fn add_request(
         &self,
         prompt: Vec<u32>,
@@ -127,31 +152,24 @@ impl EngineHandle {
         RequestId,
         tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
     )> {
-        params.validate(self.tokenizer.vocab_size())?;
-        if prompt.is_empty() {
-            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
-        }
-        if prompt.len() >= self.max_model_len {
-            return Err(EngineError::PromptTooLong {
-                prompt_len: prompt.len(),
-                max_tokens: params.max_tokens,
-                max_model_len: self.max_model_len,
-            });
-        }
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.tokenizer.vocab_size())
-        {
-            return Err(EngineError::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.tokenizer.vocab_size()
-            )));
-        }
+        self.submit(self.validate(prompt, params)?)
+    }
+
+    /// Queues a checked request; its outputs arrive on the returned receiver. Never waits for
+    /// the engine thread (which only reads commands between steps). Dropping the receiver
+    /// aborts the request at the engine's next token; `abort` frees it at once.
+    pub fn submit(
+        &self,
+        req: ValidRequest,
+    ) -> Result<(
+        RequestId,
+        tokio::sync::mpsc::UnboundedReceiver<RequestOutput>,
+    )> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.tx
             .send(Command::Add {
-                req: Request::new(id, prompt, params),
+                req: Request::new(id, req.prompt, req.params),
                 tx,
             })
             .map_err(|_| EngineError::EngineStopped)?;

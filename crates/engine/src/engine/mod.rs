@@ -9,10 +9,11 @@ mod kv_sizing;
 mod offline;
 mod output;
 mod stats;
+mod step;
 
 pub use self::core::EngineCore;
 pub use handle::EngineHandle;
 pub use kv_sizing::kv_blocks;
-pub use offline::{generate_offline, random_prompts, OfflineReport};
+pub use offline::{generate_offline, greedy_generate, random_prompts, Generation, OfflineReport};
 pub use output::{RequestOutput, Usage};
 pub use stats::EngineStats;

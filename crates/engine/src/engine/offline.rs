@@ -1,7 +1,8 @@
-//! Offline generation over token ids, as `ferrolm bench throughput` and `bench latency`
-//! drive it: the same scheduler (continuous batching, chunked prefill, preemption) and
-//! model runner as the server, without the text side (like vLLM's
-//! `--skip-tokenizer-init`). Greedy, EOS ignored, each request runs to `output_len`.
+//! Offline greedy generation over token ids: `ferrolm bench throughput` and `bench latency`
+//! (EOS ignored, each request runs to `output_len`) and the goldens' reference generation
+//! ([`greedy_generate`]). The same scheduler (continuous batching, chunked prefill,
+//! preemption), step and model runner as the server, without the text side (like vLLM's
+//! `--skip-tokenizer-init`).
 
 use std::time::Instant;
 
@@ -9,10 +10,12 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::lcg::lcg_next;
 use crate::model::LlamaModel;
-use crate::request::Request;
+use crate::request::{FinishReason, Request};
 use crate::sampling::SamplingParams;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::worker::{compute_pool, ModelRunner};
+
+use super::step::execute_step;
 
 /// What an offline run did, with its wall time and each step's.
 #[derive(Debug, Clone, Default)]
@@ -82,38 +85,158 @@ pub fn generate_offline(
     output_len: usize,
     enforce_eager: bool,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
-    // Driven from inside the compute pool, as the engine thread is.
-    compute_pool().install(|| {
-        if output_len == 0 {
-            return Err(EngineError::InvalidRequest(
-                "output_len must be positive".into(),
-            ));
+    if output_len == 0 {
+        return Err(EngineError::InvalidRequest(
+            "output_len must be positive".into(),
+        ));
+    }
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(output_len)
+    };
+    let cache = CacheShape {
+        num_blocks,
+        block_size,
+    };
+    let run = run_greedy(model, config, cache, prompts, &params, &[], enforce_eager)?;
+    let report = OfflineReport {
+        num_requests: prompts.len(),
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        output_tokens: run.outputs.iter().map(Vec::len).sum(),
+        secs: run.secs,
+        step_secs: run.step_secs,
+        step_tokens: run.step_tokens,
+        step_seqs: run.step_seqs,
+        preemptions: run.preemptions,
+    };
+    Ok((report, run.outputs))
+}
+
+/// What [`greedy_generate`] produced, with its timings.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids per prompt (a stop token is not included).
+    pub tokens: Vec<Vec<u32>>,
+    /// Seconds of the first step (all prompts, one token each).
+    pub prefill_secs: f64,
+    /// Seconds of every later step.
+    pub decode_secs: f64,
+}
+
+/// Greedy generation for several prompts at once, all prompts in the first step and one
+/// token each per step after, each sequence in blocks of its own (no preemption): the
+/// goldens' reference path. Stops a sequence at `max_tokens` or at one of `stop_ids` (not
+/// included). Eager on every device.
+pub fn greedy_generate(
+    model: &LlamaModel,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    stop_ids: &[u32],
+) -> Result<Generation> {
+    let block_size = 16;
+    let max_len = model.config.max_position_embeddings;
+    for p in prompts {
+        if p.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
-        let mut runner = ModelRunner::new(model, num_blocks, block_size)?;
+        if p.len() + max_tokens > max_len {
+            return Err(EngineError::PromptTooLong {
+                prompt_len: p.len(),
+                max_tokens,
+                max_model_len: max_len,
+            });
+        }
+    }
+    if max_tokens == 0 || prompts.is_empty() {
+        return Ok(Generation {
+            tokens: vec![Vec::new(); prompts.len()],
+            prefill_secs: 0.0,
+            decode_secs: 0.0,
+        });
+    }
+    let longest = prompts
+        .iter()
+        .map(|p| p.len() + max_tokens)
+        .max()
+        .unwrap_or(1);
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let config = SchedulerConfig {
+        max_num_seqs: prompts.len(),
+        max_num_batched_tokens: prompt_tokens.max(prompts.len()),
+        max_model_len: longest,
+        max_batch_prefill_tokens: None,
+    };
+    let cache = CacheShape {
+        num_blocks: prompts
+            .iter()
+            .map(|p| (p.len() + max_tokens).div_ceil(block_size))
+            .sum(),
+        block_size,
+    };
+    let params = SamplingParams::greedy(max_tokens);
+    let run = run_greedy(model, config, cache, prompts, &params, stop_ids, true)?;
+    let prefill_secs = run.step_secs.first().copied().unwrap_or(0.0);
+    Ok(Generation {
+        tokens: run.outputs,
+        prefill_secs,
+        decode_secs: run.secs - prefill_secs,
+    })
+}
+
+/// The paged KV cache a greedy run gets.
+#[derive(Debug, Clone, Copy)]
+struct CacheShape {
+    num_blocks: usize,
+    block_size: usize,
+}
+
+/// What [`run_greedy`] did.
+struct GreedyRun {
+    /// Each prompt's generated ids, a stop token left out.
+    outputs: Vec<Vec<u32>>,
+    secs: f64,
+    step_secs: Vec<f64>,
+    step_tokens: Vec<usize>,
+    step_seqs: Vec<usize>,
+    preemptions: usize,
+}
+
+/// The greedy loop both offline paths drive, from inside the compute pool as the engine
+/// thread is: the scheduler's steps, [`execute_step`] with greedy ids, until every request
+/// has finished.
+fn run_greedy(
+    model: &LlamaModel,
+    config: SchedulerConfig,
+    cache: CacheShape,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    stop_ids: &[u32],
+    enforce_eager: bool,
+) -> Result<GreedyRun> {
+    compute_pool().install(|| {
+        let mut runner = ModelRunner::new(model, cache.num_blocks, cache.block_size)?;
         let eager = crate::env::get().enforce_eager || enforce_eager;
         if let Some(line) =
             runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len, eager)?
         {
             tracing::info!("{line}");
         }
-        let kv = KvCacheManager::new(num_blocks, block_size, true)
+        let kv = KvCacheManager::new(cache.num_blocks, cache.block_size, true)
             .key_prompt_positions(model.device().is_cpu());
-        let mut sched = Scheduler::new(config, kv, Vec::new())?;
-        let params = SamplingParams {
-            ignore_eos: true,
-            ..SamplingParams::greedy(output_len)
-        };
+        let mut sched = Scheduler::new(config, kv, stop_ids.to_vec())?;
         // The cache's zeroing is queued on the device: let it finish before the clock starts.
         model.device().synchronize()?;
         let started = Instant::now();
         for (i, p) in prompts.iter().enumerate() {
             sched.add_request(Request::new(i as u64, p.clone(), params.clone()))?;
         }
-        let mut outputs = vec![Vec::with_capacity(output_len); prompts.len()];
-        let mut report = OfflineReport {
-            num_requests: prompts.len(),
-            prompt_tokens: prompts.iter().map(Vec::len).sum(),
-            ..Default::default()
+        let mut run = GreedyRun {
+            outputs: vec![Vec::with_capacity(params.max_tokens); prompts.len()],
+            secs: 0.0,
+            step_secs: Vec::new(),
+            step_tokens: Vec::new(),
+            step_seqs: Vec::new(),
+            preemptions: 0,
         };
         while sched.has_work() {
             let t = Instant::now();
@@ -123,27 +246,23 @@ pub fn generate_offline(
                     "the scheduler can place no request (KV cache too small for one?)".into(),
                 ));
             }
-            let (batch, rows) = sched.build_batch(&out);
-            let ids = runner.execute_greedy(&batch)?;
-            let sampled: Vec<Option<u32>> = out
-                .scheduled
-                .iter()
-                .zip(&rows)
-                .map(|(s, r)| (s.samples && !r.is_empty()).then(|| ids[r.end - 1]))
-                .collect();
-            for ev in sched.update(&out, &sampled) {
-                if let Some(tok) = ev.new_token {
-                    outputs[ev.id as usize].push(tok);
-                    report.output_tokens += 1;
+            let events = execute_step(&mut sched, &mut runner, &out, false, |_, s, range, l| {
+                l.greedy_last(s, &range)
+            })?;
+            for ev in events {
+                match (ev.new_token, ev.finished) {
+                    (Some(_), Some(FinishReason::Stop)) => {}
+                    (Some(tok), _) => run.outputs[ev.id as usize].push(tok),
+                    (None, _) => {}
                 }
             }
-            report.step_tokens.push(out.num_tokens());
-            report.step_seqs.push(out.scheduled.len());
-            report.step_secs.push(t.elapsed().as_secs_f64());
+            run.step_tokens.push(out.num_tokens());
+            run.step_seqs.push(out.scheduled.len());
+            run.step_secs.push(t.elapsed().as_secs_f64());
         }
-        report.secs = started.elapsed().as_secs_f64();
-        report.preemptions = sched.num_preemptions as usize;
-        Ok((report, outputs))
+        run.secs = started.elapsed().as_secs_f64();
+        run.preemptions = sched.num_preemptions as usize;
+        Ok(run)
     })
 }
 

@@ -152,12 +152,16 @@ mod cuda {
         }
     }
 
-    cuda_only_op!(RopeSplitQkv, "rope_split_qkv", |op, s1, l1, s2, l2, s3, l3| {
-        if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
-            return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
+    cuda_only_op!(
+        RopeSplitQkv,
+        "rope_split_qkv",
+        |op, s1, l1, s2, l2, s3, l3| {
+            if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
+                return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
+            }
+            by_float_type!(s1.dtype(), "rope_split_qkv", T => op.run::<T>(s1, l1, s2, l2, s3, l3))
         }
-        by_float_type!(s1.dtype(), "rope_split_qkv", T => op.run::<T>(s1, l1, s2, l2, s3, l3))
-    });
+    );
 
     /// `qkv` `[n, (nh + 2 nkv) * hd]` to `(q [n, nh*hd], k [n, nkv*hd], v [n, nkv*hd])`, q and k
     /// rotated by `cos`/`sin` (`[n, hd/2]` in qkv's type; `neox`: rotate halves, else pairs).

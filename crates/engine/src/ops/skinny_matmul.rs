@@ -6,7 +6,9 @@ use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{DType, Layout, Shape, Tensor};
 use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
-use crate::cuda::{by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, KernelType};
+use crate::cuda::{
+    by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, KernelType,
+};
 use crate::error::{EngineError, Result};
 use crate::instrument::CheckRow;
 

@@ -10,7 +10,7 @@ mod stop;
 
 pub use logits::{argmax, log_softmax_rows};
 pub use logprobs::{top_logprobs, TokenLogprob};
-pub use params::SamplingParams;
+pub use params::{SamplingParams, MAX_LOGPROBS};
 pub use rng::draw_uniform;
 pub use sampler::{apply_penalties_and_bias, sample_token, Sampled};
 pub use stop::StopStringMatcher;

@@ -1,6 +1,6 @@
 //! What decides a request's tokens and when it stops.
 
-use crate::error::{EngineError, Result};
+use crate::error::{InvalidParam, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -81,78 +81,109 @@ impl SamplingParams {
         self.temperature < 1e-5 || self.top_k == 1
     }
 
-    /// Checks ranges as vLLM does; the message names the field.
-    pub fn validate(&self, vocab_size: usize) -> Result<()> {
-        let bad = |m: String| Err(EngineError::InvalidRequest(m));
+    /// Checks ranges as vLLM does; the error names the field. The one check of a request's
+    /// parameters (through [`crate::engine::EngineHandle::validate`]).
+    pub fn check(&self, vocab_size: usize) -> std::result::Result<(), InvalidParam> {
+        let bad = |param: &'static str, m: String| Err(InvalidParam::new(param, m));
         if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
-            return bad(format!(
-                "temperature must be in [0, 100], got {}",
-                self.temperature
-            ));
+            return bad(
+                "temperature",
+                format!("temperature must be in [0, 100], got {}", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return bad(
+                "top_p",
+                format!("top_p must be in (0, 1], got {}", self.top_p),
+            );
+        }
+        if self.top_k > vocab_size {
+            return bad(
+                "top_k",
+                format!(
+                    "top_k must be at most the vocabulary size {vocab_size}, got {}",
+                    self.top_k
+                ),
+            );
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+            return bad(
+                "min_p",
+                format!("min_p must be in [0, 1], got {}", self.min_p),
+            );
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 100.0) {
-            return bad(format!(
-                "repetition_penalty must be in (0, 100], got {}",
-                self.repetition_penalty
-            ));
+            return bad(
+                "repetition_penalty",
+                format!(
+                    "repetition_penalty must be in (0, 100], got {}",
+                    self.repetition_penalty
+                ),
+            );
         }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return bad(format!(
-                "presence_penalty must be in [-2, 2], got {}",
-                self.presence_penalty
-            ));
-        }
-        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return bad(format!(
-                "frequency_penalty must be in [-2, 2], got {}",
-                self.frequency_penalty
-            ));
+        for (param, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(param, format!("{param} must be in [-2, 2], got {v}"));
+            }
         }
         if self.max_tokens == 0 {
-            return bad("max_tokens must be at least 1".into());
+            return bad("max_tokens", "max_tokens must be at least 1".into());
         }
         if self.min_tokens > self.max_tokens {
-            return bad(format!(
-                "min_tokens ({}) must not exceed max_tokens ({})",
-                self.min_tokens, self.max_tokens
-            ));
+            return bad(
+                "min_tokens",
+                format!(
+                    "min_tokens ({}) must not exceed max_tokens ({})",
+                    self.min_tokens, self.max_tokens
+                ),
+            );
         }
         for &(t, b) in &self.logit_bias {
             if t as usize >= vocab_size {
-                return bad(format!(
-                    "logit_bias has token id {t}, outside the vocabulary of {vocab_size}"
-                ));
+                return bad(
+                    "logit_bias",
+                    format!("logit_bias has token id {t}, outside the vocabulary of {vocab_size}"),
+                );
             }
             if !(-100.0..=100.0).contains(&b) {
-                return bad(format!("logit_bias values must be in [-100, 100], got {b}"));
+                return bad(
+                    "logit_bias",
+                    format!("logit_bias values must be in [-100, 100], got {b}"),
+                );
             }
         }
-        for &t in &self.stop_token_ids {
-            if t as usize >= vocab_size {
-                return bad(format!(
-                    "stop_token_ids has {t}, outside the vocabulary of {vocab_size}"
-                ));
-            }
+        if let Some(&t) = self
+            .stop_token_ids
+            .iter()
+            .find(|&&t| t as usize >= vocab_size)
+        {
+            return bad(
+                "stop_token_ids",
+                format!("stop_token_ids has {t}, outside the vocabulary of {vocab_size}"),
+            );
         }
-        for (name, v) in [
+        for (param, v) in [
             ("logprobs", self.logprobs),
             ("prompt_logprobs", self.prompt_logprobs),
         ] {
-            if let Some(n) = v {
-                if n > MAX_LOGPROBS {
-                    return bad(format!("{name} must be at most {MAX_LOGPROBS}, got {n}"));
-                }
+            if let Some(n) = v.filter(|&n| n > MAX_LOGPROBS) {
+                return bad(
+                    param,
+                    format!("{param} must be at most {MAX_LOGPROBS}, got {n}"),
+                );
             }
         }
         if self.stop.iter().any(|s| s.is_empty()) {
-            return bad("stop strings must not be empty".into());
+            return bad("stop", "stop strings must not be empty".into());
         }
         Ok(())
+    }
+
+    /// [`Self::check`] as an engine error.
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        Ok(self.check(vocab_size)?)
     }
 }

@@ -19,7 +19,9 @@ use super::state::{submit, AppState};
 use super::stream::{
     build_choices, chat_logprobs, chunk_builder, collect_all, stream_sse, usage_chunk,
 };
-use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
+use super::validate::{
+    check_length, logprobs_count, max_tokens_or, read_request, sampling_params, validate_prompts,
+};
 
 /// Messages to template input: text parts joined by newlines; only text content is read.
 fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
@@ -98,8 +100,15 @@ pub async fn chat_completions(
         ));
     }
     let logprobs = (req.logprobs == Some(true)).then_some(top.unwrap_or(0));
-    let params = sampling_params(&req.common, max_tokens, logprobs, None, tok.vocab_size())?;
-    let (mut sub, rxs) = submit(&state, engine, std::slice::from_ref(&prompt), n, &params)?;
+    let params = sampling_params(&req.common, max_tokens, logprobs, None)?;
+    // Chat names the alternatives' count `top_logprobs`.
+    let valid = validate_prompts(
+        engine,
+        std::slice::from_ref(&prompt),
+        &params,
+        &[("logprobs", "top_logprobs")],
+    )?;
+    let (mut sub, rxs) = submit(&state, engine, &valid, n)?;
     let id = request_id("chatcmpl");
     let created = unix_now();
     let model = state.served_model_name.clone();

@@ -19,14 +19,15 @@ use super::state::{submit, AppState};
 use super::stream::{
     build_choices, chunk_builder, collect_all, completion_logprobs, stream_sse, usage_chunk,
 };
-use super::validate::{check_length, logprobs_count, max_tokens_or, read_request, sampling_params};
+use super::validate::{
+    check_length, logprobs_count, max_tokens_or, read_request, sampling_params, validate_prompts,
+};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (started, loaded, tok, req, n) = read_request::<CompletionRequest>(&state, body)?;
-    let vocab = tok.vocab_size();
     let prompts: Vec<Vec<u32>> = match req.prompt.clone() {
         None => return Err(ApiError::invalid_field("prompt", "`prompt` is required")),
         Some(Prompt::Text(s)) => vec![tok.encode(&s, true)?],
@@ -43,12 +44,6 @@ pub async fn completions(
             "`prompt` must not be an empty list",
         ));
     }
-    if prompts.iter().flatten().any(|&t| t as usize >= vocab) {
-        return Err(ApiError::invalid_field(
-            "prompt",
-            format!("token ids must be below the vocabulary size {vocab}"),
-        ));
-    }
     let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
     for p in &prompts {
         check_length(p.len(), max_tokens, loaded.engine.max_model_len)?;
@@ -59,8 +54,9 @@ pub async fn completions(
         None if req.echo => logprobs,
         None => None,
     };
-    let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs, vocab)?;
-    let (mut sub, rxs) = submit(&state, &loaded.engine, &prompts, n, &params)?;
+    let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
+    let valid = validate_prompts(&loaded.engine, &prompts, &params, &[])?;
+    let (mut sub, rxs) = submit(&state, &loaded.engine, &valid, n)?;
     let id = request_id("cmpl");
     let created = unix_now();
     let model = state.served_model_name.clone();

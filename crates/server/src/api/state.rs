@@ -6,8 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use ferrolm_engine::engine::{EngineHandle, RequestOutput};
-use ferrolm_engine::request::RequestId;
-use ferrolm_engine::sampling::SamplingParams;
+use ferrolm_engine::request::{RequestId, ValidRequest};
 use ferrolm_engine::tokenizer::ChatTemplate;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -130,15 +129,14 @@ impl Drop for Submission {
     }
 }
 
-/// Submits `prompts × n` engine requests (choice index = prompt * n + i; seeds offset by i).
+/// Submits `requests × n` engine requests (choice index = request * n + i; seeds offset by i).
 pub fn submit(
     state: &Arc<AppState>,
     engine: &EngineHandle,
-    prompts: &[Vec<u32>],
+    requests: &[ValidRequest],
     n: usize,
-    params: &SamplingParams,
 ) -> Result<(Submission, Vec<UnboundedReceiver<RequestOutput>>), ApiError> {
-    let admission = state.admit(prompts.len() * n)?;
+    let admission = state.admit(requests.len() * n)?;
     let mut sub = Submission {
         engine_ids: Vec::new(),
         finished: Vec::new(),
@@ -146,11 +144,9 @@ pub fn submit(
         _admission: admission,
     };
     let mut rxs = Vec::new();
-    for p in prompts {
+    for r in requests {
         for i in 0..n {
-            let mut params = params.clone();
-            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            let (id, rx) = engine.add_request(p.clone(), params)?;
+            let (id, rx) = engine.submit(r.with_seed_offset(i as u64))?;
             sub.engine_ids.push(id);
             sub.finished.push(false);
             rxs.push(rx);

@@ -8,6 +8,8 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use ferrolm_engine::engine::EngineHandle;
+use ferrolm_engine::request::ValidRequest;
 use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::Tokenizer;
 use serde::de::DeserializeOwned;
@@ -15,8 +17,6 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use super::protocol::{CommonParams, WithCommon};
 use super::state::{AppState, Loaded};
-
-const MAX_LOGPROBS: i64 = 20;
 
 /// Reads a JSON body: 413 over the limit, 400 for malformed JSON.
 pub fn parse_json(
@@ -86,17 +86,6 @@ pub fn read_request<T: WithCommon>(
     Ok((started, loaded, loaded.engine.tokenizer.clone(), req, n))
 }
 
-fn field<T>(name: &str, ok: bool, v: T) -> Result<T, ApiError> {
-    if ok {
-        Ok(v)
-    } else {
-        Err(ApiError::invalid_field(
-            name,
-            format!("`{name}` is out of range"),
-        ))
-    }
-}
-
 /// Refuses fields we know and do not implement, by name.
 pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
     if let Some(t) = &c.tools {
@@ -139,92 +128,81 @@ pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// OpenAI/vLLM fields to engine parameters; `max_tokens` resolved by the caller.
+/// OpenAI/vLLM fields to engine parameters; `max_tokens` resolved by the caller. Only the
+/// API's own conventions are read here (negative numbers, `top_k: -1`, string token ids);
+/// every range is the engine's to check, once ([`validate_prompts`]).
 pub fn sampling_params(
     c: &CommonParams,
     max_tokens: usize,
     logprobs: Option<usize>,
     prompt_logprobs: Option<usize>,
-    vocab: usize,
 ) -> Result<SamplingParams, ApiError> {
-    let temperature = c.temperature.unwrap_or(1.0);
-    field(
-        "temperature",
-        temperature.is_finite() && (0.0..=100.0).contains(&temperature),
-        (),
-    )?;
-    let top_p = c.top_p.unwrap_or(1.0);
-    field("top_p", top_p > 0.0 && top_p <= 1.0, ())?;
-    let top_k = c.top_k.unwrap_or(-1);
-    field("top_k", top_k >= -1 && top_k <= vocab as i64, ())?;
-    let min_p = c.min_p.unwrap_or(0.0);
-    field("min_p", (0.0..=1.0).contains(&min_p), ())?;
-    let presence = c.presence_penalty.unwrap_or(0.0);
-    field("presence_penalty", (-2.0..=2.0).contains(&presence), ())?;
-    let frequency = c.frequency_penalty.unwrap_or(0.0);
-    field("frequency_penalty", (-2.0..=2.0).contains(&frequency), ())?;
-    let repetition = c.repetition_penalty.unwrap_or(1.0);
-    field(
-        "repetition_penalty",
-        repetition > 0.0 && repetition <= 100.0,
-        (),
-    )?;
-    let min_tokens = c.min_tokens.unwrap_or(0);
-    field(
-        "min_tokens",
-        min_tokens >= 0 && min_tokens as usize <= max_tokens,
-        (),
-    )?;
+    let top_k = match c.top_k.unwrap_or(-1) {
+        -1 | 0 => 0,
+        k if k > 0 => k as usize,
+        k => {
+            return Err(ApiError::invalid_field(
+                "top_k",
+                format!("`top_k` must be -1 (off) or at least 1, got {k}"),
+            ))
+        }
+    };
+    let min_tokens = usize::try_from(c.min_tokens.unwrap_or(0))
+        .map_err(|_| ApiError::invalid_field("min_tokens", "`min_tokens` must not be negative"))?;
     let mut logit_bias = Vec::new();
     if let Some(lb) = &c.logit_bias {
         for (k, &v) in lb {
-            let id: u32 = k
-                .parse()
-                .ok()
-                .filter(|&i: &u32| (i as usize) < vocab)
-                .ok_or_else(|| {
-                    ApiError::invalid_field(
-                        "logit_bias",
-                        format!("`logit_bias` key {k:?} is not a token id below {vocab}"),
-                    )
-                })?;
-            field("logit_bias", (-100.0..=100.0).contains(&v), ())?;
+            let id: u32 = k.parse().map_err(|_| {
+                ApiError::invalid_field(
+                    "logit_bias",
+                    format!("`logit_bias` key {k:?} is not a token id"),
+                )
+            })?;
             logit_bias.push((id, v));
         }
         logit_bias.sort_by_key(|(id, _)| *id);
     }
-    let stop = c.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    if stop.iter().any(|s| s.is_empty()) {
-        return Err(ApiError::invalid_field(
-            "stop",
-            "stop strings must not be empty",
-        ));
-    }
-    let stop_token_ids = c.stop_token_ids.clone().unwrap_or_default();
-    field(
-        "stop_token_ids",
-        stop_token_ids.iter().all(|&t| (t as usize) < vocab),
-        (),
-    )?;
     Ok(SamplingParams {
         max_tokens,
-        min_tokens: min_tokens as usize,
+        min_tokens,
         ignore_eos: c.ignore_eos.unwrap_or(false),
-        stop_token_ids,
-        stop,
-        temperature,
-        top_k: if top_k <= 0 { 0 } else { top_k as usize },
-        top_p,
-        min_p,
-        repetition_penalty: repetition,
-        presence_penalty: presence,
-        frequency_penalty: frequency,
+        stop_token_ids: c.stop_token_ids.clone().unwrap_or_default(),
+        stop: c.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        temperature: c.temperature.unwrap_or(1.0),
+        top_k,
+        top_p: c.top_p.unwrap_or(1.0),
+        min_p: c.min_p.unwrap_or(0.0),
+        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
         logit_bias,
         seed: c.seed.map(|s| s as u64),
         logprobs,
         prompt_logprobs,
         skip_special_tokens: c.skip_special_tokens.unwrap_or(true),
     })
+}
+
+/// The engine's one check of each prompt with `params`; its errors become 400s naming the
+/// field (`rename` maps an engine field to this endpoint's name, e.g. chat's `top_logprobs`).
+pub fn validate_prompts(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    rename: &[(&'static str, &'static str)],
+) -> Result<Vec<ValidRequest>, ApiError> {
+    prompts
+        .iter()
+        .map(|p| {
+            engine.validate(p.clone(), params.clone()).map_err(|e| {
+                let param = rename
+                    .iter()
+                    .find(|(from, _)| *from == e.param)
+                    .map_or(e.param, |(_, to)| to);
+                ApiError::invalid_field(param, e.message)
+            })
+        })
+        .collect()
 }
 
 /// `n` in range, as a count.
@@ -270,13 +248,13 @@ pub fn max_tokens_or(requested: Option<i64>, default: usize) -> Result<usize, Ap
     }
 }
 
-/// A count of log-prob alternatives (`logprobs`, `top_logprobs`, `prompt_logprobs`), in range.
+/// A count of log-prob alternatives (`logprobs`, `top_logprobs`, `prompt_logprobs`): not
+/// negative (the engine checks the upper bound).
 pub fn logprobs_count(name: &str, k: Option<i64>) -> Result<Option<usize>, ApiError> {
-    match k {
-        Some(k) if !(0..=MAX_LOGPROBS).contains(&k) => Err(ApiError::invalid_field(
-            name,
-            format!("`{name}` must be between 0 and {MAX_LOGPROBS}"),
-        )),
-        k => Ok(k.map(|k| k as usize)),
-    }
+    k.map(|k| {
+        usize::try_from(k).map_err(|_| {
+            ApiError::invalid_field(name, format!("`{name}` must not be negative, got {k}"))
+        })
+    })
+    .transpose()
 }

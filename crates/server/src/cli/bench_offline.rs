@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrolm_engine::config::EngineConfig;
-use ferrolm_engine::loader::load_bench_model;
 use ferrolm_engine::engine::{generate_offline, kv_blocks, random_prompts, OfflineReport};
 use ferrolm_engine::loader::default_model_path;
+use ferrolm_engine::loader::load_bench_model;
 use ferrolm_engine::scheduler::SchedulerConfig;
 use serde::Serialize;
 
