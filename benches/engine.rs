@@ -12,7 +12,7 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrolm_engine::attention::{paged_attention_cpu_f16, PagedAttentionShape};
+use ferrolm_engine::attention::{paged_attention_cpu_f16, PagedAttentionShape, StepRows};
 use ferrolm_engine::kv_cache::{BlockPool, KvCacheManager};
 use ferrolm_engine::lcg::lcg_uniform;
 use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, QuantLinear, QuantWeights};
@@ -108,13 +108,7 @@ fn quant_matmul(c: &mut Criterion) {
 
 fn paged_attention(c: &mut Criterion) {
     let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
-    let shape = PagedAttentionShape {
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        block_size: bs,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
+    let shape = PagedAttentionShape::new(nh, nkv, hd, bs);
     let mut g = c.benchmark_group("paged_attention_cpu decode x16");
     let mut seed = 2;
     for ctx in [128usize, 512, 2048] {
@@ -137,17 +131,13 @@ fn paged_attention(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 2) as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
-                paged_attention_cpu_f16(
-                    shape,
-                    &q,
-                    &kv,
-                    &vv,
-                    &qsl,
-                    &ctxs,
-                    &prompt_lens,
-                    &tables,
-                    &mut out,
-                );
+                let step = StepRows {
+                    query_start_loc: &qsl,
+                    context_lens: &ctxs,
+                    prompt_lens: &prompt_lens,
+                    block_tables: &tables,
+                };
+                paged_attention_cpu_f16(shape, &q, &kv, &vv, step, &mut out);
                 black_box(&out);
             })
         });

@@ -3,65 +3,23 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{ids, load_model, read_jsonl};
+use common::{collect, golden_prompts, ids, load_model, read_jsonl, start_engine, Done};
 use ferrolm_engine::config::EngineConfig;
-use ferrolm_engine::engine::{EngineHandle, RequestOutput};
+use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::request::FinishReason;
 use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::worker::teacher_forced_logprobs;
 
 fn start() -> EngineHandle {
-    let lm = load_model();
-    EngineHandle::start(
-        lm.model,
-        Arc::new(lm.tokenizer),
-        EngineConfig {
-            max_model_len: Some(512),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
-struct Done {
-    tokens: Vec<u32>,
-    text: String,
-    finish: FinishReason,
-    outputs: Vec<RequestOutput>,
-}
-
-fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<RequestOutput>) -> Done {
-    let mut outputs = Vec::new();
-    while let Some(o) = rx.blocking_recv() {
-        let f = o.finished;
-        outputs.push(o);
-        if let Some(finish) = f {
-            return Done {
-                tokens: outputs
-                    .iter()
-                    .flat_map(|o| o.new_token_ids.clone())
-                    .collect(),
-                text: outputs.iter().map(|o| o.text.as_str()).collect(),
-                finish,
-                outputs,
-            };
-        }
-    }
-    panic!("stream ended without a finish");
+    start_engine(EngineConfig {
+        max_model_len: Some(512),
+        ..Default::default()
+    })
 }
 
 /// One request to its end.
 fn run(engine: &EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Done {
     collect(engine.add_request(prompt, params).unwrap().1)
-}
-
-fn golden_prompts() -> Vec<Vec<u32>> {
-    read_jsonl("smollm2_q4_1_greedy.jsonl")
-        .iter()
-        .map(|r| ids(&r["prompt_ids"]))
-        .collect()
 }
 
 fn sampled(seed: u64) -> SamplingParams {

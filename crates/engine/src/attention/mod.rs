@@ -8,7 +8,7 @@ pub mod split;
 
 pub use cpu::{
     paged_attention_cpu, paged_attention_cpu_f16, CpuPagedAttention, CpuReferenceAttention,
-    PagedAttentionShape,
+    PagedAttentionShape, StepRows,
 };
 #[cfg(feature = "cuda")]
 pub use cuda::CudaPagedAttention;

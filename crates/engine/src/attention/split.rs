@@ -138,7 +138,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::attention::{paged_attention_cpu, PagedAttentionShape};
+    use crate::attention::{paged_attention_cpu, PagedAttentionShape, StepRows};
 
     #[test]
     fn launch_heuristic_matches_vllms_rule() {
@@ -167,13 +167,7 @@ mod tests {
             }
         }
         // The plain CPU kernel on the same data (each sequence's one query is its last token).
-        let shape = PagedAttentionShape {
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            block_size: bs,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
+        let shape = PagedAttentionShape::new(nh, nkv, hd, bs);
         let qsl: Vec<usize> = (0..=ns).collect();
         let cl: Vec<usize> = ctx.iter().map(|&c| c as usize).collect();
         let bt: Vec<Vec<u32>> = (0..ns)
@@ -185,7 +179,13 @@ mod tests {
             })
             .collect();
         let mut want = vec![0f32; ns * nh * hd];
-        paged_attention_cpu(shape, &q, &kc, &vc, &qsl, &cl, &bt, &mut want);
+        let step = StepRows {
+            query_start_loc: &qsl,
+            context_lens: &cl,
+            prompt_lens: &[],
+            block_tables: &bt,
+        };
+        paged_attention_cpu(shape, &q, &kc, &vc, step, &mut want);
         for partition in [512usize, 256, 100, 1300] {
             let got = paged_decode_split_reference(
                 &q, &kc, &vc, &tables, max_blocks, &ctx, nh, nkv, hd, bs, partition,

@@ -22,33 +22,25 @@ pub trait KernelType: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'stati
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
 }
-impl KernelType for f32 {
-    const SUFFIX: &'static str = "f32";
-    const DTYPE: candle_core::DType = candle_core::DType::F32;
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
+/// `impl KernelType` for an element type: its kernels' name suffix, candle's type, and its
+/// conversions from and to f32.
+macro_rules! kernel_type {
+    ($($t:ty: $suffix:literal, $dtype:ident, $from:expr, $to:expr;)+) => {$(
+        impl KernelType for $t {
+            const SUFFIX: &'static str = $suffix;
+            const DTYPE: candle_core::DType = candle_core::DType::$dtype;
+            fn from_f32(x: f32) -> Self {
+                $from(x)
+            }
+            fn to_f32(self) -> f32 {
+                $to(self)
+            }
+        }
+    )+};
 }
-impl KernelType for f16 {
-    const SUFFIX: &'static str = "f16";
-    const DTYPE: candle_core::DType = candle_core::DType::F16;
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-}
-impl KernelType for bf16 {
-    const SUFFIX: &'static str = "bf16";
-    const DTYPE: candle_core::DType = candle_core::DType::BF16;
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
+
+kernel_type! {
+    f32: "f32", F32, |x: f32| x, |v: f32| v;
+    f16: "f16", F16, f16::from_f32, f16::to_f32;
+    bf16: "bf16", BF16, bf16::from_f32, bf16::to_f32;
 }

@@ -53,86 +53,28 @@ pub(crate) fn contiguous_view<'a, T: CudaDType>(
     Ok(s.as_cuda_slice::<T>()?.slice(a..b))
 }
 
-/// `impl candle_core::CustomOpN for $ty` for an op that runs on CUDA only (its CPU body is a
-/// plain function beside it, chosen before the op is applied): `cpu_fwd` refuses, and
-/// `cuda_fwd` binds `self` and the storages/layouts to the given names and runs `$body`.
+/// `impl candle_core::$trait for $op` (`CustomOp1`, `2` or `3`, one storage/layout name pair
+/// per input) for an op that runs on CUDA only (its CPU body is a plain function beside it,
+/// chosen before the op is applied): `cpu_fwd` refuses, and `cuda_fwd` binds `self` and the
+/// storages/layouts to the given names and runs `$body`.
 macro_rules! cuda_only_op {
-    ($op:ident, $name:expr, |$this:ident, $s1:ident, $l1:ident| $body:block) => {
-        impl candle_core::CustomOp1 for $op {
+    ($trait:ident for $op:ident $(<$lt:lifetime>)?, $name:expr,
+     |$this:ident $(, $s:ident, $l:ident)+| $body:block) => {
+        impl candle_core::$trait for $op$(<$lt>)? {
             fn name(&self) -> &'static str {
                 $name
             }
+            #[allow(unused_variables, clippy::too_many_arguments)]
             fn cpu_fwd(
                 &self,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-                Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
-            }
-            fn cuda_fwd(
-                &self,
-                $s1: &candle_core::cuda::CudaStorage,
-                $l1: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
-                let $this = self;
-                $body
-            }
-        }
-    };
-    ($op:ident $(<$lt:lifetime>)?, $name:expr,
-     |$this:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident| $body:block) => {
-        impl candle_core::CustomOp2 for $op$(<$lt>)? {
-            fn name(&self) -> &'static str {
-                $name
-            }
-            fn cpu_fwd(
-                &self,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-                Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
-            }
-            fn cuda_fwd(
-                &self,
-                $s1: &candle_core::cuda::CudaStorage,
-                $l1: &candle_core::Layout,
-                $s2: &candle_core::cuda::CudaStorage,
-                $l2: &candle_core::Layout,
-            ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
-                let $this = self;
-                $body
-            }
-        }
-    };
-    ($op:ident, $name:expr,
-     |$this:ident, $s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident, $l3:ident| $body:block) => {
-        impl candle_core::CustomOp3 for $op {
-            fn name(&self) -> &'static str {
-                $name
-            }
-            #[allow(clippy::too_many_arguments)]
-            fn cpu_fwd(
-                &self,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
-                _: &candle_core::CpuStorage,
-                _: &candle_core::Layout,
+                $($s: &candle_core::CpuStorage, $l: &candle_core::Layout),+
             ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
                 Err($crate::cuda::cuda_err(format!("{} runs on CUDA only", $name)))
             }
             #[allow(clippy::too_many_arguments)]
             fn cuda_fwd(
                 &self,
-                $s1: &candle_core::cuda::CudaStorage,
-                $l1: &candle_core::Layout,
-                $s2: &candle_core::cuda::CudaStorage,
-                $l2: &candle_core::Layout,
-                $s3: &candle_core::cuda::CudaStorage,
-                $l3: &candle_core::Layout,
+                $($s: &candle_core::cuda::CudaStorage, $l: &candle_core::Layout),+
             ) -> candle_core::Result<(candle_core::cuda::CudaStorage, candle_core::Shape)> {
                 let $this = self;
                 $body
@@ -164,3 +106,50 @@ macro_rules! by_float_type {
     };
 }
 pub(crate) use by_float_type;
+
+/// A custom op's launch of one of our kernels: the function, on the input's stream, and
+/// its output buffer (uninitialised: the kernels write every element they are given).
+pub(crate) struct OpLaunch<T> {
+    pub stream: Arc<CudaStream>,
+    pub func: cudarc::driver::CudaFunction,
+    pub out: cudarc::driver::CudaSlice<T>,
+    device: candle_core::cuda::CudaDevice,
+}
+
+impl<T: CudaDType + cudarc::driver::DeviceRepr> OpLaunch<T> {
+    /// Kernel `name` of `module` on `input`'s stream, with `len` output elements.
+    pub fn new(
+        input: &CudaStorage,
+        module: fn(&Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>>,
+        name: &str,
+        len: usize,
+    ) -> candle_core::Result<Self> {
+        let stream = input.device.cuda_stream();
+        let func = module(&stream)?.load_function(name).map_err(cuda_err)?;
+        // SAFETY: the kernel writes every output element before anything reads it.
+        let out = unsafe { stream.alloc::<T>(len) }.map_err(cuda_err)?;
+        Ok(Self {
+            stream,
+            func,
+            out,
+            device: input.device.clone(),
+        })
+    }
+
+    /// The output as the op's result, of `shape`.
+    pub fn finish(self, shape: impl Into<candle_core::Shape>) -> (CudaStorage, candle_core::Shape) {
+        (
+            CudaStorage::wrap_cuda_slice(self.out, self.device),
+            shape.into(),
+        )
+    }
+}
+
+/// A launch of `grid` blocks of `block` threads, no dynamic shared memory.
+pub(crate) fn launch_config(grid: (u32, u32, u32), block: u32) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

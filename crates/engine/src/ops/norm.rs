@@ -55,9 +55,11 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
     use candle_core::{DType, Layout, Shape, Storage, Tensor};
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::PushKernelArg;
 
-    use crate::cuda::{contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType};
+    use crate::cuda::{
+        contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config, KernelType, OpLaunch,
+    };
     use crate::error::{EngineError, Result};
 
     /// Residual add + RMSNorm; the residual (and both outputs) in `R`: the delta's type, or f32
@@ -82,44 +84,33 @@ mod cuda {
                 return Err(cuda_err("add_rms_norm: the weight is not on the GPU"));
             };
             let w = contiguous_view::<T>(ws, wl)?;
-            let stream = s1.device.cuda_stream();
             let name = if T::DTYPE == R::DTYPE {
                 format!("add_rms_norm_{}", T::SUFFIX)
             } else {
                 format!("add_rms_norm_f32res_{}", T::SUFFIX)
             };
-            let f = fused_module(&stream)?
-                .load_function(&name)
-                .map_err(cuda_err)?;
-            // SAFETY: both halves are written by the kernel before they are read.
-            let mut out = unsafe { stream.alloc::<R>(2 * rows * h) }.map_err(cuda_err)?;
+            let mut launch = OpLaunch::<R>::new(s1, fused_module, &name, 2 * rows * h)?;
             let (rows_i, h_i) = (rows as i32, h as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (h.next_multiple_of(32).min(1024) as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = launch_config((rows as u32, 1, 1), h.next_multiple_of(32).min(1024) as u32);
             unsafe {
-                stream
-                    .launch_builder(&f)
+                launch
+                    .stream
+                    .launch_builder(&launch.func)
                     .arg(&x)
                     .arg(&r)
                     .arg(&w)
-                    .arg(&mut out)
+                    .arg(&mut launch.out)
                     .arg(&rows_i)
                     .arg(&h_i)
                     .arg(&self.eps)
                     .launch(cfg)
                     .map_err(cuda_err)?
             };
-            Ok((
-                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-                Shape::from((2, rows, h)),
-            ))
+            Ok(launch.finish((2, rows, h)))
         }
     }
 
-    cuda_only_op!(AddRmsNorm<'_>, "add_rms_norm", |op, s1, l1, s2, l2| {
+    cuda_only_op!(CustomOp2 for AddRmsNorm<'_>, "add_rms_norm", |op, s1, l1, s2, l2| {
         if l1.shape() != l2.shape() || op.weight.dtype() != s1.dtype() {
             return Err(cuda_err("add_rms_norm: shapes or types differ"));
         }

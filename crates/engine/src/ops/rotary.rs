@@ -80,10 +80,11 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
     use candle_core::{Layout, Shape, Tensor};
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::PushKernelArg;
 
     use crate::cuda::{
-        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType,
+        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config,
+        KernelType, OpLaunch,
     };
     use crate::error::Result;
 
@@ -117,26 +118,26 @@ mod cuda {
             }
             let qkv = contiguous_view::<T>(s1, l1)?;
             let (cos, sin) = (contiguous_view::<T>(s2, l2)?, contiguous_view::<T>(s3, l3)?);
-            let stream = s1.device.cuda_stream();
-            let f = fused_module(&stream)?
-                .load_function(&format!("rope_split_qkv_{}", T::SUFFIX))
-                .map_err(cuda_err)?;
-            // SAFETY: the kernel writes every element of q, k and v.
-            let mut out = unsafe { stream.alloc::<T>(n * width) }.map_err(cuda_err)?;
+            let mut launch = OpLaunch::<T>::new(
+                s1,
+                fused_module,
+                &format!("rope_split_qkv_{}", T::SUFFIX),
+                n * width,
+            )?;
             let (n_i, nh_i, nkv_i, hd_i, neox) =
                 (n as i32, nh as i32, nkv as i32, hd as i32, self.neox as i32);
-            let cfg = LaunchConfig {
-                grid_dim: (n as u32, (nh + 2 * nkv) as u32, 1),
-                block_dim: ((hd / 2).next_multiple_of(32).min(128) as u32, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = launch_config(
+                (n as u32, (nh + 2 * nkv) as u32, 1),
+                (hd / 2).next_multiple_of(32).min(128) as u32,
+            );
             unsafe {
-                stream
-                    .launch_builder(&f)
+                launch
+                    .stream
+                    .launch_builder(&launch.func)
                     .arg(&qkv)
                     .arg(&cos)
                     .arg(&sin)
-                    .arg(&mut out)
+                    .arg(&mut launch.out)
                     .arg(&n_i)
                     .arg(&nh_i)
                     .arg(&nkv_i)
@@ -145,15 +146,12 @@ mod cuda {
                     .launch(cfg)
                     .map_err(cuda_err)?
             };
-            Ok((
-                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-                Shape::from(n * width),
-            ))
+            Ok(launch.finish(n * width))
         }
     }
 
     cuda_only_op!(
-        RopeSplitQkv,
+        CustomOp3 for RopeSplitQkv,
         "rope_split_qkv",
         |op, s1, l1, s2, l2, s3, l3| {
             if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {

@@ -4,10 +4,11 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::{DType, Layout, Shape, Tensor};
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, PushKernelArg};
 
 use crate::cuda::{
-    by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, KernelType,
+    by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, launch_config, KernelType,
+    OpLaunch,
 };
 use crate::error::{EngineError, Result};
 use crate::instrument::CheckRow;
@@ -38,36 +39,27 @@ impl Gemv {
                 return Err(cuda_err("gemv: rows are not 16-byte aligned"));
             }
         }
-        let f = gemv_module(&stream)?
-            .load_function(&format!("gemv_m{m}_{}", T::SUFFIX))
-            .map_err(cuda_err)?;
-        // SAFETY: every output element is written by its warp's lane 0.
-        let mut out = unsafe { stream.alloc::<T>(m * n) }.map_err(cuda_err)?;
+        let mut launch =
+            OpLaunch::<T>::new(s1, gemv_module, &format!("gemv_m{m}_{}", T::SUFFIX), m * n)?;
         let (n_i, k_i) = (n as i32, k as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch_config((n.div_ceil(8) as u32, 1, 1), 256);
         unsafe {
-            stream
-                .launch_builder(&f)
+            launch
+                .stream
+                .launch_builder(&launch.func)
                 .arg(&x)
                 .arg(&w)
-                .arg(&mut out)
+                .arg(&mut launch.out)
                 .arg(&n_i)
                 .arg(&k_i)
                 .launch(cfg)
                 .map_err(cuda_err)?
         };
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-            Shape::from((m, n)),
-        ))
+        Ok(launch.finish((m, n)))
     }
 }
 
-cuda_only_op!(Gemv, "gemv", |_op, s1, l1, s2, l2| {
+cuda_only_op!(CustomOp2 for Gemv, "gemv", |_op, s1, l1, s2, l2| {
     if s1.dtype() != s2.dtype() {
         return Err(cuda_err("gemv: x and w differ in type"));
     }

@@ -67,10 +67,11 @@ mod cuda {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda::{CudaDType, CudaStorage};
     use candle_core::{Layout, Shape, Tensor};
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::PushKernelArg;
 
     use crate::cuda::{
-        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, KernelType,
+        by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config,
+        KernelType, OpLaunch,
     };
     use crate::error::Result;
 
@@ -85,37 +86,27 @@ mod cuda {
         ) -> candle_core::Result<(CudaStorage, Shape)> {
             let n = l1.shape().elem_count();
             let (g, u) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<T>(s2, l2)?);
-            let stream = s1.device.cuda_stream();
-            let f = fused_module(&stream)?
-                .load_function(&format!("silu_mul_{}", T::SUFFIX))
-                .map_err(cuda_err)?;
-            // SAFETY: every element is written by the kernel before it is read.
-            let mut out = unsafe { stream.alloc::<T>(n) }.map_err(cuda_err)?;
+            let mut launch =
+                OpLaunch::<T>::new(s1, fused_module, &format!("silu_mul_{}", T::SUFFIX), n)?;
             let n64 = n as i64;
             let blocks = n.div_ceil(256).min(65535 * 8) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks.max(1), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = launch_config((blocks.max(1), 1, 1), 256);
             unsafe {
-                stream
-                    .launch_builder(&f)
+                launch
+                    .stream
+                    .launch_builder(&launch.func)
                     .arg(&g)
                     .arg(&u)
-                    .arg(&mut out)
+                    .arg(&mut launch.out)
                     .arg(&n64)
                     .launch(cfg)
                     .map_err(cuda_err)?
             };
-            Ok((
-                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-                l1.shape().clone(),
-            ))
+            Ok(launch.finish(l1.shape().clone()))
         }
     }
 
-    cuda_only_op!(SiluMul, "silu_mul", |_op, s1, l1, s2, l2| {
+    cuda_only_op!(CustomOp2 for SiluMul, "silu_mul", |_op, s1, l1, s2, l2| {
         if l1.shape() != l2.shape() {
             return Err(cuda_err("silu_mul: gate and up differ in shape"));
         }
@@ -142,37 +133,31 @@ mod cuda {
             }
             let ff = w / 2;
             let gu = contiguous_view::<T>(s1, l1)?;
-            let stream = s1.device.cuda_stream();
-            let f = fused_module(&stream)?
-                .load_function(&format!("silu_mul_packed_{}", T::SUFFIX))
-                .map_err(cuda_err)?;
-            // SAFETY: every element is written by the kernel before it is read.
-            let mut out = unsafe { stream.alloc::<T>(rows * ff) }.map_err(cuda_err)?;
+            let mut launch = OpLaunch::<T>::new(
+                s1,
+                fused_module,
+                &format!("silu_mul_packed_{}", T::SUFFIX),
+                rows * ff,
+            )?;
             let (rows_i, ff_i) = (rows as i64, ff as i64);
             let blocks = (rows * ff).div_ceil(256).min(65535 * 8) as u32;
-            let cfg = LaunchConfig {
-                grid_dim: (blocks.max(1), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = launch_config((blocks.max(1), 1, 1), 256);
             unsafe {
-                stream
-                    .launch_builder(&f)
+                launch
+                    .stream
+                    .launch_builder(&launch.func)
                     .arg(&gu)
-                    .arg(&mut out)
+                    .arg(&mut launch.out)
                     .arg(&rows_i)
                     .arg(&ff_i)
                     .launch(cfg)
                     .map_err(cuda_err)?
             };
-            Ok((
-                CudaStorage::wrap_cuda_slice(out, s1.device.clone()),
-                Shape::from((rows, ff)),
-            ))
+            Ok(launch.finish((rows, ff)))
         }
     }
 
-    cuda_only_op!(SiluMulPacked, "silu_mul_packed", |_op, s1, l1| {
+    cuda_only_op!(CustomOp1 for SiluMulPacked, "silu_mul_packed", |_op, s1, l1| {
         by_float_type!(s1.dtype(), "silu_mul_packed", T => SiluMulPacked::run::<T>(s1, l1))
     });
 

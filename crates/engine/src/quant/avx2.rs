@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{BlockQ8_0, BlockQ8_1};
+use super::blocks::Q8Block;
 
 /// ggml's AVX2 horizontal sum of eight lanes (`blocks::hsum8` is its portable twin).
 #[inline]
@@ -72,36 +72,17 @@ unsafe fn quantize_block(x: &[f32], max: f32) -> ([i8; 32], i32) {
     (qs, _mm_cvtsi128_si32(s4))
 }
 
-/// [`super::blocks::quantize_row_q8_0`], eight lanes at a time: the same bits.
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+/// [`super::blocks::quantize_row_q8`], eight lanes at a time: the same bits.
+pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
     for (xs, b) in x.chunks_exact(32).zip(out.iter_mut()) {
         // SAFETY: AVX2 is in the build's target; `xs` holds 32 values.
         let max = unsafe { block_amax(xs) };
         if !vector_safe(max) {
-            super::blocks::quantize_row_q8_0(xs, std::slice::from_mut(b));
-            continue;
-        }
-        // SAFETY: as above.
-        let (qs, _) = unsafe { quantize_block(xs, max) };
-        b.d = half::f16::from_f32(max / 127.0);
-        b.qs = qs;
-    }
-}
-
-/// [`super::blocks::quantize_row_q8_1`], eight lanes at a time: the same bits.
-pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
-    for (xs, b) in x.chunks_exact(32).zip(out.iter_mut()) {
-        // SAFETY: as above.
-        let max = unsafe { block_amax(xs) };
-        if !vector_safe(max) {
-            super::blocks::quantize_row_q8_1(xs, std::slice::from_mut(b));
+            super::blocks::quantize_row_q8(xs, std::slice::from_mut(b));
             continue;
         }
         // SAFETY: as above.
         let (qs, sum) = unsafe { quantize_block(xs, max) };
-        let d = max / 127.0;
-        b.d = half::f16::from_f32(d);
-        b.s = half::f16::from_f32(d * sum as f32);
-        b.qs = qs;
+        b.store(max / 127.0, qs, sum);
     }
 }

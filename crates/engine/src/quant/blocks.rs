@@ -5,7 +5,7 @@ use half::f16;
 pub const QK: usize = 32;
 
 /// 4-bit weights with a scale and a minimum: `w = d * q + m`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct BlockQ4_1 {
     pub d: f16,
@@ -14,7 +14,7 @@ pub struct BlockQ4_1 {
 }
 
 /// 8-bit values with a scale: `x = d * q`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct BlockQ8_0 {
     pub d: f16,
@@ -22,7 +22,7 @@ pub struct BlockQ8_0 {
 }
 
 /// 8-bit activations with a scale and `s = d * sum(q)` (pairs with Q4_1's minimum).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct BlockQ8_1 {
     pub d: f16,
@@ -34,33 +34,54 @@ fn amax(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// ggml's `quantize_row_q8_0`: round half to even, as the SIMD path does.
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let max = amax(xs);
-        let d = max / 127.0;
-        let id = if max != 0.0 { 127.0 / max } else { 0.0 };
-        b.d = f16::from_f32(d);
-        for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even() as i8;
-        }
+/// The activations' blocks: Q8_0, or Q8_1 with its sum term.
+pub trait Q8Block: Copy {
+    /// Stores a quantized block: the scale `d` (as f16), the values, and for Q8_1
+    /// `s = d * sum(q)` with the unrounded `d`.
+    fn store(&mut self, d: f32, qs: [i8; QK], sum: i32);
+}
+
+impl Q8Block for BlockQ8_0 {
+    #[inline]
+    fn store(&mut self, d: f32, qs: [i8; QK], _sum: i32) {
+        self.d = f16::from_f32(d);
+        self.qs = qs;
     }
 }
 
-/// ggml's `quantize_row_q8_1`: like Q8_0 plus `s = d * sum(q)` with the unrounded `d`.
-pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+impl Q8Block for BlockQ8_1 {
+    #[inline]
+    fn store(&mut self, d: f32, qs: [i8; QK], sum: i32) {
+        self.d = f16::from_f32(d);
+        self.s = f16::from_f32(d * sum as f32);
+        self.qs = qs;
+    }
+}
+
+/// ggml's `quantize_row_q8_0` / `quantize_row_q8_1`: round half to even, as the SIMD path
+/// does.
+pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
     for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let max = amax(xs);
-        let d = max / 127.0;
         let id = if max != 0.0 { 127.0 / max } else { 0.0 };
-        b.d = f16::from_f32(d);
+        let mut qs = [0i8; QK];
         let mut sum = 0i32;
-        for (q, v) in b.qs.iter_mut().zip(xs) {
+        for (q, v) in qs.iter_mut().zip(xs) {
             *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
-        b.s = f16::from_f32(d * sum as f32);
+        b.store(max / 127.0, qs, sum);
     }
+}
+
+/// [`quantize_row_q8`] to Q8_0 blocks.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    quantize_row_q8(x, out)
+}
+
+/// [`quantize_row_q8`] to Q8_1 blocks.
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    quantize_row_q8(x, out)
 }
 
 /// ggml's AVX2 horizontal sum of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).

@@ -380,11 +380,27 @@ fn blocks_per_row(m: usize, n: usize, x: usize, w: usize, out: usize) -> Option<
     Some(kb)
 }
 
-fn run_tasks(n: usize, isa: CpuIsa, task: impl Fn(usize, usize, CpuIsa) + Sync) {
+/// A problem's column tasks, in parallel, with the task kernel of `isa`.
+///
+/// # Safety
+/// `p` holds sizes its kernels may trust (checked by the caller), each task writes only its
+/// own columns, and the VNNI kernel is passed only where [`cpu_isa`] probed it.
+unsafe fn run_tasks<P: Sync>(
+    p: &P,
+    n: usize,
+    isa: CpuIsa,
+    avx2: unsafe fn(&P, usize, usize),
+    vnni: unsafe fn(&P, usize, usize),
+) {
+    let task = match isa {
+        CpuIsa::Avx2 => avx2,
+        CpuIsa::Avx512Vnni => vnni,
+    };
     let tc = task_cols(n);
     (0..n.div_ceil(tc))
         .into_par_iter()
-        .for_each(|t| task(t * tc, ((t + 1) * tc).min(n), isa));
+        // SAFETY: as the function's contract says.
+        .for_each(|t| unsafe { task(p, t * tc, ((t + 1) * tc).min(n)) });
 }
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` for Q4_1 weights and Q8_1 activations.
@@ -415,14 +431,9 @@ pub(crate) fn gemm_q4_1_with(
         n,
         kb,
     };
-    // SAFETY: the sizes are checked above; each task writes its own columns; the VNNI form
-    // runs only where `cpu_isa` probed it (tests pass that choice back in).
-    run_tasks(n, isa, |c0, c1, isa| unsafe {
-        match isa {
-            CpuIsa::Avx2 => q4_1_task_avx2(&p, c0, c1),
-            CpuIsa::Avx512Vnni => q4_1_task_vnni(&p, c0, c1),
-        }
-    });
+    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it
+    // (tests pass that choice back in).
+    unsafe { run_tasks(&p, n, isa, q4_1_task_avx2, q4_1_task_vnni) }
 }
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` for Q8_0 weights and Q8_0 activations.
@@ -452,12 +463,7 @@ pub(crate) fn gemm_q8_0_with(
         kb,
     };
     // SAFETY: as in `gemm_q4_1_with`.
-    run_tasks(n, isa, |c0, c1, isa| unsafe {
-        match isa {
-            CpuIsa::Avx2 => q8_0_task_avx2(&p, c0, c1),
-            CpuIsa::Avx512Vnni => q8_0_task_vnni(&p, c0, c1),
-        }
-    });
+    unsafe { run_tasks(&p, n, isa, q8_0_task_avx2, q8_0_task_vnni) }
 }
 
 #[cfg(test)]
@@ -496,33 +502,14 @@ mod tests {
         ] {
             let k = kb * QK;
             let xf = rand_f32(m * k, &mut seed);
-            let mut x1 = vec![
-                BlockQ8_1 {
-                    d: f16::ZERO,
-                    s: f16::ZERO,
-                    qs: [0; QK]
-                };
-                m * kb
-            ];
-            let mut x8 = vec![
-                BlockQ8_0 {
-                    d: f16::ZERO,
-                    qs: [0; QK]
-                };
-                m * kb
-            ];
+            let mut x1 = vec![BlockQ8_1::default(); m * kb];
+            let mut x8 = vec![BlockQ8_0::default(); m * kb];
             for r in 0..m {
                 quantize_row_q8_1(&xf[r * k..(r + 1) * k], &mut x1[r * kb..(r + 1) * kb]);
                 quantize_row_q8_0(&xf[r * k..(r + 1) * k], &mut x8[r * kb..(r + 1) * kb]);
             }
             let wf = rand_f32(n * k, &mut seed);
-            let mut w8 = vec![
-                BlockQ8_0 {
-                    d: f16::ZERO,
-                    qs: [0; QK]
-                };
-                n * kb
-            ];
+            let mut w8 = vec![BlockQ8_0::default(); n * kb];
             for c in 0..n {
                 quantize_row_q8_0(&wf[c * k..(c + 1) * k], &mut w8[c * kb..(c + 1) * kb]);
             }

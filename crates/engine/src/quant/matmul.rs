@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use super::columns::interleave;
-use super::{quantize_row_q8_0, quantize_row_q8_1};
+use super::{quantize_row_q8, Q8Block};
 use crate::error::{EngineError, Result};
 use crate::ops::with_f32;
 
@@ -130,46 +130,21 @@ struct QuantizedRows {
 impl QuantizedRows {
     fn new(x: &[f32], m: usize, k: usize, q8_1: bool, q8_0: bool) -> Self {
         // Each of the `m` rows of `x` quantized into its `k / 32` blocks (none if not needed).
-        fn rows<B: Clone>(
-            x: &[f32],
-            k: usize,
-            wanted: bool,
-            zero: B,
-            q: fn(&[f32], &mut [B]),
-        ) -> Vec<B> {
+        fn rows<B: Q8Block + Default>(x: &[f32], k: usize, wanted: bool) -> Vec<B> {
             if !wanted {
                 return Vec::new();
             }
-            let mut out = vec![zero; x.len() / k * (k / QK)];
+            let mut out = vec![B::default(); x.len() / k * (k / QK)];
             for (row, blocks) in x.chunks_exact(k).zip(out.chunks_exact_mut(k / QK)) {
-                q(row, blocks);
+                quantize_row_q8(row, blocks);
             }
             out
         }
         let x = &x[..m * k];
         Self {
             m,
-            q8_1: rows(
-                x,
-                k,
-                q8_1,
-                BlockQ8_1 {
-                    d: Default::default(),
-                    s: Default::default(),
-                    qs: [0; QK],
-                },
-                quantize_row_q8_1,
-            ),
-            q8_0: rows(
-                x,
-                k,
-                q8_0,
-                BlockQ8_0 {
-                    d: Default::default(),
-                    qs: [0; QK],
-                },
-                quantize_row_q8_0,
-            ),
+            q8_1: rows(x, k, q8_1),
+            q8_0: rows(x, k, q8_0),
         }
     }
 

@@ -24,20 +24,30 @@ pub mod portable {
         dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8_0, quantize_row_q8_1,
     };
 }
-pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
-pub use avx2::{quantize_row_q8_0, quantize_row_q8_1};
+pub use avx2::quantize_row_q8;
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 )))]
-pub use blocks::{quantize_row_q8_0, quantize_row_q8_1};
+pub use blocks::quantize_row_q8;
+pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
+
+/// [`quantize_row_q8`] to Q8_0 blocks.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    quantize_row_q8(x, out)
+}
+
+/// [`quantize_row_q8`] to Q8_1 blocks.
+pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    quantize_row_q8(x, out)
+}
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -73,24 +83,11 @@ mod tests {
         x[128..160].fill(1e-40); // subnormal: 127 / max overflows
         x[170] = f32::INFINITY;
         x[200] = f32::NAN;
-        let mut a1 = vec![
-            BlockQ8_1 {
-                d: f16::ZERO,
-                s: f16::ZERO,
-                qs: [0; QK]
-            };
-            40
-        ];
+        let mut a1 = vec![BlockQ8_1::default(); 40];
         let mut b1 = a1.clone();
         quantize_row_q8_1(&x, &mut a1);
         super::quantize_row_q8_1(&x, &mut b1);
-        let mut a0 = vec![
-            BlockQ8_0 {
-                d: f16::ZERO,
-                qs: [0; QK]
-            };
-            40
-        ];
+        let mut a0 = vec![BlockQ8_0::default(); 40];
         let mut b0 = a0.clone();
         quantize_row_q8_0(&x, &mut a0);
         super::quantize_row_q8_0(&x, &mut b0);
@@ -115,14 +112,7 @@ mod tests {
             let k = kb * QK;
             let a = rand_f32(k, &mut seed);
             let b = rand_f32(k, &mut seed);
-            let mut w1 = vec![
-                BlockQ4_1 {
-                    d: f16::ZERO,
-                    m: f16::ZERO,
-                    qs: [0; 16]
-                };
-                kb
-            ];
+            let mut w1 = vec![BlockQ4_1::default(); kb];
             for (i, blk) in w1.iter_mut().enumerate() {
                 blk.d = f16::from_f32(0.01 + i as f32 * 0.001);
                 blk.m = f16::from_f32(-0.08);
@@ -130,22 +120,9 @@ mod tests {
                     *q = ((i * 7 + j * 13) % 256) as u8;
                 }
             }
-            let mut x1 = vec![
-                BlockQ8_1 {
-                    d: f16::ZERO,
-                    s: f16::ZERO,
-                    qs: [0; QK]
-                };
-                kb
-            ];
+            let mut x1 = vec![BlockQ8_1::default(); kb];
             quantize_row_q8_1(&b, &mut x1);
-            let mut w8 = vec![
-                BlockQ8_0 {
-                    d: f16::ZERO,
-                    qs: [0; QK]
-                };
-                kb
-            ];
+            let mut w8 = vec![BlockQ8_0::default(); kb];
             let mut x8 = w8.clone();
             quantize_row_q8_0(&a, &mut w8);
             quantize_row_q8_0(&b, &mut x8);

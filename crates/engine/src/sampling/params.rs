@@ -85,17 +85,48 @@ impl SamplingParams {
     /// parameters (through [`crate::engine::EngineHandle::validate`]).
     pub fn check(&self, vocab_size: usize) -> std::result::Result<(), InvalidParam> {
         let bad = |param: &'static str, m: String| Err(InvalidParam::new(param, m));
-        if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
-            return bad(
+        // (field, value, in range, the range as the message says it)
+        let ranges = [
+            (
                 "temperature",
-                format!("temperature must be in [0, 100], got {}", self.temperature),
-            );
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad(
+                self.temperature,
+                (0.0..=100.0).contains(&self.temperature),
+                "[0, 100]",
+            ),
+            (
                 "top_p",
-                format!("top_p must be in (0, 1], got {}", self.top_p),
-            );
+                self.top_p,
+                self.top_p > 0.0 && self.top_p <= 1.0,
+                "(0, 1]",
+            ),
+            (
+                "min_p",
+                self.min_p,
+                (0.0..=1.0).contains(&self.min_p),
+                "[0, 1]",
+            ),
+            (
+                "repetition_penalty",
+                self.repetition_penalty,
+                self.repetition_penalty > 0.0 && self.repetition_penalty <= 100.0,
+                "(0, 100]",
+            ),
+            (
+                "presence_penalty",
+                self.presence_penalty,
+                (-2.0..=2.0).contains(&self.presence_penalty),
+                "[-2, 2]",
+            ),
+            (
+                "frequency_penalty",
+                self.frequency_penalty,
+                (-2.0..=2.0).contains(&self.frequency_penalty),
+                "[-2, 2]",
+            ),
+        ];
+        // A NaN is in no range (`contains` and the comparisons are false for it).
+        if let Some((param, v, _, range)) = ranges.into_iter().find(|r| !r.2) {
+            return bad(param, format!("{param} must be in {range}, got {v}"));
         }
         if self.top_k > vocab_size {
             return bad(
@@ -105,29 +136,6 @@ impl SamplingParams {
                     self.top_k
                 ),
             );
-        }
-        if !(0.0..=1.0).contains(&self.min_p) {
-            return bad(
-                "min_p",
-                format!("min_p must be in [0, 1], got {}", self.min_p),
-            );
-        }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 100.0) {
-            return bad(
-                "repetition_penalty",
-                format!(
-                    "repetition_penalty must be in (0, 100], got {}",
-                    self.repetition_penalty
-                ),
-            );
-        }
-        for (param, v) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
-            if !(-2.0..=2.0).contains(&v) {
-                return bad(param, format!("{param} must be in [-2, 2], got {v}"));
-            }
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", "max_tokens must be at least 1".into());

@@ -78,23 +78,13 @@ pub fn sample_token(
         };
     }
     // Candidates best first (ties: lower id first), cut by top-k.
-    let mut idx: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| logits[i as usize].is_finite())
-        .collect();
+    let idx = top_k_candidates(logits, p.top_k);
     if idx.is_empty() {
         return Sampled {
             token: argmax(logits),
         };
     }
-    let by_logit = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    if p.top_k > 0 && p.top_k < idx.len() {
-        idx.select_nth_unstable_by(p.top_k - 1, by_logit);
-        idx.truncate(p.top_k);
-    }
+    let by_logit = by_logit(logits);
     // Softmax at temperature T over the candidates (f64; the normaliser summed in id order).
     let inv_t = 1.0 / p.temperature as f64;
     let max = idx
@@ -201,6 +191,27 @@ impl SortedHead {
     }
 }
 
+/// Best first by logit, ties to the lower id.
+fn by_logit(logits: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
+    |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    }
+}
+
+/// The finite logits' ids, cut to the `top_k` best (0: no cut; unordered within the cut).
+fn top_k_candidates(logits: &[f32], top_k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| logits[i as usize].is_finite())
+        .collect();
+    if top_k > 0 && top_k < idx.len() {
+        idx.select_nth_unstable_by(top_k - 1, by_logit(logits));
+        idx.truncate(top_k);
+    }
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,19 +245,8 @@ mod tests {
 
     /// The sampler as it was with a full sort of the candidates (the reference).
     fn sample_full_sort(logits: &[f32], p: &SamplingParams, seed: u64, out_len: usize) -> u32 {
-        let mut idx: Vec<u32> = (0..logits.len() as u32)
-            .filter(|&i| logits[i as usize].is_finite())
-            .collect();
-        let by_logit = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
-        if p.top_k > 0 && p.top_k < idx.len() {
-            idx.select_nth_unstable_by(p.top_k - 1, by_logit);
-            idx.truncate(p.top_k);
-        }
-        idx.sort_unstable_by(by_logit);
+        let mut idx = top_k_candidates(logits, p.top_k);
+        idx.sort_unstable_by(by_logit(logits));
         let inv_t = 1.0 / p.temperature as f64;
         let max = logits[idx[0] as usize] as f64;
         let mut probs: Vec<f64> = idx

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 
 use super::llama_cpp::paged_attention_cpu_f16;
-use super::reference::{paged_attention_cpu, PagedAttentionShape};
+use super::reference::{paged_attention_cpu, PagedAttentionShape, StepRows};
 use crate::attention::AttentionBackend;
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
@@ -86,9 +86,7 @@ impl AttentionBackend for CpuReferenceAttention {
                 q,
                 &self.k[layer],
                 &self.v[layer],
-                &batch.query_start_loc,
-                &batch.context_lens,
-                &batch.block_tables,
+                StepRows::of(batch),
                 out,
             )
         })
@@ -119,13 +117,12 @@ fn attend_on_cpu(
     batch: &FlatBatch,
     kernel: impl FnOnce(PagedAttentionShape, &[f32], &mut [f32]),
 ) -> Result<Tensor> {
-    let shape = PagedAttentionShape {
+    let shape = PagedAttentionShape::new(
         num_heads,
-        num_kv_heads: layout.num_kv_heads,
-        head_dim: layout.head_dim,
-        block_size: layout.block_size,
-        scale: 1.0 / (layout.head_dim as f32).sqrt(),
-    };
+        layout.num_kv_heads,
+        layout.head_dim,
+        layout.block_size,
+    );
     let n = batch.num_tokens();
     let mut out = vec![0f32; n * num_heads * layout.head_dim];
     with_f32(q, |qd| kernel(shape, qd, &mut out))?;
@@ -172,10 +169,7 @@ impl AttentionBackend for CpuPagedAttention {
                 q,
                 &self.k[layer],
                 &self.v[layer],
-                &batch.query_start_loc,
-                &batch.context_lens,
-                &batch.prompt_lens,
-                &batch.block_tables,
+                StepRows::of(batch),
                 out,
             )
         })

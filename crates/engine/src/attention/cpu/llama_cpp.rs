@@ -5,7 +5,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::lanes::*;
-use super::reference::{row_positions, PagedAttentionShape};
+use super::reference::{row_positions, PagedAttentionShape, StepRows};
 use crate::ops::ggml_arith::f16_to_f32;
 
 /// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
@@ -25,16 +25,12 @@ use crate::ops::ggml_arith::f16_to_f32;
 /// block_size]`, 8 keys' scores are vector lanes); V as `[num_blocks * block_size,
 /// num_kv_heads, head_dim]`. One task computes all the query heads of a KV group for one
 /// token (they share the K and V conversions) unless that leaves too few tasks.
-#[allow(clippy::too_many_arguments)]
 pub fn paged_attention_cpu_f16(
     shape: PagedAttentionShape,
     q: &[f32],
     k_t: &[f16],
     v_cache: &[f16],
-    query_start_loc: &[usize],
-    context_lens: &[usize],
-    prompt_lens: &[usize],
-    block_tables: &[Vec<u32>],
+    step: StepRows<'_>,
     out: &mut [f32],
 ) {
     let rows = q.len() / (shape.num_heads * shape.head_dim).max(1);
@@ -44,33 +40,24 @@ pub fn paged_attention_cpu_f16(
     } else {
         1
     };
-    attention_by_tasks(
-        shape,
-        heads_per_task,
-        q,
-        k_t,
-        v_cache,
-        query_start_loc,
-        context_lens,
-        prompt_lens,
-        block_tables,
-        out,
-    )
+    attention_by_tasks(shape, heads_per_task, q, k_t, v_cache, step, out)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_by_tasks(
     shape: PagedAttentionShape,
     heads_per_task: usize,
     q: &[f32],
     k_t: &[f16],
     v_cache: &[f16],
-    query_start_loc: &[usize],
-    context_lens: &[usize],
-    prompt_lens: &[usize],
-    block_tables: &[Vec<u32>],
+    step: StepRows<'_>,
     out: &mut [f32],
 ) {
+    let StepRows {
+        query_start_loc,
+        context_lens,
+        prompt_lens,
+        block_tables,
+    } = step;
     let PagedAttentionShape {
         num_heads,
         num_kv_heads,

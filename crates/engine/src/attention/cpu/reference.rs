@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::batch::FlatBatch;
+
 /// Keys whose dot products run side by side in the reference.
 const KEYS_AT_ONCE: usize = 8;
 
@@ -16,6 +18,19 @@ pub struct PagedAttentionShape {
     pub head_dim: usize,
     pub block_size: usize,
     pub scale: f32,
+}
+
+impl PagedAttentionShape {
+    /// The usual scale, 1 / sqrt(head_dim).
+    pub fn new(num_heads: usize, num_kv_heads: usize, head_dim: usize, block_size: usize) -> Self {
+        Self {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
 }
 
 /// Each flat row's sequence and position: a sequence's new tokens are the last of its context.
@@ -31,20 +46,48 @@ pub(super) fn row_positions(
     rows
 }
 
+/// The step's rows as the CPU kernels read them (the fields of a [`FlatBatch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StepRows<'a> {
+    /// Where each sequence's new tokens start in the flat rows; `num_seqs + 1` entries.
+    pub query_start_loc: &'a [usize],
+    /// Tokens in each sequence's KV after the step.
+    pub context_lens: &'a [usize],
+    /// Each sequence's prompt length (rows below it take llama.cpp's prompt order); may be
+    /// empty (every row a decode row).
+    pub prompt_lens: &'a [usize],
+    pub block_tables: &'a [Vec<u32>],
+}
+
+impl<'a> StepRows<'a> {
+    pub fn of(batch: &'a FlatBatch) -> Self {
+        Self {
+            query_start_loc: &batch.query_start_loc,
+            context_lens: &batch.context_lens,
+            prompt_lens: &batch.prompt_lens,
+            block_tables: &batch.block_tables,
+        }
+    }
+}
+
 /// The f32 reference paged attention (online softmax one block at a time): `q`, `out` are
 /// `[num_tokens, num_heads, head_dim]`, the caches `[num_blocks, block_size, num_kv_heads,
 /// head_dim]`.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 pub fn paged_attention_cpu(
     shape: PagedAttentionShape,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
-    query_start_loc: &[usize],
-    context_lens: &[usize],
-    block_tables: &[Vec<u32>],
+    step: StepRows<'_>,
     out: &mut [f32],
 ) {
+    let StepRows {
+        query_start_loc,
+        context_lens,
+        block_tables,
+        ..
+    } = step;
     let PagedAttentionShape {
         num_heads,
         num_kv_heads,

@@ -35,23 +35,40 @@ fn dense(q: &[f32], k: &[f32], v: &[f32], n: usize, nh: usize, nkv: usize, hd: u
     out
 }
 
-#[test]
-fn paged_equals_dense_with_scattered_blocks_and_chunks() {
-    let (nh, nkv, hd, bs) = (6, 2, 8, 4);
-    let n = 11; // three blocks, last one partial
-    let mut seed = 7;
+/// Random q, k, v for `n` tokens from `seed`, and their dense attention.
+#[allow(clippy::type_complexity)]
+fn dense_case(
+    seed: u64,
+    n: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut seed = seed;
     let q = crate::lcg::lcg_uniform(n * nh * hd, &mut seed);
     let k = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
     let v = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
     let want = dense(&q, &k, &v, n, nh, nkv, hd);
+    (q, k, v, want)
+}
 
-    let layout = KvCacheLayout {
+/// A one-layer cache of `num_blocks` blocks.
+fn one_layer(num_blocks: usize, bs: usize, nkv: usize, hd: usize) -> KvCacheLayout {
+    KvCacheLayout {
         num_layers: 1,
-        num_blocks: 8,
+        num_blocks,
         block_size: bs,
         num_kv_heads: nkv,
         head_dim: hd,
-    };
+    }
+}
+
+#[test]
+fn paged_equals_dense_with_scattered_blocks_and_chunks() {
+    let (nh, nkv, hd, bs) = (6, 2, 8, 4);
+    let n = 11; // three blocks, last one partial
+    let (q, k, v, want) = dense_case(7, n, nh, nkv, hd);
+    let layout = one_layer(8, bs, nkv, hd);
     let table = vec![5u32, 1, 6];
     // The prompt in two chunks (7 then 4 tokens) must equal the dense result.
     let mut attn = CpuPagedAttention::new(layout, nh);
@@ -178,13 +195,7 @@ fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
         // The first sequence's chunk straddles the end of its prompt (prompt order, then
         // decode order); the second is a decode row; the third all prompt.
         let prompt_lens = vec![context_lens[0] - 2, 4 * bs, 2];
-        let shape = PagedAttentionShape {
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-            block_size: bs,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
+        let shape = PagedAttentionShape::new(nh, nkv, hd, bs);
         let q: Vec<f32> = crate::lcg::lcg_uniform(8 * nh * hd, &mut seed)
             .iter()
             .map(|x| x * 4.0)
@@ -212,10 +223,12 @@ fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
                 &q,
                 &k_t,
                 &v16,
-                &qsl,
-                &context_lens,
-                &prompt_lens,
-                &tables,
+                StepRows {
+                    query_start_loc: &qsl,
+                    context_lens: &context_lens,
+                    prompt_lens: &prompt_lens,
+                    block_tables: &tables,
+                },
                 &mut got,
             );
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -241,18 +254,8 @@ fn rows_alone_in_a_llama_cpp_ubatch_take_the_decode_order() {
 fn reference_backend_equals_dense_attention() {
     let (nh, nkv, hd, bs) = (6, 2, 8, 4);
     let n = 11;
-    let mut seed = 3;
-    let q = crate::lcg::lcg_uniform(n * nh * hd, &mut seed);
-    let k = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
-    let v = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
-    let want = dense(&q, &k, &v, n, nh, nkv, hd);
-    let layout = KvCacheLayout {
-        num_layers: 1,
-        num_blocks: 4,
-        block_size: bs,
-        num_kv_heads: nkv,
-        head_dim: hd,
-    };
+    let (q, k, v, want) = dense_case(3, n, nh, nkv, hd);
+    let layout = one_layer(4, bs, nkv, hd);
     let mut attn = CpuReferenceAttention::new(layout, nh);
     let mut b = FlatBatch::default();
     b.push_seq(
@@ -279,14 +282,7 @@ fn reference_backend_equals_dense_attention() {
 
 #[test]
 fn slot_outside_the_cache_is_an_error() {
-    let layout = KvCacheLayout {
-        num_layers: 1,
-        num_blocks: 1,
-        block_size: 4,
-        num_kv_heads: 1,
-        head_dim: 2,
-    };
-    let mut attn = CpuPagedAttention::new(layout, 1);
+    let mut attn = CpuPagedAttention::new(one_layer(1, 4, 1, 2), 1);
     let mut b = FlatBatch::default();
     b.push_seq(&[1], 0, &[3], 4, crate::batch::LogitsWanted::Last);
     let t = Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap();
