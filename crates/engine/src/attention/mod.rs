@@ -7,8 +7,8 @@ pub mod cuda;
 pub mod split;
 
 pub use cpu::{
-    paged_attention_cpu, paged_attention_cpu_f16, CpuPagedAttention, CpuReferenceAttention,
-    PagedAttentionShape, StepRows,
+    paged_attention_cpu, paged_attention_cpu_f16, CpuAttention, CpuCacheElem, CpuPagedAttention,
+    CpuReferenceAttention, PagedAttentionShape, StepRows,
 };
 #[cfg(feature = "cuda")]
 pub use cuda::CudaPagedAttention;

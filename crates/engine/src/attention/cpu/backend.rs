@@ -1,5 +1,7 @@
-//! The two CPU attention backends: the f16 cache with llama.cpp's kernel (what serving
-//! runs) and the f32 cache with the reference kernel (what the GPU checks compare against).
+//! The CPU attention backends: one paged KV cache in host memory, generic over what it
+//! holds. f16 is llama.cpp's cache with its kernel (what serving runs: K transposed within
+//! each block, V row-major); f32 is the reference kernel's (what the GPU checks compare
+//! against: llama.cpp's f16 arithmetic would put a deliberate ~1e-3 between them).
 
 use candle_core::{Device, Tensor};
 use half::f16;
@@ -12,47 +14,104 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheLayout;
 use crate::ops::with_f32;
 
-/// Paged KV cache in host memory, f16 as llama.cpp keeps it: K transposed within each
-/// block, V row-major; attention by [`paged_attention_cpu_f16`].
-pub struct CpuPagedAttention {
-    layout: KvCacheLayout,
-    num_heads: usize,
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+/// What a CPU cache holds: how a step's K and V rows are stored, and the kernel that reads
+/// them.
+pub trait CpuCacheElem: Copy + Default + Send + Sync + 'static {
+    /// Stores K rows (`data: [rows, width]`) at their slots.
+    fn write_k(cache: &mut [Self], data: &[f32], slots: &[u32], layout: &KvCacheLayout);
+    /// Attention of `q` over the cache of one layer.
+    fn attend(
+        shape: PagedAttentionShape,
+        q: &[f32],
+        k: &[Self],
+        v: &[Self],
+        step: StepRows<'_>,
+        out: &mut [f32],
+    );
+    fn from_f32(x: f32) -> Self;
 }
 
-impl CpuPagedAttention {
-    pub fn new(layout: KvCacheLayout, num_heads: usize) -> Self {
-        let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
-        Self {
-            layout,
-            num_heads,
-            k: (0..layout.num_layers)
-                .map(|_| vec![f16::ZERO; per_layer])
-                .collect(),
-            v: (0..layout.num_layers)
-                .map(|_| vec![f16::ZERO; per_layer])
-                .collect(),
+impl CpuCacheElem for f16 {
+    fn write_k(cache: &mut [Self], data: &[f32], slots: &[u32], layout: &KvCacheLayout) {
+        // K transposed within its block: [block, kv head, d, slot in block].
+        let (width, bs) = (layout.num_kv_heads * layout.head_dim, layout.block_size);
+        for (row, &slot) in slots.iter().enumerate() {
+            let (block, i) = (slot as usize / bs, slot as usize % bs);
+            for (j, &x) in data[row * width..(row + 1) * width].iter().enumerate() {
+                cache[(block * width + j) * bs + i] = f16::from_f32(x);
+            }
+        }
+    }
+
+    fn attend(
+        shape: PagedAttentionShape,
+        q: &[f32],
+        k: &[Self],
+        v: &[Self],
+        step: StepRows<'_>,
+        out: &mut [f32],
+    ) {
+        paged_attention_cpu_f16(shape, q, k, v, step, out)
+    }
+
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+impl CpuCacheElem for f32 {
+    fn write_k(cache: &mut [Self], data: &[f32], slots: &[u32], layout: &KvCacheLayout) {
+        write_rows(cache, data, slots, layout.num_kv_heads * layout.head_dim)
+    }
+
+    fn attend(
+        shape: PagedAttentionShape,
+        q: &[f32],
+        k: &[Self],
+        v: &[Self],
+        step: StepRows<'_>,
+        out: &mut [f32],
+    ) {
+        paged_attention_cpu(shape, q, k, v, step, out)
+    }
+
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+
+/// Rows (`data: [rows, width]`) at their slots, row-major (V, and the f32 cache's K).
+fn write_rows<T: CpuCacheElem>(cache: &mut [T], data: &[f32], slots: &[u32], width: usize) {
+    for (row, &slot) in slots.iter().enumerate() {
+        let s = slot as usize * width;
+        for (dst, &x) in cache[s..s + width]
+            .iter_mut()
+            .zip(&data[row * width..(row + 1) * width])
+        {
+            *dst = T::from_f32(x);
         }
     }
 }
 
-/// An f32 paged KV cache with the f32 reference kernel ([`paged_attention_cpu`]): the CPU
-/// reference the GPU checks compare against (llama.cpp's f16 arithmetic would put a
-/// deliberate ~1e-3 between them).
-pub struct CpuReferenceAttention {
+/// A paged KV cache in host memory, `T` per element, with `T`'s kernel.
+pub struct CpuAttention<T> {
     layout: KvCacheLayout,
     num_heads: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<T>>,
+    v: Vec<Vec<T>>,
 }
 
-impl CpuReferenceAttention {
+/// llama.cpp's f16 cache and kernel: what serving on the CPU runs.
+pub type CpuPagedAttention = CpuAttention<f16>;
+/// The f32 cache with the reference kernel ([`paged_attention_cpu`]): the GPU checks' CPU side.
+pub type CpuReferenceAttention = CpuAttention<f32>;
+
+impl<T: CpuCacheElem> CpuAttention<T> {
     pub fn new(layout: KvCacheLayout, num_heads: usize) -> Self {
         let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
         let zeros = || {
             (0..layout.num_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![T::default(); per_layer])
                 .collect()
         };
         Self {
@@ -64,115 +123,38 @@ impl CpuReferenceAttention {
     }
 }
 
-impl AttentionBackend for CpuReferenceAttention {
+impl<T: CpuCacheElem> AttentionBackend for CpuAttention<T> {
     fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()> {
-        check_slots(&self.layout, batch)?;
-        let width = self.layout.num_kv_heads * self.layout.head_dim;
-        for (cache, t) in [(&mut self.k[layer], k), (&mut self.v[layer], v)] {
-            with_f32(t, |data| {
-                for (row, &slot) in batch.slot_mapping.iter().enumerate() {
-                    let s = slot as usize * width;
-                    cache[s..s + width].copy_from_slice(&data[row * width..(row + 1) * width]);
-                }
-            })?;
+        let l = self.layout;
+        let n_slots = l.num_slots();
+        if let Some(slot) = batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
+            return Err(EngineError::Cache(format!(
+                "slot {slot} is outside the KV cache ({n_slots} slots)"
+            )));
         }
-        Ok(())
-    }
-
-    fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
-        attend_on_cpu(self.layout, self.num_heads, q, batch, |shape, q, out| {
-            paged_attention_cpu(
-                shape,
-                q,
-                &self.k[layer],
-                &self.v[layer],
-                StepRows::of(batch),
-                out,
-            )
-        })
-    }
-
-    fn layout(&self) -> KvCacheLayout {
-        self.layout
-    }
-}
-
-/// The step's slots all lie inside a cache of `layout`.
-fn check_slots(layout: &KvCacheLayout, batch: &FlatBatch) -> Result<()> {
-    let n_slots = layout.num_slots();
-    match batch.slot_mapping.iter().find(|&&s| s as usize >= n_slots) {
-        Some(slot) => Err(EngineError::Cache(format!(
-            "slot {slot} is outside the KV cache ({n_slots} slots)"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// A CPU backend's `attend`: `kernel(shape, q, out)` over the step's rows, as a tensor of
-/// `q`'s type `[num_tokens, num_heads * head_dim]`.
-fn attend_on_cpu(
-    layout: KvCacheLayout,
-    num_heads: usize,
-    q: &Tensor,
-    batch: &FlatBatch,
-    kernel: impl FnOnce(PagedAttentionShape, &[f32], &mut [f32]),
-) -> Result<Tensor> {
-    let shape = PagedAttentionShape::new(
-        num_heads,
-        layout.num_kv_heads,
-        layout.head_dim,
-        layout.block_size,
-    );
-    let n = batch.num_tokens();
-    let mut out = vec![0f32; n * num_heads * layout.head_dim];
-    with_f32(q, |qd| kernel(shape, qd, &mut out))?;
-    Ok(
-        Tensor::from_vec(out, (n, num_heads * layout.head_dim), &Device::Cpu)?
-            .to_dtype(q.dtype())?,
-    )
-}
-
-impl AttentionBackend for CpuPagedAttention {
-    fn write_kv(&mut self, layer: usize, k: &Tensor, v: &Tensor, batch: &FlatBatch) -> Result<()> {
-        check_slots(&self.layout, batch)?;
-        let width = self.layout.num_kv_heads * self.layout.head_dim;
-        let bs = self.layout.block_size;
-        let kt = &mut self.k[layer];
-        with_f32(k, |data| {
-            // K transposed within its block: [block, kv head, d, slot in block].
-            for (row, &slot) in batch.slot_mapping.iter().enumerate() {
-                let (block, i) = (slot as usize / bs, slot as usize % bs);
-                for (j, &x) in data[row * width..(row + 1) * width].iter().enumerate() {
-                    kt[(block * width + j) * bs + i] = f16::from_f32(x);
-                }
-            }
-        })?;
+        let slots = &batch.slot_mapping;
+        let kc = &mut self.k[layer];
+        with_f32(k, |data| T::write_k(kc, data, slots, &l))?;
         let vc = &mut self.v[layer];
         with_f32(v, |data| {
-            for (row, &slot) in batch.slot_mapping.iter().enumerate() {
-                let s = slot as usize * width;
-                for (dst, &x) in vc[s..s + width]
-                    .iter_mut()
-                    .zip(&data[row * width..(row + 1) * width])
-                {
-                    *dst = f16::from_f32(x);
-                }
-            }
+            write_rows(vc, data, slots, l.num_kv_heads * l.head_dim)
         })?;
         Ok(())
     }
 
+    /// `q`: `[num_tokens, num_heads * head_dim]`; returns the same shape in `q`'s type.
     fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
-        attend_on_cpu(self.layout, self.num_heads, q, batch, |shape, q, out| {
-            paged_attention_cpu_f16(
-                shape,
-                q,
-                &self.k[layer],
-                &self.v[layer],
-                StepRows::of(batch),
-                out,
-            )
-        })
+        let l = self.layout;
+        let shape =
+            PagedAttentionShape::new(self.num_heads, l.num_kv_heads, l.head_dim, l.block_size);
+        let n = batch.num_tokens();
+        let width = self.num_heads * l.head_dim;
+        let mut out = vec![0f32; n * width];
+        let (k, v) = (&self.k[layer], &self.v[layer]);
+        with_f32(q, |qd| {
+            T::attend(shape, qd, k, v, StepRows::of(batch), &mut out)
+        })?;
+        Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(q.dtype())?)
     }
 
     fn layout(&self) -> KvCacheLayout {

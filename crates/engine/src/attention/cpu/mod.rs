@@ -8,6 +8,6 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{CpuPagedAttention, CpuReferenceAttention};
+pub use backend::{CpuAttention, CpuCacheElem, CpuPagedAttention, CpuReferenceAttention};
 pub use llama_cpp::paged_attention_cpu_f16;
 pub use reference::{paged_attention_cpu, PagedAttentionShape, StepRows};
