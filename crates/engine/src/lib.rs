@@ -3,10 +3,9 @@
 //! Data flow (docs/architecture.md): a request's prompt is tokenized, the scheduler picks
 //! what runs each step, the scheduler lays the step out as one [`batch::FlatBatch`], the
 //! worker's runner computes it through the model and the paged attention backend, and the
-//! sampler picks tokens. Layers, bottom up (a module imports only from layers below it):
-//! `error`, `env`, `lcg` → `gguf`, `tokenizer`, `kv_cache`, `batch`, `instrument`, `cuda` →
-//! `ops`, `quant` → `attention` → `model` → `sampling`, `request` → `scheduler`, `worker` →
-//! `config`, `loader` → `engine` → `diagnostics`.
+//! sampler picks tokens. The modules keep one layer order (a module imports only from its own
+//! layer or below, never in a cycle), written in docs/architecture.md and checked by
+//! `scripts/check-layout.py` (`make layout`).
 
 pub mod attention;
 pub mod batch;

@@ -80,11 +80,6 @@ impl LoadedModel {
         Ok(())
     }
 
-    /// Whether the model runs on the CPU.
-    pub fn on_cpu(&self) -> bool {
-        self.model.device().is_cpu()
-    }
-
     pub fn max_model_len(&self) -> usize {
         self.model.config.max_position_embeddings
     }

@@ -45,14 +45,6 @@ pub struct ValidRequest {
 }
 
 impl ValidRequest {
-    pub fn prompt(&self) -> &[u32] {
-        &self.prompt
-    }
-
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-
     /// The same request with its seed (if any) moved on by `i`: choice `i` of `n` parallel
     /// samples. A seed never makes a request invalid.
     pub fn with_seed_offset(&self, i: u64) -> Self {

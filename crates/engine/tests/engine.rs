@@ -223,7 +223,9 @@ fn abort_frees_blocks_within_a_step_and_impossible_prompts_are_refused() {
     assert!(engine.add_request(vec![], params()).is_err());
     assert_eq!(engine.stats.get(&engine.stats.num_waiting), 0);
 
-    // A dropped receiver is aborted by the engine at its next token.
+    // A dropped receiver is aborted by the engine at its next token: one token generated,
+    // not 400.
+    let generated_before = engine.stats.get(&engine.stats.generation_tokens);
     let (_, rx) = engine
         .add_request(
             prompts()[0].clone(),
@@ -235,8 +237,13 @@ fn abort_frees_blocks_within_a_step_and_impossible_prompts_are_refused() {
         )
         .unwrap();
     drop(rx);
+    // Until the engine has run it (its first token counted) and freed it; 60 s is a bound
+    // against a hang, not a speed check.
+    let generated = || engine.stats.get(&engine.stats.generation_tokens) - generated_before;
     let t0 = Instant::now();
-    while (engine.stats.kv_usage() > 0.0 || engine.stats.get(&engine.stats.num_running) > 0)
+    while (generated() == 0
+        || engine.stats.kv_usage() > 0.0
+        || engine.stats.get(&engine.stats.num_running) > 0)
         && t0.elapsed() < Duration::from_secs(60)
     {
         std::thread::sleep(Duration::from_millis(5));
@@ -245,6 +252,11 @@ fn abort_frees_blocks_within_a_step_and_impossible_prompts_are_refused() {
         engine.stats.kv_usage(),
         0.0,
         "a dropped stream kept its blocks"
+    );
+    let generated = generated();
+    assert_eq!(
+        generated, 1,
+        "the dropped stream ran on for {generated} tokens"
     );
 }
 

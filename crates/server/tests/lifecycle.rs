@@ -156,6 +156,12 @@ async fn disconnected_clients_free_everything() {
     let m = s.metrics().await;
     let aborts = metric_value(&m, "vllm:request_success_total{finished_reason=\"abort\"");
     assert!(aborts >= 35.0, "{aborts} aborts counted");
+    // The engine stopped them: run to their ends they would have made 13,500 tokens.
+    let generated = metric_value(&m, "vllm:generation_tokens_total");
+    assert!(
+        generated < 13_500.0,
+        "{generated} tokens: the hung-up requests ran to their end"
+    );
     // And it still answers correctly.
     let v: Value = c
         .post(s.url("/v1/completions"))

@@ -29,7 +29,7 @@ pub struct FlatBatch {
     pub logits_indices: Vec<usize>,
     /// Each sequence's prompt length (0 unless set by [`FlatBatch::set_prompt_len`]): rows
     /// at positions below it are prompt rows, which the CPU backend computes in llama.cpp's
-    /// prompt-processing order rather than its decode order (attention/cpu.rs). A property
+    /// prompt-processing order rather than its decode order (attention/cpu/llama_cpp.rs). A property
     /// of the row, so results still do not depend on the batch or the chunking (the prefix
     /// cache keys blocks by it too: `KvCacheManager::key_prompt_positions`).
     pub prompt_lens: Vec<usize>,

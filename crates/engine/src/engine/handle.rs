@@ -52,9 +52,6 @@ impl EngineHandle {
                 c.max_position_embeddings
             )));
         }
-        if cfg.block_size == 0 {
-            return Err(EngineError::Config("block_size must be positive".into()));
-        }
         let (num_blocks, how) = kv_blocks(&model, &cfg)?;
         if let Some(how) = how {
             tracing::info!("kv cache: {how}");

@@ -16,11 +16,11 @@ use crate::worker::ModelRunner;
 /// The KV cache's block count for `model` under `cfg`, and a line saying how it was reached
 /// (none for a fixed or CPU count).
 pub fn kv_blocks(model: &LlamaModel, cfg: &EngineConfig) -> Result<(usize, Option<String>)> {
-    if let Some(n) = cfg.num_blocks_override {
-        return Ok((n, None));
-    }
     if cfg.block_size == 0 {
         return Err(EngineError::Config("block_size must be positive".into()));
+    }
+    if let Some(n) = cfg.num_blocks_override {
+        return Ok((n, None));
     }
     if model.device().is_cpu() {
         return Ok((

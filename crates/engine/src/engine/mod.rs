@@ -1,7 +1,7 @@
 //! The engine loop on its own OS thread, and the handle the server talks to it through.
 //! Nothing but the engine thread touches the scheduler, the KV cache or the model.
-//! `core.rs` is one step (schedule -> execute -> update), `output.rs` what each request
-//! hears, `kv_sizing.rs` how big the cache is, `offline.rs` the same loop over token ids.
+//! `core.rs` is the server's step (schedule, then `step.rs`'s execute -> choose -> update, the
+//! one step every loop drives), `output.rs` what each request hears, `kv_sizing.rs` how big the cache is, `offline.rs` the same loop over token ids.
 
 mod core;
 mod handle;

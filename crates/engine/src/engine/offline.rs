@@ -98,7 +98,15 @@ pub fn generate_offline(
         num_blocks,
         block_size,
     };
-    let run = run_greedy(model, config, cache, prompts, &params, &[], enforce_eager)?;
+    let run = run_greedy(
+        model,
+        config,
+        cache,
+        prompts,
+        &params,
+        &[],
+        Mode::Bench { enforce_eager },
+    )?;
     let report = OfflineReport {
         num_requests: prompts.len(),
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
@@ -124,9 +132,10 @@ pub struct Generation {
 }
 
 /// Greedy generation for several prompts at once, all prompts in the first step and one
-/// token each per step after, each sequence in blocks of its own (no preemption): the
-/// goldens' reference path. Stops a sequence at `max_tokens` or at one of `stop_ids` (not
-/// included). Eager on every device.
+/// token each per step after, each sequence in blocks of its own (no prefix caching, no
+/// preemption): the goldens' reference path. Stops a sequence at `max_tokens` or at one of
+/// `stop_ids` (not included). Eager, with the argmax of f32 logits on the host (lowest id
+/// wins a tie), on every device.
 pub fn greedy_generate(
     model: &LlamaModel,
     prompts: &[Vec<u32>],
@@ -174,13 +183,31 @@ pub fn greedy_generate(
         block_size,
     };
     let params = SamplingParams::greedy(max_tokens);
-    let run = run_greedy(model, config, cache, prompts, &params, stop_ids, true)?;
+    let run = run_greedy(
+        model,
+        config,
+        cache,
+        prompts,
+        &params,
+        stop_ids,
+        Mode::Reference,
+    )?;
     let prefill_secs = run.step_secs.first().copied().unwrap_or(0.0);
     Ok(Generation {
         tokens: run.outputs,
         prefill_secs,
         decode_secs: run.secs - prefill_secs,
     })
+}
+
+/// How a greedy run goes.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// As the benches measure: prefix caching on, the argmax where the logits are (the GPU's
+    /// on a GPU), CUDA graphs unless `enforce_eager`.
+    Bench { enforce_eager: bool },
+    /// As the goldens' reference: no prefix caching, eager, the argmax on the host.
+    Reference,
 }
 
 /// The paged KV cache a greedy run gets.
@@ -211,8 +238,12 @@ fn run_greedy(
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     stop_ids: &[u32],
-    enforce_eager: bool,
+    mode: Mode,
 ) -> Result<GreedyRun> {
+    let (enforce_eager, reference) = match mode {
+        Mode::Bench { enforce_eager } => (enforce_eager, false),
+        Mode::Reference => (true, true),
+    };
     compute_pool().install(|| {
         let mut runner = ModelRunner::new(model, cache.num_blocks, cache.block_size)?;
         let eager = crate::env::get().enforce_eager || enforce_eager;
@@ -221,7 +252,7 @@ fn run_greedy(
         {
             tracing::info!("{line}");
         }
-        let kv = KvCacheManager::new(cache.num_blocks, cache.block_size, true)
+        let kv = KvCacheManager::new(cache.num_blocks, cache.block_size, !reference)
             .key_prompt_positions(model.device().is_cpu());
         let mut sched = Scheduler::new(config, kv, stop_ids.to_vec())?;
         // The cache's zeroing is queued on the device: let it finish before the clock starts.
@@ -246,9 +277,13 @@ fn run_greedy(
                     "the scheduler can place no request (KV cache too small for one?)".into(),
                 ));
             }
-            let events = execute_step(&mut sched, &mut runner, &out, false, |_, s, range, l| {
-                l.greedy_last(s, &range)
-            })?;
+            let events = execute_step(
+                &mut sched,
+                &mut runner,
+                &out,
+                reference,
+                |_, s, range, l| l.greedy_last(s, &range),
+            )?;
             for ev in events {
                 match (ev.new_token, ev.finished) {
                     (Some(_), Some(FinishReason::Stop)) => {}

@@ -8,6 +8,7 @@ use super::llama::LlamaModel;
 use super::rope::{RopeAngles, RopeTable};
 use super::weights::{GateUpProj, Layer, Linear, QkvProj, Weight};
 use crate::error::{EngineError, Result};
+use crate::lcg::lcg_next;
 
 /// Deterministic uniform values in ±bound, generated in parallel chunks (each chunk's
 /// generator seeded from `seed` and its index, so the result is the same on every host).
@@ -34,10 +35,7 @@ fn random_tensor(
             .for_each(|(ci, chunk)| {
                 let mut s = seed ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
                 for x in chunk.iter_mut() {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+                    let u = ((lcg_next(&mut s) >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
                     // SAFETY: plain write into reserved, unread memory.
                     unsafe { std::ptr::write(x, f(u)) };
                 }

@@ -74,16 +74,6 @@ pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
     }
 }
 
-/// [`quantize_row_q8`] to Q8_0 blocks.
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    quantize_row_q8(x, out)
-}
-
-/// [`quantize_row_q8`] to Q8_1 blocks.
-pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
-    quantize_row_q8(x, out)
-}
-
 /// ggml's AVX2 horizontal sum of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
 #[inline]
 pub fn hsum8(l: &[f32; 8]) -> f32 {

@@ -469,9 +469,7 @@ pub(crate) fn gemm_q8_0_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::{
-        dot_q4_1_q8_1, dot_q8_0_q8_0, quantize_row_q8_0, quantize_row_q8_1, QK,
-    };
+    use crate::quant::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, quantize_row_q8, QK};
     use crate::quant::columns::interleave;
     use half::f16;
 
@@ -505,13 +503,13 @@ mod tests {
             let mut x1 = vec![BlockQ8_1::default(); m * kb];
             let mut x8 = vec![BlockQ8_0::default(); m * kb];
             for r in 0..m {
-                quantize_row_q8_1(&xf[r * k..(r + 1) * k], &mut x1[r * kb..(r + 1) * kb]);
-                quantize_row_q8_0(&xf[r * k..(r + 1) * k], &mut x8[r * kb..(r + 1) * kb]);
+                quantize_row_q8(&xf[r * k..(r + 1) * k], &mut x1[r * kb..(r + 1) * kb]);
+                quantize_row_q8(&xf[r * k..(r + 1) * k], &mut x8[r * kb..(r + 1) * kb]);
             }
             let wf = rand_f32(n * k, &mut seed);
             let mut w8 = vec![BlockQ8_0::default(); n * kb];
             for c in 0..n {
-                quantize_row_q8_0(&wf[c * k..(c + 1) * k], &mut w8[c * kb..(c + 1) * kb]);
+                quantize_row_q8(&wf[c * k..(c + 1) * k], &mut w8[c * kb..(c + 1) * kb]);
             }
             // -128 is a legal Q8_0 weight (not produced by ggml's quantizer): sign folding
             // must still give its exact products.

@@ -20,9 +20,7 @@ mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{
-        dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8_0, quantize_row_q8_1,
-    };
+    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8};
 }
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
 #[cfg(all(
@@ -38,16 +36,6 @@ pub use avx2::quantize_row_q8;
 )))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
-
-/// [`quantize_row_q8`] to Q8_0 blocks.
-pub fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
-    quantize_row_q8(x, out)
-}
-
-/// [`quantize_row_q8`] to Q8_1 blocks.
-pub fn quantize_row_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
-    quantize_row_q8(x, out)
-}
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
@@ -85,12 +73,12 @@ mod tests {
         x[200] = f32::NAN;
         let mut a1 = vec![BlockQ8_1::default(); 40];
         let mut b1 = a1.clone();
-        quantize_row_q8_1(&x, &mut a1);
-        super::quantize_row_q8_1(&x, &mut b1);
+        quantize_row_q8(&x, &mut a1);
+        super::quantize_row_q8(&x, &mut b1);
         let mut a0 = vec![BlockQ8_0::default(); 40];
         let mut b0 = a0.clone();
-        quantize_row_q8_0(&x, &mut a0);
-        super::quantize_row_q8_0(&x, &mut b0);
+        quantize_row_q8(&x, &mut a0);
+        super::quantize_row_q8(&x, &mut b0);
         for i in 0..40 {
             assert_eq!(
                 (a1[i].d.to_bits(), a1[i].s.to_bits(), a1[i].qs),
@@ -121,11 +109,11 @@ mod tests {
                 }
             }
             let mut x1 = vec![BlockQ8_1::default(); kb];
-            quantize_row_q8_1(&b, &mut x1);
+            quantize_row_q8(&b, &mut x1);
             let mut w8 = vec![BlockQ8_0::default(); kb];
             let mut x8 = w8.clone();
-            quantize_row_q8_0(&a, &mut w8);
-            quantize_row_q8_0(&b, &mut x8);
+            quantize_row_q8(&a, &mut w8);
+            quantize_row_q8(&b, &mut x8);
             // The portable dots (the tiled kernels' reference: `gemm.rs` tests them bit for
             // bit) are the dot products of the dequantized values, to rounding; Q4_1's min
             // term pairs with the activations' stored `s`.

@@ -1,6 +1,6 @@
 //! What decides a request's tokens and when it stops.
 
-use crate::error::{InvalidParam, Result};
+use crate::error::InvalidParam;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -85,49 +85,36 @@ impl SamplingParams {
     /// parameters (through [`crate::engine::EngineHandle::validate`]).
     pub fn check(&self, vocab_size: usize) -> std::result::Result<(), InvalidParam> {
         let bad = |param: &'static str, m: String| Err(InvalidParam::new(param, m));
-        // (field, value, in range, the range as the message says it)
-        let ranges = [
-            (
-                "temperature",
-                self.temperature,
-                (0.0..=100.0).contains(&self.temperature),
-                "[0, 100]",
-            ),
-            (
-                "top_p",
-                self.top_p,
-                self.top_p > 0.0 && self.top_p <= 1.0,
-                "(0, 1]",
-            ),
-            (
-                "min_p",
-                self.min_p,
-                (0.0..=1.0).contains(&self.min_p),
-                "[0, 1]",
-            ),
-            (
-                "repetition_penalty",
-                self.repetition_penalty,
-                self.repetition_penalty > 0.0 && self.repetition_penalty <= 100.0,
-                "(0, 100]",
-            ),
-            (
-                "presence_penalty",
-                self.presence_penalty,
-                (-2.0..=2.0).contains(&self.presence_penalty),
-                "[-2, 2]",
-            ),
-            (
-                "frequency_penalty",
-                self.frequency_penalty,
-                (-2.0..=2.0).contains(&self.frequency_penalty),
-                "[-2, 2]",
-            ),
-        ];
-        // A NaN is in no range (`contains` and the comparisons are false for it).
-        if let Some((param, v, _, range)) = ranges.into_iter().find(|r| !r.2) {
-            return bad(param, format!("{param} must be in {range}, got {v}"));
-        }
+        // A value in [lo, hi] (or (lo, hi] when `open_low`); NaN is in no range.
+        let within = |param: &'static str, v: f32, lo: f32, hi: f32, open_low: bool| {
+            let ok = (if open_low { v > lo } else { v >= lo }) && v <= hi;
+            let bracket = if open_low { "(" } else { "[" };
+            match ok {
+                true => Ok(()),
+                false => bad(
+                    param,
+                    format!("{param} must be in {bracket}{lo}, {hi}], got {v}"),
+                ),
+            }
+        };
+        within("temperature", self.temperature, 0.0, 100.0, false)?;
+        within("top_p", self.top_p, 0.0, 1.0, true)?;
+        within("min_p", self.min_p, 0.0, 1.0, false)?;
+        within(
+            "repetition_penalty",
+            self.repetition_penalty,
+            0.0,
+            100.0,
+            true,
+        )?;
+        within("presence_penalty", self.presence_penalty, -2.0, 2.0, false)?;
+        within(
+            "frequency_penalty",
+            self.frequency_penalty,
+            -2.0,
+            2.0,
+            false,
+        )?;
         if self.top_k > vocab_size {
             return bad(
                 "top_k",
@@ -188,10 +175,5 @@ impl SamplingParams {
             return bad("stop", "stop strings must not be empty".into());
         }
         Ok(())
-    }
-
-    /// [`Self::check`] as an engine error.
-    pub fn validate(&self, vocab_size: usize) -> Result<()> {
-        Ok(self.check(vocab_size)?)
     }
 }

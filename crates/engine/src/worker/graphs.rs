@@ -19,23 +19,23 @@ use crate::batch::{capture_sizes, pad_decode, padded_size, FlatBatch, PaddedDeco
 use crate::error::{EngineError, Result};
 use crate::model::LlamaModel;
 
-fn cuda_err(e: impl std::fmt::Display) -> EngineError {
+fn graph_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Cuda(format!("CUDA graphs: {e}"))
 }
 
 /// Device address of a contiguous tensor's first element.
 fn device_ptr(t: &Tensor, stream: &Arc<CudaStream>) -> Result<sys::CUdeviceptr> {
     if !t.is_contiguous() {
-        return Err(cuda_err("tensor is not contiguous"));
+        return Err(graph_err("tensor is not contiguous"));
     }
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cuda(cs) = &*storage else {
-        return Err(cuda_err("tensor is not on the GPU"));
+        return Err(graph_err("tensor is not on the GPU"));
     };
     let base = match t.dtype() {
         DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(stream).0,
         DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(stream).0,
-        other => return Err(cuda_err(format!("no fixed tensors of {other:?}"))),
+        other => return Err(graph_err(format!("no fixed tensors of {other:?}"))),
     };
     Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
 }
@@ -68,7 +68,7 @@ impl DecodeGraphs {
         max_context: usize,
     ) -> Result<Self> {
         let Device::Cuda(dev) = model.device() else {
-            return Err(cuda_err("the model is not on a GPU"));
+            return Err(graph_err("the model is not on a GPU"));
         };
         let started = std::time::Instant::now();
         let stream = dev.cuda_stream();
@@ -102,10 +102,10 @@ impl DecodeGraphs {
             let pad = pad_decode(&empty, b, me.max_blocks)?;
             me.load(attn, &empty, &pad)?;
             me.body(model, attn, b)?;
-            stream.synchronize().map_err(cuda_err)?;
+            stream.synchronize().map_err(graph_err)?;
             stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-                .map_err(cuda_err)?;
+                .map_err(graph_err)?;
             let body = me.body(model, attn, b);
             // End the capture whatever happened, so the stream is usable again.
             let graph = stream.end_capture(
@@ -113,14 +113,14 @@ impl DecodeGraphs {
             );
             body?;
             let graph = graph
-                .map_err(cuda_err)?
-                .ok_or_else(|| cuda_err(format!("capturing batch {b} gave no graph")))?;
-            graph.upload().map_err(cuda_err)?;
+                .map_err(graph_err)?
+                .ok_or_else(|| graph_err(format!("capturing batch {b} gave no graph")))?;
+            graph.upload().map_err(graph_err)?;
             captured.push((b, graph));
         }
         captured.reverse();
         (me.sizes, me.graphs) = captured.into_iter().unzip();
-        stream.synchronize().map_err(cuda_err)?;
+        stream.synchronize().map_err(graph_err)?;
         me.capture_secs = started.elapsed().as_secs_f64();
         Ok(me)
     }
@@ -142,14 +142,14 @@ impl DecodeGraphs {
                 rows * self.vocab * 4,
                 s.cu_stream(),
             )
-            .map_err(cuda_err)?;
+            .map_err(graph_err)?;
             cudarc::driver::result::memcpy_dtod_async(
                 device_ptr(&self.tokens, s)?,
                 device_ptr(&tokens, s)?,
                 rows * 4,
                 s.cu_stream(),
             )
-            .map_err(cuda_err)?;
+            .map_err(graph_err)?;
         }
         Ok(())
     }
@@ -171,13 +171,13 @@ impl DecodeGraphs {
                 &pad.token_ids,
                 s.cu_stream(),
             )
-            .map_err(cuda_err)?;
+            .map_err(graph_err)?;
             cudarc::driver::result::memcpy_htod_async(
                 device_ptr(&self.positions, s)?,
                 &pad.positions,
                 s.cu_stream(),
             )
-            .map_err(cuda_err)?;
+            .map_err(graph_err)?;
         }
         Ok(())
     }
@@ -204,10 +204,10 @@ impl DecodeGraphs {
             .sizes
             .iter()
             .position(|&s| s == rows)
-            .ok_or_else(|| cuda_err("size not captured"))?;
+            .ok_or_else(|| graph_err("size not captured"))?;
         let pad = pad_decode(batch, rows, self.max_blocks)?;
         self.load(attn, batch, &pad)?;
-        self.graphs[i].launch().map_err(cuda_err)?;
+        self.graphs[i].launch().map_err(graph_err)?;
         self.replays += 1;
         Ok(true)
     }

@@ -217,15 +217,13 @@ pub fn choices_n(state: &AppState, c: &CommonParams) -> Result<usize, ApiError> 
     Ok(n as usize)
 }
 
-/// The length check vLLM makes, with its message.
+/// The length check vLLM's API server makes (prompt + max_tokens within the context), with its
+/// message; an empty prompt is the engine's to refuse.
 pub fn check_length(
     prompt_len: usize,
     max_tokens: usize,
     max_model_len: usize,
 ) -> Result<(), ApiError> {
-    if prompt_len == 0 {
-        return Err(ApiError::invalid_field("prompt", "the prompt is empty"));
-    }
     if prompt_len + max_tokens > max_model_len {
         return Err(ApiError::bad_request(format!(
             "This model's maximum context length is {max_model_len} tokens. However, you requested {} tokens ({prompt_len} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",

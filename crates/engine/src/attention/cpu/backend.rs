@@ -14,20 +14,16 @@ use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheLayout;
 use crate::ops::with_f32;
 
+/// A CPU attention kernel over a paged cache of `T`: `(shape, q, k, v, step, out)`.
+pub type AttentionKernel<T> = fn(PagedAttentionShape, &[f32], &[T], &[T], StepRows<'_>, &mut [f32]);
+
 /// What a CPU cache holds: how a step's K and V rows are stored, and the kernel that reads
 /// them.
 pub trait CpuCacheElem: Copy + Default + Send + Sync + 'static {
     /// Stores K rows (`data: [rows, width]`) at their slots.
     fn write_k(cache: &mut [Self], data: &[f32], slots: &[u32], layout: &KvCacheLayout);
-    /// Attention of `q` over the cache of one layer.
-    fn attend(
-        shape: PagedAttentionShape,
-        q: &[f32],
-        k: &[Self],
-        v: &[Self],
-        step: StepRows<'_>,
-        out: &mut [f32],
-    );
+    /// The kernel: attention of `q` over the cache of one layer.
+    const ATTEND: AttentionKernel<Self>;
     fn from_f32(x: f32) -> Self;
 }
 
@@ -43,16 +39,7 @@ impl CpuCacheElem for f16 {
         }
     }
 
-    fn attend(
-        shape: PagedAttentionShape,
-        q: &[f32],
-        k: &[Self],
-        v: &[Self],
-        step: StepRows<'_>,
-        out: &mut [f32],
-    ) {
-        paged_attention_cpu_f16(shape, q, k, v, step, out)
-    }
+    const ATTEND: AttentionKernel<Self> = paged_attention_cpu_f16;
 
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
@@ -64,16 +51,7 @@ impl CpuCacheElem for f32 {
         write_rows(cache, data, slots, layout.num_kv_heads * layout.head_dim)
     }
 
-    fn attend(
-        shape: PagedAttentionShape,
-        q: &[f32],
-        k: &[Self],
-        v: &[Self],
-        step: StepRows<'_>,
-        out: &mut [f32],
-    ) {
-        paged_attention_cpu(shape, q, k, v, step, out)
-    }
+    const ATTEND: AttentionKernel<Self> = paged_attention_cpu;
 
     fn from_f32(x: f32) -> Self {
         x
@@ -152,7 +130,7 @@ impl<T: CpuCacheElem> AttentionBackend for CpuAttention<T> {
         let mut out = vec![0f32; n * width];
         let (k, v) = (&self.k[layer], &self.v[layer]);
         with_f32(q, |qd| {
-            T::attend(shape, qd, k, v, StepRows::of(batch), &mut out)
+            (T::ATTEND)(shape, qd, k, v, StepRows::of(batch), &mut out)
         })?;
         Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(q.dtype())?)
     }

@@ -16,10 +16,6 @@ use crate::cuda::{contiguous_view, cuda_err};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheLayout;
 
-fn engine_err(e: impl std::fmt::Display) -> EngineError {
-    EngineError::cuda(e)
-}
-
 /// One step's metadata on the device, uploaded once and read by every layer.
 struct StepBuffers {
     slots: CudaSlice<i32>,
@@ -127,13 +123,21 @@ pub struct CudaPagedAttention<T> {
 impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
     pub fn new(device: &CudaDevice, layout: KvCacheLayout, num_heads: usize) -> Result<Self> {
         let stream = device.cuda_stream();
-        let kernels = CudaKernels::on_stream(stream.clone()).map_err(engine_err)?;
+        let kernels = CudaKernels::on_stream(stream.clone()).map_err(EngineError::cuda)?;
         let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
         let mut k = Vec::with_capacity(layout.num_layers);
         let mut v = Vec::with_capacity(layout.num_layers);
         for _ in 0..layout.num_layers {
-            k.push(stream.alloc_zeros::<T>(per_layer).map_err(engine_err)?);
-            v.push(stream.alloc_zeros::<T>(per_layer).map_err(engine_err)?);
+            k.push(
+                stream
+                    .alloc_zeros::<T>(per_layer)
+                    .map_err(EngineError::cuda)?,
+            );
+            v.push(
+                stream
+                    .alloc_zeros::<T>(per_layer)
+                    .map_err(EngineError::cuda)?,
+            );
         }
         Ok(Self {
             layout,
@@ -222,16 +226,16 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let all_decode = batch.query_start_loc.windows(2).all(|w| w[1] - w[0] == 1);
         let st = &self.kernels.stream;
         self.step = Some(StepBuffers {
-            slots: st.clone_htod(&slots).map_err(engine_err)?,
-            tables: st.clone_htod(&tables).map_err(engine_err)?,
+            slots: st.clone_htod(&slots).map_err(EngineError::cuda)?,
+            tables: st.clone_htod(&tables).map_err(EngineError::cuda)?,
             context_lens: st
                 .clone_htod(&i32s(&batch.context_lens))
-                .map_err(engine_err)?,
+                .map_err(EngineError::cuda)?,
             query_start_loc: st
                 .clone_htod(&i32s(&batch.query_start_loc))
-                .map_err(engine_err)?,
+                .map_err(EngineError::cuda)?,
             num_tiles: tiles.len() / 3,
-            tiles: st.clone_htod(&tiles).map_err(engine_err)?,
+            tiles: st.clone_htod(&tiles).map_err(EngineError::cuda)?,
             num_tokens: batch.num_tokens(),
             all_decode,
             shape: DecodeShape {
@@ -276,7 +280,7 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let (kc, vc) = (&mut self.k[layer], &mut self.v[layer]);
         self.kernels
             .reshape_and_cache(&kv, &vv, kc, vc, step.slots, step.num_tokens, width)
-            .map_err(engine_err)
+            .map_err(EngineError::cuda)
     }
 
     fn attend(&self, layer: usize, q: &Tensor, _batch: &FlatBatch) -> Result<Tensor> {
@@ -295,7 +299,7 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let l = self.layout;
         let max_blocks = max_context.div_ceil(l.block_size).max(1);
         let st = &self.kernels.stream;
-        let zeros = |n: usize| st.alloc_zeros::<i32>(n.max(1)).map_err(engine_err);
+        let zeros = |n: usize| st.alloc_zeros::<i32>(n.max(1)).map_err(EngineError::cuda);
         // Scratch for the widest split-K launch a step of these shapes can choose.
         let parts = max_context
             .div_ceil(crate::attention::split::PARTITION_SIZE)
@@ -303,9 +307,9 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         let n_part = max_seqs * self.num_heads * parts;
         let scratch = (
             st.alloc_zeros::<f32>(n_part * l.head_dim)
-                .map_err(engine_err)?,
-            st.alloc_zeros::<f32>(n_part).map_err(engine_err)?,
-            st.alloc_zeros::<f32>(n_part).map_err(engine_err)?,
+                .map_err(EngineError::cuda)?,
+            st.alloc_zeros::<f32>(n_part).map_err(EngineError::cuda)?,
+            st.alloc_zeros::<f32>(n_part).map_err(EngineError::cuda)?,
         );
         self.fixed = Some(FixedDecode {
             slots: zeros(max_seqs)?,
@@ -342,14 +346,14 @@ impl<T: KernelType + CudaDType> AttentionBackend for CudaPagedAttention<T> {
         }
         let st = &self.kernels.stream;
         st.memcpy_htod(&padded.slots, &mut f.slots.slice_mut(0..rows))
-            .map_err(engine_err)?;
+            .map_err(EngineError::cuda)?;
         st.memcpy_htod(
             &padded.block_tables,
             &mut f.tables.slice_mut(0..rows * f.max_blocks),
         )
-        .map_err(engine_err)?;
+        .map_err(EngineError::cuda)?;
         st.memcpy_htod(&padded.context_lens, &mut f.context_lens.slice_mut(0..rows))
-            .map_err(engine_err)?;
+            .map_err(EngineError::cuda)?;
         f.rows = rows;
         self.fixed_active = true;
         Ok(())
