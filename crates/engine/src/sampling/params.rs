@@ -177,3 +177,156 @@ impl SamplingParams {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every out-of-range field is refused with its own (OpenAI) name, and the edges of each
+    /// range are accepted.
+    #[test]
+    fn check_names_the_field_out_of_range() {
+        let vocab = 100;
+        let p = SamplingParams::default;
+        let cases: Vec<(&str, SamplingParams)> = vec![
+            (
+                "temperature",
+                SamplingParams {
+                    temperature: -0.1,
+                    ..p()
+                },
+            ),
+            (
+                "temperature",
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..p()
+                },
+            ),
+            (
+                "temperature",
+                SamplingParams {
+                    temperature: 100.5,
+                    ..p()
+                },
+            ),
+            ("top_p", SamplingParams { top_p: 0.0, ..p() }),
+            ("top_p", SamplingParams { top_p: 1.01, ..p() }),
+            (
+                "top_k",
+                SamplingParams {
+                    top_k: vocab + 1,
+                    ..p()
+                },
+            ),
+            ("min_p", SamplingParams { min_p: -0.5, ..p() }),
+            ("min_p", SamplingParams { min_p: 1.5, ..p() }),
+            (
+                "repetition_penalty",
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..p()
+                },
+            ),
+            (
+                "repetition_penalty",
+                SamplingParams {
+                    repetition_penalty: 101.0,
+                    ..p()
+                },
+            ),
+            (
+                "presence_penalty",
+                SamplingParams {
+                    presence_penalty: 2.5,
+                    ..p()
+                },
+            ),
+            (
+                "frequency_penalty",
+                SamplingParams {
+                    frequency_penalty: -2.5,
+                    ..p()
+                },
+            ),
+            (
+                "max_tokens",
+                SamplingParams {
+                    max_tokens: 0,
+                    ..p()
+                },
+            ),
+            (
+                "min_tokens",
+                SamplingParams {
+                    min_tokens: 17,
+                    ..p()
+                },
+            ),
+            (
+                "logit_bias",
+                SamplingParams {
+                    logit_bias: vec![(vocab as u32, 1.0)],
+                    ..p()
+                },
+            ),
+            (
+                "logit_bias",
+                SamplingParams {
+                    logit_bias: vec![(3, 101.0)],
+                    ..p()
+                },
+            ),
+            (
+                "stop_token_ids",
+                SamplingParams {
+                    stop_token_ids: vec![vocab as u32],
+                    ..p()
+                },
+            ),
+            (
+                "logprobs",
+                SamplingParams {
+                    logprobs: Some(MAX_LOGPROBS + 1),
+                    ..p()
+                },
+            ),
+            (
+                "prompt_logprobs",
+                SamplingParams {
+                    prompt_logprobs: Some(MAX_LOGPROBS + 1),
+                    ..p()
+                },
+            ),
+            (
+                "stop",
+                SamplingParams {
+                    stop: vec![String::new()],
+                    ..p()
+                },
+            ),
+        ];
+        for (field, params) in cases {
+            let err = params.check(vocab).expect_err(field);
+            assert_eq!(err.param, field, "{params:?}: {}", err.message);
+            assert!(err.message.contains(field), "{}", err.message);
+        }
+        let edges = SamplingParams {
+            temperature: 100.0,
+            top_p: 1.0,
+            top_k: vocab,
+            min_p: 1.0,
+            repetition_penalty: 100.0,
+            presence_penalty: -2.0,
+            frequency_penalty: 2.0,
+            min_tokens: 16,
+            logit_bias: vec![(vocab as u32 - 1, -100.0)],
+            stop_token_ids: vec![vocab as u32 - 1],
+            logprobs: Some(MAX_LOGPROBS),
+            prompt_logprobs: Some(0),
+            stop: vec!["x".into()],
+            ..p()
+        };
+        assert_eq!(edges.check(vocab), Ok(()));
+    }
+}
