@@ -8,6 +8,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    simd_cfg();
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -18,6 +19,19 @@ fn main() {
     println!("cargo:rerun-if-env-changed=FERROLM_CUDA_ARCHS");
     link_stubs(&out, &cuda_home);
     compile_kernels(&out, &cuda_home);
+}
+
+/// `cfg(x86_v3)`: the target is x86-64 with AVX2, FMA and F16C (x86-64-v3, which the
+/// Makefile builds for), the SIMD our CPU kernels are written in; elsewhere they take their
+/// portable forms.
+fn simd_cfg() {
+    println!("cargo::rustc-check-cfg=cfg(x86_v3)");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    let has = |f: &str| features.split(',').any(|x| x == f);
+    let x86 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    if x86 && has("avx2") && has("fma") && has("f16c") {
+        println!("cargo::rustc-cfg=x86_v3");
+    }
 }
 
 /// candle-kernels asks for -lcudart and -lstdc++: give the linker scripts that name the

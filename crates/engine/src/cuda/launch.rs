@@ -145,6 +145,25 @@ impl<T: CudaDType + cudarc::driver::DeviceRepr> OpLaunch<T> {
     }
 }
 
+/// One input of a custom op: its storage and layout.
+pub(crate) type OpInput<'a> = (&'a CudaStorage, &'a Layout);
+
+/// What a custom op's `cuda_fwd` returns.
+pub(crate) type OpResult = candle_core::Result<(CudaStorage, candle_core::Shape)>;
+
+/// Launches an [`OpLaunch`]'s kernel with a launch config and the kernel's arguments in
+/// order (`&mut launch.out` where the kernel writes its output); a candle error on failure.
+macro_rules! launch_op {
+    ($launch:ident, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let mut args = $launch.stream.launch_builder(&$launch.func);
+        $(args.arg($arg);)+
+        // SAFETY: each op passes its kernel's parameters in number, order and type, and
+        // sizes the grid to the buffers it passes.
+        unsafe { args.launch($cfg) }.map_err($crate::cuda::cuda_err)
+    }};
+}
+pub(crate) use launch_op;
+
 /// A launch of `grid` blocks of `block` threads, no dynamic shared memory.
 pub(crate) fn launch_config(grid: (u32, u32, u32), block: u32) -> cudarc::driver::LaunchConfig {
     cudarc::driver::LaunchConfig {

@@ -13,7 +13,7 @@ pub(crate) use kernels::{
 };
 pub(crate) use launch::{
     by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, gemv_module,
-    launch_config, OpLaunch,
+    launch_config, launch_op, OpInput, OpLaunch, OpResult,
 };
 pub use pool::{keep_freed_memory, set_pool_release_threshold, trim_pool};
 

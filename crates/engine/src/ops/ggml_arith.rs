@@ -47,11 +47,7 @@ pub fn expf(x: f32) -> f32 {
 /// which softmax and SiLU inputs nearly always are; else lane by lane): the same bits.
 #[inline]
 pub fn expf8(x: [f32; 8]) -> [f32; 8] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
+    #[cfg(x86_v3)]
     // SAFETY: AVX2 and FMA are in the build's target.
     unsafe {
         use std::arch::x86_64::*;
@@ -72,11 +68,7 @@ fn expf8_portable(x: [f32; 8]) -> [f32; 8] {
 ///
 /// # Safety
 /// The CPU must have AVX2 and FMA (this build's target guarantees it where compiled).
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+#[cfg(x86_v3)]
 #[inline(always)]
 pub unsafe fn expf8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;

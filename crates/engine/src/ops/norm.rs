@@ -53,12 +53,13 @@ pub fn add_rms_norm(
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{DType, Layout, Shape, Storage, Tensor};
+    use candle_core::cuda::CudaDType;
+    use candle_core::{DType, Storage, Tensor};
     use cudarc::driver::PushKernelArg;
 
     use crate::cuda::{
-        contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config, KernelType, OpLaunch,
+        contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config, launch_op,
+        KernelType, OpInput, OpLaunch, OpResult,
     };
     use crate::error::{EngineError, Result};
 
@@ -72,11 +73,9 @@ mod cuda {
     impl AddRmsNorm<'_> {
         fn run<T: KernelType + CudaDType, R: KernelType + CudaDType>(
             &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            (s1, l1): OpInput,
+            (s2, l2): OpInput,
+        ) -> OpResult {
             let (rows, h) = l1.shape().dims2()?;
             let (x, r) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<R>(s2, l2)?);
             let (ws, wl) = self.weight.storage_and_layout();
@@ -92,20 +91,17 @@ mod cuda {
             let mut launch = OpLaunch::<R>::new(s1, fused_module, &name, 2 * rows * h)?;
             let (rows_i, h_i) = (rows as i32, h as i32);
             let cfg = launch_config((rows as u32, 1, 1), h.next_multiple_of(32).min(1024) as u32);
-            unsafe {
-                launch
-                    .stream
-                    .launch_builder(&launch.func)
-                    .arg(&x)
-                    .arg(&r)
-                    .arg(&w)
-                    .arg(&mut launch.out)
-                    .arg(&rows_i)
-                    .arg(&h_i)
-                    .arg(&self.eps)
-                    .launch(cfg)
-                    .map_err(cuda_err)?
-            };
+            launch_op!(
+                launch,
+                cfg,
+                &x,
+                &r,
+                &w,
+                &mut launch.out,
+                &rows_i,
+                &h_i,
+                &self.eps
+            )?;
             Ok(launch.finish((2, rows, h)))
         }
     }
@@ -116,11 +112,11 @@ mod cuda {
         }
         use half::{bf16, f16};
         match (s1.dtype(), s2.dtype()) {
-            (DType::F32, DType::F32) => op.run::<f32, f32>(s1, l1, s2, l2),
-            (DType::F16, DType::F16) => op.run::<f16, f16>(s1, l1, s2, l2),
-            (DType::BF16, DType::BF16) => op.run::<bf16, bf16>(s1, l1, s2, l2),
-            (DType::F16, DType::F32) => op.run::<f16, f32>(s1, l1, s2, l2),
-            (DType::BF16, DType::F32) => op.run::<bf16, f32>(s1, l1, s2, l2),
+            (DType::F32, DType::F32) => op.run::<f32, f32>((s1, l1), (s2, l2)),
+            (DType::F16, DType::F16) => op.run::<f16, f16>((s1, l1), (s2, l2)),
+            (DType::BF16, DType::BF16) => op.run::<bf16, bf16>((s1, l1), (s2, l2)),
+            (DType::F16, DType::F32) => op.run::<f16, f32>((s1, l1), (s2, l2)),
+            (DType::BF16, DType::F32) => op.run::<bf16, f32>((s1, l1), (s2, l2)),
             (a, b) => Err(cuda_err(format!(
                 "add_rms_norm: {a:?} delta, {b:?} residual"
             ))),

@@ -56,15 +56,9 @@ pub fn rope_split_qkv(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if qkv.device().is_cuda() && crate::env::get().fused_ops {
-        let n = qkv.dims2()?.0;
-        let half = hd / 2;
-        return cuda::rope_split_qkv(
-            qkv,
-            &cos.reshape((n, half))?,
-            &sin.reshape((n, half))?,
-            (nh, nkv, hd),
-            neox,
-        );
+        let (n, half) = (qkv.dims2()?.0, hd / 2);
+        let (cos, sin) = (cos.reshape((n, half))?, sin.reshape((n, half))?);
+        return cuda::RopeSplitQkv { nh, nkv, hd, neox }.apply(qkv, &cos, &sin);
     }
     let _ = (cos, sin, neox);
     let (qw, kw) = (nh * hd, nkv * hd);
@@ -78,35 +72,32 @@ pub fn rope_split_qkv(
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{Layout, Shape, Tensor};
+    use candle_core::cuda::CudaDType;
+    use candle_core::Tensor;
     use cudarc::driver::PushKernelArg;
 
     use crate::cuda::{
         by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config,
-        KernelType, OpLaunch,
+        launch_op, KernelType, OpInput, OpLaunch, OpResult,
     };
     use crate::error::Result;
 
     /// A stacked QKV projection's output split into rotated q, rotated k and v (kernel
     /// `rope_split_qkv`): one kernel where the split path runs two rope kernels and copies.
-    struct RopeSplitQkv {
-        nh: usize,
-        nkv: usize,
-        hd: usize,
-        neox: bool,
+    pub(super) struct RopeSplitQkv {
+        pub nh: usize,
+        pub nkv: usize,
+        pub hd: usize,
+        pub neox: bool,
     }
 
     impl RopeSplitQkv {
         fn run<T: KernelType + CudaDType>(
             &self,
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-            s3: &CudaStorage,
-            l3: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            (s1, l1): OpInput,
+            (s2, l2): OpInput,
+            (s3, l3): OpInput,
+        ) -> OpResult {
             let (n, width) = l1.shape().dims2()?;
             let (nh, nkv, hd) = (self.nh, self.nkv, self.hd);
             if width != (nh + 2 * nkv) * hd
@@ -130,22 +121,19 @@ mod cuda {
                 (n as u32, (nh + 2 * nkv) as u32, 1),
                 (hd / 2).next_multiple_of(32).min(128) as u32,
             );
-            unsafe {
-                launch
-                    .stream
-                    .launch_builder(&launch.func)
-                    .arg(&qkv)
-                    .arg(&cos)
-                    .arg(&sin)
-                    .arg(&mut launch.out)
-                    .arg(&n_i)
-                    .arg(&nh_i)
-                    .arg(&nkv_i)
-                    .arg(&hd_i)
-                    .arg(&neox)
-                    .launch(cfg)
-                    .map_err(cuda_err)?
-            };
+            launch_op!(
+                launch,
+                cfg,
+                &qkv,
+                &cos,
+                &sin,
+                &mut launch.out,
+                &n_i,
+                &nh_i,
+                &nkv_i,
+                &hd_i,
+                &neox
+            )?;
             Ok(launch.finish(n * width))
         }
     }
@@ -157,30 +145,32 @@ mod cuda {
             if s2.dtype() != s1.dtype() || s3.dtype() != s1.dtype() {
                 return Err(cuda_err("rope_split_qkv: cos/sin differ in type from qkv"));
             }
-            by_float_type!(s1.dtype(), "rope_split_qkv", T => op.run::<T>(s1, l1, s2, l2, s3, l3))
+            by_float_type!(s1.dtype(), "rope_split_qkv", T => op.run::<T>((s1, l1), (s2, l2), (s3, l3)))
         }
     );
 
-    /// `qkv` `[n, (nh + 2 nkv) * hd]` to `(q [n, nh*hd], k [n, nkv*hd], v [n, nkv*hd])`, q and k
-    /// rotated by `cos`/`sin` (`[n, hd/2]` in qkv's type; `neox`: rotate halves, else pairs).
-    pub fn rope_split_qkv(
-        qkv: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        (nh, nkv, hd): (usize, usize, usize),
-        neox: bool,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let n = qkv.dims2()?.0;
-        let flat = qkv.contiguous()?.apply_op3_no_bwd(
-            &cos.contiguous()?,
-            &sin.contiguous()?,
-            &RopeSplitQkv { nh, nkv, hd, neox },
-        )?;
-        let (qw, kw) = (nh * hd, nkv * hd);
-        Ok((
-            flat.narrow(0, 0, n * qw)?.reshape((n, qw))?,
-            flat.narrow(0, n * qw, n * kw)?.reshape((n, kw))?,
-            flat.narrow(0, n * (qw + kw), n * kw)?.reshape((n, kw))?,
-        ))
+    impl RopeSplitQkv {
+        /// `qkv` `[n, (nh + 2 nkv) * hd]` to `(q [n, nh*hd], k [n, nkv*hd], v [n, nkv*hd])`,
+        /// q and k rotated by `cos`/`sin` (`[n, hd/2]` in qkv's type; `neox`: rotate halves,
+        /// else pairs).
+        pub fn apply(
+            self,
+            qkv: &Tensor,
+            cos: &Tensor,
+            sin: &Tensor,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let n = qkv.dims2()?.0;
+            let (qw, kw) = (self.nh * self.hd, self.nkv * self.hd);
+            let flat = qkv.contiguous()?.apply_op3_no_bwd(
+                &cos.contiguous()?,
+                &sin.contiguous()?,
+                &self,
+            )?;
+            Ok((
+                flat.narrow(0, 0, n * qw)?.reshape((n, qw))?,
+                flat.narrow(0, n * qw, n * kw)?.reshape((n, kw))?,
+                flat.narrow(0, n * (qw + kw), n * kw)?.reshape((n, kw))?,
+            ))
+        }
     }
 }

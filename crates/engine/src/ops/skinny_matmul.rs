@@ -2,13 +2,13 @@
 //! `gpu-check` rows.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::{CudaDType, CudaStorage};
-use candle_core::{DType, Layout, Shape, Tensor};
+use candle_core::cuda::CudaDType;
+use candle_core::{DType, Tensor};
 use cudarc::driver::{DevicePtr, PushKernelArg};
 
 use crate::cuda::{
-    by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, launch_config, KernelType,
-    OpLaunch,
+    by_float_type, contiguous_view, cuda_err, cuda_only_op, gemv_module, launch_config, launch_op,
+    KernelType, OpInput, OpLaunch, OpResult,
 };
 use crate::error::{EngineError, Result};
 use crate::instrument::CheckRow;
@@ -20,12 +20,7 @@ pub const GEMV_MAX_ROWS: usize = 4;
 struct Gemv;
 
 impl Gemv {
-    fn run<T: KernelType + CudaDType>(
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn run<T: KernelType + CudaDType>((s1, l1): OpInput, (s2, l2): OpInput) -> OpResult {
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         let vec = 16 / std::mem::size_of::<T>();
@@ -43,18 +38,7 @@ impl Gemv {
             OpLaunch::<T>::new(s1, gemv_module, &format!("gemv_m{m}_{}", T::SUFFIX), m * n)?;
         let (n_i, k_i) = (n as i32, k as i32);
         let cfg = launch_config((n.div_ceil(8) as u32, 1, 1), 256);
-        unsafe {
-            launch
-                .stream
-                .launch_builder(&launch.func)
-                .arg(&x)
-                .arg(&w)
-                .arg(&mut launch.out)
-                .arg(&n_i)
-                .arg(&k_i)
-                .launch(cfg)
-                .map_err(cuda_err)?
-        };
+        launch_op!(launch, cfg, &x, &w, &mut launch.out, &n_i, &k_i)?;
         Ok(launch.finish((m, n)))
     }
 }
@@ -63,7 +47,7 @@ cuda_only_op!(CustomOp2 for Gemv, "gemv", |_op, s1, l1, s2, l2| {
     if s1.dtype() != s2.dtype() {
         return Err(cuda_err("gemv: x and w differ in type"));
     }
-    by_float_type!(s1.dtype(), "gemv", T => Gemv::run::<T>(s1, l1, s2, l2))
+    by_float_type!(s1.dtype(), "gemv", T => Gemv::run::<T>((s1, l1), (s2, l2)))
 });
 
 /// `x w^T` through the skinny matmul kernel when it applies (CUDA, `x` of at most

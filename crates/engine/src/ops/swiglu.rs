@@ -65,25 +65,20 @@ pub fn silu_mul_packed(gu: &Tensor) -> Result<Tensor> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda::{CudaDType, CudaStorage};
-    use candle_core::{Layout, Shape, Tensor};
+    use candle_core::cuda::CudaDType;
+    use candle_core::Tensor;
     use cudarc::driver::PushKernelArg;
 
     use crate::cuda::{
         by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, launch_config,
-        KernelType, OpLaunch,
+        launch_op, KernelType, OpInput, OpLaunch, OpResult,
     };
     use crate::error::Result;
 
     struct SiluMul;
 
     impl SiluMul {
-        fn run<T: KernelType + CudaDType>(
-            s1: &CudaStorage,
-            l1: &Layout,
-            s2: &CudaStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn run<T: KernelType + CudaDType>((s1, l1): OpInput, (s2, l2): OpInput) -> OpResult {
             let n = l1.shape().elem_count();
             let (g, u) = (contiguous_view::<T>(s1, l1)?, contiguous_view::<T>(s2, l2)?);
             let mut launch =
@@ -91,17 +86,7 @@ mod cuda {
             let n64 = n as i64;
             let blocks = n.div_ceil(256).min(65535 * 8) as u32;
             let cfg = launch_config((blocks.max(1), 1, 1), 256);
-            unsafe {
-                launch
-                    .stream
-                    .launch_builder(&launch.func)
-                    .arg(&g)
-                    .arg(&u)
-                    .arg(&mut launch.out)
-                    .arg(&n64)
-                    .launch(cfg)
-                    .map_err(cuda_err)?
-            };
+            launch_op!(launch, cfg, &g, &u, &mut launch.out, &n64)?;
             Ok(launch.finish(l1.shape().clone()))
         }
     }
@@ -110,7 +95,7 @@ mod cuda {
         if l1.shape() != l2.shape() {
             return Err(cuda_err("silu_mul: gate and up differ in shape"));
         }
-        by_float_type!(s1.dtype(), "silu_mul", T => SiluMul::run::<T>(s1, l1, s2, l2))
+        by_float_type!(s1.dtype(), "silu_mul", T => SiluMul::run::<T>((s1, l1), (s2, l2)))
     });
 
     /// `silu(gate) * up` in one kernel.
@@ -123,10 +108,7 @@ mod cuda {
     struct SiluMulPacked;
 
     impl SiluMulPacked {
-        fn run<T: KernelType + CudaDType>(
-            s1: &CudaStorage,
-            l1: &Layout,
-        ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn run<T: KernelType + CudaDType>((s1, l1): OpInput) -> OpResult {
             let (rows, w) = l1.shape().dims2()?;
             if w % 2 != 0 {
                 return Err(cuda_err("silu_mul_packed: odd width"));
@@ -142,23 +124,13 @@ mod cuda {
             let (rows_i, ff_i) = (rows as i64, ff as i64);
             let blocks = (rows * ff).div_ceil(256).min(65535 * 8) as u32;
             let cfg = launch_config((blocks.max(1), 1, 1), 256);
-            unsafe {
-                launch
-                    .stream
-                    .launch_builder(&launch.func)
-                    .arg(&gu)
-                    .arg(&mut launch.out)
-                    .arg(&rows_i)
-                    .arg(&ff_i)
-                    .launch(cfg)
-                    .map_err(cuda_err)?
-            };
+            launch_op!(launch, cfg, &gu, &mut launch.out, &rows_i, &ff_i)?;
             Ok(launch.finish((rows, ff)))
         }
     }
 
     cuda_only_op!(CustomOp1 for SiluMulPacked, "silu_mul_packed", |_op, s1, l1| {
-        by_float_type!(s1.dtype(), "silu_mul_packed", T => SiluMulPacked::run::<T>(s1, l1))
+        by_float_type!(s1.dtype(), "silu_mul_packed", T => SiluMulPacked::run::<T>((s1, l1)))
     });
 
     /// `[rows, 2 ff]` (gate, then up) to `silu(gate) * up` `[rows, ff]` in one kernel.

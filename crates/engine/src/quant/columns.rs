@@ -4,15 +4,7 @@
 /// consecutive blocks, so a register tile of up to four columns reads one forward stream
 /// (four separate column streams read ~3.5x slower from memory on this project's CPU kind).
 /// One (GGUF's own layout) where the tiled kernels are not built.
-pub const COLUMN_GROUP: usize = if cfg!(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)) {
-    4
-} else {
-    1
-};
+pub const COLUMN_GROUP: usize = if cfg!(x86_v3) { 4 } else { 1 };
 
 /// GGUF's `[n, kb]` blocks regrouped by [`COLUMN_GROUP`]; a last partial group is padded with
 /// copies of the last column (read by no tile: tiles stop at `n`).

@@ -180,13 +180,14 @@ impl Dot for Vnni {
     }
 }
 
-/// One Q4_1 x Q8_1 matmul: raw views of the operands (a task reads its own columns).
-struct Q4Problem {
+/// One quantized matmul: raw views of the operands (a task reads its own columns).
+struct Problem<W, X> {
     /// `[n, kb]` weight blocks, columns grouped (see `COLUMN_GROUP`).
-    w: *const BlockQ4_1,
+    w: *const W,
     /// `[m, kb]` activation blocks.
-    x: *const BlockQ8_1,
-    /// Activation scales `d` and `s` in f32, `[m / 4 (rounded up), kb]` lanes of 4 rows.
+    x: *const X,
+    /// Activation scales `d` and (for weights with a min term) `s` in f32, `[m / 4 (rounded
+    /// up), kb]` lanes of 4 rows; `xs` is empty for types without one.
     xd: *const [f32; 4],
     xs: *const [f32; 4],
     /// `[m, n]` outputs.
@@ -196,20 +197,13 @@ struct Q4Problem {
     kb: usize,
 }
 
-/// One Q8_0 x Q8_0 matmul (as [`Q4Problem`], without the min term).
-struct Q8Problem {
-    w: *const BlockQ8_0,
-    x: *const BlockQ8_0,
-    xd: *const [f32; 4],
-    out: *mut f32,
-    m: usize,
-    n: usize,
-    kb: usize,
-}
+/// Q4_1 weights x Q8_1 activations.
+type Q4Problem = Problem<BlockQ4_1, BlockQ8_1>;
+/// Q8_0 weights x Q8_0 activations (no min term).
+type Q8Problem = Problem<BlockQ8_0, BlockQ8_0>;
 
 // SAFETY: tasks read the shared inputs and write disjoint output columns.
-unsafe impl Sync for Q4Problem {}
-unsafe impl Sync for Q8Problem {}
+unsafe impl<W, X> Sync for Problem<W, X> {}
 
 /// An R x C tile of Q4_1 outputs: rows `r0..r0+R`, columns `c0..c0+C`.
 #[allow(clippy::needless_range_loop)] // rows and columns index parallel register arrays
@@ -416,24 +410,22 @@ pub(crate) fn gemm_q4_1_with(
     n: usize,
     out: &mut [f32],
 ) {
-    let Some(kb) = blocks_per_row(m, n, x.len(), w.len(), out.len()) else {
-        return;
+    let scales = ScaleFns {
+        d: |b: &BlockQ8_1| b.d.to_f32(),
+        s: Some(|b: &BlockQ8_1| b.s.to_f32()),
     };
-    let xd = by_four(m, kb, |r, b| x[r * kb + b].d.to_f32());
-    let xs = by_four(m, kb, |r, b| x[r * kb + b].s.to_f32());
-    let p = Q4Problem {
-        w: w.as_ptr(),
-        x: x.as_ptr(),
-        xd: xd.as_ptr(),
-        xs: xs.as_ptr(),
-        out: out.as_mut_ptr(),
-        m,
-        n,
-        kb,
-    };
-    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it
-    // (tests pass that choice back in).
-    unsafe { run_tasks(&p, n, isa, q4_1_task_avx2, q4_1_task_vnni) }
+    // SAFETY: `gemm_with` checks the sizes; the VNNI form runs only where `cpu_isa` probed
+    // it (tests pass that choice back in).
+    unsafe {
+        gemm_with(
+            isa,
+            (w, x),
+            (m, n),
+            out,
+            scales,
+            (q4_1_task_avx2, q4_1_task_vnni),
+        )
+    }
 }
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` for Q8_0 weights and Q8_0 activations.
@@ -449,21 +441,66 @@ pub(crate) fn gemm_q8_0_with(
     n: usize,
     out: &mut [f32],
 ) {
+    let scales = ScaleFns {
+        d: |b: &BlockQ8_0| b.d.to_f32(),
+        s: None,
+    };
+    // SAFETY: as in `gemm_q4_1_with`.
+    unsafe {
+        gemm_with(
+            isa,
+            (w, x),
+            (m, n),
+            out,
+            scales,
+            (q8_0_task_avx2, q8_0_task_vnni),
+        )
+    }
+}
+
+/// How an activation block's scale `d` (and min-term scale `s`, where the weight type has
+/// one) read as f32.
+struct ScaleFns<X> {
+    d: fn(&X) -> f32,
+    s: Option<fn(&X) -> f32>,
+}
+
+/// The column tasks of pointer type `P`: the AVX2 kernel, then the VNNI one.
+type TaskKernels<P> = (unsafe fn(&P, usize, usize), unsafe fn(&P, usize, usize));
+
+/// `out[m, n] = x[m, kb] . w[n, kb]^T`: the activations' scales as lanes of four rows, then
+/// the column tasks of `isa`.
+///
+/// # Safety
+/// The VNNI kernel must run only where [`cpu_isa`] probed it.
+unsafe fn gemm_with<W, X>(
+    isa: CpuIsa,
+    (w, x): (&[W], &[X]),
+    (m, n): (usize, usize),
+    out: &mut [f32],
+    scales: ScaleFns<X>,
+    (avx2, vnni): TaskKernels<Problem<W, X>>,
+) {
     let Some(kb) = blocks_per_row(m, n, x.len(), w.len(), out.len()) else {
         return;
     };
-    let xd = by_four(m, kb, |r, b| x[r * kb + b].d.to_f32());
-    let p = Q8Problem {
+    let xd = by_four(m, kb, |r, b| (scales.d)(&x[r * kb + b]));
+    let xs = match scales.s {
+        Some(s) => by_four(m, kb, |r, b| s(&x[r * kb + b])),
+        None => Vec::new(),
+    };
+    let p = Problem {
         w: w.as_ptr(),
         x: x.as_ptr(),
         xd: xd.as_ptr(),
+        xs: xs.as_ptr(),
         out: out.as_mut_ptr(),
         m,
         n,
         kb,
     };
-    // SAFETY: as in `gemm_q4_1_with`.
-    unsafe { run_tasks(&p, n, isa, q8_0_task_avx2, q8_0_task_vnni) }
+    // SAFETY: the sizes are checked above; the caller vouches for the ISA.
+    unsafe { run_tasks(&p, n, isa, avx2, vnni) }
 }
 
 #[cfg(test)]

@@ -2,12 +2,6 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use super::columns::interleave;
@@ -159,58 +153,48 @@ impl QuantizedRows {
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+#[cfg(x86_v3)]
 use super::gemm::{gemm_q4_1, gemm_q8_0};
+#[cfg(not(x86_v3))]
+use portable_gemm::{gemm_q4_1, gemm_q8_0};
 
 /// Without AVX2: one portable dot product per output element, parallel over columns.
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-fn gemm_portable<W: Sync, X: Sync>(
-    w: &[W],
-    x: &[X],
-    m: usize,
-    n: usize,
-    out: &mut [f32],
-    dot: impl Fn(&[W], &[X]) -> f32 + Sync,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let kb = x.len() / m;
-    let mut t = vec![0f32; n * m];
-    t.par_chunks_mut(m).enumerate().for_each(|(c, col)| {
-        for (r, o) in col.iter_mut().enumerate() {
-            *o = dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
-        }
-    });
-    for r in 0..m {
-        for c in 0..n {
-            out[r * n + c] = t[c * m + r];
-        }
-    }
-}
+#[cfg(not(x86_v3))]
+mod portable_gemm {
+    use rayon::prelude::*;
 
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-fn gemm_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1], m: usize, n: usize, out: &mut [f32]) {
-    gemm_portable(w, x, m, n, out, super::blocks::dot_q4_1_q8_1)
-}
+    use crate::quant::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], m: usize, n: usize, out: &mut [f32]) {
-    gemm_portable(w, x, m, n, out, super::blocks::dot_q8_0_q8_0)
+    fn gemm_portable<W: Sync, X: Sync>(
+        w: &[W],
+        x: &[X],
+        m: usize,
+        n: usize,
+        out: &mut [f32],
+        dot: impl Fn(&[W], &[X]) -> f32 + Sync,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let kb = x.len() / m;
+        let mut t = vec![0f32; n * m];
+        t.par_chunks_mut(m).enumerate().for_each(|(c, col)| {
+            for (r, o) in col.iter_mut().enumerate() {
+                *o = dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
+            }
+        });
+        for r in 0..m {
+            for c in 0..n {
+                out[r * n + c] = t[c * m + r];
+            }
+        }
+    }
+
+    pub fn gemm_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1], m: usize, n: usize, out: &mut [f32]) {
+        gemm_portable(w, x, m, n, out, dot_q4_1_q8_1)
+    }
+
+    pub fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], m: usize, n: usize, out: &mut [f32]) {
+        gemm_portable(w, x, m, n, out, dot_q8_0_q8_0)
+    }
 }

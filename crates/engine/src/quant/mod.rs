@@ -2,19 +2,11 @@
 //! (so numerics track llama.cpp's) and one dot product per output element in a fixed
 //! order (so a row's result never depends on the batch or the thread count).
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+#[cfg(x86_v3)]
 mod avx2;
 mod blocks;
 mod columns;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+#[cfg(x86_v3)]
 mod gemm;
 mod matmul;
 
@@ -23,26 +15,15 @@ pub mod portable {
     pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8};
 }
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-pub use avx2::quantize_row_q8;
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
+#[cfg(not(x86_v3))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-pub use gemm::{cpu_isa, CpuIsa};
 pub use matmul::{QuantLinear, QuantWeights};
+#[cfg(x86_v3)]
+pub use {
+    avx2::quantize_row_q8,
+    gemm::{cpu_isa, CpuIsa},
+};
 
 #[cfg(test)]
 mod tests {

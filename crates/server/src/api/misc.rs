@@ -57,16 +57,22 @@ pub async fn models(
     })))
 }
 
-/// What /tokenize and /detokenize do first: the loaded model, the body, and the model it names.
-fn read_body<'a, T: DeserializeOwned>(
-    state: &'a AppState,
+/// A body of /tokenize or /detokenize: the model it may name and its answer.
+pub trait ModelQuery: DeserializeOwned {
+    fn model(&self) -> Option<&str>;
+    fn answer(self, loaded: &Loaded) -> Result<serde_json::Value, ApiError>;
+}
+
+/// The handler of every `ModelQuery`, so all check in one order: 503 while the model loads,
+/// then the body (413, 400), then the model it names.
+pub async fn model_query<T: ModelQuery>(
+    State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-    model: impl FnOnce(&T) -> Option<&str>,
-) -> Result<(&'a Loaded, T), ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let loaded = state.loaded()?;
-    let req: T = parse_body(state, body)?;
-    state.check_model(model(&req))?;
-    Ok((loaded, req))
+    let req: T = parse_body(&state, body)?;
+    state.check_model(req.model())?;
+    Ok(Json(req.answer(loaded)?))
 }
 
 #[derive(Deserialize)]
@@ -77,43 +83,45 @@ pub struct TokenizeRequest {
     add_special_tokens: Option<bool>,
 }
 
-pub async fn tokenize(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (loaded, req) = read_body(&state, body, |r: &TokenizeRequest| r.model.as_deref())?;
-    let tok = &loaded.engine.tokenizer;
-    let text = match (req.prompt, req.messages) {
-        (Some(p), None) => p,
-        (None, Some(m)) => {
-            let t = loaded
-                .chat_template
-                .as_ref()
-                .ok_or_else(|| ApiError::bad_request("the model has no chat template"))?;
-            let msgs: Vec<_> = m
-                .iter()
-                .map(|m| {
-                    let content = match &m.content {
-                        Some(MessageContent::Text(s)) => s.clone(),
-                        _ => String::new(),
-                    };
-                    ferrolm_engine::tokenizer::ChatMessage::new(m.role.clone(), content)
-                })
-                .collect();
-            t.render(&msgs, true)?
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `prompt` and `messages`",
-            ))
-        }
-    };
-    let tokens = tok.encode(&text, req.add_special_tokens.unwrap_or(true))?;
-    Ok(Json(serde_json::json!({
-        "count": tokens.len(),
-        "max_model_len": loaded.engine.max_model_len,
-        "tokens": tokens,
-    })))
+impl ModelQuery for TokenizeRequest {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn answer(self, loaded: &Loaded) -> Result<serde_json::Value, ApiError> {
+        let text = match (self.prompt, self.messages) {
+            (Some(p), None) => p,
+            (None, Some(m)) => {
+                let t = loaded
+                    .chat_template
+                    .as_ref()
+                    .ok_or_else(|| ApiError::bad_request("the model has no chat template"))?;
+                let msgs: Vec<_> = m
+                    .iter()
+                    .map(|m| {
+                        let content = match &m.content {
+                            Some(MessageContent::Text(s)) => s.clone(),
+                            _ => String::new(),
+                        };
+                        ferrolm_engine::tokenizer::ChatMessage::new(m.role.clone(), content)
+                    })
+                    .collect();
+                t.render(&msgs, true)?
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "give exactly one of `prompt` and `messages`",
+                ))
+            }
+        };
+        let add_special = self.add_special_tokens.unwrap_or(true);
+        let tokens = loaded.engine.tokenizer.encode(&text, add_special)?;
+        Ok(serde_json::json!({
+            "count": tokens.len(),
+            "max_model_len": loaded.engine.max_model_len,
+            "tokens": tokens,
+        }))
+    }
 }
 
 #[derive(Deserialize)]
@@ -122,21 +130,22 @@ pub struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
-pub async fn detokenize(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let (loaded, req) = read_body(&state, body, |r: &DetokenizeRequest| r.model.as_deref())?;
-    let tok = &loaded.engine.tokenizer;
-    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
-        return Err(ApiError::invalid_field(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary"),
-        ));
+impl ModelQuery for DetokenizeRequest {
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
-    Ok(Json(
-        serde_json::json!({ "prompt": tok.decode(&req.tokens, false) }),
-    ))
+
+    fn answer(self, loaded: &Loaded) -> Result<serde_json::Value, ApiError> {
+        let tok = &loaded.engine.tokenizer;
+        let vocab = tok.vocab_size();
+        if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ApiError::invalid_field(
+                "tokens",
+                format!("token id {bad} is outside the vocabulary"),
+            ));
+        }
+        Ok(serde_json::json!({ "prompt": tok.decode(&self.tokens, false) }))
+    }
 }
 
 /// 404 for a route that does not exist, as OpenAI's error JSON.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
+use misc::{model_query, DetokenizeRequest, TokenizeRequest};
 
 pub use state::{AppState, Loaded};
 
@@ -38,8 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .route("/version", get(misc::version))
-        .route("/tokenize", post(misc::tokenize))
-        .route("/detokenize", post(misc::detokenize))
+        .route("/tokenize", post(model_query::<TokenizeRequest>))
+        .route("/detokenize", post(model_query::<DetokenizeRequest>))
         .fallback(misc::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -418,32 +418,24 @@ fn print_report(r: &BenchReport) {
         "Total Token throughput (tok/s):",
         format!("{:.2}", r.total_token_throughput),
     );
-    for (title, name, m) in [
-        (
-            "Time to First Token",
-            "TTFT",
-            (r.mean_ttft_ms, r.median_ttft_ms, r.p99_ttft_ms),
-        ),
-        (
-            "Time per Output Token (excl. 1st token)",
-            "TPOT",
-            (r.mean_tpot_ms, r.median_tpot_ms, r.p99_tpot_ms),
-        ),
-        (
-            "Inter-token Latency",
-            "ITL",
-            (r.mean_itl_ms, r.median_itl_ms, r.p99_itl_ms),
-        ),
-        (
-            "End-to-end Latency",
-            "E2EL",
-            (r.mean_e2el_ms, r.median_e2el_ms, r.p99_e2el_ms),
-        ),
-    ] {
+    // The latency sections, in vLLM's order: title, short name, and mean, median, p99.
+    let latencies = [
+        ("Time to First Token", "TTFT"),
+        ("Time per Output Token (excl. 1st token)", "TPOT"),
+        ("Inter-token Latency", "ITL"),
+        ("End-to-end Latency", "E2EL"),
+    ];
+    let stats = [
+        [r.mean_ttft_ms, r.median_ttft_ms, r.p99_ttft_ms],
+        [r.mean_tpot_ms, r.median_tpot_ms, r.p99_tpot_ms],
+        [r.mean_itl_ms, r.median_itl_ms, r.p99_itl_ms],
+        [r.mean_e2el_ms, r.median_e2el_ms, r.p99_e2el_ms],
+    ];
+    for ((title, name), ms) in latencies.into_iter().zip(stats) {
         println!("{:-^52}", title);
-        line(&format!("Mean {name} (ms):"), format!("{:.2}", m.0));
-        line(&format!("Median {name} (ms):"), format!("{:.2}", m.1));
-        line(&format!("P99 {name} (ms):"), format!("{:.2}", m.2));
+        for (stat, v) in ["Mean", "Median", "P99"].into_iter().zip(ms) {
+            line(&format!("{stat} {name} (ms):"), format!("{v:.2}"));
+        }
     }
     println!("{}", "=".repeat(52));
 }

@@ -8,11 +8,7 @@ use half::f16;
 /// `d0..d0 + 8 W`, into `tree[l][d]`: each lane's chain of positions held in W registers
 /// (from its first product: llama.cpp's chains start from +0, which differs only in the sign
 /// of an all-zero sum; a lane no position reaches is +0).
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "f16c"
-))]
+#[cfg(x86_v3)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn values_lanes_avx2<const W: usize>(
@@ -141,7 +137,7 @@ pub(super) fn add(a: Lanes, b: Lanes) -> Lanes {
 /// of `kb` (each vector lane one key), for a head dimension of whole 64-wide (16) steps.
 #[inline(always)]
 pub(super) fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[cfg(x86_v3)]
     {
         let width = if PROMPT { 16 } else { 64 };
         assert!(q.len().is_multiple_of(width) && !q.is_empty());
@@ -163,7 +159,7 @@ pub(super) fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usiz
 }
 
 /// [`dot8`] in AVX2 vectors (one key per lane; the same adds in the same order).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(x86_v3)]
 #[inline(always)]
 pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
     q: &[f32],

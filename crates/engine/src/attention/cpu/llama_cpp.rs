@@ -5,7 +5,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::lanes::*;
-use super::reference::{row_positions, PagedAttentionShape, StepRows};
+use super::reference::{PagedAttentionShape, StepRows};
 use crate::ops::ggml_arith::f16_to_f32;
 
 /// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
@@ -40,44 +40,32 @@ pub fn paged_attention_cpu_f16(
     } else {
         1
     };
-    attention_by_tasks(shape, heads_per_task, q, k_t, v_cache, step, out)
+    attention_by_tasks(shape, heads_per_task, (q, k_t, v_cache), step, out)
 }
 
+/// The kernel with `heads_per_task` query heads of one KV group per task (1 or the group).
 pub(super) fn attention_by_tasks(
     shape: PagedAttentionShape,
     heads_per_task: usize,
-    q: &[f32],
-    k_t: &[f16],
-    v_cache: &[f16],
+    (q, k_t, v_cache): (&[f32], &[f16], &[f16]),
     step: StepRows<'_>,
     out: &mut [f32],
 ) {
-    let StepRows {
-        query_start_loc,
-        context_lens,
-        prompt_lens,
-        block_tables,
-    } = step;
-    let PagedAttentionShape {
-        num_heads,
-        num_kv_heads,
-        head_dim: hd,
-        ..
-    } = shape;
-    let group = num_heads / num_kv_heads;
-    let rows = row_positions(query_start_loc, context_lens);
+    let (num_heads, hd) = (shape.num_heads, shape.head_dim);
+    let group = num_heads / shape.num_kv_heads;
+    let rows = step.positions();
     out.par_chunks_mut(heads_per_task * hd)
         .enumerate()
         .for_each(|(task, o)| {
             let first = task * heads_per_task; // row * num_heads + head
             let (row, h0) = (first / num_heads, first % num_heads);
             let (s, pos) = rows[row];
-            let prompt_len = prompt_lens.get(s).copied().unwrap_or(0);
+            let prompt_len = step.prompt_lens.get(s).copied().unwrap_or(0);
             let keys = Keys {
                 shape,
                 k_t,
                 v_cache,
-                table: &block_tables[s],
+                table: &step.block_tables[s],
                 n_keys: pos + 1,
                 kvh: h0 / group,
                 prompt_order: prompt_order(pos, prompt_len) && hd.is_multiple_of(16),
@@ -192,11 +180,7 @@ fn values_dot(
     assert!(p.len() * hd == n * out.len() && rows.iter().all(|&r| r + hd <= v.len()));
     assert!(tree.len() >= 16 * hd);
     for (p, out) in p.chunks(n.max(1)).zip(out.chunks_mut(hd)) {
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "f16c"
-        ))]
+        #[cfg(x86_v3)]
         if hd.is_multiple_of(8) {
             for d0 in (0..hd).step_by(64) {
                 // SAFETY: AVX2 and F16C are in the build's target; every V row read is

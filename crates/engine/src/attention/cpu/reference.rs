@@ -33,19 +33,6 @@ impl PagedAttentionShape {
     }
 }
 
-/// Each flat row's sequence and position: a sequence's new tokens are the last of its context.
-pub(super) fn row_positions(
-    query_start_loc: &[usize],
-    context_lens: &[usize],
-) -> Vec<(usize, usize)> {
-    let mut rows = Vec::with_capacity(query_start_loc.last().copied().unwrap_or(0));
-    for (s, &ctx) in context_lens.iter().enumerate() {
-        let (a, b) = (query_start_loc[s], query_start_loc[s + 1]);
-        rows.extend((a..b).map(|row| (s, ctx - (b - a) + (row - a))));
-    }
-    rows
-}
-
 /// The step's rows as the CPU kernels read them (the fields of a [`FlatBatch`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StepRows<'a> {
@@ -68,6 +55,18 @@ impl<'a> StepRows<'a> {
             block_tables: &batch.block_tables,
         }
     }
+
+    /// Each flat row's sequence and position: a sequence's new tokens are the last of its
+    /// context.
+    pub fn positions(&self) -> Vec<(usize, usize)> {
+        let qsl = self.query_start_loc;
+        let mut rows = Vec::with_capacity(qsl.last().copied().unwrap_or(0));
+        for (s, &ctx) in self.context_lens.iter().enumerate() {
+            let (a, b) = (qsl[s], qsl[s + 1]);
+            rows.extend((a..b).map(|row| (s, ctx - (b - a) + (row - a))));
+        }
+        rows
+    }
 }
 
 /// The f32 reference paged attention (online softmax one block at a time): `q`, `out` are
@@ -82,12 +81,7 @@ pub fn paged_attention_cpu(
     step: StepRows<'_>,
     out: &mut [f32],
 ) {
-    let StepRows {
-        query_start_loc,
-        context_lens,
-        block_tables,
-        ..
-    } = step;
+    let rows = step.positions();
     let PagedAttentionShape {
         num_heads,
         num_kv_heads,
@@ -96,14 +90,13 @@ pub fn paged_attention_cpu(
         scale,
     } = shape;
     let group = num_heads / num_kv_heads;
-    let rows = row_positions(query_start_loc, context_lens);
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let row = idx / num_heads;
         let h = idx % num_heads;
         let kvh = h / group;
         let (s, pos) = rows[row];
         let qv = &q[idx * hd..(idx + 1) * hd];
-        let table = &block_tables[s];
+        let table = &step.block_tables[s];
         let n_keys = pos + 1;
         let mut m = f32::NEG_INFINITY;
         let mut l = 0f32;

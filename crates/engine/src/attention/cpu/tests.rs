@@ -200,7 +200,13 @@ fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
             .iter()
             .map(|x| x * 4.0)
             .collect();
-        let rows = row_positions(&qsl, &context_lens);
+        let step = StepRows {
+            query_start_loc: &qsl,
+            context_lens: &context_lens,
+            prompt_lens: &prompt_lens,
+            block_tables: &tables,
+        };
+        let rows = step.positions();
         let mut want = vec![0f32; q.len()];
         for (row, &(s, pos)) in rows.iter().enumerate() {
             for h in 0..nh {
@@ -217,20 +223,7 @@ fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
         }
         for heads_per_task in [1, nh / nkv] {
             let mut got = vec![0f32; q.len()];
-            attention_by_tasks(
-                shape,
-                heads_per_task,
-                &q,
-                &k_t,
-                &v16,
-                StepRows {
-                    query_start_loc: &qsl,
-                    context_lens: &context_lens,
-                    prompt_lens: &prompt_lens,
-                    block_tables: &tables,
-                },
-                &mut got,
-            );
+            attention_by_tasks(shape, heads_per_task, (&q, &k_t, &v16), step, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(
                     a.to_bits(),

@@ -8,7 +8,7 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CustomOp1, Layout, Shape, Storage, Tensor};
 use cudarc::driver::CudaSlice;
 
-use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeShape};
+use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeShape, PagedKv};
 use crate::attention::AttentionBackend;
 use crate::batch::{FlatBatch, PaddedDecode};
 use crate::cuda::KernelType;
@@ -402,38 +402,26 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
         let stream = storage.device.cuda_stream();
         // SAFETY: the kernels write every output element.
         let mut out = unsafe { stream.alloc::<T>(n) }.map_err(cuda_err)?;
-        let (kc, vc) = (&b.k[self.layer], &b.v[self.layer]);
+        let kv = PagedKv {
+            k_cache: &b.k[self.layer],
+            v_cache: &b.v[self.layer],
+            block_tables: step.tables,
+            context_lens: step.context_lens,
+            shape: step.shape,
+        };
+        let mut out_view = out.as_view_mut();
         if step.all_decode {
             let mut scratch = step
                 .scratch
                 .try_borrow_mut()
                 .map_err(|_| cuda_err("attention scratch in use"))?;
             b.kernels
-                .paged_attention(
-                    &mut out.as_view_mut(),
-                    &q,
-                    kc,
-                    vc,
-                    step.tables,
-                    step.context_lens,
-                    step.shape,
-                    &mut scratch,
-                )
+                .paged_attention(&mut out_view, &q, kv, &mut scratch)
                 .map_err(cuda_err)?;
         } else {
+            let tiles = (step.tiles, step.num_tiles);
             b.kernels
-                .prefill_attention(
-                    &mut out.as_view_mut(),
-                    &q,
-                    kc,
-                    vc,
-                    step.tables,
-                    step.context_lens,
-                    step.query_start_loc,
-                    step.tiles,
-                    step.num_tiles,
-                    step.shape,
-                )
+                .prefill_attention(&mut out_view, &q, kv, step.query_start_loc, tiles)
                 .map_err(cuda_err)?;
         }
         Ok((

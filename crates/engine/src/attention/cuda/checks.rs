@@ -4,7 +4,7 @@
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use super::kernels::{gqa_kernel_built, CudaKernels, DecodeKernel, DecodeShape};
+use super::kernels::{gqa_kernel_built, CudaKernels, DecodeKernel, DecodeShape, PagedKv};
 use crate::attention::split::{choose_decode_launch, paged_decode_split_reference};
 use crate::cuda::{CudaResult, KernelType};
 use crate::instrument::CheckRow;
@@ -105,26 +105,14 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             let mut dout = st.clone_htod(&vec![T::from_f32(f32::NAN); ns * nh * hd])?;
             let dt = st.clone_htod(&tables)?;
             let dc = st.clone_htod(&ctx)?;
-            let shape = DecodeShape {
-                num_seqs: ns,
-                num_heads: nh,
-                num_kv_heads: nkv,
-                head_dim: hd,
-                block_size: bs,
-                max_blocks_per_seq: max_blocks,
-                max_context_len: ctx_max,
+            let kv = PagedKv {
+                k_cache: &kc,
+                v_cache: &vc,
+                block_tables: &dt,
+                context_lens: &dc,
+                shape: DecodeShape::new((ns, nh, nkv, hd), bs, ctx_max),
             };
-            let mut scratch = None;
-            k.paged_attention(
-                &mut dout.as_view_mut(),
-                &dq.as_view(),
-                &kc,
-                &vc,
-                &dt,
-                &dc,
-                shape,
-                &mut scratch,
-            )?;
+            k.paged_attention(&mut dout.as_view_mut(), &dq.as_view(), kv, &mut None)?;
             let got: Vec<f32> = st.clone_dtoh(&dout)?.into_iter().map(T::to_f32).collect();
             let e = rel_err(&got, &want);
             let gqa = k.decode_kernel == DecodeKernel::Gqa && gqa_kernel_built(hd, nh / nkv);
@@ -166,14 +154,12 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
     let tables: Vec<i32> = (0..num_blocks as i32).collect();
     let dt = st.clone_htod(&tables)?;
     let dc = st.clone_htod(&vec![ctx as i32; ns])?;
-    let shape = DecodeShape {
-        num_seqs: ns,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        block_size: bs,
-        max_blocks_per_seq: max_blocks,
-        max_context_len: ctx,
+    let kv = PagedKv {
+        k_cache: &kc,
+        v_cache: &vc,
+        block_tables: &dt,
+        context_lens: &dc,
+        shape: DecodeShape::new((ns, nh, nkv, hd), bs, ctx),
     };
     let mut scratch = None;
     let time = |f: &mut dyn FnMut() -> CudaResult<()>| -> CudaResult<f64> {
@@ -191,18 +177,8 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
         e1.synchronize()?;
         Ok(e0.elapsed_ms(&e1)? as f64 / iters as f64)
     };
-    let ms = time(&mut || {
-        k.paged_attention(
-            &mut out.as_view_mut(),
-            &q.as_view(),
-            &kc,
-            &vc,
-            &dt,
-            &dc,
-            shape,
-            &mut scratch,
-        )
-    })?;
+    let ms =
+        time(&mut || k.paged_attention(&mut out.as_view_mut(), &q.as_view(), kv, &mut scratch))?;
     let kv_bytes = 2.0 * (ns * ctx * width * 2) as f64;
     let attn_gbs = kv_bytes / (ms * 1e-3) / 1e9;
     let bytes = 1usize << 30;

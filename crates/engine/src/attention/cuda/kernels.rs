@@ -67,6 +67,37 @@ pub struct DecodeShape {
     pub max_context_len: usize,
 }
 
+impl DecodeShape {
+    /// `(num_seqs, num_heads, num_kv_heads, head_dim)` with block tables wide enough for
+    /// `max_context_len` keys.
+    pub fn new(
+        (num_seqs, num_heads, num_kv_heads, head_dim): (usize, usize, usize, usize),
+        block_size: usize,
+        max_context_len: usize,
+    ) -> Self {
+        Self {
+            num_seqs,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size,
+            max_blocks_per_seq: max_context_len.div_ceil(block_size),
+            max_context_len,
+        }
+    }
+}
+
+/// The paged KV that decode and prefill attention read: the caches, each sequence's block
+/// table (`[num_seqs, max_blocks_per_seq]`) and context length, and the call's shape.
+#[derive(Clone, Copy)]
+pub struct PagedKv<'a, T> {
+    pub k_cache: &'a CudaSlice<T>,
+    pub v_cache: &'a CudaSlice<T>,
+    pub block_tables: &'a CudaSlice<i32>,
+    pub context_lens: &'a CudaSlice<i32>,
+    pub shape: DecodeShape,
+}
+
 impl CudaKernels {
     pub fn new(ordinal: usize) -> CudaResult<Self> {
         if !cuda_driver_present() {
@@ -96,20 +127,15 @@ impl CudaKernels {
 
     /// Varlen causal attention for prefill chunks and mixed batches: `tiles` holds
     /// `[seq, first query row, rows]` per tile of up to [`PREFILL_TILE_ROWS`] rows.
-    #[allow(clippy::too_many_arguments)]
     pub fn prefill_attention<T: KernelType>(
         &self,
         out: &mut CudaViewMut<T>,
         q: &CudaView<T>,
-        k_cache: &CudaSlice<T>,
-        v_cache: &CudaSlice<T>,
-        block_tables: &CudaSlice<i32>,
-        context_lens: &CudaSlice<i32>,
+        kv: PagedKv<'_, T>,
         query_start_loc: &CudaSlice<i32>,
-        tiles: &CudaSlice<i32>,
-        num_tiles: usize,
-        s: DecodeShape,
+        (tiles, num_tiles): (&CudaSlice<i32>, usize),
     ) -> CudaResult<()> {
+        let s = kv.shape;
         if !matches!(s.head_dim, 64 | 128) {
             return Err(format!(
                 "prefill attention: head_dim {} (built: 64, 128)",
@@ -140,10 +166,10 @@ impl CudaKernels {
                 .launch_builder(&f)
                 .arg(&mut *out)
                 .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(block_tables)
-                .arg(context_lens)
+                .arg(kv.k_cache)
+                .arg(kv.v_cache)
+                .arg(kv.block_tables)
+                .arg(kv.context_lens)
                 .arg(query_start_loc)
                 .arg(tiles)
                 .arg(&mb)
@@ -193,18 +219,14 @@ impl CudaKernels {
     }
 
     /// Decode attention; chooses one pass or split-K + reduce as vLLM does.
-    #[allow(clippy::too_many_arguments)]
     pub fn paged_attention<T: KernelType>(
         &self,
         out: &mut CudaViewMut<T>,
         q: &CudaView<T>,
-        k_cache: &CudaSlice<T>,
-        v_cache: &CudaSlice<T>,
-        block_tables: &CudaSlice<i32>,
-        context_lens: &CudaSlice<i32>,
-        s: DecodeShape,
+        kv: PagedKv<'_, T>,
         scratch: &mut Option<(CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>)>,
     ) -> CudaResult<()> {
+        let s = kv.shape;
         let group = s.num_heads / s.num_kv_heads.max(1);
         // The GQA kernel loads q with 16-byte (8 at d64 in 16-bit types) vector loads.
         let q_aligned = (q.device_ptr(&self.stream).0 as usize) % 16 == 0;
@@ -268,10 +290,10 @@ impl CudaKernels {
                 .arg(&mut *pm)
                 .arg(&mut *ps)
                 .arg(q)
-                .arg(k_cache)
-                .arg(v_cache)
-                .arg(block_tables)
-                .arg(context_lens)
+                .arg(kv.k_cache)
+                .arg(kv.v_cache)
+                .arg(kv.block_tables)
+                .arg(kv.context_lens)
                 .arg(&mb)
                 .arg(&nh)
                 .arg(&nkv)
