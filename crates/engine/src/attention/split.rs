@@ -185,7 +185,7 @@ mod tests {
             prompt_lens: &[],
             block_tables: &bt,
         };
-        paged_attention_cpu(shape, &q, &kc, &vc, step, &mut want);
+        paged_attention_cpu(shape, (&q, &kc, &vc), step, &mut want);
         for partition in [512usize, 256, 100, 1300] {
             let got = paged_decode_split_reference(
                 &q, &kc, &vc, &tables, max_blocks, &ctx, nh, nkv, hd, bs, partition,

@@ -179,22 +179,23 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
     let want = cpu_ref(None);
     match (&want, &f32_rows) {
         (Ok(want), Ok((got, alone))) => {
-            let (rel, abs, flips, checked) = compare(want, got, 1e-3);
+            // Within 1e-3 (relative) and no argmax flips, in f32.
+            let close = |want: &[Vec<Vec<f32>>],
+                         got: &[Vec<Vec<f32>>],
+                         (before, after): (&str, &str)|
+             -> Result<(bool, String)> {
+                let (rel, abs, flips, checked) = compare(want, got, 1e-3);
+                Ok((
+                    rel <= 1e-3 && flips == 0,
+                    format!("{before}max rel {rel:.1e}{after} · max abs {abs:.1e} · argmax {flips}/{checked} differ"),
+                ))
+            };
             push(
                 name("f32 GPU vs CPU"),
-                Ok((
-                    rel <= 1e-3 && flips == 0,
-                    format!("max rel {rel:.1e} (limit 1e-3) · max abs {abs:.1e} · argmax {flips}/{checked} differ"),
-                )),
+                close(want, got, ("", " (limit 1e-3)")),
             );
-            let (rel, abs, flips, checked) = compare(got, alone, 1e-3);
-            push(
-                name("f32 GPU batch invariance"),
-                Ok((
-                    rel <= 1e-3 && flips == 0,
-                    format!("mixed vs alone: max rel {rel:.1e} · max abs {abs:.1e} · argmax {flips}/{checked} differ"),
-                )),
-            );
+            let invariance = close(got, alone, ("mixed vs alone: ", ""));
+            push(name("f32 GPU batch invariance"), invariance);
         }
         (Err(e), _) | (_, Err(e)) => push(name("f32"), Err(EngineError::Check(e.to_string()))),
     }

@@ -98,15 +98,8 @@ pub fn generate_offline(
         num_blocks,
         block_size,
     };
-    let run = run_greedy(
-        model,
-        config,
-        cache,
-        prompts,
-        &params,
-        &[],
-        Mode::Bench { enforce_eager },
-    )?;
+    let mode = Mode::Bench { enforce_eager };
+    let run = run_greedy(model, (config, cache), prompts, &params, mode)?;
     let report = OfflineReport {
         num_requests: prompts.len(),
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
@@ -183,15 +176,8 @@ pub fn greedy_generate(
         block_size,
     };
     let params = SamplingParams::greedy(max_tokens);
-    let run = run_greedy(
-        model,
-        config,
-        cache,
-        prompts,
-        &params,
-        stop_ids,
-        Mode::Reference,
-    )?;
+    let mode = Mode::Reference { stop_ids };
+    let run = run_greedy(model, (config, cache), prompts, &params, mode)?;
     let prefill_secs = run.step_secs.first().copied().unwrap_or(0.0);
     Ok(Generation {
         tokens: run.outputs,
@@ -202,12 +188,13 @@ pub fn greedy_generate(
 
 /// How a greedy run goes.
 #[derive(Debug, Clone, Copy)]
-enum Mode {
+enum Mode<'a> {
     /// As the benches measure: prefix caching on, the argmax where the logits are (the GPU's
-    /// on a GPU), CUDA graphs unless `enforce_eager`.
+    /// on a GPU), CUDA graphs unless `enforce_eager`, no stop tokens.
     Bench { enforce_eager: bool },
-    /// As the goldens' reference: no prefix caching, eager, the argmax on the host.
-    Reference,
+    /// As the goldens' reference: no prefix caching, eager, the argmax on the host, each
+    /// sequence stopped at one of `stop_ids`.
+    Reference { stop_ids: &'a [u32] },
 }
 
 /// The paged KV cache a greedy run gets.
@@ -233,16 +220,14 @@ struct GreedyRun {
 /// has finished.
 fn run_greedy(
     model: &LlamaModel,
-    config: SchedulerConfig,
-    cache: CacheShape,
+    (config, cache): (SchedulerConfig, CacheShape),
     prompts: &[Vec<u32>],
     params: &SamplingParams,
-    stop_ids: &[u32],
-    mode: Mode,
+    mode: Mode<'_>,
 ) -> Result<GreedyRun> {
-    let (enforce_eager, reference) = match mode {
-        Mode::Bench { enforce_eager } => (enforce_eager, false),
-        Mode::Reference => (true, true),
+    let (enforce_eager, reference, stop_ids) = match mode {
+        Mode::Bench { enforce_eager } => (enforce_eager, false, &[][..]),
+        Mode::Reference { stop_ids } => (true, true, stop_ids),
     };
     compute_pool().install(|| {
         let mut runner = ModelRunner::new(model, cache.num_blocks, cache.block_size)?;

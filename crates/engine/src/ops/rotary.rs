@@ -109,12 +109,8 @@ mod cuda {
             }
             let qkv = contiguous_view::<T>(s1, l1)?;
             let (cos, sin) = (contiguous_view::<T>(s2, l2)?, contiguous_view::<T>(s3, l3)?);
-            let mut launch = OpLaunch::<T>::new(
-                s1,
-                fused_module,
-                &format!("rope_split_qkv_{}", T::SUFFIX),
-                n * width,
-            )?;
+            let name = format!("rope_split_qkv_{}", T::SUFFIX);
+            let mut launch = OpLaunch::<T>::new(s1, fused_module, &name, n * width)?;
             let (n_i, nh_i, nkv_i, hd_i, neox) =
                 (n as i32, nh as i32, nkv as i32, hd as i32, self.neox as i32);
             let cfg = launch_config(

@@ -115,12 +115,8 @@ mod cuda {
             }
             let ff = w / 2;
             let gu = contiguous_view::<T>(s1, l1)?;
-            let mut launch = OpLaunch::<T>::new(
-                s1,
-                fused_module,
-                &format!("silu_mul_packed_{}", T::SUFFIX),
-                rows * ff,
-            )?;
+            let name = format!("silu_mul_packed_{}", T::SUFFIX);
+            let mut launch = OpLaunch::<T>::new(s1, fused_module, &name, rows * ff)?;
             let (rows_i, ff_i) = (rows as i64, ff as i64);
             let blocks = (rows * ff).div_ceil(256).min(65535 * 8) as u32;
             let cfg = launch_config((blocks.max(1), 1, 1), 256);

@@ -399,95 +399,63 @@ unsafe fn run_tasks<P: Sync>(
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` for Q4_1 weights and Q8_1 activations.
 pub fn gemm_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1], m: usize, n: usize, out: &mut [f32]) {
-    gemm_q4_1_with(cpu_isa(), w, x, m, n, out)
-}
-
-pub(crate) fn gemm_q4_1_with(
-    isa: CpuIsa,
-    w: &[BlockQ4_1],
-    x: &[BlockQ8_1],
-    m: usize,
-    n: usize,
-    out: &mut [f32],
-) {
-    let scales = ScaleFns {
-        d: |b: &BlockQ8_1| b.d.to_f32(),
-        s: Some(|b: &BlockQ8_1| b.s.to_f32()),
-    };
-    // SAFETY: `gemm_with` checks the sizes; the VNNI form runs only where `cpu_isa` probed
-    // it (tests pass that choice back in).
-    unsafe {
-        gemm_with(
-            isa,
-            (w, x),
-            (m, n),
-            out,
-            scales,
-            (q4_1_task_avx2, q4_1_task_vnni),
-        )
-    }
+    gemm_with(cpu_isa(), w, x, m, n, out)
 }
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` for Q8_0 weights and Q8_0 activations.
 pub fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], m: usize, n: usize, out: &mut [f32]) {
-    gemm_q8_0_with(cpu_isa(), w, x, m, n, out)
+    gemm_with(cpu_isa(), w, x, m, n, out)
 }
 
-pub(crate) fn gemm_q8_0_with(
-    isa: CpuIsa,
-    w: &[BlockQ8_0],
-    x: &[BlockQ8_0],
-    m: usize,
-    n: usize,
-    out: &mut [f32],
-) {
-    let scales = ScaleFns {
-        d: |b: &BlockQ8_0| b.d.to_f32(),
-        s: None,
-    };
-    // SAFETY: as in `gemm_q4_1_with`.
-    unsafe {
-        gemm_with(
-            isa,
-            (w, x),
-            (m, n),
-            out,
-            scales,
-            (q8_0_task_avx2, q8_0_task_vnni),
-        )
+/// A weight block type our kernels multiply: the activation blocks it pairs with, how their
+/// scales read, and its column tasks.
+trait GemmWeight: Sized {
+    type Act;
+    /// Whether the weight has a min term (then the activations' `s` is read too).
+    const HAS_MIN: bool;
+    const TASKS: TaskKernels<Problem<Self, Self::Act>>;
+    /// The activation block's `d`, and its `s` where the weight has a min term (else 0).
+    fn act_scales(x: &Self::Act) -> (f32, f32);
+}
+
+impl GemmWeight for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const HAS_MIN: bool = true;
+    const TASKS: TaskKernels<Q4Problem> = (q4_1_task_avx2, q4_1_task_vnni);
+    fn act_scales(x: &BlockQ8_1) -> (f32, f32) {
+        (x.d.to_f32(), x.s.to_f32())
     }
 }
 
-/// How an activation block's scale `d` (and min-term scale `s`, where the weight type has
-/// one) read as f32.
-struct ScaleFns<X> {
-    d: fn(&X) -> f32,
-    s: Option<fn(&X) -> f32>,
+impl GemmWeight for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    const HAS_MIN: bool = false;
+    const TASKS: TaskKernels<Q8Problem> = (q8_0_task_avx2, q8_0_task_vnni);
+    fn act_scales(x: &BlockQ8_0) -> (f32, f32) {
+        (x.d.to_f32(), 0.0)
+    }
 }
 
 /// The column tasks of pointer type `P`: the AVX2 kernel, then the VNNI one.
 type TaskKernels<P> = (unsafe fn(&P, usize, usize), unsafe fn(&P, usize, usize));
 
-/// `out[m, n] = x[m, kb] . w[n, kb]^T`: the activations' scales as lanes of four rows, then
-/// the column tasks of `isa`.
-///
-/// # Safety
-/// The VNNI kernel must run only where [`cpu_isa`] probed it.
-unsafe fn gemm_with<W, X>(
+/// `out[m, n] = x[m, kb] . w[n, kb]^T` with the column tasks of `isa` (tests pass each ISA
+/// that [`cpu_isa`] can choose here).
+fn gemm_with<W: GemmWeight>(
     isa: CpuIsa,
-    (w, x): (&[W], &[X]),
-    (m, n): (usize, usize),
+    w: &[W],
+    x: &[W::Act],
+    m: usize,
+    n: usize,
     out: &mut [f32],
-    scales: ScaleFns<X>,
-    (avx2, vnni): TaskKernels<Problem<W, X>>,
 ) {
     let Some(kb) = blocks_per_row(m, n, x.len(), w.len(), out.len()) else {
         return;
     };
-    let xd = by_four(m, kb, |r, b| (scales.d)(&x[r * kb + b]));
-    let xs = match scales.s {
-        Some(s) => by_four(m, kb, |r, b| s(&x[r * kb + b])),
-        None => Vec::new(),
+    let xd = by_four(m, kb, |r, b| W::act_scales(&x[r * kb + b]).0);
+    let xs = match W::HAS_MIN {
+        true => by_four(m, kb, |r, b| W::act_scales(&x[r * kb + b]).1),
+        false => Vec::new(),
     };
     let p = Problem {
         w: w.as_ptr(),
@@ -499,7 +467,9 @@ unsafe fn gemm_with<W, X>(
         n,
         kb,
     };
-    // SAFETY: the sizes are checked above; the caller vouches for the ISA.
+    let (avx2, vnni) = W::TASKS;
+    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it
+    // (tests pass that choice back in).
     unsafe { run_tasks(&p, n, isa, avx2, vnni) }
 }
 
@@ -568,8 +538,8 @@ mod tests {
                 let mut o4 = vec![0f32; m * n];
                 let mut o8 = vec![0f32; m * n];
                 let (g4, g8) = (interleave(w4.clone(), n, kb), interleave(w8.clone(), n, kb));
-                gemm_q4_1_with(isa, &g4, &x1, m, n, &mut o4);
-                gemm_q8_0_with(isa, &g8, &x8, m, n, &mut o8);
+                gemm_with(isa, &g4, &x1, m, n, &mut o4);
+                gemm_with(isa, &g8, &x8, m, n, &mut o8);
                 for r in 0..m {
                     for c in 0..n {
                         let xr = r * kb..(r + 1) * kb;

@@ -220,6 +220,19 @@ mod tests {
         SamplingParams::default()
     }
 
+    /// Default parameters at temperature 1.
+    fn hot() -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            ..params()
+        }
+    }
+
+    /// The token `p` draws from logits `l` (no history, no bias) with `seed`.
+    fn draw(l: &[f32], p: &SamplingParams, seed: u64) -> u32 {
+        sample_token(&mut l.to_vec(), p, &[], &[], &[], seed).token
+    }
+
     #[test]
     fn penalties_and_bias_follow_the_definitions() {
         // Hand-computed: token 0 (logit 2.0) and token 1 (logit -1.0) appear; token 2 does not.
@@ -323,32 +336,23 @@ mod tests {
     #[test]
     fn greedy_top_k_one_and_temperature_zero_agree() {
         let l = vec![0.1f32, 2.5, 2.4, -3.0];
-        let g = sample_token(&mut l.clone(), &params(), &[], &[], &[], 1).token;
+        let g = draw(&l, &params(), 1);
         assert_eq!(g, 1);
-        let k1 = SamplingParams {
-            temperature: 1.0,
-            top_k: 1,
-            ..params()
-        };
+        let mut k1 = hot();
+        k1.top_k = 1;
         for seed in 0..20 {
-            assert_eq!(
-                sample_token(&mut l.clone(), &k1, &[], &[], &[], seed).token,
-                1
-            );
+            assert_eq!(draw(&l, &k1, seed), 1);
         }
     }
 
     #[test]
     fn sampling_follows_the_distribution_and_the_cuts() {
         let l = vec![0.0f32, (2.0f32).ln(), (3.0f32).ln(), -50.0];
-        let p = SamplingParams {
-            temperature: 1.0,
-            ..params()
-        };
+        let p = hot();
         let mut counts = [0usize; 4];
         let n = 30_000;
         for seed in 0..n {
-            counts[sample_token(&mut l.clone(), &p, &[], &[], &[], seed).token as usize] += 1;
+            counts[draw(&l, &p, seed) as usize] += 1;
         }
         // Probabilities 1/6, 2/6, 3/6, ~0.
         for (i, want) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].iter().enumerate() {
@@ -357,34 +361,16 @@ mod tests {
         }
         // top_p 0.5 keeps only token 2 (mass 0.5); top_k 2 never picks token 0; min_p 0.5
         // keeps tokens with p >= 0.25, i.e. 1 and 2.
-        let tp = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            ..params()
-        };
-        let tk = SamplingParams {
-            temperature: 1.0,
-            top_k: 2,
-            ..params()
-        };
-        let mp = SamplingParams {
-            temperature: 1.0,
-            min_p: 0.5,
-            ..params()
-        };
+        let mut tp = hot();
+        tp.top_p = 0.5;
+        let mut tk = hot();
+        tk.top_k = 2;
+        let mut mp = hot();
+        mp.min_p = 0.5;
         for seed in 0..500 {
-            assert_eq!(
-                sample_token(&mut l.clone(), &tp, &[], &[], &[], seed).token,
-                2
-            );
-            assert_ne!(
-                sample_token(&mut l.clone(), &tk, &[], &[], &[], seed).token,
-                0
-            );
-            assert_ne!(
-                sample_token(&mut l.clone(), &mp, &[], &[], &[], seed).token,
-                0
-            );
+            assert_eq!(draw(&l, &tp, seed), 2);
+            assert_ne!(draw(&l, &tk, seed), 0);
+            assert_ne!(draw(&l, &mp, seed), 0);
         }
     }
 

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 
 use super::llama_cpp::paged_attention_cpu_f16;
-use super::reference::{paged_attention_cpu, PagedAttentionShape, StepRows};
+use super::reference::{paged_attention_cpu, PagedAttentionShape, QueryKv, StepRows};
 use crate::attention::AttentionBackend;
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
@@ -15,7 +15,7 @@ use crate::kv_cache::KvCacheLayout;
 use crate::ops::with_f32;
 
 /// A CPU attention kernel over a paged cache of `T`: `(shape, q, k, v, step, out)`.
-pub type AttentionKernel<T> = fn(PagedAttentionShape, &[f32], &[T], &[T], StepRows<'_>, &mut [f32]);
+pub type AttentionKernel<T> = fn(PagedAttentionShape, QueryKv<'_, T>, StepRows<'_>, &mut [f32]);
 
 /// What a CPU cache holds: how a step's K and V rows are stored, and the kernel that reads
 /// them.
@@ -130,7 +130,7 @@ impl<T: CpuCacheElem> AttentionBackend for CpuAttention<T> {
         let mut out = vec![0f32; n * width];
         let (k, v) = (&self.k[layer], &self.v[layer]);
         with_f32(q, |qd| {
-            (T::ATTEND)(shape, qd, k, v, StepRows::of(batch), &mut out)
+            (T::ATTEND)(shape, (qd, k, v), StepRows::of(batch), &mut out)
         })?;
         Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(q.dtype())?)
     }

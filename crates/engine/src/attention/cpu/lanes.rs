@@ -86,18 +86,11 @@ pub(super) fn tree_reduce(tree: &mut [f32], out: &mut [f32]) {
     }
 }
 
-/// `out[j] = dot_f16(q, key j)` (or `dot_f16_tiled` in prompt order) for the `len` keys of
-/// a block held as f32 `kb: [head_dim, block_size]`, unscaled; 8 keys per pass as vector
-/// lanes when the head dimension is whole SIMD steps.
-pub(super) fn key_scores(
-    q: &[f32],
-    kb: &[f32],
-    bs: usize,
-    len: usize,
-    out: &mut [f32],
-    prompt: bool,
-) {
-    let hd = q.len();
+/// `out[j] = dot_f16(q, key j)` (or `dot_f16_tiled` in prompt order) for the first
+/// `out.len()` keys of a block held as f32 `kb: [head_dim, block_size]`, unscaled; 8 keys per
+/// pass as vector lanes when the head dimension is whole SIMD steps.
+pub(super) fn key_scores(q: &[f32], kb: &[f32], bs: usize, out: &mut [f32], prompt: bool) {
+    let (hd, len) = (q.len(), out.len());
     if bs.is_multiple_of(8) && hd.is_multiple_of(if prompt { 16 } else { 64 }) {
         for j in (0..len).step_by(8) {
             let lanes = if prompt {
@@ -128,6 +121,10 @@ pub(super) fn key_scores(
 
 pub(super) type Lanes = [f32; 8];
 
+/// Eight keys of a block held as f32 `[head_dim, block_size]`: the block, its size, and the
+/// first key.
+pub(super) type KeyLanes<'a> = (&'a [f32], usize, usize);
+
 #[inline(always)]
 pub(super) fn add(a: Lanes, b: Lanes) -> Lanes {
     std::array::from_fn(|x| a[x] + b[x])
@@ -146,16 +143,16 @@ pub(super) fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usiz
         // The usual head dims get their chain lengths as constants (fully unrolled).
         return unsafe {
             match q.len() / width {
-                1 => dot8_avx2::<PROMPT, 1>(q, kb, bs, j),
-                2 => dot8_avx2::<PROMPT, 2>(q, kb, bs, j),
-                4 => dot8_avx2::<PROMPT, 4>(q, kb, bs, j),
-                8 => dot8_avx2::<PROMPT, 8>(q, kb, bs, j),
-                _ => dot8_avx2::<PROMPT, 0>(q, kb, bs, j),
+                1 => dot8_avx2::<PROMPT, 1>(q, (kb, bs, j)),
+                2 => dot8_avx2::<PROMPT, 2>(q, (kb, bs, j)),
+                4 => dot8_avx2::<PROMPT, 4>(q, (kb, bs, j)),
+                8 => dot8_avx2::<PROMPT, 8>(q, (kb, bs, j)),
+                _ => dot8_avx2::<PROMPT, 0>(q, (kb, bs, j)),
             }
         };
     }
     #[allow(unreachable_code)]
-    dot8_portable::<PROMPT>(q, kb, bs, j)
+    dot8_portable::<PROMPT>(q, (kb, bs, j))
 }
 
 /// [`dot8`] in AVX2 vectors (one key per lane; the same adds in the same order).
@@ -163,9 +160,7 @@ pub(super) fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usiz
 #[inline(always)]
 pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
     q: &[f32],
-    kb: &[f32],
-    bs: usize,
-    j: usize,
+    (kb, bs, j): KeyLanes<'_>,
 ) -> Lanes {
     use std::arch::x86_64::*;
     let width = if PROMPT { 16 } else { 64 };
@@ -213,12 +208,7 @@ pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
 
 #[inline(always)]
 #[allow(dead_code)] // the portable build's path (its tests run it: -C target-cpu=x86-64)
-pub(super) fn dot8_portable<const PROMPT: bool>(
-    q: &[f32],
-    kb: &[f32],
-    bs: usize,
-    j: usize,
-) -> Lanes {
+pub(super) fn dot8_portable<const PROMPT: bool>(q: &[f32], (kb, bs, j): KeyLanes<'_>) -> Lanes {
     let width = if PROMPT { 16 } else { 64 };
     let steps = q.len() / width;
     // Lane l of llama.cpp's accumulators: the products of dims l, l + width, ... in order.

@@ -5,7 +5,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::lanes::*;
-use super::reference::{PagedAttentionShape, StepRows};
+use super::reference::{PagedAttentionShape, QueryKv, StepRows};
 use crate::ops::ggml_arith::f16_to_f32;
 
 /// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
@@ -27,9 +27,7 @@ use crate::ops::ggml_arith::f16_to_f32;
 /// token (they share the K and V conversions) unless that leaves too few tasks.
 pub fn paged_attention_cpu_f16(
     shape: PagedAttentionShape,
-    q: &[f32],
-    k_t: &[f16],
-    v_cache: &[f16],
+    (q, k_t, v_cache): QueryKv<'_, f16>,
     step: StepRows<'_>,
     out: &mut [f32],
 ) {
@@ -47,7 +45,7 @@ pub fn paged_attention_cpu_f16(
 pub(super) fn attention_by_tasks(
     shape: PagedAttentionShape,
     heads_per_task: usize,
-    (q, k_t, v_cache): (&[f32], &[f16], &[f16]),
+    (q, k_t, v_cache): QueryKv<'_, f16>,
     step: StepRows<'_>,
     out: &mut [f32],
 ) {
@@ -144,7 +142,7 @@ impl Keys<'_> {
             f16_to_f32(&self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs], kb);
             for h in 0..heads {
                 let out = &mut p[h * n + start..][..len];
-                key_scores(&qh[h * hd..][..hd], kb, bs, len, out, self.prompt_order);
+                key_scores(&qh[h * hd..][..hd], kb, bs, out, self.prompt_order);
             }
         }
         for h in 0..heads {

@@ -33,6 +33,10 @@ impl PagedAttentionShape {
     }
 }
 
+/// A CPU kernel's query rows (`[num_tokens, num_heads, head_dim]`, f32) and its K and V
+/// caches of element `T`.
+pub type QueryKv<'a, T> = (&'a [f32], &'a [T], &'a [T]);
+
 /// The step's rows as the CPU kernels read them (the fields of a [`FlatBatch`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StepRows<'a> {
@@ -75,9 +79,7 @@ impl<'a> StepRows<'a> {
 #[allow(clippy::needless_range_loop)]
 pub fn paged_attention_cpu(
     shape: PagedAttentionShape,
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    (q, k_cache, v_cache): QueryKv<'_, f32>,
     step: StepRows<'_>,
     out: &mut [f32],
 ) {

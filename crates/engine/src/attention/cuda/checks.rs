@@ -105,13 +105,8 @@ pub fn check_kernels<T: KernelType>(k: &CudaKernels, tol: f64) -> Vec<CheckRow> 
             let mut dout = st.clone_htod(&vec![T::from_f32(f32::NAN); ns * nh * hd])?;
             let dt = st.clone_htod(&tables)?;
             let dc = st.clone_htod(&ctx)?;
-            let kv = PagedKv {
-                k_cache: &kc,
-                v_cache: &vc,
-                block_tables: &dt,
-                context_lens: &dc,
-                shape: DecodeShape::new((ns, nh, nkv, hd), bs, ctx_max),
-            };
+            let shape = DecodeShape::new((ns, nh, nkv, hd), bs, ctx_max);
+            let kv = PagedKv::new((&kc, &vc), (&dt, &dc), shape);
             k.paged_attention(&mut dout.as_view_mut(), &dq.as_view(), kv, &mut None)?;
             let got: Vec<f32> = st.clone_dtoh(&dout)?.into_iter().map(T::to_f32).collect();
             let e = rel_err(&got, &want);
@@ -154,13 +149,11 @@ pub fn time_decode_attention(k: &CudaKernels) -> CudaResult<Vec<CheckRow>> {
     let tables: Vec<i32> = (0..num_blocks as i32).collect();
     let dt = st.clone_htod(&tables)?;
     let dc = st.clone_htod(&vec![ctx as i32; ns])?;
-    let kv = PagedKv {
-        k_cache: &kc,
-        v_cache: &vc,
-        block_tables: &dt,
-        context_lens: &dc,
-        shape: DecodeShape::new((ns, nh, nkv, hd), bs, ctx),
-    };
+    let kv = PagedKv::new(
+        (&kc, &vc),
+        (&dt, &dc),
+        DecodeShape::new((ns, nh, nkv, hd), bs, ctx),
+    );
     let mut scratch = None;
     let time = |f: &mut dyn FnMut() -> CudaResult<()>| -> CudaResult<f64> {
         for _ in 0..3 {

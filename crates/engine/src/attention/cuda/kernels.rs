@@ -98,6 +98,22 @@ pub struct PagedKv<'a, T> {
     pub shape: DecodeShape,
 }
 
+impl<'a, T> PagedKv<'a, T> {
+    pub fn new(
+        (k_cache, v_cache): (&'a CudaSlice<T>, &'a CudaSlice<T>),
+        (block_tables, context_lens): (&'a CudaSlice<i32>, &'a CudaSlice<i32>),
+        shape: DecodeShape,
+    ) -> Self {
+        Self {
+            k_cache,
+            v_cache,
+            block_tables,
+            context_lens,
+            shape,
+        }
+    }
+}
+
 impl CudaKernels {
     pub fn new(ordinal: usize) -> CudaResult<Self> {
         if !cuda_driver_present() {
