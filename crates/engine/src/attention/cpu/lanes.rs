@@ -2,6 +2,7 @@
 //! 16-lane chains, each lane the same sequential sum as llama.cpp's (AVX2 where built for it,
 //! a portable form that the `-C target-cpu=x86-64` build runs).
 
+#[cfg(x86_v3)]
 use half::f16;
 
 /// The 16 values per dim that [`crate::ops::ggml_arith::reduce16`]'s tree takes, for dims
