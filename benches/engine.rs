@@ -137,7 +137,7 @@ fn paged_attention(c: &mut Criterion) {
                     prompt_lens: &prompt_lens,
                     block_tables: &tables,
                 };
-                paged_attention_cpu_f16(shape, &q, &kv, &vv, step, &mut out);
+                paged_attention_cpu_f16(shape, (&q, &kv, &vv), step, &mut out);
                 black_box(&out);
             })
         });

@@ -30,6 +30,27 @@ pub struct EngineConfig {
     /// Called on the engine thread with each step's token count (for histograms), before
     /// the step's outputs are sent.
     pub step_observer: Option<StepObserver>,
+    /// What one request may ask for beyond the model's limits.
+    pub request_limits: RequestLimits,
+}
+
+/// Bounds on one request's asks that cost the server time or memory, refused with 400
+/// beyond them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Stop strings in one request (OpenAI allows 4; vLLM sets no limit).
+    pub max_stop_strings: usize,
+    /// Bytes of one request's stop strings together.
+    pub max_stop_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_stop_strings: 64,
+            max_stop_bytes: 64 << 10,
+        }
+    }
 }
 
 /// The prompt-token cap of a step.
@@ -68,6 +89,7 @@ impl Default for EngineConfig {
             gpu_memory_utilization: 0.9,
             enforce_eager: false,
             step_observer: None,
+            request_limits: RequestLimits::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use super::core::EngineCore;
 use super::kv_sizing::kv_blocks;
 use super::output::RequestOutput;
 use super::stats::EngineStats;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, RequestLimits};
 use crate::error::{EngineError, InvalidParam, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::model::LlamaModel;
@@ -36,6 +36,7 @@ pub struct EngineHandle {
     pub tokenizer: Arc<Tokenizer>,
     pub max_model_len: usize,
     pub num_blocks: usize,
+    limits: RequestLimits,
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -108,6 +109,7 @@ impl EngineHandle {
             tokenizer,
             max_model_len,
             num_blocks,
+            limits: cfg.request_limits,
             join: std::sync::Mutex::new(Some(join)),
         })
     }
@@ -120,6 +122,19 @@ impl EngineHandle {
     ) -> std::result::Result<ValidRequest, InvalidParam> {
         let vocab = self.tokenizer.vocab_size();
         params.check(vocab)?;
+        let limits = &self.limits;
+        let stop_bytes: usize = params.stop.iter().map(String::len).sum();
+        if params.stop.len() > limits.max_stop_strings || stop_bytes > limits.max_stop_bytes {
+            return Err(InvalidParam::new(
+                "stop",
+                format!(
+                    "{} stop strings of {stop_bytes} bytes; the limits are {} strings and {} bytes",
+                    params.stop.len(),
+                    limits.max_stop_strings,
+                    limits.max_stop_bytes
+                ),
+            ));
+        }
         if prompt.is_empty() {
             return Err(InvalidParam::new("prompt", "the prompt is empty"));
         }

@@ -2,49 +2,148 @@
 //! what follows it are cut; text that could be the start of a stop string is held back so a
 //! stream never shows part of one.
 
+//!
+//! The stop strings are one Aho-Corasick automaton over bytes (built once per request), so
+//! each delta costs its own length whatever the number and size of the stop strings; the
+//! automaton's state also says how much text to hold back (the longest suffix that begins
+//! some stop string).
+
+use std::collections::VecDeque;
+
+/// One state of the automaton: a trie node with its failure link.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// Outgoing trie edges, sorted by byte.
+    edges: Vec<(u8, u32)>,
+    /// The state of the longest proper suffix of this node's text that is a trie node.
+    fail: u32,
+    /// Bytes from the root: the length of the text this state stands for.
+    depth: u32,
+    /// The longest stop string ending here (this node's, or one its suffixes end), 0 if none.
+    longest_match: u32,
+}
+
+/// The stop strings as an automaton.
+#[derive(Debug, Clone, Default)]
+struct Automaton {
+    nodes: Vec<Node>,
+}
+
+impl Automaton {
+    fn new(stops: &[String]) -> Self {
+        let mut nodes = vec![Node::default()];
+        for s in stops {
+            let mut at = 0usize;
+            for &b in s.as_bytes() {
+                at = match nodes[at].edges.binary_search_by_key(&b, |e| e.0) {
+                    Ok(i) => nodes[at].edges[i].1 as usize,
+                    Err(i) => {
+                        let next = nodes.len();
+                        let depth = nodes[at].depth + 1;
+                        nodes[at].edges.insert(i, (b, next as u32));
+                        nodes.push(Node {
+                            depth,
+                            ..Node::default()
+                        });
+                        next
+                    }
+                };
+            }
+            nodes[at].longest_match = nodes[at].depth;
+        }
+        // Failure links breadth first: a node's fail is found from its parent's.
+        let mut queue: VecDeque<usize> = nodes[0].edges.iter().map(|e| e.1 as usize).collect();
+        while let Some(n) = queue.pop_front() {
+            let inherited = nodes[nodes[n].fail as usize].longest_match;
+            nodes[n].longest_match = nodes[n].longest_match.max(inherited);
+            for (b, child) in nodes[n].edges.clone() {
+                let mut f = nodes[n].fail as usize;
+                let fail = loop {
+                    if let Some(t) = Self::edge(&nodes[f], b) {
+                        break t;
+                    }
+                    if f == 0 {
+                        break 0;
+                    }
+                    f = nodes[f].fail as usize;
+                };
+                nodes[child as usize].fail = fail;
+                queue.push_back(child as usize);
+            }
+        }
+        Self { nodes }
+    }
+
+    fn edge(node: &Node, b: u8) -> Option<u32> {
+        node.edges
+            .binary_search_by_key(&b, |e| e.0)
+            .ok()
+            .map(|i| node.edges[i].1)
+    }
+
+    /// The state after `b` from `state`.
+    fn next(&self, mut state: u32, b: u8) -> u32 {
+        loop {
+            let node = &self.nodes[state as usize];
+            if let Some(t) = Self::edge(node, b) {
+                return t;
+            }
+            if state == 0 {
+                return 0;
+            }
+            state = node.fail;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StopStringMatcher {
-    stops: Vec<String>,
-    /// Text received but not yet released (it may begin a stop string).
+    automaton: Option<Automaton>,
+    /// The automaton's state after the text so far.
+    state: u32,
+    /// Text received but not yet released (it may begin a stop string): always the last
+    /// `depth` bytes of the state.
     held: String,
 }
 
 impl StopStringMatcher {
     pub fn new(stops: Vec<String>) -> Self {
+        let automaton = (!stops.is_empty()).then(|| Automaton::new(&stops));
         Self {
-            stops,
+            automaton,
+            state: 0,
             held: String::new(),
         }
     }
 
     /// Adds a delta. Returns the text safe to release and whether a stop string matched
-    /// (then the released text ends just before it).
+    /// (then the released text ends just before it). Of the matches complete by the end of
+    /// the delta, the one that starts first wins.
     pub fn push(&mut self, delta: &str) -> (String, bool) {
-        if self.stops.is_empty() {
+        let Some(a) = &self.automaton else {
             return (delta.to_string(), false);
-        }
-        self.held.push_str(delta);
-        // The earliest complete match wins.
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
-        if let Some(pos) = hit {
-            let out = self.held[..pos].to_string();
-            self.held.clear();
-            return (out, true);
-        }
-        // Hold back the longest suffix that is a proper prefix of some stop string.
-        let mut keep = 0;
-        for s in &self.stops {
-            for (i, _) in s.char_indices().skip(1) {
-                if self.held.ends_with(&s[..i]) {
-                    keep = keep.max(i);
-                }
+        };
+        let base = self.held.len();
+        let mut first_start: Option<usize> = None;
+        for (i, &b) in delta.as_bytes().iter().enumerate() {
+            self.state = a.next(self.state, b);
+            let len = a.nodes[self.state as usize].longest_match as usize;
+            if len > 0 {
+                let start = base + i + 1 - len;
+                first_start = Some(first_start.map_or(start, |s| s.min(start)));
             }
         }
-        let cut = self.held.len() - keep;
+        self.held.push_str(delta);
+        if let Some(pos) = first_start {
+            let out = self.held[..pos].to_string();
+            self.held.clear();
+            self.state = 0;
+            return (out, true);
+        }
+        // Hold back the longest suffix that begins some stop string: the state's depth
+        // (a stop string's first byte starts a character, so the cut is on a boundary).
+        let keep = a.nodes[self.state as usize].depth as usize;
+        let cut = self.held.len() - keep.min(self.held.len());
         let out = self.held[..cut].to_string();
         self.held.drain(..cut);
         (out, false)
@@ -52,6 +151,7 @@ impl StopStringMatcher {
 
     /// The stream ended without a match: release what was held.
     pub fn flush(&mut self) -> String {
+        self.state = 0;
         std::mem::take(&mut self.held)
     }
 }
@@ -100,6 +200,71 @@ mod tests {
         let (out, hit, _) = run(&["égal"], &["c'est ", "é", "ga", "l à"]);
         assert!(hit);
         assert_eq!(out.concat(), "c'est ");
+    }
+
+    /// The matcher's answer against the plain definition (earliest start among the matches
+    /// complete in the text so far; hold back the longest suffix that begins a stop string),
+    /// over random deltas of a small alphabet.
+    #[test]
+    fn automaton_agrees_with_the_definition() {
+        fn naive(stops: &[String], deltas: &[String]) -> (String, bool) {
+            let mut held = String::new();
+            let mut out = String::new();
+            for d in deltas {
+                held.push_str(d);
+                if let Some(pos) = stops.iter().filter_map(|s| held.find(s.as_str())).min() {
+                    out.push_str(&held[..pos]);
+                    return (out, true);
+                }
+            }
+            (out + &held, false)
+        }
+        let mut seed = 7u64;
+        let mut pick = |n: usize| (crate::lcg::lcg_next(&mut seed) % n as u64) as usize;
+        for _ in 0..3000 {
+            let word = |pick: &mut dyn FnMut(usize) -> usize, max: usize| -> String {
+                (0..1 + pick(max))
+                    .map(|_| ["a", "b", "é"][pick(3)])
+                    .collect()
+            };
+            let stops: Vec<String> = (0..1 + pick(4)).map(|_| word(&mut pick, 4)).collect();
+            let deltas: Vec<String> = (0..1 + pick(6)).map(|_| word(&mut pick, 5)).collect();
+            let mut m = StopStringMatcher::new(stops.clone());
+            let (mut got, mut hit) = (String::new(), false);
+            for d in &deltas {
+                let (t, h) = m.push(d);
+                got.push_str(&t);
+                if h {
+                    hit = true;
+                    break;
+                }
+            }
+            if !hit {
+                got.push_str(&m.flush());
+            }
+            assert_eq!((got, hit), naive(&stops, &deltas), "{stops:?} {deltas:?}");
+        }
+    }
+
+    /// Many long stop strings that share prefixes: held back while they may still match,
+    /// matched when one completes.
+    #[test]
+    fn many_long_stop_strings_are_matched_by_one_automaton() {
+        let stops: Vec<String> = (0..64)
+            .map(|i| format!("{i:02}{}", "x".repeat(1000)))
+            .collect();
+        let mut m = StopStringMatcher::new(stops);
+        let text = "42".to_string() + &"x".repeat(999);
+        let mut released = String::new();
+        for c in text.chars() {
+            let (t, hit) = m.push(&c.to_string());
+            assert!(!hit);
+            released.push_str(&t);
+        }
+        assert_eq!(released, "", "all of it may still begin a stop string");
+        let (t, hit) = m.push("x");
+        assert!(hit);
+        assert_eq!(t, "");
     }
 
     #[test]

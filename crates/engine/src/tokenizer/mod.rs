@@ -206,6 +206,14 @@ impl Tokenizer {
         self.token_bytes.len()
     }
 
+    /// The fewest tokens `bytes` bytes of text can encode to: no token stands for more bytes
+    /// than the longest in the vocabulary. Lets a server refuse a prompt that cannot fit
+    /// before spending time and memory on encoding it.
+    pub fn min_tokens_for_bytes(&self, bytes: usize) -> usize {
+        let longest = self.token_bytes.iter().map(Vec::len).max().unwrap_or(1);
+        bytes.div_ceil(longest.max(1))
+    }
+
     /// Token ids of `text`. `parse_special`: whether special-token text (`<|im_start|>`)
     /// becomes the special token, as chat prompts need, or stays ordinary text. BOS is
     /// prepended when the model asks for it.

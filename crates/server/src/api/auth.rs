@@ -16,19 +16,33 @@ pub async fn require_api_key(
     req: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = &state.api_key {
+    if !state.api_keys.is_empty() {
         let given = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        if !any_key_matches(given.as_bytes(), &state.api_keys) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
                 .into_response();
         }
     }
     next.run(req).await
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Whether `given` is one of `keys`, every key compared in full (no early exit).
+fn any_key_matches(given: &[u8], keys: &[String]) -> bool {
+    keys.iter()
+        .fold(false, |hit, k| constant_time_eq(given, k.as_bytes()) | hit)
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a key matched.
@@ -44,7 +58,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{any_key_matches, bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_any_key_matches() {
+        for v in ["Bearer k1", "bearer k1", "BEARER k1", "Bearer  k1"] {
+            assert_eq!(bearer_token(v), Some("k1"), "{v}");
+        }
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearerk1"), None);
+        let keys = vec!["k1".to_string(), "second".to_string()];
+        assert!(any_key_matches(b"k1", &keys));
+        assert!(any_key_matches(b"second", &keys));
+        assert!(!any_key_matches(b"k", &keys));
+        assert!(!any_key_matches(b"", &keys));
+    }
 
     #[test]
     fn constant_time_eq_is_equality() {

@@ -20,7 +20,8 @@ use super::stream::{
     build_choices, chat_logprobs, chunk_builder, collect_all, stream_sse, usage_chunk,
 };
 use super::validate::{
-    check_length, logprobs_count, max_tokens_or, read_request, sampling_params, validate_prompts,
+    check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
+    validate_prompts,
 };
 
 /// Messages to template input: text parts joined by newlines; only text content is read.
@@ -84,9 +85,9 @@ pub async fn chat_completions(
     })?;
     let messages = flatten_messages(&req.messages)?;
     let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
-    let prompt = tok.encode(&text, true)?;
     let engine = &loaded.engine;
     let max_model_len = engine.max_model_len;
+    let prompt = encode_prompt(&tok, text, max_model_len, "messages").await?;
     let max_tokens = max_tokens_or(
         req.max_completion_tokens.or(req.common.max_tokens),
         max_model_len.saturating_sub(prompt.len()).max(1),

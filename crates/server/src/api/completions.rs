@@ -20,7 +20,8 @@ use super::stream::{
     build_choices, chunk_builder, collect_all, completion_logprobs, stream_sse, usage_chunk,
 };
 use super::validate::{
-    check_length, logprobs_count, max_tokens_or, read_request, sampling_params, validate_prompts,
+    check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
+    validate_prompts,
 };
 
 pub async fn completions(
@@ -28,13 +29,17 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (started, loaded, tok, req, n) = read_request::<CompletionRequest>(&state, body)?;
+    let max_model_len = loaded.engine.max_model_len;
     let prompts: Vec<Vec<u32>> = match req.prompt.clone() {
         None => return Err(ApiError::invalid_field("prompt", "`prompt` is required")),
-        Some(Prompt::Text(s)) => vec![tok.encode(&s, true)?],
-        Some(Prompt::Texts(v)) => v
-            .iter()
-            .map(|s| tok.encode(s, true))
-            .collect::<Result<_, _>>()?,
+        Some(Prompt::Text(s)) => vec![encode_prompt(&tok, s, max_model_len, "prompt").await?],
+        Some(Prompt::Texts(v)) => {
+            let mut out = Vec::with_capacity(v.len());
+            for s in v {
+                out.push(encode_prompt(&tok, s, max_model_len, "prompt").await?);
+            }
+            out
+        }
         Some(Prompt::Tokens(v)) => vec![v],
         Some(Prompt::TokenBatches(v)) => v,
     };

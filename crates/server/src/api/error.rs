@@ -43,7 +43,7 @@ impl ApiError {
 
     fn error_type(&self) -> &'static str {
         match self.status.as_u16() {
-            400 | 404 | 413 | 422 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 | 422 | 431 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_exceeded",
             503 => "service_unavailable",
@@ -64,16 +64,23 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
+impl ApiError {
+    /// OpenAI's error object: `{"error": {message, type, param, code}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
             "error": {
                 "message": self.message,
                 "type": self.error_type(),
                 "param": self.param,
                 "code": self.status.as_u16(),
             }
-        });
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.to_json();
         (self.status, Json(body)).into_response()
     }
 }

@@ -157,6 +157,31 @@ pub async fn not_found(req: Request<Body>) -> ApiError {
     ))
 }
 
+/// 405 for a route that exists under other methods, as OpenAI's error JSON.
+pub async fn method_not_allowed(req: Request<Body>) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("route {} does not take {}", req.uri().path(), req.method()),
+    )
+}
+
+/// 413 for a body whose declared length is over `--max-body-bytes`, before reading it.
+pub async fn refuse_large_bodies(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > state.max_body_bytes as u64) {
+        return super::validate::body_too_large(len, state.max_body_bytes).into_response();
+    }
+    next.run(req).await
+}
+
 /// Counts every HTTP request by its route pattern and status.
 pub async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = req
@@ -164,11 +189,23 @@ pub async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
+    let active = state.active_request();
     let resp = next.run(req).await;
     state
         .metrics
         .http_requests
         .with_label_values(&[route.as_str(), resp.status().as_str()])
         .inc();
-    resp
+    // Counted until the body is written to its end (a stream's last event) or dropped.
+    resp.map(|body| {
+        Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _counted = &active;
+            frame
+        }))
+    })
+}
+
+/// What a connection beyond `--max-connections` gets for anything but the probes.
+pub async fn over_connection_limit() -> ApiError {
+    ApiError::unavailable("the server is at its connection limit; retry later")
 }

@@ -25,28 +25,53 @@ use misc::{model_query, DetokenizeRequest, TokenizeRequest};
 
 pub use state::{AppState, Loaded};
 
+/// What a connection beyond `--max-connections` is served: the probes, 503 for the rest.
+pub fn probes_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(misc::health))
+        .route("/ping", get(misc::health).post(misc::health))
+        .fallback(misc::over_connection_limit)
+        .with_state(state)
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    // Every route that does work needs the key; only the probes (and /metrics unless
+    // --metrics-require-api-key) stay open.
+    let mut keyed = Router::new()
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(misc::models))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ));
-    Router::new()
-        .merge(v1)
-        .route("/health", get(misc::health))
-        .route("/metrics", get(misc::metrics))
         .route("/version", get(misc::version))
         .route("/tokenize", post(model_query::<TokenizeRequest>))
-        .route("/detokenize", post(model_query::<DetokenizeRequest>))
+        .route("/detokenize", post(model_query::<DetokenizeRequest>));
+    let mut open = Router::new()
+        .route("/health", get(misc::health))
+        .route("/ping", get(misc::health).post(misc::health));
+    if state.metrics_require_api_key {
+        keyed = keyed.route("/metrics", get(misc::metrics));
+    } else {
+        open = open.route("/metrics", get(misc::metrics));
+    }
+    let keyed = keyed.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_api_key,
+    ));
+    Router::new()
+        .merge(keyed)
+        .merge(open)
         .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             misc::count_http,
         ))
-        // Bodies are read by the handlers with our own limit (413 as OpenAI JSON).
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // The body limit while the body streams in: a declared length over it is refused
+        // before any byte is read (so `Expect: 100-continue` gets 413, not 100), and a
+        // chunked body is cut at the limit (the handlers answer 413 as OpenAI JSON).
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            misc::refuse_large_bodies,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }

@@ -21,7 +21,10 @@ pub struct Loaded {
 
 pub struct AppState {
     pub served_model_name: String,
-    pub api_key: Option<String>,
+    /// Keys accepted as `Authorization: Bearer KEY` (none: no key needed).
+    pub api_keys: Vec<String>,
+    /// Whether /metrics needs a key too.
+    pub metrics_require_api_key: bool,
     /// Set once the model is loaded and the engine runs; until then /health and /v1 say 503.
     pub loaded: OnceLock<Loaded>,
     pub metrics: Metrics,
@@ -32,6 +35,11 @@ pub struct AppState {
     pub admission_limit: usize,
     pub max_body_bytes: usize,
     pub max_n: usize,
+    /// HTTP requests whose response has not been written to its end (a stream until its
+    /// last event): a drain waits for these.
+    pub active_http: AtomicUsize,
+    /// Set when the drain timeout expires: open streams end with an error event.
+    pub drain_expired: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -44,8 +52,15 @@ impl AppState {
             .ok_or_else(|| ApiError::unavailable("the model is still loading"))
     }
 
-    /// Reserves `n` admission slots or refuses with 429.
+    /// Reserves `n` admission slots or refuses: 400 if `n` is more than the server ever
+    /// admits at once (retrying cannot help), else 429 while it is busy.
     pub fn admit(self: &Arc<Self>, n: usize) -> Result<Admission, ApiError> {
+        if n > self.admission_limit {
+            return Err(ApiError::bad_request(format!(
+                "the request asks for {n} sequences (prompts × n); the server runs or queues at most {}",
+                self.admission_limit
+            )));
+        }
         let mut cur = self.in_flight.load(Ordering::Relaxed);
         loop {
             if cur + n > self.admission_limit {
@@ -83,6 +98,28 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// A guard counting one HTTP request in [`AppState::active_http`] until dropped.
+    pub fn active_request(self: &Arc<Self>) -> ActiveRequest {
+        self.active_http.fetch_add(1, Ordering::AcqRel);
+        ActiveRequest(self.clone())
+    }
+
+    /// Whether no HTTP request is being answered and no engine request is admitted.
+    pub fn is_idle(&self) -> bool {
+        self.active_http.load(Ordering::Acquire) == 0 && self.in_flight.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One HTTP request being answered (see [`AppState::active_request`]).
+pub struct ActiveRequest(Arc<AppState>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.active_http.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Admission slots held by a request; released when it is dropped.
 pub struct Admission {
     state: Arc<AppState>,
@@ -101,7 +138,7 @@ pub struct Submission {
     pub engine_ids: Vec<RequestId>,
     finished: Vec<bool>,
     state: Arc<AppState>,
-    _admission: Admission,
+    admission: Option<Admission>,
 }
 
 impl Submission {
@@ -109,6 +146,12 @@ impl Submission {
         if let Some(f) = self.finished.get_mut(choice) {
             *f = true;
         }
+    }
+
+    /// The engine is done with every request: their admission slots go back now, even if
+    /// the client has not read all of the answer yet.
+    pub fn release_admission(&mut self) {
+        self.admission = None;
     }
 }
 
@@ -141,7 +184,7 @@ pub fn submit(
         engine_ids: Vec::new(),
         finished: Vec::new(),
         state: state.clone(),
-        _admission: admission,
+        admission: Some(admission),
     };
     let mut rxs = Vec::new();
     for r in requests {

@@ -2,7 +2,7 @@
 //! driver, reading every choice to its end, the usage both report, and OpenAI's renderings
 //! of tokens and log-probs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,12 +24,15 @@ use super::protocol::{
 };
 use super::state::{AppState, Submission};
 
-/// Streams engine outputs as SSE chunks ending in `data: [DONE]`. A task feeds a bounded
-/// channel; when the client goes away the channel closes, the task ends and the
-/// submission's drop aborts whatever had not finished (queued requests included).
+/// Streams engine outputs as SSE chunks ending in `data: [DONE]`. A task reads the engine's
+/// outputs as they come (however slowly the client reads, so the request's admission slots
+/// go back as soon as the engine is done with it) and feeds a bounded channel the response
+/// body reads; when the client goes away the channel closes, the task ends and the
+/// submission's drop aborts whatever had not finished (queued requests included). Cut by the
+/// drain timeout at shutdown, the stream ends with an error event, without `[DONE]`.
 pub fn stream_sse<R, U>(
     state: Arc<AppState>,
-    mut sub: Submission,
+    sub: Submission,
     rxs: Vec<UnboundedReceiver<RequestOutput>>,
     started: Instant,
     mut render: R,
@@ -41,7 +44,10 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     let n = rxs.len();
+    let mut drain = state.drain_expired.subscribe();
     tokio::spawn(async move {
+        let mut sub = Some(sub);
+        let mut usage = usage;
         let mut timers: Vec<RequestTimer> = (0..n).map(|_| RequestTimer::new(started)).collect();
         let mut seen = vec![false; n];
         let mut completion_tokens = vec![0usize; n];
@@ -50,44 +56,71 @@ where
                 .enumerate()
                 .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |o| (i, o))),
         );
+        // Events rendered and not yet taken by the response body.
+        let mut queue: VecDeque<String> = VecDeque::new();
         let mut finished = 0;
-        while finished < n {
-            let next = tokio::select! {
-                next = streams.next() => next,
+        // Every engine output has been read (and the closing events queued).
+        let mut ended = false;
+        while !(ended && queue.is_empty()) {
+            tokio::select! {
+                next = streams.next(), if !ended => {
+                    let Some((i, o)) = next.filter(|_| finished < n) else {
+                        // All finished (or the engine went away): close the stream.
+                        if let Some(s) = sub.as_mut() {
+                            s.release_admission();
+                        }
+                        if let Some(u) = usage.take() {
+                            queue.push_back(u(completion_tokens.iter().sum()).to_string());
+                        }
+                        queue.push_back("[DONE]".to_string());
+                        ended = true;
+                        continue;
+                    };
+                    timers[i].on_output(&state.metrics, &o);
+                    completion_tokens[i] = o.usage.completion_tokens;
+                    if o.finished.is_some() {
+                        finished += 1;
+                        if let Some(s) = sub.as_mut() {
+                            s.mark_finished(i);
+                            if finished == n {
+                                s.release_admission();
+                            }
+                        }
+                    }
+                    queue.extend(render(i, &o, !seen[i]).iter().map(|c| c.to_string()));
+                    seen[i] = true;
+                }
+                permit = tx.reserve(), if !queue.is_empty() => {
+                    let (Ok(permit), Some(event)) = (permit, queue.pop_front()) else {
+                        return;
+                    };
+                    permit.send(Ok(Event::default().data(event)));
+                }
                 _ = tx.closed() => return,
-            };
-            let Some((i, o)) = next else { break };
-            timers[i].on_output(&state.metrics, &o);
-            completion_tokens[i] = o.usage.completion_tokens;
-            if o.finished.is_some() {
-                finished += 1;
-                sub.mark_finished(i);
-            }
-            for chunk in render(i, &o, !seen[i]) {
-                if tx
-                    .send(Ok(Event::default().data(chunk.to_string())))
-                    .await
-                    .is_err()
-                {
-                    return;
+                _ = drain_expired(&mut drain), if sub.is_some() => {
+                    // Abort what is unfinished now; the client hears why the text stops.
+                    sub = None;
+                    queue.push_back(
+                        ApiError::unavailable(
+                            "the server shut down before this stream finished; the text is cut",
+                        )
+                        .to_json()
+                        .to_string(),
+                    );
+                    ended = true;
                 }
             }
-            seen[i] = true;
         }
-        if let Some(u) = usage {
-            let chunk = u(completion_tokens.iter().sum());
-            if tx
-                .send(Ok(Event::default().data(chunk.to_string())))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
         drop(sub);
     });
     Sse::new(ReceiverStream::new(rx)).into_response()
+}
+
+/// Resolves once the drain timeout has expired (never if its sender is gone).
+async fn drain_expired(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|&expired| expired).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The endpoint's chunk from choices and usage: every chunk of a stream, the usage chunk

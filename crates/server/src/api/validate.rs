@@ -23,16 +23,19 @@ pub fn parse_json(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<serde_json::Value, ApiError> {
-    let bytes = body.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
-    if bytes.len() > state.max_body_bytes {
-        return Err(ApiError::new(
+    let bytes = body.map_err(|e| match e.status() {
+        // Cut while streaming in (the body limit layer): nothing beyond the limit was kept.
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the request body is {} bytes; the limit is {}",
-                bytes.len(),
+                "the request body is over the limit of {} bytes",
                 state.max_body_bytes
             ),
-        ));
+        ),
+        _ => ApiError::bad_request(format!("could not read the body: {e}")),
+    })?;
+    if bytes.len() > state.max_body_bytes {
+        return Err(body_too_large(bytes.len() as u64, state.max_body_bytes));
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
@@ -42,6 +45,14 @@ pub fn parse_json(
         ));
     }
     Ok(v)
+}
+
+/// 413 for a body of `len` bytes over `limit`.
+pub fn body_too_large(len: u64, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is {len} bytes; the limit is {limit}"),
+    )
 }
 
 /// Typed fields from the body; a wrong type is a 400 naming the field.
@@ -203,6 +214,37 @@ pub fn validate_prompts(
             })
         })
         .collect()
+}
+
+/// A prompt's token ids, encoded on the blocking pool (a long prompt takes seconds of CPU,
+/// which would stall the async runtime and every request on it), after refusing one whose
+/// byte length alone proves it longer than the context (`param` names it in the error).
+pub async fn encode_prompt(
+    tok: &Arc<Tokenizer>,
+    text: String,
+    max_model_len: usize,
+    param: &'static str,
+) -> Result<Vec<u32>, ApiError> {
+    let least = tok.min_tokens_for_bytes(text.len());
+    if least >= max_model_len {
+        return Err(ApiError::invalid_field(
+            param,
+            format!(
+                "This model's maximum context length is {max_model_len} tokens. However, the prompt of {} bytes is at least {least} tokens.",
+                text.len()
+            ),
+        ));
+    }
+    let tok = tok.clone();
+    tokio::task::spawn_blocking(move || tok.encode(&text, true))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("tokenizing failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 /// `n` in range, as a count.

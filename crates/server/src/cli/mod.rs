@@ -6,6 +6,8 @@ mod env;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
+mod http;
+mod limits;
 mod serve;
 
 use clap::{Parser, Subcommand};

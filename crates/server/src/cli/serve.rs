@@ -11,8 +11,10 @@ use ferrolm_engine::config::{EngineConfig, PrefillCap, StepObserver};
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 
+use super::http::{fit_connections_to_descriptors, serve_http};
+use super::limits::LimitArgs;
 use crate::api::metrics::Metrics;
-use crate::api::{router, AppState, Loaded};
+use crate::api::{probes_router, router, AppState, Loaded};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -47,9 +49,6 @@ pub struct ServeArgs {
     pub enable_prefix_caching: bool,
     #[arg(long)]
     pub no_enable_prefix_caching: bool,
-    /// Required as `Authorization: Bearer KEY` on /v1/* (also VLLM_API_KEY, FERROLM_API_KEY).
-    #[arg(long)]
-    pub api_key: Option<String>,
     /// A Jinja chat template: a file path or the template text.
     #[arg(long)]
     pub chat_template: Option<String>,
@@ -71,15 +70,15 @@ pub struct ServeArgs {
     /// Requests that may wait beyond the running ones; more get 429.
     #[arg(long, default_value_t = 1024)]
     pub max_queue_len: usize,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 8 << 20)]
-    pub max_body_bytes: usize,
     /// Largest `n` a request may ask for.
     #[arg(long, default_value_t = 16)]
     pub max_n: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM.
+    /// Seconds in-flight requests get to finish after SIGTERM (streams still open then end
+    /// with an error event).
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -116,23 +115,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(super::env::api_key)
-        .filter(|k| !k.is_empty());
+    let api_keys = args.limits.api_keys()?;
     let metrics =
         Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
     let state = Arc::new(AppState {
         served_model_name: served,
-        api_key,
+        api_keys,
+        metrics_require_api_key: args.limits.metrics_require_api_key,
         loaded: OnceLock::new(),
         metrics,
         shutting_down: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         admission_limit: args.max_num_seqs + args.max_queue_len,
-        max_body_bytes: args.max_body_bytes,
+        max_body_bytes: args.limits.max_body_bytes,
         max_n: args.max_n,
+        active_http: AtomicUsize::new(0),
+        drain_expired: tokio::sync::watch::channel(false).0,
     });
     // Tokio gets a small share: the engine thread and its compute pool need the cores.
     let workers = ferrolm_engine::worker::available_cores().clamp(1, 2);
@@ -180,6 +178,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
                 gpu_memory_utilization: load_args.gpu_memory_utilization,
                 enforce_eager: load_args.enforce_eager,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
+                request_limits: load_args.limits.request_limits(),
             },
         )?;
         tracing::info!(model = %describe, kv_blocks = engine.num_blocks, max_model_len = engine.max_model_len, "model loaded");
@@ -190,38 +189,59 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
         Ok(())
     });
 
+    let mut http_limits = args.limits.http()?;
+    http_limits.max_connections = fit_connections_to_descriptors(http_limits.max_connections);
     let app = router(state.clone());
-    let shutdown_state = state.clone();
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        shutdown_state.shutting_down.store(true, Ordering::SeqCst);
-        let _ = drain_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
+    let probes = probes_router(state.clone());
+    let server = tokio::spawn(serve_http(listener, app, probes, http_limits));
 
-    // A model that fails to load ends the process with its error.
-    match loader.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(e) => anyhow::bail!("model loading panicked: {e}"),
-    }
-
-    // Wait for the server to finish draining, bounded once shutdown starts.
-    let drain = Duration::from_secs(args.drain_timeout);
-    let mut server = server;
+    // A model that fails to load ends the process with its error (as does a signal first).
     tokio::select! {
-        r = &mut server => { r??; }
-        _ = async { let _ = drain_rx.await; tokio::time::sleep(drain).await; } => {
-            tracing::warn!("drain timeout of {}s reached; exiting", args.drain_timeout);
+        loaded = loader => match loaded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => anyhow::bail!("model loading panicked: {e}"),
+        },
+        _ = shutdown_signal() => {
+            tracing::info!("stopped while loading");
+            return Ok(());
         }
     }
+    shutdown_signal().await;
+
+    // Drain: new requests get 503 (connections are still accepted), in-flight ones get
+    // `--drain-timeout` to finish; streams still open then end with an error event.
+    tracing::info!("shutting down: finishing in-flight requests");
+    state.shutting_down.store(true, Ordering::SeqCst);
+    let drain = Duration::from_secs(args.drain_timeout);
+    if tokio::time::timeout(drain, until_idle(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain timeout of {}s reached; cutting what is left",
+            args.drain_timeout
+        );
+        state.drain_expired.send_replace(true);
+        // The cut streams' error events are queued; let them reach their clients.
+        let _ = tokio::time::timeout(CUT_STREAMS_GRACE, until_idle(&state)).await;
+    }
+    server.abort();
     if let Some(l) = state.loaded.get() {
         l.engine.shutdown();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long streams cut at the drain timeout get to deliver their error event.
+const CUT_STREAMS_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves once nothing is being answered.
+async fn until_idle(state: &AppState) {
+    while !state.is_idle() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn shutdown_signal() {
