@@ -32,6 +32,36 @@ pub struct EngineConfig {
     pub step_observer: Option<StepObserver>,
     /// What one request may ask for beyond the model's limits.
     pub request_limits: RequestLimits,
+    /// How prompts share a step's prompt tokens.
+    pub partial_prefills: PartialPrefills,
+}
+
+/// vLLM's partial-prefill settings (`--max-num-partial-prefills`,
+/// `--max-long-partial-prefills`, `--long-prefill-token-threshold`), with defaults that share
+/// (vLLM's default of one partial prefill does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialPrefills {
+    /// Prompts part-way through their prefill at once; a long one gets at least 1/this of
+    /// a step's prompt tokens. 1: one prompt at a time, oldest first, no passing (the
+    /// scheduling before sharing).
+    pub max_num_partial_prefills: usize,
+    /// Of those, prompts with more than `long_prefill_token_threshold` tokens to compute.
+    /// Further long prompts wait their turn (oldest first); shorter ones pass them.
+    pub max_long_partial_prefills: usize,
+    /// A prompt with more tokens than this to compute is long. `None`: half the step's
+    /// prompt-token cap (`max_batch_prefill_tokens`, else `max_num_batched_tokens`): 64 with
+    /// the CPU's 128, so no short prompt, nor a long one's last chunk, fills a step alone.
+    pub long_prefill_token_threshold: Option<usize>,
+}
+
+impl Default for PartialPrefills {
+    fn default() -> Self {
+        Self {
+            max_num_partial_prefills: 4,
+            max_long_partial_prefills: 1,
+            long_prefill_token_threshold: None,
+        }
+    }
 }
 
 /// Bounds on one request's asks that cost the server time or memory, refused with 400
@@ -90,6 +120,7 @@ impl Default for EngineConfig {
             enforce_eager: false,
             step_observer: None,
             request_limits: RequestLimits::default(),
+            partial_prefills: PartialPrefills::default(),
         }
     }
 }

@@ -67,7 +67,8 @@ impl EngineHandle {
             max_model_len,
             max_batch_prefill_tokens: cfg.prefill_cap(on_cpu),
         };
-        let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?;
+        let scheduler = Scheduler::new(sched_cfg, kv, tokenizer.eog_ids.clone())?
+            .with_partial_prefills(cfg.partial_prefills)?;
         let stats = Arc::new(EngineStats::default());
         let (tx, rx) = mpsc::channel::<Command>();
         let thread_stats = stats.clone();

@@ -32,7 +32,11 @@ fn fake_token(id: u64, len: usize) -> u32 {
     10 + ((id as usize * 31 + len * 7) % 500) as u32
 }
 
-fn step(s: &mut Scheduler, cfg: &SchedulerConfig) -> Result<(), TestCaseError> {
+fn step(
+    s: &mut Scheduler,
+    cfg: &SchedulerConfig,
+    partial: &PartialPrefills,
+) -> Result<(), TestCaseError> {
     let out = s.schedule();
     prop_assert!(
         out.num_tokens() <= cfg.max_num_batched_tokens,
@@ -83,7 +87,42 @@ fn step(s: &mut Scheduler, cfg: &SchedulerConfig) -> Result<(), TestCaseError> {
         .collect();
     s.update(&out, &sampled);
     s.kv.check_invariants().map_err(TestCaseError::fail)?;
+    // Prompts part-way through their prefill: at most max_num_partial_prefills, and of them
+    // at most max_long_partial_prefills long ones (when prompts share steps).
+    let threshold = s.long_prefill_threshold();
+    let left: Vec<usize> = s
+        .running()
+        .iter()
+        .map(|r| r.tokens.len() - r.num_computed)
+        .filter(|&n| n > 1)
+        .collect();
+    prop_assert!(
+        left.len() <= partial.max_num_partial_prefills,
+        "{} partial prefills: {:?}",
+        left.len(),
+        left
+    );
+    if partial.max_num_partial_prefills > 1 {
+        let long = left.iter().filter(|&&n| n > threshold).count();
+        prop_assert!(
+            long <= partial.max_long_partial_prefills,
+            "{} long partial prefills (threshold {}): {:?}",
+            long,
+            threshold,
+            left
+        );
+    }
     Ok(())
+}
+
+fn partial_prefills() -> impl Strategy<Value = PartialPrefills> {
+    (1usize..5, 1usize..3, proptest::option::of(1usize..64)).prop_map(|(n, long, t)| {
+        PartialPrefills {
+            max_num_partial_prefills: n,
+            max_long_partial_prefills: long,
+            long_prefill_token_threshold: t,
+        }
+    })
 }
 
 proptest! {
@@ -98,6 +137,7 @@ proptest! {
         max_num_batched_tokens in 8usize..96,
         max_batch_prefill_tokens in proptest::option::of(1usize..64),
         caching in any::<bool>(),
+        partial in partial_prefills(),
     ) {
         let max_model_len = (num_blocks * block_size).min(96);
         let cfg = SchedulerConfig {
@@ -107,7 +147,10 @@ proptest! {
             max_batch_prefill_tokens,
         };
         let kv = KvCacheManager::new(num_blocks, block_size, caching);
-        let mut s = Scheduler::new(cfg.clone(), kv, vec![2]).unwrap();
+        let mut s = Scheduler::new(cfg.clone(), kv, vec![2])
+            .unwrap()
+            .with_partial_prefills(partial)
+            .unwrap();
         let mut next_id = 0u64;
         let mut live: Vec<u64> = Vec::new();
         let mut work = 0usize;
@@ -127,7 +170,7 @@ proptest! {
                     }
                     next_id += 1;
                 }
-                Op::Step => step(&mut s, &cfg)?,
+                Op::Step => step(&mut s, &cfg, &partial)?,
                 Op::Abort(k) => {
                     if !live.is_empty() {
                         let id = live[k % live.len()];
@@ -140,7 +183,7 @@ proptest! {
         // Arrivals stop: everything finishes within 2 x sum(prompt + max_tokens) steps.
         let mut steps = 0;
         while s.has_work() {
-            step(&mut s, &cfg)?;
+            step(&mut s, &cfg, &partial)?;
             steps += 1;
             prop_assert!(steps <= 2 * work.max(1), "not finished after {} steps", steps);
         }
@@ -270,4 +313,248 @@ fn parallel_samples_share_prompt_blocks_and_free_them() {
     }
     assert_eq!(s.kv.pool().num_free_blocks(), 32);
     s.kv.check_invariants().unwrap();
+}
+
+/// One step with fake tokens; returns the requests that sampled their first token.
+fn run_step(s: &mut Scheduler) -> (SchedulerOutput, Vec<u64>) {
+    let out = s.schedule();
+    let first: Vec<u64> = out
+        .scheduled
+        .iter()
+        .filter(|r| r.samples && s.request(r.id).is_some_and(|q| q.num_output() == 0))
+        .map(|r| r.id)
+        .collect();
+    let sampled: Vec<Option<u32>> = out
+        .scheduled
+        .iter()
+        .map(|r| {
+            r.samples
+                .then(|| fake_token(r.id, r.start + r.num_new_tokens))
+        })
+        .collect();
+    s.update(&out, &sampled);
+    s.kv.check_invariants().unwrap();
+    (out, first)
+}
+
+/// The CPU server's step: 256 tokens, at most 128 of them prompt tokens; room for
+/// `max_model_len`-token requests.
+fn cpu_scheduler(max_model_len: usize, partial: PartialPrefills) -> Scheduler {
+    let cfg = SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: 256,
+        max_model_len,
+        max_batch_prefill_tokens: Some(128),
+    };
+    let kv = KvCacheManager::new(16 * max_model_len / 16, 16, true);
+    Scheduler::new(cfg, kv, vec![2])
+        .unwrap()
+        .with_partial_prefills(partial)
+        .unwrap()
+}
+
+fn prompt(id: u64, len: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| 1000 + (id as u32 * 131 + i as u32) % 3000)
+        .collect()
+}
+
+fn params(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+/// Steps (counting from 1) until each of `ids` samples its first token, at most `limit`.
+fn steps_to_first_token(s: &mut Scheduler, ids: &[u64], limit: usize) -> Vec<Option<usize>> {
+    let mut at = vec![None; ids.len()];
+    for step in 1..=limit {
+        let (_, first) = run_step(s);
+        for (slot, id) in at.iter_mut().zip(ids) {
+            if first.contains(id) {
+                *slot = Some(step);
+            }
+        }
+        if at.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    at
+}
+
+#[test]
+fn a_short_prompt_is_not_starved_by_a_long_prefill() {
+    // Issue 18, item 8: a 4-token request sent while a 2,000-token prompt is prefilled in
+    // 128-token chunks waited for all of them.
+    let mut s = cpu_scheduler(4096, PartialPrefills::default());
+    s.add_request(Request::new(0, prompt(0, 2000), params(8)))
+        .unwrap();
+    for _ in 0..3 {
+        let (out, _) = run_step(&mut s);
+        assert_eq!(
+            out.num_tokens(),
+            128,
+            "a lone long prompt takes the whole cap"
+        );
+    }
+    s.add_request(Request::new(1, prompt(1, 4), params(8)))
+        .unwrap();
+    let (out, first) = run_step(&mut s);
+    assert_eq!(
+        first,
+        vec![1],
+        "the short prompt's first token, the step after it arrived"
+    );
+    assert_eq!(
+        out.num_tokens(),
+        128,
+        "the long prompt takes the rest: {out:?}"
+    );
+    // The long prompt loses no step: 2,000 tokens in 16 steps of 128, as alone.
+    let at = steps_to_first_token(&mut s, &[0], 20);
+    assert_eq!(at, vec![Some(12)]);
+}
+
+#[test]
+fn one_partial_prefill_queues_the_short_prompt_behind_the_long_one() {
+    // max_num_partial_prefills = 1 is first come, first served (vLLM's default).
+    let fcfs = PartialPrefills {
+        max_num_partial_prefills: 1,
+        ..Default::default()
+    };
+    let mut s = cpu_scheduler(4096, fcfs);
+    s.add_request(Request::new(0, prompt(0, 2000), params(8)))
+        .unwrap();
+    for _ in 0..3 {
+        run_step(&mut s);
+    }
+    s.add_request(Request::new(1, prompt(1, 4), params(8)))
+        .unwrap();
+    assert_eq!(
+        steps_to_first_token(&mut s, &[0, 1], 20),
+        vec![Some(13), Some(13)]
+    );
+}
+
+#[test]
+fn short_prompts_pass_a_waiting_long_one_and_long_ones_go_oldest_first() {
+    let mut s = cpu_scheduler(4096, PartialPrefills::default());
+    s.add_request(Request::new(0, prompt(0, 600), params(4)))
+        .unwrap();
+    run_step(&mut s);
+    // A second long prompt, then a burst of short ones behind it.
+    s.add_request(Request::new(1, prompt(1, 600), params(4)))
+        .unwrap();
+    for id in 2..5 {
+        s.add_request(Request::new(id, prompt(id, 20), params(4)))
+            .unwrap();
+    }
+    let (out, first) = run_step(&mut s);
+    assert_eq!(first, vec![2, 3, 4], "{out:?}");
+    assert_eq!(out.num_tokens(), 128);
+    assert!(
+        out.scheduled.iter().all(|r| r.id != 1),
+        "the second long prompt waits for the first: {out:?}"
+    );
+    // The first long prompt still finishes first; the second starts as it ends.
+    let at = steps_to_first_token(&mut s, &[0, 1], 20);
+    assert_eq!(at, vec![Some(4), Some(8)], "{at:?}");
+}
+
+#[test]
+fn parallel_samples_of_a_long_prompt_start_together() {
+    // n = 8 of a 300-token prompt: the first computes it in 128-token chunks, the others
+    // adopt its blocks and start in the step it finishes (as without sharing).
+    let mut s = cpu_scheduler(1024, PartialPrefills::default());
+    let p = prompt(0, 300);
+    for id in 0..8 {
+        s.add_request(Request::new(id, p.clone(), params(4)))
+            .unwrap();
+    }
+    let ids: Vec<u64> = (0..8).collect();
+    let at = steps_to_first_token(&mut s, &ids, 10);
+    assert_eq!(at, vec![Some(3); 8], "{at:?}");
+}
+
+#[test]
+fn running_decodes_are_not_squeezed_out_by_an_older_prompt() {
+    // A step of 64 tokens, no prompt cap: the long prompt, admitted first, must leave room
+    // for the decodes of the requests that started after it.
+    let cfg = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        max_model_len: 1024,
+        max_batch_prefill_tokens: None,
+    };
+    let kv = KvCacheManager::new(512, 16, true);
+    let mut s = Scheduler::new(cfg, kv, vec![2]).unwrap();
+    s.add_request(Request::new(0, prompt(0, 900), params(4)))
+        .unwrap();
+    run_step(&mut s);
+    for id in 1..4 {
+        s.add_request(Request::new(id, prompt(id, 4), params(8)))
+            .unwrap();
+    }
+    let (_, first) = run_step(&mut s);
+    assert_eq!(first, vec![1, 2, 3]);
+    for _ in 0..5 {
+        let (out, _) = run_step(&mut s);
+        let decodes = out.scheduled.iter().filter(|r| r.id != 0).count();
+        assert_eq!(decodes, 3, "{out:?}");
+        assert_eq!(out.num_tokens(), 64, "the prompt takes the rest: {out:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Long prompts (one long prefill at a time) and short prompts arriving one by one: each
+    /// short prompt samples its first token within 2 steps of arriving, and everything ends.
+    #[test]
+    fn short_prompts_start_within_two_steps(
+        longs in proptest::collection::vec(100usize..1200, 1..4),
+        shorts in proptest::collection::vec((3usize..12, 1usize..=64), 1..6),
+        cap in 16usize..160,
+        max_num_partial_prefills in 2usize..6,
+    ) {
+        let partial = PartialPrefills {
+            max_num_partial_prefills,
+            ..Default::default()
+        };
+        let max_model_len = 1300;
+        let cfg = SchedulerConfig {
+            max_num_seqs: 16,
+            max_num_batched_tokens: cap + 16,
+            max_model_len,
+            max_batch_prefill_tokens: Some(cap),
+        };
+        let kv = KvCacheManager::new(16 * max_model_len / 4, 4, false);
+        let mut s = Scheduler::new(cfg, kv, vec![2]).unwrap().with_partial_prefills(partial).unwrap();
+        let mut work = 0;
+        for (id, &len) in longs.iter().enumerate() {
+            s.add_request(Request::new(id as u64, prompt(id as u64, len), params(4))).unwrap();
+            work += len;
+        }
+        let mut id = longs.len() as u64;
+        for &(gap, len) in &shorts {
+            for _ in 0..gap {
+                run_step(&mut s);
+            }
+            // Short: within one step's prompt tokens, a long prompt's floor apart.
+            let len = len.min(cap / max_num_partial_prefills).max(1);
+            s.add_request(Request::new(id, prompt(id, len), params(4))).unwrap();
+            work += len;
+            let at = steps_to_first_token(&mut s, &[id], 2);
+            prop_assert!(at[0].is_some(), "short prompt {} of {} tokens waited over 2 steps", id, len);
+            id += 1;
+        }
+        let mut steps = 0;
+        while s.has_work() {
+            run_step(&mut s);
+            steps += 1;
+            prop_assert!(steps <= work / cap + 8 * (longs.len() + shorts.len()), "not finished after {} steps", steps);
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 use std::collections::VecDeque;
 
+use super::partial::{PartialCount, PrefillPlan};
 use crate::batch::{FlatBatch, LogitsWanted};
+use crate::config::PartialPrefills;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::request::{FinishReason, Request, RequestId, RequestStatus};
@@ -59,6 +61,8 @@ pub struct Scheduler {
     /// In admission order: the last one is preempted first.
     running: Vec<Request>,
     eog_ids: Vec<u32>,
+    /// How prompts share a step's prompt tokens ([`Scheduler::with_partial_prefills`]).
+    partial: PartialPrefills,
     pub num_preemptions: u64,
 }
 
@@ -89,8 +93,34 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             eog_ids,
+            partial: PartialPrefills::default(),
             num_preemptions: 0,
         })
+    }
+
+    /// Sets how prompts share a step's prompt tokens (the default shares; see
+    /// [`PartialPrefills`]).
+    pub fn with_partial_prefills(mut self, partial: PartialPrefills) -> Result<Self> {
+        partial.check().map_err(EngineError::Config)?;
+        self.partial = partial;
+        Ok(self)
+    }
+
+    /// Prompts with more tokens than this left to compute are long ([`PartialPrefills`]).
+    pub fn long_prefill_threshold(&self) -> usize {
+        let step = self
+            .config
+            .max_batch_prefill_tokens
+            .unwrap_or(self.config.max_num_batched_tokens)
+            .min(self.config.max_num_batched_tokens);
+        self.partial
+            .long_prefill_token_threshold
+            .unwrap_or((step / 2).max(1))
+    }
+
+    /// The running requests, oldest first.
+    pub fn running(&self) -> &[Request] {
+        &self.running
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -154,11 +184,32 @@ impl Scheduler {
         Some(id)
     }
 
+    /// The step's prompt-token pool (the prefill cap, less room for the running decodes, so
+    /// decodes are never squeezed out by prompt chunks) and how prompts share it.
+    fn plan_prefills(&self) -> (usize, PrefillPlan) {
+        let left = |r: &Request| r.tokens.len() - r.num_computed;
+        let decodes = self.running.iter().filter(|r| left(r) <= 1).count();
+        let pool = self
+            .config
+            .max_batch_prefill_tokens
+            .unwrap_or(usize::MAX)
+            .min(self.config.max_num_batched_tokens.saturating_sub(decodes));
+        let plan = self.partial.plan(
+            pool,
+            self.long_prefill_threshold(),
+            self.running.iter().map(left).filter(|&n| n > 1),
+            self.waiting.iter().map(left),
+            self.config.max_num_seqs.saturating_sub(self.running.len()),
+        );
+        (pool, plan)
+    }
+
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
         // A chunk of more than one token is prompt (or recompute) work; one token is a decode.
-        let mut prefill_budget = self.config.max_batch_prefill_tokens.unwrap_or(usize::MAX);
+        let (mut prefill_budget, plan) = self.plan_prefills();
+        let mut partial = PartialCount::default();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let (id, start, remaining, prompt_len) = {
@@ -170,12 +221,19 @@ impl Scheduler {
                     r.prompt_len,
                 )
             };
-            let n = if remaining > 1 {
-                remaining.min(budget).min(prefill_budget)
+            let prefill = remaining > 1;
+            let n = if prefill {
+                remaining
+                    .min(budget)
+                    .min(prefill_budget)
+                    .min(plan.cap(remaining))
             } else {
                 remaining.min(budget)
             };
             if n == 0 {
+                if prefill {
+                    partial.add(&plan, remaining);
+                }
                 i += 1;
                 continue;
             }
@@ -211,55 +269,120 @@ impl Scheduler {
                 samples: start + n == self.running[i].tokens.len(),
             });
             budget -= n;
-            if remaining > 1 {
+            if prefill {
                 prefill_budget -= n;
+                if n < remaining {
+                    partial.add(&plan, remaining);
+                }
             }
             i += 1;
         }
-        // No admissions in a step that had to preempt: the pool is under pressure.
-        if out.preempted.is_empty() {
-            while budget > 0 && prefill_budget > 0 && self.running.len() < self.config.max_num_seqs
-            {
-                let Some(req) = self.waiting.front_mut() else {
-                    break;
-                };
-                // Prompt log-probs need every prompt position computed: no cache reads.
-                let (cached, n_cached) = if req.params.prompt_logprobs.is_some() {
-                    (Vec::new(), req.num_computed)
-                } else if req.num_computed == 0 {
-                    self.kv
-                        .find_cached_prefix(req.id, &req.tokens, req.prompt_len)
-                } else {
-                    (Vec::new(), req.num_computed)
-                };
-                let n = (req.tokens.len() - n_cached)
-                    .min(budget)
-                    .min(prefill_budget);
-                if self
-                    .kv
-                    .allocate_slots(req.id, n_cached + n, &cached, &req.tokens, req.prompt_len)
-                    .is_none()
-                {
-                    break;
-                }
-                let mut req = self.waiting.pop_front().expect("front exists");
-                req.num_computed = n_cached;
-                if req.num_preemptions == 0 {
-                    req.num_cached_tokens = n_cached;
-                }
-                req.status = RequestStatus::Running;
-                out.scheduled.push(ScheduledRequest {
-                    id: req.id,
-                    start: n_cached,
-                    num_new_tokens: n,
-                    samples: n_cached + n == req.tokens.len(),
-                });
-                budget -= n;
-                prefill_budget -= n;
-                self.running.push(req);
+        // Prompts the loop did not reach stay part-way.
+        for r in &self.running[i.min(self.running.len())..] {
+            let left = r.tokens.len() - r.num_computed;
+            if left > 1 {
+                partial.add(&plan, left);
             }
         }
+        // No admissions in a step that had to preempt: the pool is under pressure.
+        if out.preempted.is_empty() {
+            self.admit_waiting(&mut out, (budget, prefill_budget), &plan, partial);
+        }
         out
+    }
+
+    /// Starts waiting requests, in queue order except that a long prompt waiting for a long
+    /// slot ([`PartialPrefills`]) lets the ones behind it pass.
+    fn admit_waiting(
+        &mut self,
+        out: &mut SchedulerOutput,
+        (mut budget, mut prefill_budget): (usize, usize),
+        plan: &PrefillPlan,
+        mut partial: PartialCount,
+    ) {
+        let (mut long_starts, mut reserve) = (plan.long_starts, plan.short_reserve);
+        let mut idx = 0;
+        while budget > 0
+            && prefill_budget > 0
+            && self.running.len() < self.config.max_num_seqs
+            && idx < self.waiting.len()
+        {
+            let req = &self.waiting[idx];
+            // Judged without the prefix cache, so that passing needs no lookup.
+            let uncached = req.tokens.len() - req.num_computed;
+            // A long prompt the plan did not start leaves the planned short ones their tokens.
+            let long_room = |prefill_budget: usize, long: bool| {
+                if long && long_starts == 0 {
+                    prefill_budget.saturating_sub(reserve)
+                } else {
+                    prefill_budget
+                }
+            };
+            let room = budget
+                .min(long_room(prefill_budget, plan.is_long(uncached)))
+                .min(plan.cap(uncached));
+            if plan.is_long(uncached)
+                && uncached > room
+                && (partial.long >= plan.max_long || room == 0)
+            {
+                idx += 1;
+                continue;
+            }
+            // Prompt log-probs need every prompt position computed: no cache reads.
+            let (cached, n_cached) = if req.params.prompt_logprobs.is_some() {
+                (Vec::new(), req.num_computed)
+            } else if req.num_computed == 0 {
+                self.kv
+                    .find_cached_prefix(req.id, &req.tokens, req.prompt_len)
+            } else {
+                (Vec::new(), req.num_computed)
+            };
+            let left = req.tokens.len() - n_cached;
+            let long = plan.is_long(left);
+            let n = left
+                .min(budget)
+                .min(long_room(prefill_budget, long))
+                .min(plan.cap(left));
+            if n == 0 {
+                idx += 1;
+                continue;
+            }
+            // A prompt that would stay part-way needs a free partial-prefill slot.
+            if n < left && partial.all >= plan.max_partial {
+                break;
+            }
+            if self
+                .kv
+                .allocate_slots(req.id, n_cached + n, &cached, &req.tokens, req.prompt_len)
+                .is_none()
+            {
+                break;
+            }
+            let mut req = self.waiting.remove(idx).expect("index in range");
+            if n < left {
+                partial.add(plan, left);
+            }
+            // As the plan counted it.
+            if plan.is_long(uncached) {
+                long_starts = long_starts.saturating_sub(1);
+            } else {
+                reserve = reserve.saturating_sub(uncached);
+            }
+            req.num_computed = n_cached;
+            if req.num_preemptions == 0 {
+                req.num_cached_tokens = n_cached;
+            }
+            req.status = RequestStatus::Running;
+            out.scheduled.push(ScheduledRequest {
+                id: req.id,
+                start: n_cached,
+                num_new_tokens: n,
+                samples: n_cached + n == req.tokens.len(),
+            });
+            budget -= n;
+            prefill_budget -= n;
+            self.running.push(req);
+        }
     }
 
     /// The flat batch for a step: each scheduled request's new tokens with its block table.

@@ -197,3 +197,37 @@ pub fn submit(
     }
     Ok((sub, rxs))
 }
+
+#[cfg(test)]
+pub mod test_support {
+    use super::*;
+
+    /// A state with no model loaded and `admission_limit` slots.
+    pub fn state(admission_limit: usize) -> Arc<AppState> {
+        Arc::new(AppState {
+            served_model_name: "m".into(),
+            api_keys: Vec::new(),
+            metrics_require_api_key: false,
+            loaded: OnceLock::new(),
+            metrics: Metrics::new("m", 64).expect("metrics"),
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            admission_limit,
+            max_body_bytes: 1 << 20,
+            max_n: 4,
+            active_http: AtomicUsize::new(0),
+            drain_expired: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    /// A submission of `n` admitted engine requests (ids 0..n).
+    pub fn submission(state: &Arc<AppState>, n: usize) -> Submission {
+        let admission = state.admit(n).expect("admitted");
+        Submission {
+            engine_ids: (0..n as u64).collect(),
+            finished: vec![false; n],
+            state: state.clone(),
+            admission: Some(admission),
+        }
+    }
+}

@@ -280,3 +280,54 @@ pub fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> ChatLogprobs {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use ferrolm_engine::request::FinishReason;
+
+    use super::*;
+    use crate::api::state::test_support;
+
+    /// A client that never reads its stream: the engine's outputs (far more than the body's
+    /// channel holds) are still read as they come, so the request's admission slot goes back
+    /// once the engine has finished it, and the next request is admitted.
+    #[tokio::test]
+    async fn a_stalled_reader_does_not_keep_its_admission() {
+        let state = test_support::state(1);
+        let sub = test_support::submission(&state, 1);
+        assert!(state.admit(1).is_err(), "the one slot is taken");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let render =
+            |_: usize, o: &RequestOutput, _: bool| vec![serde_json::json!({"text": o.text})];
+        let response = stream_sse(
+            state.clone(),
+            sub,
+            vec![rx],
+            Instant::now(),
+            render,
+            None::<fn(usize) -> serde_json::Value>,
+        );
+        for i in 0..1000 {
+            let finished = (i == 999).then_some(FinishReason::Length);
+            let _ = tx.send(RequestOutput {
+                text: "x".repeat(100),
+                finished,
+                ..Default::default()
+            });
+        }
+        // Bounded wait (not a measure of speed): the task runs as soon as this one yields.
+        let t0 = Instant::now();
+        while state.in_flight.load(Ordering::Acquire) != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the slot was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(state.admit(1).is_ok());
+        drop(response);
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferrolm_engine::config::{EngineConfig, PrefillCap, StepObserver};
+use ferrolm_engine::config::{EngineConfig, PartialPrefills, PrefillCap, StepObserver};
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 
@@ -43,6 +43,17 @@ pub struct ServeArgs {
     /// step: TTFT p50 at 16 clients 1.5 -> 0.7 s, see BENCHMARKS.md), none on a GPU.
     #[arg(long)]
     pub max_batch_prefill_tokens: Option<usize>,
+    /// Prompts part-way through their prefill at once (vLLM's flag; vLLM's default is 1). A
+    /// short prompt passes a long one instead of waiting for all of its chunks.
+    #[arg(long, default_value_t = PartialPrefills::default().max_num_partial_prefills)]
+    pub max_num_partial_prefills: usize,
+    /// Of those, long prompts (vLLM's flag).
+    #[arg(long, default_value_t = PartialPrefills::default().max_long_partial_prefills)]
+    pub max_long_partial_prefills: usize,
+    /// Prompt tokens that make a prompt long (vLLM's flag). Default: half the step's
+    /// prompt-token cap (64 on the CPU).
+    #[arg(long)]
+    pub long_prefill_token_threshold: Option<usize>,
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
@@ -179,6 +190,11 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
                 enforce_eager: load_args.enforce_eager,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
                 request_limits: load_args.limits.request_limits(),
+                partial_prefills: PartialPrefills {
+                    max_num_partial_prefills: load_args.max_num_partial_prefills,
+                    max_long_partial_prefills: load_args.max_long_partial_prefills,
+                    long_prefill_token_threshold: load_args.long_prefill_token_threshold,
+                },
             },
         )?;
         tracing::info!(model = %describe, kv_blocks = engine.num_blocks, max_model_len = engine.max_model_len, "model loaded");

@@ -61,6 +61,11 @@ pub fn free_port() -> u16 {
 impl Server {
     /// `extra`: flags after the defaults (a small KV cache and context for tests).
     pub async fn start(extra: &[&str]) -> Server {
+        Self::start_limited(extra, None).await
+    }
+
+    /// As [`Server::start`], under an open-file limit of `nofile` (soft and hard) if given.
+    pub async fn start_limited(extra: &[&str], nofile: Option<u64>) -> Server {
         let port = free_port();
         let mut args = vec![
             "serve".to_string(),
@@ -75,7 +80,18 @@ impl Server {
         if let Ok(m) = std::env::var("FERROLM_TEST_MODEL") {
             args.insert(1, m);
         }
-        let child = ferrolm()
+        let mut cmd = match nofile {
+            // `exec` keeps the pid: the child is ferrolm itself.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_ferrolm"));
+                c
+            }
+            None => ferrolm(),
+        };
+        let child = cmd
             .args(&args)
             .env("FERROLM_LOG", "warn")
             .stdin(Stdio::null())
@@ -128,6 +144,38 @@ impl Server {
     pub fn sigterm(&self) {
         unsafe_kill(self.child.id() as i32, 15);
     }
+
+    /// The server's peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// Resets the server's peak resident memory to what it holds now (`clear_refs` 5).
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+    }
+
+    /// A new raw TCP connection to the server.
+    pub fn connect(&self) -> std::net::TcpStream {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap()
+    }
+}
+
+/// Writes `request` on a new connection and reads the answer until the server closes the
+/// connection or `bound` passes (a bound against hangs).
+pub fn raw_exchange(s: &Server, request: &[u8], bound: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut c = s.connect();
+    c.set_read_timeout(Some(bound)).unwrap();
+    c.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn metric_value(text: &str, name: &str) -> f64 {
