@@ -29,9 +29,33 @@ pub struct Switches {
     pub pool_keep: bool,
     /// FERROLM_CPU_ISA=avx2: the AVX2 matmul even where AVX-512 VNNI passed its probe.
     pub cpu_isa_avx2: bool,
+    /// FERROLM_FAULT_INJECT (tests only): `sample:SEED` panics while sampling a request with
+    /// that seed, `step:SEED` panics in the step that schedules one (the engine thread dies).
+    pub fault_inject: Option<FaultInject>,
     /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
     /// where the default model is.
     pub model_dir: PathBuf,
+}
+
+/// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultInject {
+    /// Panic while sampling a request whose seed is this.
+    Sample(u64),
+    /// Panic in a step that schedules a request whose seed is this.
+    Step(u64),
+}
+
+impl FaultInject {
+    fn parse(v: &str) -> Option<Self> {
+        let (kind, seed) = v.split_once(':')?;
+        let seed = seed.trim().parse().ok()?;
+        match kind.trim() {
+            "sample" => Some(Self::Sample(seed)),
+            "step" => Some(Self::Step(seed)),
+            _ => None,
+        }
+    }
 }
 
 impl Switches {
@@ -58,6 +82,7 @@ impl Switches {
             ),
             pool_keep: is("FERROLM_POOL_KEEP", "1"),
             cpu_isa_avx2: var("FERROLM_CPU_ISA").is_some_and(|v| v.eq_ignore_ascii_case("avx2")),
+            fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
             model_dir,
         }
     }

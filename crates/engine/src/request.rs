@@ -22,6 +22,8 @@ pub enum FinishReason {
     /// `max_tokens` or the model's context length.
     Length,
     Abort,
+    /// The engine failed while processing this request (the others go on).
+    Error,
 }
 
 impl FinishReason {
@@ -30,6 +32,7 @@ impl FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::Abort => "abort",
+            Self::Error => "error",
         }
     }
 }

@@ -200,7 +200,7 @@ async fn connection_floods_and_slow_headers_are_bounded() {
 
     // 300 idle connections against 256 descriptors: /health still answers (at the latest
     // once the overflow connections' short header timeout has passed).
-    let s = Server::start_limited(&[], Some(256)).await;
+    let s = Server::start_with(&[], Some(256), &[]).await;
     let flood: Vec<std::net::TcpStream> = (0..300)
         .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).ok())
         .collect();
@@ -357,4 +357,53 @@ async fn requests_that_cannot_run_are_400s_that_cost_nothing() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
+}
+
+/// Engine faults: a panic while sampling one request fails that request with a 500 and the
+/// server goes on serving; a panic in a step stops the engine and /health fails (so
+/// Kubernetes restarts the pod). The faults come from the test-only FERROLM_FAULT_INJECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_faults_fail_one_request_or_fail_health() {
+    let _serial = serial();
+    let s = Server::start_with(&[], None, &[("FERROLM_FAULT_INJECT", "sample:4242")]).await;
+    let faulty = json!({"prompt": "Hi", "max_tokens": 4, "seed": 4242, "temperature": 0.5});
+    let fine = json!({"prompt": "Hi", "max_tokens": 4, "seed": 7, "temperature": 0.5});
+    let (status, v) = common::post(&s, "/v1/completions", &faulty).await;
+    assert_eq!(status, 500, "{v}");
+    assert_eq!(v["error"]["code"], 500);
+    let mut stream = faulty.clone();
+    stream["stream"] = json!(true);
+    let text = common::send_json(&s, "/v1/completions", &stream)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\"code\":500") && !text.contains("[DONE]"),
+        "{text}"
+    );
+    let (status, v) = common::post(&s, "/v1/completions", &fine).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(reqwest::get(s.url("/health")).await.unwrap().status(), 200);
+    drop(s);
+
+    let s = Server::start_with(&[], None, &[("FERROLM_FAULT_INJECT", "step:4343")]).await;
+    let doomed = json!({"prompt": "Hi", "max_tokens": 4, "seed": 4343});
+    let (status, v) = common::post(&s, "/v1/completions", &doomed).await;
+    assert!(status == 500 || status == 503, "{status} {v}");
+    let t0 = Instant::now();
+    while reqwest::get(s.url("/health")).await.unwrap().status() != 503 {
+        assert!(
+            t0.elapsed() < BOUND,
+            "/health kept saying 200 with the engine dead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = common::post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 503);
 }

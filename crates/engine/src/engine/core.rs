@@ -2,6 +2,7 @@
 //! turn each request's news into text deltas (with stop strings held back and cut).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
 use super::step::{execute_step, StepLogits};
 use crate::config::StepObserver;
+use crate::env::FaultInject;
 use crate::error::Result;
 use crate::model::LlamaModel;
 use crate::request::{Request, RequestId};
@@ -108,6 +110,17 @@ impl<'m> EngineCore<'m> {
             });
         let eog = self.tokenizer.eog_ids.clone();
         let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
+        // Requests whose own processing panicked: failed after the step, the others go on.
+        let mut failed: Vec<(RequestId, String)> = Vec::new();
+        let fault = crate::env::get().fault_inject;
+        if let Some(FaultInject::Step(seed)) = fault {
+            let hit = out.scheduled.iter().any(|s| {
+                self.scheduler
+                    .request(s.id)
+                    .is_some_and(|r| r.params.seed == Some(seed))
+            });
+            assert!(!hit, "injected step fault (FERROLM_FAULT_INJECT)");
+        }
         let sinks = &mut self.sinks;
         let events = execute_step(
             &mut self.scheduler,
@@ -133,15 +146,32 @@ impl<'m> EngineCore<'m> {
                     return None;
                 }
                 let raw = &logits[range.end - 1];
-                let mut work = raw.clone();
-                let (prompt, output) = req.tokens.split_at(req.prompt_len);
-                let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
-                let tok =
-                    sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed).token;
-                if let Some(k) = req.params.logprobs {
-                    new_logprobs.insert(s.id, top_logprobs(raw, tok, k));
+                let sampled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    if fault == Some(FaultInject::Sample(req.params.seed.unwrap_or(u64::MAX))) {
+                        panic!("injected sampling fault (FERROLM_FAULT_INJECT)");
+                    }
+                    let mut work = raw.clone();
+                    let (prompt, output) = req.tokens.split_at(req.prompt_len);
+                    let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
+                    let tok =
+                        sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed)
+                            .token;
+                    let logprobs = req.params.logprobs.map(|k| top_logprobs(raw, tok, k));
+                    (tok, logprobs)
+                }));
+                match sampled {
+                    Ok((tok, logprobs)) => {
+                        if let Some(lp) = logprobs {
+                            new_logprobs.insert(s.id, lp);
+                        }
+                        Some(tok)
+                    }
+                    Err(panic) => {
+                        failed.push((s.id, panic_message(&*panic)));
+                        // Any id keeps the scheduler's books; the request is failed below.
+                        Some(0)
+                    }
                 }
-                Some(tok)
             },
         )?;
         // Counters and the step's statistics first: a client that sees its last token also
@@ -155,6 +185,9 @@ impl<'m> EngineCore<'m> {
         self.stats
             .step_tokens
             .fetch_add(n_tokens as u64, Ordering::Relaxed);
+        for (id, why) in failed {
+            self.fail_request(id, format!("sampling failed: {why}"));
+        }
         for ev in events {
             let Some(tok) = ev.new_token else { continue };
             self.stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +207,17 @@ impl<'m> EngineCore<'m> {
                     .unwrap_or(0);
             }
             let logprobs = new_logprobs.remove(&ev.id).into_iter().collect();
-            let output = sink.token_output(&self.tokenizer, ev.id, tok, ev.finished, logprobs);
+            let tokenizer = &self.tokenizer;
+            let output = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                sink.token_output(tokenizer, ev.id, tok, ev.finished, logprobs)
+            })) {
+                Ok(o) => o,
+                Err(panic) => {
+                    let why = format!("detokenizing failed: {}", panic_message(&*panic));
+                    self.fail_request(ev.id, why);
+                    continue;
+                }
+            };
             let finished = output.finished;
             if finished.is_some() && ev.finished.is_none() {
                 // A stop string ended it: the scheduler still has it running.
@@ -193,17 +236,36 @@ impl<'m> EngineCore<'m> {
         Ok(n_tokens)
     }
 
-    /// Aborts every request (after an unrecoverable step error).
-    pub fn fail_all(&mut self) {
+    /// Fails every request (after an unrecoverable step error), saying why.
+    pub fn fail_all(&mut self, why: &str) {
         let ids: Vec<RequestId> = self.sinks.keys().copied().collect();
         for id in ids {
-            self.abort(id);
+            self.fail_request(id, why.to_string());
         }
+    }
+
+    /// Ends one request with an error output (its blocks freed); the others go on.
+    pub fn fail_request(&mut self, id: RequestId, why: String) {
+        tracing::error!(request = id, "request failed: {why}");
+        self.scheduler.abort(id);
+        if let Some(sink) = self.sinks.remove(&id) {
+            let _ = sink.tx.send(sink.error_output(id, why));
+        }
+        self.publish();
     }
 
     fn publish(&self) {
         publish_counters(&self.scheduler, &self.stats);
     }
+}
+
+/// A panic's message, as far as it has one.
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// Copies the scheduler's state into the counters the server exports.

@@ -189,6 +189,14 @@ impl EngineHandle {
         Ok((id, rx))
     }
 
+    /// Whether the engine thread still runs (false once it has died or shut down).
+    pub fn is_alive(&self) -> bool {
+        self.join
+            .lock()
+            .ok()
+            .is_some_and(|j| j.as_ref().is_some_and(|h| !h.is_finished()))
+    }
+
     pub fn abort(&self, id: RequestId) {
         let _ = self.tx.send(Command::Abort(id));
     }
@@ -235,10 +243,21 @@ fn engine_loop(core: &mut EngineCore<'_>, rx: mpsc::Receiver<Command>) {
             next = rx.try_recv().ok();
         }
         if core.has_work() {
-            if let Err(e) = core.step() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.step())) {
+                Ok(Ok(_)) => {}
                 // A failed step fails every request in it rather than the whole server.
-                tracing::error!("engine step failed: {e}");
-                core.fail_all();
+                Ok(Err(e)) => {
+                    tracing::error!("engine step failed: {e}");
+                    core.fail_all(&format!("the engine step failed: {e}"));
+                }
+                // A panic leaves the engine's state unknown: fail everything and stop, so
+                // /health fails and the pod is restarted.
+                Err(panic) => {
+                    let why = super::core::panic_message(&*panic);
+                    tracing::error!("engine step panicked: {why}; the engine stops");
+                    core.fail_all(&format!("the engine failed: {why}"));
+                    return;
+                }
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct RequestOutput {
     pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
     /// On the first output only: seconds from arrival until first scheduled.
     pub queue_secs: Option<f64>,
+    /// Why the engine failed this request (with `finished: Some(Error)`).
+    pub error: Option<String>,
 }
 
 /// Where a request's outputs go, and the state needed to produce them.
@@ -91,6 +93,17 @@ impl Sink {
         }
     }
 
+    /// The last output of a request the engine failed.
+    pub fn error_output(&self, id: RequestId, error: String) -> RequestOutput {
+        RequestOutput {
+            id,
+            finished: Some(FinishReason::Error),
+            usage: self.usage(),
+            error: Some(error),
+            ..Default::default()
+        }
+    }
+
     /// The output for a newly generated token `tok` (already counted in `generated`);
     /// `finished` is the scheduler's verdict, which a stop string can still make `Stop`.
     pub fn token_output(
@@ -129,6 +142,7 @@ impl Sink {
             logprobs,
             prompt_logprobs,
             queue_secs,
+            error: None,
         }
     }
 }

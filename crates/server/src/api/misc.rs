@@ -18,8 +18,12 @@ use super::protocol::{unix_now, ChatMessageIn, MessageContent};
 use super::state::{AppState, Loaded};
 use super::validate::parse_body;
 
+/// 200 once the model is loaded and while the engine thread runs; 503 while loading,
+/// draining, or once the engine has died (so Kubernetes restarts the pod).
 pub async fn health(State(state): State<Arc<AppState>>) -> Result<StatusCode, ApiError> {
-    state.loaded()?;
+    if !state.loaded()?.engine.is_alive() {
+        return Err(ApiError::unavailable("the engine has stopped"));
+    }
     Ok(StatusCode::OK)
 }
 

@@ -76,6 +76,13 @@ where
                         ended = true;
                         continue;
                     };
+                    if let Some(e) = &o.error {
+                        // The engine failed this choice: the stream ends with why.
+                        sub = None;
+                        queue.push_back(engine_failed(e).to_json().to_string());
+                        ended = true;
+                        continue;
+                    }
                     timers[i].on_output(&state.metrics, &o);
                     completion_tokens[i] = o.usage.completion_tokens;
                     if o.finished.is_some() {
@@ -189,6 +196,9 @@ pub async fn collect(
         }
         c.prompt_tokens = o.usage.prompt_tokens;
         c.completion_tokens = o.usage.completion_tokens;
+        if let Some(e) = &o.error {
+            return Err(engine_failed(e));
+        }
         if o.finished.is_some() {
             c.finish = o.finished.as_ref().map(|f| f.as_str());
             return Ok(c);
@@ -197,6 +207,14 @@ pub async fn collect(
     Err(ApiError::unavailable(
         "the engine stopped before the request finished",
     ))
+}
+
+/// What a client hears of a request the engine failed (the server itself goes on).
+fn engine_failed(why: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the request failed in the engine: {why}"),
+    )
 }
 
 /// Reads every choice's stream to its end (concurrently) and marks them finished, so the

@@ -61,11 +61,12 @@ pub fn free_port() -> u16 {
 impl Server {
     /// `extra`: flags after the defaults (a small KV cache and context for tests).
     pub async fn start(extra: &[&str]) -> Server {
-        Self::start_limited(extra, None).await
+        Self::start_with(extra, None, &[]).await
     }
 
-    /// As [`Server::start`], under an open-file limit of `nofile` (soft and hard) if given.
-    pub async fn start_limited(extra: &[&str], nofile: Option<u64>) -> Server {
+    /// As [`Server::start`], under an open-file limit of `nofile` (soft and hard) if given,
+    /// with `env` added to its environment.
+    pub async fn start_with(extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let mut args = vec![
             "serve".to_string(),
@@ -93,6 +94,7 @@ impl Server {
         };
         let child = cmd
             .args(&args)
+            .envs(env.iter().copied())
             .env("FERROLM_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
