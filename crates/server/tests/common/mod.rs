@@ -68,15 +68,16 @@ impl Server {
     /// with `env` added to its environment.
     pub async fn start_with(extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let mut args = vec![
-            "serve".to_string(),
-            "--port".into(),
-            port.to_string(),
-            "--max-model-len".into(),
-            "1024".into(),
-            "--kv-cache-memory-bytes".into(),
-            (96u64 << 20).to_string(),
-        ];
+        let mut args = vec!["serve".to_string(), "--port".into(), port.to_string()];
+        // The test defaults, unless `extra` sets them.
+        for (flag, value) in [
+            ("--max-model-len", "1024".to_string()),
+            ("--kv-cache-memory-bytes", (96u64 << 20).to_string()),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         if let Ok(m) = std::env::var("FERROLM_TEST_MODEL") {
             args.insert(1, m);
