@@ -51,24 +51,6 @@ fn spawn_completions(
         .collect()
 }
 
-async fn wait_idle(s: &Server, within: Duration) {
-    let t0 = Instant::now();
-    loop {
-        let m = s.metrics().await;
-        let running = metric_value(&m, "vllm:num_requests_running");
-        let waiting = metric_value(&m, "vllm:num_requests_waiting");
-        let kv = metric_value(&m, "vllm:kv_cache_usage_perc");
-        if running == 0.0 && waiting == 0.0 && kv == 0.0 {
-            return;
-        }
-        assert!(
-            t0.elapsed() < within,
-            "not idle after {within:?}: running {running}, waiting {waiting}, kv {kv}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disconnected_clients_free_everything() {
     let _serial = serial();
@@ -152,7 +134,7 @@ async fn disconnected_clients_free_everything() {
     for p in pending.into_iter().chain(queued) {
         let _ = p.await;
     }
-    wait_idle(&s, IDLE_BOUND).await;
+    s.wait_idle(IDLE_BOUND).await;
     let m = s.metrics().await;
     let aborts = metric_value(&m, "vllm:request_success_total{finished_reason=\"abort\"");
     assert!(aborts >= 35.0, "{aborts} aborts counted");
@@ -163,15 +145,8 @@ async fn disconnected_clients_free_everything() {
         "{generated} tokens: the hung-up requests ran to their end"
     );
     // And it still answers correctly.
-    let v: Value = c
-        .post(s.url("/v1/completions"))
-        .json(&json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let paris = json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0});
+    let (_, v) = common::post(&s, "/v1/completions", &paris).await;
     assert!(v["choices"][0]["text"]
         .as_str()
         .unwrap()
@@ -221,7 +196,7 @@ async fn overload_is_refused_early_with_429() {
         refused == 0 || last_refused < first_accepted,
         "a 429 took {last_refused:?}, longer than an accepted request ({first_accepted:?})"
     );
-    wait_idle(&s, IDLE_BOUND).await;
+    s.wait_idle(IDLE_BOUND).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

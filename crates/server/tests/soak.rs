@@ -251,15 +251,7 @@ async fn soak_above_capacity_loses_nothing() {
     // Each request alone: the answers the load must reproduce.
     let mut answers = Vec::with_capacity(SPECS);
     for i in 0..SPECS {
-        let v: Value = c
-            .post(&url)
-            .json(&spec(i))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, v) = common::post(&s, "/v1/completions", &spec(i)).await;
         assert!(v["choices"].is_array(), "spec {i} alone: {v}");
         answers.push(answer_of_json(&v));
     }
@@ -302,21 +294,7 @@ async fn soak_above_capacity_loses_nothing() {
         t.await.unwrap();
     }
     // Quiet: nothing runs or waits, the KV cache is empty.
-    let t0 = Instant::now();
-    let metrics = loop {
-        let m = s.metrics().await;
-        let busy = metric_value(&m, "vllm:num_requests_running")
-            + metric_value(&m, "vllm:num_requests_waiting")
-            + metric_value(&m, "vllm:kv_cache_usage_perc");
-        if busy == 0.0 {
-            break m;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the server never went idle:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let metrics = s.wait_idle(Duration::from_secs(60)).await;
     let rss_after = rss_kib(&s);
     let n = |i: usize| counts[i].load(Ordering::Relaxed);
     let preemptions = metric_value(&metrics, "vllm:num_preemptions_total");

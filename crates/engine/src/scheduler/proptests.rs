@@ -215,14 +215,7 @@ fn preemption_keeps_generated_tokens_and_recomputes() {
     for _ in 0..100 {
         let out = s.schedule();
         preempted |= !out.preempted.is_empty();
-        let sampled: Vec<Option<u32>> = out
-            .scheduled
-            .iter()
-            .map(|r| {
-                r.samples
-                    .then(|| fake_token(r.id, r.start + r.num_new_tokens))
-            })
-            .collect();
+        let sampled = fake_sampled(&out);
         finished += s
             .update(&out, &sampled)
             .iter()
@@ -324,17 +317,21 @@ fn run_step(s: &mut Scheduler) -> (SchedulerOutput, Vec<u64>) {
         .filter(|r| r.samples && s.request(r.id).is_some_and(|q| q.num_output() == 0))
         .map(|r| r.id)
         .collect();
-    let sampled: Vec<Option<u32>> = out
-        .scheduled
+    let sampled = fake_sampled(&out);
+    s.update(&out, &sampled);
+    s.kv.check_invariants().unwrap();
+    (out, first)
+}
+
+/// A token for every sampling request of a step ([`fake_token`]).
+fn fake_sampled(out: &SchedulerOutput) -> Vec<Option<u32>> {
+    out.scheduled
         .iter()
         .map(|r| {
             r.samples
                 .then(|| fake_token(r.id, r.start + r.num_new_tokens))
         })
-        .collect();
-    s.update(&out, &sampled);
-    s.kv.check_invariants().unwrap();
-    (out, first)
+        .collect()
 }
 
 /// The CPU server's step: 256 tokens, at most 128 of them prompt tokens; room for

@@ -163,6 +163,26 @@ impl Server {
         std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
     }
 
+    /// Waits until nothing runs or waits and the KV cache is empty (`within`: a bound
+    /// against hangs); the metrics then.
+    pub async fn wait_idle(&self, within: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let m = self.metrics().await;
+            let running = metric_value(&m, "vllm:num_requests_running");
+            let waiting = metric_value(&m, "vllm:num_requests_waiting");
+            let kv = metric_value(&m, "vllm:kv_cache_usage_perc");
+            if running == 0.0 && waiting == 0.0 && kv == 0.0 {
+                return m;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "not idle after {within:?}: running {running}, waiting {waiting}, kv {kv}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A new raw TCP connection to the server.
     pub fn connect(&self) -> std::net::TcpStream {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap()
