@@ -140,6 +140,15 @@ async fn every_working_route_needs_a_key_and_errors_are_json() {
     assert_eq!(r.status(), 405);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], 405, "{v}");
+    let r = c
+        .get(s.url("/health"))
+        .header("X-Padding", "p".repeat(100 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 431, "{v}");
 }
 
 /// Item 4: idle and half-sent connections are closed after the header timeout; beyond the

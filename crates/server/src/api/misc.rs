@@ -169,12 +169,32 @@ pub async fn method_not_allowed(req: Request<Body>) -> ApiError {
     )
 }
 
-/// 413 for a body whose declared length is over `--max-body-bytes`, before reading it.
-pub async fn refuse_large_bodies(
+/// Request-line and header bytes answered with OpenAI's 431 JSON (nginx's default buffers
+/// hold 32 KiB). Beyond hyper's read buffer (~400 KiB) hyper itself answers 431, without a body.
+const MAX_HEADER_BYTES: usize = 32 << 10;
+
+/// 431 for headers over [`MAX_HEADER_BYTES`]; 413 for a body whose declared length is over
+/// `--max-body-bytes`, before reading it.
+pub async fn refuse_oversized(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
+    let header_bytes: usize = req.uri().to_string().len()
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request's headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+            ),
+        )
+        .into_response();
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -70,7 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // chunked body is cut at the limit (the handlers answer 413 as OpenAI JSON).
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            misc::refuse_large_bodies,
+            misc::refuse_oversized,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
