@@ -10,6 +10,8 @@ CPUS=${2:-2}
 command -v stress-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq stress-ng; }
 CARGO=${CARGO:-cargo}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ferrolm/target}
+# The soak is a load test of its own: a short one per round (it still crosses every case).
+export FERROLM_SOAK_SECS=${FERROLM_SOAK_SECS:-15}
 # Build first, unloaded; the rounds run the integration test binaries themselves.
 mapfile -t BINS < <($CARGO test --release -p ferrolm -p ferrolm-engine --tests --no-run \
   --message-format=json 2>/dev/null | python3 -c '
