@@ -222,11 +222,38 @@ pub async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: 
         .inc();
     // Counted until the body is written to its end (a stream's last event) or dropped.
     resp.map(|body| {
-        Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-            let _counted = &active;
-            frame
-        }))
+        Body::new(CountedBody {
+            body,
+            _active: active,
+        })
     })
+}
+
+/// A response body that keeps its request counted in `active_http` until it is written or
+/// dropped; its length (and so `Content-Length`) is the inner body's.
+struct CountedBody {
+    body: Body,
+    _active: super::state::ActiveRequest,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a connection beyond `--max-connections` gets for anything but the probes.
