@@ -201,10 +201,24 @@ pub async fn refuse_oversized(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(len) = declared.filter(|&l| l > state.max_body_bytes as u64) {
-        return super::validate::body_too_large(len, state.max_body_bytes).into_response();
+        let refusal = super::validate::body_too_large(len, state.max_body_bytes).into_response();
+        // A client already sending a body a few times the limit gets it read and dropped
+        // first (bounded time by the body timeout, no memory kept), so it hears the 413
+        // instead of a reset; one waiting on `Expect: 100-continue` or declaring more is
+        // answered at once.
+        let expects = req.headers().contains_key(header::EXPECT);
+        if !expects && len <= LINGER_BODIES * state.max_body_bytes as u64 {
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+        }
+        return refusal;
     }
     next.run(req).await
 }
+
+/// Declared bodies up to this many times `--max-body-bytes` are read (and dropped) before
+/// their 413 is sent.
+const LINGER_BODIES: u64 = 4;
 
 /// Counts every HTTP request by its route pattern and status.
 pub async fn count_http(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
