@@ -52,6 +52,7 @@ test-tools:
 # then the CUDA build (kernels compile on every change) and its checks.
 test: candle-patch model test-tools layout
 	$(CARGO) test --release --workspace
+	$(MAKE) fuzz
 	# The criterion benches compile with the tests (run them with `make bench`).
 	$(CARGO) bench --no-run -p ferrolm-engine --bench engine
 	$(MAKE) test-openai
@@ -64,6 +65,13 @@ test: candle-patch model test-tools layout
 layout:
 	python3 scripts/test_check_layout.py
 	python3 scripts/check-layout.py
+
+# Fuzzes the readers of untrusted input (fuzz/: GGUF reader, chat templates, tokenizer,
+# detokenizer in crates/formats) for FUZZ_SECONDS each; a crash fails (scripts/fuzz.sh).
+FUZZ_SECONDS ?= 20
+.PHONY: fuzz
+fuzz: model
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # Criterion benches of the engine's hot pieces (benches/engine.rs); BENCH_ARGS=--quick for a short run.
 bench: candle-patch

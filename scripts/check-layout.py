@@ -8,8 +8,9 @@
      `crate::`/`super::`/`self::`/child-module paths; `mod x;` and `pub use` of a
      module's own children are not edges, paths through such re-exports are followed
      to the defining file, and test code is left out.
-  3. crates/server never names candle (no candle_core/candle_nn in src/ or tests/, no
-     candle dependency in its Cargo.toml).
+  3. crates/server and crates/formats never name candle (no candle_core/candle_nn in src/
+     or tests/, no candle dependency in their Cargo.toml); crates/formats (fuzzed alone, in
+     fuzz/) does not depend on ferrolm-engine either, which would bring candle in.
   4. When docs/architecture.md has a ```layers block (one layer per line, lowest first,
      module names separated by spaces), every top-level module of crates/engine is in it
      exactly once, no name in it is not such a module, and no top-level module edge (as in
@@ -32,6 +33,8 @@ from pathlib import Path
 
 MAX_LINES = 600
 SERVER_CRATE = "server"
+# Crates that never name candle, with the workspace packages each must not depend on.
+CANDLE_FREE = {SERVER_CRATE: (), "formats": ("ferrolm-engine",)}
 ENGINE_CRATE = "engine"
 ARCH_DOC = Path("docs/architecture.md")
 _LAYERS_BLOCK = re.compile(r"^[ \t]*```[ \t]*layers[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
@@ -658,9 +661,9 @@ def folder_edges(fedges: dict) -> dict[tuple[str, str], str]:
 
 
 # ---------------------------------------------------------------------------------------
-# Rule 3: the server never names candle.
+# Rule 3: the server and formats never name candle.
 
-def candle_in_server(root: Path, crate_dir: Path) -> list[str]:
+def candle_in(root: Path, crate_dir: Path, forbidden: tuple[str, ...] = ()) -> list[str]:
     found = []
     for sub in ("src", "tests"):
         d = crate_dir / sub
@@ -685,7 +688,7 @@ def candle_in_server(root: Path, crate_dir: Path) -> list[str]:
         for table, deps in tables:
             for name, spec in deps.items():
                 pkg = spec.get("package", name) if isinstance(spec, dict) else name
-                if pkg.startswith("candle"):
+                if pkg.startswith("candle") or pkg in forbidden:
                     found.append(f"  {toml_path.relative_to(root)}: [{table}] {name}")
         for feat, items in manifest.get("features", {}).items():
             for item in items:
@@ -795,12 +798,13 @@ def check(root: Path, graph: bool = False) -> tuple[list[str], str, list[str]]:
                         + "\n".join(f"  {p}: {n} lines" for p, n in long_files))
     problems += cycle_msgs
     problems += layer_msgs
-    server_dir = crates_dir / SERVER_CRATE
-    if server_dir.is_dir():
-        found = candle_in_server(root, server_dir)
+    for name, forbidden in CANDLE_FREE.items():
+        crate_dir = crates_dir / name
+        found = candle_in(root, crate_dir, forbidden) if crate_dir.is_dir() else []
         if found:
-            problems.append(f"crates/{SERVER_CRATE} must not use candle (candle_core/candle_nn "
-                            "paths or a candle dependency):\n" + "\n".join(found))
+            also = "".join(f" or {f}" for f in forbidden)
+            problems.append(f"crates/{name} must not use candle (candle_core/candle_nn "
+                            f"paths or a candle{also} dependency):\n" + "\n".join(found))
     counted = [(f.non_test_lines(), f.rel) for f in all_files if not f.test_only]
     n, longest = max(counted) if counted else (0, "-")
     summary = (f"layout ok: {len(all_files)} files, longest non-test file {longest} ({n} lines), "

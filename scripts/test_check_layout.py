@@ -233,6 +233,19 @@ class LayoutTest(unittest.TestCase):
         self.assertIn("crates/server/Cargo.toml: [dependencies] candle-core", out)
         self.assertNotIn("main.rs:1", out)
 
+    def test_candle_in_formats(self) -> None:
+        self.write({
+            "crates/formats/Cargo.toml": (
+                '[package]\nname = "ferrolm-formats"\n\n[dependencies]\n'
+                'ferrolm-engine = { path = "../engine" }\nthiserror = "2"\n'),
+            "crates/formats/src/lib.rs": "pub fn f() { let _ = candle_core::DType::F32; }\n",
+        })
+        out = self.problems()
+        self.assertIn("crates/formats must not use candle", out)
+        self.assertIn("crates/formats/src/lib.rs:1:", out)
+        self.assertIn("crates/formats/Cargo.toml: [dependencies] ferrolm-engine", out)
+        self.assertNotIn("thiserror", out)
+
     # -- rule 4 ------------------------------------------------------------------------
 
     LAYERED = {

@@ -93,4 +93,23 @@ impl From<InvalidParam> for EngineError {
     }
 }
 
+/// The readers of untrusted input (ferrolm-formats) answer in their own, more precise terms.
+impl From<ferrolm_formats::Error> for EngineError {
+    fn from(e: ferrolm_formats::Error) -> Self {
+        use ferrolm_formats::Error as F;
+        match e {
+            F::Io { path, source } => Self::Io { path, source },
+            F::Gguf { path, source } => Self::BadModelFile {
+                path,
+                message: source.to_string(),
+            },
+            F::Unsupported { path, message } => Self::Unsupported { path, message },
+            F::Tokenizer(m) => Self::Tokenizer(m),
+            F::ChatTemplate(m) | F::TemplateLimit(m) => Self::ChatTemplate(m),
+            // The template refused the conversation: the request's fault.
+            e @ F::TemplateRejected(_) => Self::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -131,24 +131,20 @@ async fn every_working_route_needs_a_key_and_errors_are_json() {
             "{path}"
         );
     }
-    let r = c
-        .get(s.url("/v1/completions"))
-        .header("Authorization", "Bearer k1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], 405, "{v}");
-    let r = c
-        .get(s.url("/health"))
-        .header("X-Padding", "p".repeat(100 << 10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 431);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], 431, "{v}");
+    // 405 and 431 as OpenAI JSON.
+    for (path, (name, value), want) in [
+        (
+            "/v1/completions",
+            ("Authorization", "Bearer k1".to_string()),
+            405,
+        ),
+        ("/health", ("X-Padding", "p".repeat(100 << 10)), 431),
+    ] {
+        let r = c.get(s.url(path)).header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), want, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], want, "{v}");
+    }
 }
 
 /// Item 4: idle and half-sent connections are closed after the header timeout; beyond the

@@ -1,94 +1,58 @@
-//! GGUF files: metadata, tensor directory and tensor data, read defensively.
+//! GGUF files: the reader is `ferrolm_formats::gguf` (no candle, fuzzed); this module adds
+//! reading a tensor as candle's quantized tensor.
 
-mod reader;
+pub use ferrolm_formats::gguf::{GgmlType, GgufFile, MetaValue, TensorInfo};
 
-pub use reader::{ggml_dtype_from_id, GgufFile};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
 
-use candle_core::quantized::GgmlDType;
+use crate::error::{EngineError, Result};
 
-/// One metadata value as GGUF types it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MetaValue {
-    U8(u8),
-    I8(i8),
-    U16(u16),
-    I16(i16),
-    U32(u32),
-    I32(i32),
-    U64(u64),
-    I64(i64),
-    F32(f32),
-    F64(f64),
-    Bool(bool),
-    String(String),
-    Array(Vec<MetaValue>),
+/// candle's type for a ggml type id, as written in GGUF tensor infos.
+pub fn ggml_dtype_from_id(id: u32) -> Option<GgmlDType> {
+    Some(match GgmlType::from_id(id)? {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q8_1 => GgmlDType::Q8_1,
+        GgmlType::Q2K => GgmlDType::Q2K,
+        GgmlType::Q3K => GgmlDType::Q3K,
+        GgmlType::Q4K => GgmlDType::Q4K,
+        GgmlType::Q5K => GgmlDType::Q5K,
+        GgmlType::Q6K => GgmlDType::Q6K,
+        GgmlType::Q8K => GgmlDType::Q8K,
+        GgmlType::BF16 => GgmlDType::BF16,
+    })
 }
 
-impl MetaValue {
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            Self::U8(v) => Some(v as u64),
-            Self::U16(v) => Some(v as u64),
-            Self::U32(v) => Some(v as u64),
-            Self::U64(v) => Some(v),
-            Self::I8(v) => u64::try_from(v).ok(),
-            Self::I16(v) => u64::try_from(v).ok(),
-            Self::I32(v) => u64::try_from(v).ok(),
-            Self::I64(v) => u64::try_from(v).ok(),
-            Self::Bool(v) => Some(v as u64),
-            _ => None,
-        }
-    }
-
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            Self::I8(v) => Some(v as i64),
-            Self::I16(v) => Some(v as i64),
-            Self::I32(v) => Some(v as i64),
-            Self::I64(v) => Some(v),
-            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
-        }
-    }
-
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Self::F32(v) => Some(v as f64),
-            Self::F64(v) => Some(v),
-            _ => self.as_i64().map(|v| v as f64),
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            Self::Bool(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Self::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
-        match self {
-            Self::Array(v) => Some(v),
-            _ => None,
-        }
-    }
+/// Tensors of a [`GgufFile`] as candle tensors.
+pub trait GgufTensors {
+    /// A tensor as candle's quantized tensor on `device`, dims in row-major order (GGUF
+    /// stores them innermost first).
+    fn tensor(&self, name: &str, device: &Device) -> Result<QTensor>;
 }
 
-/// Where a tensor lives in the file and what it is. `ne` is ggml's order (innermost first).
-#[derive(Debug, Clone)]
-pub struct TensorInfo {
-    pub ne: Vec<u64>,
-    pub type_id: u32,
-    /// `None` for ggml types candle cannot hold.
-    pub dtype: Option<GgmlDType>,
-    pub abs_offset: u64,
-    pub size_bytes: u64,
+impl GgufTensors for GgufFile {
+    fn tensor(&self, name: &str, device: &Device) -> Result<QTensor> {
+        let info = self.tensor_info(name)?;
+        let dtype = ggml_dtype_from_id(info.type_id).ok_or_else(|| EngineError::Unsupported {
+            path: self.path().to_path_buf(),
+            message: format!(
+                "tensor {name} has ggml type {} which we do not read",
+                info.type_id
+            ),
+        })?;
+        let bytes = self.tensor_bytes(name)?;
+        let mut dims: Vec<usize> = info.ne.iter().map(|&d| d as usize).collect();
+        dims.reverse();
+        Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+            dtype, &bytes, dims, device,
+        )?)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::llama::LlamaModel;
 use super::rope::{RopeAngles, RopeTable};
 use super::weights::{GateUpProj, Layer, Linear, QkvProj, Weight};
 use crate::error::{EngineError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufTensors};
 use crate::quant::QuantLinear;
 
 impl LlamaModel {

@@ -1,281 +1,90 @@
-//! Tokenizer (from GGUF metadata), incremental detokenization and chat templates.
+//! Tokenizer (from GGUF metadata), incremental detokenization and chat templates. They live
+//! in `ferrolm_formats::tokenizer` (no candle, fuzzed); the engine's [`Tokenizer`] and
+//! [`ChatTemplate`] wrap them only so that their fallible calls answer
+//! [`EngineError`](crate::EngineError), which
+//! the server maps to HTTP. Everything else is reached through `Deref`.
 
-mod chat_template;
-mod detokenizer;
-pub mod gguf_bpe;
+use std::ops::Deref;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
-pub use detokenizer::IncrementalDecoder;
+pub use ferrolm_formats::tokenizer::{gguf_bpe, ChatMessage, IncrementalDecoder, RenderLimits};
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::gguf::GgufFile;
-use gguf_bpe::token_type;
 
 /// A model's tokenizer: text <-> token ids, plus what the engine needs to know about
 /// special tokens (BOS, EOS, the other end-of-generation ids).
-pub struct Tokenizer {
-    /// Recognises special tokens written in the text (`<|im_start|>` becomes id 1).
-    with_special: tokenizers::Tokenizer,
-    /// Treats special-token text as ordinary text.
-    plain: tokenizers::Tokenizer,
-    /// The bytes each token stands for (special tokens: their text).
-    token_bytes: Vec<Vec<u8>>,
-    /// Control tokens (skipped when decoding with `skip_special`).
-    is_control: Vec<bool>,
-    pieces: Vec<String>,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
-    /// Every id that ends a generation (EOS, EOT, ...), as llama.cpp counts them.
-    pub eog_ids: Vec<u32>,
-    pub add_bos: bool,
-    pub chat_template: Option<String>,
-}
+pub struct Tokenizer(ferrolm_formats::tokenizer::Tokenizer);
 
 impl Tokenizer {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let bad = |m: String| EngineError::BadModelFile {
-            path: gguf.path().to_path_buf(),
-            message: m,
-        };
-        let model = gguf.meta_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(EngineError::Unsupported {
-                path: gguf.path().to_path_buf(),
-                message: format!(
-                    "tokenizer.ggml.model {model:?}: only gpt2-style byte-level BPE is supported so far"
-                ),
-            });
-        }
-        let strings = |key: &str| -> Result<Vec<String>> {
-            let arr = gguf
-                .meta(key)
-                .and_then(|v| v.as_array())
-                .ok_or_else(|| bad(format!("metadata {key} is missing or not an array")))?;
-            arr.iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| bad(format!("metadata {key} holds a non-string")))
-                })
-                .collect()
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let n = tokens.len();
-        let token_types: Vec<i64> = match gguf.meta("tokenizer.ggml.token_type") {
-            Some(v) => {
-                let arr = v
-                    .as_array()
-                    .ok_or_else(|| bad("tokenizer.ggml.token_type is not an array".into()))?;
-                if arr.len() != n {
-                    return Err(bad(format!(
-                        "tokenizer.ggml.token_type has {} entries for {n} tokens",
-                        arr.len()
-                    )));
-                }
-                arr.iter()
-                    .map(|v| v.as_i64().unwrap_or(token_type::NORMAL))
-                    .collect()
-            }
-            None => vec![token_type::NORMAL; n],
-        };
-        let merges = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(format!("merge {m:?} has no space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let pre = gguf
-            .meta("tokenizer.ggml.pre")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default")
-            .to_string();
-        let vocab = gguf_bpe::GgufVocab {
-            tokens,
-            token_types,
-            merges,
-            pre,
-        };
-        let (with_special, plain) = gguf_bpe::build(&vocab)?;
-
-        let table = gguf_bpe::unicode_to_byte_table();
-        let special_ty = |ty: i64| ty == token_type::CONTROL || ty == token_type::USER_DEFINED;
-        let token_bytes = vocab
-            .tokens
-            .iter()
-            .zip(&vocab.token_types)
-            .map(|(t, &ty)| {
-                if special_ty(ty) {
-                    t.as_bytes().to_vec()
-                } else {
-                    gguf_bpe::piece_bytes(t, &table)
-                }
-            })
-            .collect();
-        let is_control = vocab
-            .token_types
-            .iter()
-            .map(|&ty| ty == token_type::CONTROL)
-            .collect();
-
-        let id = |key: &str| -> Result<Option<u32>> {
-            match gguf.meta(key) {
-                None => Ok(None),
-                Some(v) => {
-                    let id = v
-                        .as_u64()
-                        .filter(|&i| (i as usize) < n)
-                        .ok_or_else(|| bad(format!("{key} is not a token id below {n}")))?;
-                    Ok(Some(id as u32))
-                }
-            }
-        };
-        let bos_id = id("tokenizer.ggml.bos_token_id")?;
-        let eos_id = id("tokenizer.ggml.eos_token_id")?;
-        let eot_id = id("tokenizer.ggml.eot_token_id")?;
-        let eom_id = id("tokenizer.ggml.eom_token_id")?;
-        let add_bos = gguf
-            .meta("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let chat_template = gguf
-            .meta("tokenizer.chat_template")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-
-        // llama.cpp's end-of-generation set: EOS/EOT/EOM, the fill-in-the-middle pad,
-        // repo and file-separator tokens, and tokens whose text marks an end of turn.
-        let mut eog_ids: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
-        let first_of = |names: &[&str]| -> Option<u32> {
-            vocab
-                .tokens
-                .iter()
-                .position(|t| names.contains(&t.as_str()))
-                .map(|i| i as u32)
-        };
-        let fim = [
-            first_of(&["<|fim_pad|>", "<fim-pad>", "<PAD>"]),
-            first_of(&[
-                "<|fim_repo|>",
-                "<|repo_name|>",
-                "<fim-repo>",
-                "<REPO>",
-                "<reponame>",
-            ]),
-            first_of(&["<|file_sep|>"]),
-        ];
-        eog_ids.extend(fim.into_iter().flatten());
-        for (i, t) in vocab.tokens.iter().enumerate() {
-            if matches!(
-                t.as_str(),
-                "<|eot_id|>"
-                    | "<|im_end|>"
-                    | "<|end|>"
-                    | "<|return|>"
-                    | "<|call|>"
-                    | "<end_of_turn>"
-                    | "<|endoftext|>"
-                    | "<|eom_id|>"
-                    | "<EOT>"
-                    | "_<EOT>"
-                    | "<|end_of_text|>"
-                    | "<end_of_utterance>"
-            ) {
-                eog_ids.push(i as u32);
-            }
-        }
-        eog_ids.sort_unstable();
-        eog_ids.dedup();
-
-        Ok(Self {
-            with_special,
-            plain,
-            token_bytes,
-            is_control,
-            pieces: vocab.tokens,
-            bos_id,
-            eos_id,
-            eog_ids,
-            add_bos,
-            chat_template,
-        })
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.token_bytes.len()
-    }
-
-    /// The fewest tokens `bytes` bytes of text can encode to: no token stands for more bytes
-    /// than the longest in the vocabulary. Lets a server refuse a prompt that cannot fit
-    /// before spending time and memory on encoding it.
-    pub fn min_tokens_for_bytes(&self, bytes: usize) -> usize {
-        let longest = self.token_bytes.iter().map(Vec::len).max().unwrap_or(1);
-        bytes.div_ceil(longest.max(1))
+        Ok(Self(ferrolm_formats::tokenizer::Tokenizer::from_gguf(
+            gguf,
+        )?))
     }
 
     /// Token ids of `text`. `parse_special`: whether special-token text (`<|im_start|>`)
     /// becomes the special token, as chat prompts need, or stays ordinary text. BOS is
     /// prepended when the model asks for it.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tok = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
-        let enc = tok
-            .encode_fast(text, false)
-            .map_err(|e| EngineError::Tokenizer(format!("encode: {e}")))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if self.add_bos {
-            if let Some(bos) = self.bos_id {
-                ids.push(bos);
-            }
-        }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
+        Ok(self.0.encode(text, parse_special)?)
+    }
+}
+
+impl Deref for Tokenizer {
+    type Target = ferrolm_formats::tokenizer::Tokenizer;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// A compiled chat template, each render bounded by its [`RenderLimits`].
+pub struct ChatTemplate(ferrolm_formats::tokenizer::ChatTemplate);
+
+impl ChatTemplate {
+    /// The template with the tokenizer's BOS and EOS pieces as `bos_token`/`eos_token`.
+    pub fn for_tokenizer(source: &str, tokenizer: &Tokenizer) -> Result<Self> {
+        Ok(Self(
+            ferrolm_formats::tokenizer::ChatTemplate::for_tokenizer(source, tokenizer)?,
+        ))
     }
 
-    /// The raw bytes of one token (special tokens: their text). Unknown ids give nothing.
-    pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes
-            .get(id as usize)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        Ok(Self(ferrolm_formats::tokenizer::ChatTemplate::new(
+            source, bos_token, eos_token,
+        )?))
     }
 
-    /// The vocabulary's piece for an id, as the GGUF spells it.
-    pub fn piece(&self, id: u32) -> Option<&str> {
-        self.pieces.get(id as usize).map(String::as_str)
+    /// The prompt text for `messages`; `add_generation_prompt` opens the assistant's turn.
+    /// A template's `raise_exception` is an [`InvalidRequest`](crate::EngineError::InvalidRequest).
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        Ok(self.0.render(messages, add_generation_prompt)?)
     }
+}
 
-    pub fn id_of(&self, piece: &str) -> Option<u32> {
-        self.pieces
-            .iter()
-            .position(|p| p == piece)
-            .map(|i| i as u32)
-    }
-
-    pub fn is_control(&self, id: u32) -> bool {
-        self.is_control.get(id as usize).copied().unwrap_or(false)
-    }
-
-    pub fn is_eog(&self, id: u32) -> bool {
-        self.eog_ids.binary_search(&id).is_ok()
-    }
-
-    /// Text of a whole sequence; invalid UTF-8 becomes U+FFFD.
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
-        let mut bytes = Vec::new();
-        for &id in ids {
-            if skip_special && self.is_control(id) {
-                continue;
-            }
-            bytes.extend_from_slice(self.token_bytes(id));
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
+impl Deref for ChatTemplate {
+    type Target = ferrolm_formats::tokenizer::ChatTemplate;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::EngineError;
+
+    #[test]
+    fn a_template_rejection_is_an_invalid_request() {
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
+        match t.render(&[ChatMessage::new("system", "x")], true) {
+            Err(EngineError::InvalidRequest(m)) => {
+                assert_eq!(m, "the chat template rejected the messages: no system role")
+            }
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(EngineError::ChatTemplate(_))
+        ));
+    }
+}

@@ -9,7 +9,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::error::{EngineError, Result};
+use crate::error::{Error, Result};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 pub mod token_type {
@@ -32,7 +32,7 @@ pub fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
             SplitDelimiterBehavior::Isolated,
             false,
         )
-        .map_err(|e| EngineError::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
+        .map_err(|e| Error::Tokenizer(format!("pre-tokenizer regex: {e}")))?;
         Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![
             PreTokenizerWrapper::Split(split),
             PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -51,7 +51,7 @@ pub fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
         "qwen2" | "deepseek-r1-qwen" => split_then_bytes(
             r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
         ),
-        other => Err(EngineError::Tokenizer(format!(
+        other => Err(Error::Tokenizer(format!(
             "pre-tokenizer {other:?} (tokenizer.ggml.pre) is not supported yet; known: smollm, gpt2, default, llama-bpe, qwen2"
         ))),
     }
@@ -78,7 +78,7 @@ pub fn build(vocab: &GgufVocab) -> Result<(tokenizers::Tokenizer, tokenizers::To
         let bpe = BPE::builder()
             .vocab_and_merges(map.clone(), vocab.merges.clone())
             .build()
-            .map_err(|e| EngineError::Tokenizer(format!("BPE from GGUF: {e}")))?;
+            .map_err(|e| Error::Tokenizer(format!("BPE from GGUF: {e}")))?;
         let mut tok = tokenizers::Tokenizer::new(bpe);
         tok.with_pre_tokenizer(Some(pre_tokenizer_for(&vocab.pre)?));
         tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
@@ -95,7 +95,7 @@ pub fn build(vocab: &GgufVocab) -> Result<(tokenizers::Tokenizer, tokenizers::To
             .collect();
         if !added.is_empty() {
             tok.add_special_tokens(added)
-                .map_err(|e| EngineError::Tokenizer(format!("special tokens: {e}")))?;
+                .map_err(|e| Error::Tokenizer(format!("special tokens: {e}")))?;
         }
         Ok(tok)
     };
