@@ -17,10 +17,9 @@ pub enum EngineError {
     /// A well-formed file asking for something we do not implement (arch, tensor type, ...).
     #[error("unsupported model {path}: {message}")]
     Unsupported { path: PathBuf, message: String },
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    #[error("chat template: {0}")]
-    ChatTemplate(String),
+    /// The tokenizer or the chat template failed (their errors, from `ferrolm-formats`).
+    #[error(transparent)]
+    Text(ferrolm_formats::Error),
     /// A request the engine cannot run as asked (empty prompt, too long, bad parameter).
     #[error("{0}")]
     InvalidRequest(String),
@@ -104,8 +103,7 @@ impl From<ferrolm_formats::Error> for EngineError {
                 message: source.to_string(),
             },
             F::Unsupported { path, message } => Self::Unsupported { path, message },
-            F::Tokenizer(m) => Self::Tokenizer(m),
-            F::ChatTemplate(m) | F::TemplateLimit(m) => Self::ChatTemplate(m),
+            e @ (F::Tokenizer(_) | F::ChatTemplate(_) | F::TemplateLimit(_)) => Self::Text(e),
             // The template refused the conversation: the request's fault.
             e @ F::TemplateRejected(_) => Self::InvalidRequest(e.to_string()),
         }

@@ -84,7 +84,7 @@ mod tests {
         }
         assert!(matches!(
             ChatTemplate::new("{% for %}", "", ""),
-            Err(EngineError::ChatTemplate(_))
+            Err(EngineError::Text(ferrolm_formats::Error::ChatTemplate(_)))
         ));
     }
 }
