@@ -67,7 +67,8 @@ layout:
 	python3 scripts/check-layout.py
 
 # Fuzzes the readers of untrusted input (fuzz/: GGUF reader, chat templates, tokenizer,
-# detokenizer in crates/formats) for FUZZ_SECONDS each; a crash fails (scripts/fuzz.sh).
+# detokenizer in crates/formats; request checks and SSE framing in crates/protocol) for
+# FUZZ_SECONDS each; a crash fails (scripts/fuzz.sh).
 FUZZ_SECONDS ?= 20
 .PHONY: fuzz
 fuzz: model

@@ -176,6 +176,24 @@ def main() -> None:
         # (bool, Vec<Vec<u8>>) as `arbitrary` reads it: any bytes make some pieces.
         "detokenizer": [b"\x01caf\xc3\xa9 \xf0\x9f\x98\x80!", b"\x00\xff\xfe\xe2\x82\xac\xe2\x82",
                         "naïve 日本 👨‍👩‍👧".encode()],
+        # Request bodies as clients send them (the shared fields, chat, completions, refusals).
+        "request": [s.encode() for s in [
+            '{"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}',
+            '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content":'
+            ' [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}],'
+            ' "logprobs": true, "top_logprobs": 5, "n": 2, "stream": true,'
+            ' "stream_options": {"include_usage": true}}',
+            '{"prompt": ["a", "b"], "logprobs": 3, "echo": true, "stop": ["\\n", "x"],'
+            ' "logit_bias": {"42": -100, "7": 2.5}, "top_k": -1, "seed": -9, "min_tokens": 2}',
+            '{"prompt": [[1, 2, 3], [4]], "max_tokens": 0, "temperature": 0.7, "top_p": 0.9,'
+            ' "min_p": 0.1, "repetition_penalty": 1.1, "stop_token_ids": [2], "ignore_eos": true}',
+            '{"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}],'
+            ' "tool_choice": "auto", "response_format": {"type": "json_object"}, "best_of": 3,'
+            ' "suffix": "s", "prompt_logprobs": -1}',
+        ]],
+        # (String, String, Option<String>) as `arbitrary` reads it: any bytes make some.
+        "sse": [b"data: x\r\n\r\n\x00\x1f\u2028", "naïve\r\n\n日本 👨‍👩‍👧".encode(),
+                b"[DONE]\n\ndata:"],
     }
     for target, items in seeds.items():
         d = FUZZ / "corpus" / target

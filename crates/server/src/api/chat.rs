@@ -8,13 +8,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
-use ferrolm_engine::tokenizer::ChatMessage;
+use ferrolm_protocol::messages::flatten_messages;
 
-use super::error::ApiError;
-use super::protocol::{
-    request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatMessageIn, ChatMessageOut,
-    ChatRequest, ChatResponse, MessageContent, UsageOut,
-};
+use super::error::{from_engine, ApiError};
 use super::state::{submit, AppState};
 use super::stream::{
     build_choices, chat_logprobs, chunk_builder, collect_all, stream_sse, usage_chunk,
@@ -23,55 +19,10 @@ use super::validate::{
     check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
     validate_prompts,
 };
-
-/// Messages to template input: text parts joined by newlines; only text content is read.
-fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
-    if msgs.is_empty() {
-        return Err(ApiError::invalid_field(
-            "messages",
-            "`messages` must not be empty",
-        ));
-    }
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "system" | "user" | "assistant" => m.role.clone(),
-                "developer" => "system".to_string(),
-                other => {
-                    return Err(ApiError::invalid_field(
-                        &format!("messages[{i}].role"),
-                        format!(
-                            "role {other:?} is not supported (system, user, assistant, developer)"
-                        ),
-                    ))
-                }
-            };
-            let content = match &m.content {
-                None => String::new(),
-                Some(MessageContent::Text(s)) => s.clone(),
-                Some(MessageContent::Parts(parts)) => {
-                    let mut texts = Vec::new();
-                    for p in parts {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => texts.push(t.clone()),
-                            (kind, _) => {
-                                return Err(ApiError::invalid_field(
-                                    &format!("messages[{i}].content"),
-                                    format!(
-                                        "content part of type {kind:?} is not supported; only text"
-                                    ),
-                                ))
-                            }
-                        }
-                    }
-                    texts.join("\n")
-                }
-            };
-            Ok(ChatMessage::new(role, content))
-        })
-        .collect()
-}
+use ferrolm_protocol::openai::{
+    request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatMessageOut, ChatRequest,
+    ChatResponse, UsageOut,
+};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -84,7 +35,9 @@ pub async fn chat_completions(
         )
     })?;
     let messages = flatten_messages(&req.messages)?;
-    let text = template.render(&messages, req.add_generation_prompt.unwrap_or(true))?;
+    let text = template
+        .render(&messages, req.add_generation_prompt.unwrap_or(true))
+        .map_err(from_engine)?;
     let engine = &loaded.engine;
     let max_model_len = engine.max_model_len;
     let prompt = encode_prompt(&tok, text, max_model_len, "messages").await?;

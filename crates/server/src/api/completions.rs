@@ -11,10 +11,6 @@ use ferrolm_engine::engine::RequestOutput;
 use ferrolm_engine::sampling::TokenLogprob;
 
 use super::error::ApiError;
-use super::protocol::{
-    request_id, unix_now, CompletionChoice, CompletionLogprobs, CompletionRequest,
-    CompletionResponse, Prompt, UsageOut,
-};
 use super::state::{submit, AppState};
 use super::stream::{
     build_choices, chunk_builder, collect_all, completion_logprobs, stream_sse, usage_chunk,
@@ -22,6 +18,10 @@ use super::stream::{
 use super::validate::{
     check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
     validate_prompts,
+};
+use ferrolm_protocol::openai::{
+    request_id, unix_now, CompletionChoice, CompletionLogprobs, CompletionRequest,
+    CompletionResponse, Prompt, UsageOut,
 };
 
 pub async fn completions(

@@ -13,10 +13,11 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::error::ApiError;
-use super::protocol::{unix_now, ChatMessageIn, MessageContent};
+use super::error::{from_engine, ApiError};
 use super::state::{AppState, Loaded};
 use super::validate::parse_body;
+use ferrolm_protocol::messages::flatten_messages;
+use ferrolm_protocol::openai::{unix_now, ChatMessageIn};
 
 /// 200 once the model is loaded and while the engine thread runs; 503 while loading,
 /// draining, or once the engine has died (so Kubernetes restarts the pod).
@@ -100,17 +101,8 @@ impl ModelQuery for TokenizeRequest {
                     .chat_template
                     .as_ref()
                     .ok_or_else(|| ApiError::bad_request("the model has no chat template"))?;
-                let msgs: Vec<_> = m
-                    .iter()
-                    .map(|m| {
-                        let content = match &m.content {
-                            Some(MessageContent::Text(s)) => s.clone(),
-                            _ => String::new(),
-                        };
-                        ferrolm_engine::tokenizer::ChatMessage::new(m.role.clone(), content)
-                    })
-                    .collect();
-                t.render(&msgs, true)?
+                let msgs = flatten_messages(&m)?;
+                t.render(&msgs, true).map_err(from_engine)?
             }
             _ => {
                 return Err(ApiError::bad_request(
@@ -119,7 +111,11 @@ impl ModelQuery for TokenizeRequest {
             }
         };
         let add_special = self.add_special_tokens.unwrap_or(true);
-        let tokens = loaded.engine.tokenizer.encode(&text, add_special)?;
+        let tokens = loaded
+            .engine
+            .tokenizer
+            .encode(&text, add_special)
+            .map_err(from_engine)?;
         Ok(serde_json::json!({
             "count": tokens.len(),
             "max_model_len": loaded.engine.max_model_len,

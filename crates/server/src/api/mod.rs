@@ -1,5 +1,6 @@
-//! The OpenAI-compatible HTTP API. Its modules, each using only those listed before it:
-//! `error` (the error JSON), `protocol` (OpenAI's request and response types), `metrics`
+//! The OpenAI-compatible HTTP API over ferrolm-protocol (the request and response types, the
+//! error JSON, the engine-free request checks, SSE framing). Its modules, each using only
+//! those listed before it: `error` (engine errors to API errors), `metrics`
 //! (the Prometheus registry and per-request timer), `state` (shared state, admission, engine
 //! submissions), `validate` (request checks to `SamplingParams`), `stream` (SSE, collecting
 //! and rendering answers), `auth` (the API key), the handlers `completions`, `chat` and
@@ -11,7 +12,6 @@ mod completions;
 pub mod error;
 pub mod metrics;
 mod misc;
-pub mod protocol;
 mod state;
 mod stream;
 mod validate;

@@ -10,7 +10,7 @@ use ferrolm_engine::request::{RequestId, ValidRequest};
 use ferrolm_engine::tokenizer::ChatTemplate;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::error::ApiError;
+use super::error::{from_engine, ApiError};
 use super::metrics::Metrics;
 
 /// What handlers need once the model is loaded.
@@ -189,7 +189,9 @@ pub fn submit(
     let mut rxs = Vec::new();
     for r in requests {
         for i in 0..n {
-            let (id, rx) = engine.submit(r.with_seed_offset(i as u64))?;
+            let (id, rx) = engine
+                .submit(r.with_seed_offset(i as u64))
+                .map_err(from_engine)?;
             sub.engine_ids.push(id);
             sub.finished.push(false);
             rxs.push(rx);

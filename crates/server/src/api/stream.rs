@@ -7,11 +7,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::response::sse::{Event, Sse};
+use axum::body::Body;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use ferrolm_engine::engine::RequestOutput;
 use ferrolm_engine::sampling::TokenLogprob;
 use ferrolm_engine::tokenizer::Tokenizer;
+use ferrolm_protocol::sse;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -19,10 +21,10 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
 use super::error::ApiError;
 use super::metrics::RequestTimer;
-use super::protocol::{
+use super::state::{AppState, Submission};
+use ferrolm_protocol::openai::{
     ChatLogprobs, ChatTokenLogprob, ChoicesResponse, CompletionLogprobs, TopLogprobOut, UsageOut,
 };
-use super::state::{AppState, Submission};
 
 /// Streams engine outputs as SSE chunks ending in `data: [DONE]`. A task reads the engine's
 /// outputs as they come (however slowly the client reads, so the request's admission slots
@@ -42,7 +44,7 @@ where
     R: FnMut(usize, &RequestOutput, bool) -> Vec<serde_json::Value> + Send + 'static,
     U: FnOnce(usize) -> serde_json::Value + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(64);
     let n = rxs.len();
     let mut drain = state.drain_expired.subscribe();
     tokio::spawn(async move {
@@ -72,7 +74,7 @@ where
                         if let Some(u) = usage.take() {
                             queue.push_back(u(completion_tokens.iter().sum()).to_string());
                         }
-                        queue.push_back("[DONE]".to_string());
+                        queue.push_back(sse::DONE.to_string());
                         ended = true;
                         continue;
                     };
@@ -101,7 +103,7 @@ where
                     let (Ok(permit), Some(event)) = (permit, queue.pop_front()) else {
                         return;
                     };
-                    permit.send(Ok(Event::default().data(event)));
+                    permit.send(Ok(sse::event(&event)));
                 }
                 _ = tx.closed() => return,
                 _ = drain_expired(&mut drain), if sub.is_some() => {
@@ -120,7 +122,12 @@ where
         }
         drop(sub);
     });
-    Sse::new(ReceiverStream::new(rx)).into_response()
+    let body = Body::from_stream(ReceiverStream::new(rx));
+    let headers = [
+        (CONTENT_TYPE, sse::CONTENT_TYPE),
+        (CACHE_CONTROL, "no-cache"),
+    ];
+    (headers, body).into_response()
 }
 
 /// Resolves once the drain timeout has expired (never if its sender is gone).
