@@ -78,6 +78,13 @@ pub enum Error {
         #[source]
         source: GgufError,
     },
+    /// A Hugging Face checkpoint file (safetensors, its index, a JSON file) that is
+    /// truncated, corrupt, inconsistent with the others, or missing.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    /// A model id that names no local folder and is not in the Hugging Face cache.
+    #[error("model {model}: {message}")]
+    ModelNotFound { model: String, message: String },
     /// A well-formed file asking for something we do not implement.
     #[error("unsupported model {path}: {message}")]
     Unsupported { path: PathBuf, message: String },
@@ -102,6 +109,16 @@ impl Error {
         match source {
             GgufError::Io(source) => Self::Io { path, source },
             source => Self::Gguf { path, source },
+        }
+    }
+}
+
+impl Error {
+    /// A checkpoint error for the file at `path`.
+    pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Checkpoint {
+            path: path.into(),
+            message: message.into(),
         }
     }
 }

@@ -1,8 +1,10 @@
-//! Tokenizer (from GGUF metadata), incremental detokenization and chat templates.
+//! Tokenizer (from GGUF metadata or a Hugging Face tokenizer.json), incremental
+//! detokenization and chat templates.
 
 mod chat_template;
 mod detokenizer;
 pub mod gguf_bpe;
+mod hf_json;
 mod template_bounds;
 
 pub use chat_template::{ChatMessage, ChatTemplate, RenderLimits};
@@ -225,8 +227,10 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
-        if self.add_bos {
-            if let Some(bos) = self.bos_id {
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
+            // A rendered chat prompt may carry its BOS already (Llama 3's `bos_token`): one
+            // BOS, as vLLM's chat path gives, not two.
+            if !(parse_special && enc.get_ids().first() == Some(&bos)) {
                 ids.push(bos);
             }
         }
