@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+pub use ferrolm_formats::hf::hub::HubSettings;
+
 /// The engine's environment switches.
 #[derive(Debug, Clone)]
 pub struct Switches {
@@ -35,6 +37,9 @@ pub struct Switches {
     /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
     /// where the default model is.
     pub model_dir: PathBuf,
+    /// HF_HUB_CACHE (else $HF_HOME/hub, else ~/.cache/huggingface/hub) and HF_HUB_OFFLINE:
+    /// where hub ids are looked up, and whether they may be downloaded.
+    pub hub: HubSettings,
 }
 
 /// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).
@@ -84,6 +89,12 @@ impl Switches {
             cpu_isa_avx2: var("FERROLM_CPU_ISA").is_some_and(|v| v.eq_ignore_ascii_case("avx2")),
             fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
             model_dir,
+            hub: HubSettings::from_vars(
+                var("HF_HUB_CACHE").as_deref(),
+                var("HF_HOME").as_deref(),
+                var("HOME").as_deref(),
+                var("HF_HUB_OFFLINE").as_deref(),
+            ),
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum EngineError {
     /// A well-formed file asking for something we do not implement (arch, tensor type, ...).
     #[error("unsupported model {path}: {message}")]
     Unsupported { path: PathBuf, message: String },
+    /// A model named on the command line that is nowhere to be found (no file or folder, not
+    /// in the Hugging Face cache).
+    #[error("model {model}: {message}")]
+    ModelNotFound { model: String, message: String },
     /// The tokenizer or the chat template failed (their errors, from `ferrolm-formats`).
     #[error(transparent)]
     Text(ferrolm_formats::Error),
@@ -103,6 +107,8 @@ impl From<ferrolm_formats::Error> for EngineError {
                 message: source.to_string(),
             },
             F::Unsupported { path, message } => Self::Unsupported { path, message },
+            F::Checkpoint { path, message } => Self::BadModelFile { path, message },
+            F::ModelNotFound { model, message } => Self::ModelNotFound { model, message },
             e @ (F::Tokenizer(_) | F::ChatTemplate(_) | F::TemplateLimit(_)) => Self::Text(e),
             // The template refused the conversation: the request's fault.
             e @ F::TemplateRejected(_) => Self::InvalidRequest(e.to_string()),

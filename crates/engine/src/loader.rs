@@ -1,9 +1,13 @@
-//! Loading a model from disk: GGUF weights, tokenizer and chat template together; and the
+//! Loading a model from disk: a GGUF file, or a Hugging Face checkpoint (a folder or a hub
+//! id in the local cache) with its tokenizer, chat template and generation defaults; and the
 //! benches' models (`--load-format dummy` from a config.json, or a GGUF).
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+use ferrolm_formats::hf::hub::{self, ModelLocation};
+use ferrolm_formats::hf::safetensors::Checkpoint;
+use ferrolm_formats::hf::{GenerationDefaults, HfFolder};
 
 use crate::device::{resolve_device, resolve_dtype};
 use crate::error::{EngineError, Result};
@@ -19,20 +23,134 @@ pub fn default_model_path() -> PathBuf {
     crate::env::get().model_dir.join(DEFAULT_MODEL_FILE)
 }
 
+/// What to load, as the command line names it (vLLM's `--model`, `--revision`,
+/// `--tokenizer`, `--dtype`, `--device`).
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A GGUF file, a checkpoint folder, or a hub id (`ORG/NAME`).
+    pub model: String,
+    pub revision: Option<String>,
+    /// Another checkpoint's tokenizer (a folder or hub id).
+    pub tokenizer: Option<String>,
+    /// auto, float32, float16, bfloat16 (a checkpoint's weights; GGUF keeps its blocks).
+    pub dtype: String,
+    /// cpu, cuda, auto.
+    pub device: String,
+}
+
+impl LoadOptions {
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            revision: None,
+            tokenizer: None,
+            dtype: "auto".into(),
+            device: "cpu".into(),
+        }
+    }
+}
+
 /// A model ready to run: weights, tokenizer, chat template.
 pub struct LoadedModel {
     pub path: PathBuf,
     pub model: LlamaModel,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
+    /// `generation_config.json`'s sampling defaults (none for a GGUF).
+    pub generation_defaults: GenerationDefaults,
+}
+
+/// Where a model argument is: a local GGUF or folder, or a cached hub snapshot.
+pub fn locate(model: &str, revision: Option<&str>) -> Result<ModelLocation> {
+    match hub::locate(model, revision, &crate::env::get().hub)? {
+        Some(loc) => Ok(loc),
+        // Not cached, and HF_HUB_OFFLINE does not forbid a download: this build has no
+        // downloader, so say how to get it into the cache.
+        None => Err(EngineError::ModelNotFound {
+            model: model.to_string(),
+            message: format!(
+                "not in the Hugging Face cache at {}; download it there first (`huggingface-cli download {model}`) or give a local folder or .gguf file",
+                crate::env::get().hub.cache.display()
+            ),
+        }),
+    }
+}
+
+/// A checkpoint's weights type: `--dtype`, or with `auto` f32 on the CPU and on a GPU the
+/// checkpoint's own half type (f16 for an f32 checkpoint, as vLLM does).
+fn checkpoint_dtype(name: &str, folder: &HfFolder, device: &Device) -> Result<DType> {
+    if name != "auto" {
+        return resolve_dtype(name, device);
+    }
+    if device.is_cpu() {
+        return Ok(DType::F32);
+    }
+    let stored = folder.config["torch_dtype"]
+        .as_str()
+        .or(folder.config["dtype"].as_str());
+    Ok(match stored {
+        Some("bfloat16") => DType::BF16,
+        _ => DType::F16,
+    })
 }
 
 impl LoadedModel {
-    /// Loads the model on the device named as `--device` takes it (cpu, cuda, auto).
-    pub fn load_on(path: impl AsRef<Path>, device: &str) -> Result<Self> {
-        Self::load(path, &resolve_device(device)?)
+    /// Loads what `opts` names: a GGUF file, a checkpoint folder or a cached hub id.
+    pub fn load_with(opts: &LoadOptions) -> Result<Self> {
+        let device = resolve_device(&opts.device)?;
+        match locate(&opts.model, opts.revision.as_deref())? {
+            ModelLocation::Gguf(path) => {
+                if opts.tokenizer.is_some() {
+                    return Err(EngineError::Config(
+                        "--tokenizer with a GGUF model: its tokenizer is in the file".into(),
+                    ));
+                }
+                Self::load(path, &device)
+            }
+            ModelLocation::Folder(dir) => Self::load_checkpoint(&dir, opts, &device),
+        }
     }
 
+    /// Loads the GGUF model on the device named as `--device` takes it (cpu, cuda, auto).
+    pub fn load_on(path: impl AsRef<Path>, device: &str) -> Result<Self> {
+        let mut opts = LoadOptions::new(path.as_ref().to_string_lossy());
+        opts.device = device.to_string();
+        Self::load_with(&opts)
+    }
+
+    /// A Hugging Face checkpoint folder: config, safetensors, tokenizer (`--tokenizer`'s, or
+    /// the folder's), chat template and generation defaults.
+    fn load_checkpoint(dir: &Path, opts: &LoadOptions, device: &Device) -> Result<Self> {
+        let folder = HfFolder::open(dir)?;
+        let config = LlamaConfig::from_hf(&folder.config, &folder.config_path())?;
+        let tok_folder = match &opts.tokenizer {
+            None => None,
+            Some(t) => match locate(t, None)? {
+                ModelLocation::Folder(d) => Some(HfFolder::open(&d)?),
+                ModelLocation::Gguf(p) => {
+                    return Err(EngineError::Config(format!(
+                        "--tokenizer {}: give a checkpoint folder or hub id with a tokenizer.json",
+                        p.display()
+                    )))
+                }
+            },
+        };
+        let tf = tok_folder.as_ref().unwrap_or(&folder);
+        let tokenizer_json = tf.dir.join("tokenizer.json");
+        if !tokenizer_json.is_file() {
+            return Err(EngineError::BadModelFile {
+                path: tokenizer_json,
+                message: "tokenizer.json is missing (give --tokenizer)".into(),
+            });
+        }
+        let tokenizer = Tokenizer::from_hf(&tokenizer_json, tf)?;
+        let dtype = checkpoint_dtype(&opts.dtype, &folder, device)?;
+        let ckpt = Checkpoint::open_dir(dir)?;
+        let model = LlamaModel::from_safetensors(&ckpt, dir, config, dtype, device)?;
+        Self::assemble(dir, model, tokenizer, folder.generation_defaults())
+    }
+
+    /// A GGUF file: weights, tokenizer and chat template from its metadata.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         if !path.exists() {
@@ -50,6 +168,16 @@ impl LoadedModel {
         let gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let model = LlamaModel::from_gguf(&gguf, device)?;
+        Self::assemble(path, model, tokenizer, GenerationDefaults::default())
+    }
+
+    /// The model with its tokenizer and chat template, checked to fit together.
+    fn assemble(
+        path: &Path,
+        model: LlamaModel,
+        tokenizer: Tokenizer,
+        generation_defaults: GenerationDefaults,
+    ) -> Result<Self> {
         if tokenizer.vocab_size() > model.config.vocab_size {
             return Err(EngineError::BadModelFile {
                 path: path.to_path_buf(),
@@ -69,6 +197,7 @@ impl LoadedModel {
             model,
             tokenizer,
             chat_template,
+            generation_defaults,
         })
     }
 

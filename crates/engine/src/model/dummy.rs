@@ -122,6 +122,8 @@ impl LlamaModel {
                     linear(nkv * hd, h, c.qkv_bias)?,
                     linear(nkv * hd, h, c.qkv_bias)?,
                 ),
+                q_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
+                k_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
                 wo: linear(h, nh * hd, false)?,
                 ffn_norm: ones(h)?,
                 gate_up: GateUpProj::Split(linear(ff, h, false)?, linear(ff, h, false)?),

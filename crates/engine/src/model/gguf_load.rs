@@ -65,6 +65,19 @@ impl LlamaModel {
             weight: Weight::Quant(output),
             bias: None,
         };
+        let qk_norm = |name: &str| -> Result<Option<Tensor>> {
+            if !c.qk_norm {
+                return Ok(None);
+            }
+            let t = dense(name)?;
+            if t.dims() != [hd] {
+                return Err(EngineError::BadModelFile {
+                    path: gguf.path().to_path_buf(),
+                    message: format!("tensor {name} has shape {:?}, expected [{hd}]", t.dims()),
+                });
+            }
+            Ok(Some(t))
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("blk.{i}");
@@ -75,6 +88,8 @@ impl LlamaModel {
                     linear(&format!("{p}.attn_k"), nkv * hd, h)?,
                     linear(&format!("{p}.attn_v"), nkv * hd, h)?,
                 ),
+                q_norm: qk_norm(&format!("{p}.attn_q_norm.weight"))?,
+                k_norm: qk_norm(&format!("{p}.attn_k_norm.weight"))?,
                 wo: linear(&format!("{p}.attn_output"), h, nh * hd)?,
                 ffn_norm: dense(&format!("{p}.ffn_norm.weight"))?,
                 gate_up: GateUpProj::Split(

@@ -1,4 +1,5 @@
-//! The Llama family (Llama 2/3, Mistral, SmolLM, Qwen2 with QKV bias) over one flat batch.
+//! The Llama family (Llama 2/3, Mistral, SmolLM, Qwen2 with QKV bias, Qwen3 with per-head
+//! Q/K norms) over one flat batch.
 //! Linear layers see `[num_tokens, hidden]`: every token of the step shares one weight read.
 
 use candle_core::{DType, Device, Tensor};
@@ -35,7 +36,10 @@ impl LlamaModel {
     pub fn stack_projections(&mut self) -> Result<bool> {
         let mut any = false;
         for layer in &mut self.layers {
-            if let QkvProj::Split(q, k, v) = &layer.qkv {
+            // Q/K norms sit between the projection and RoPE: the fused split-and-rotate
+            // kernel has no place for them, so those layers keep Q/K/V split.
+            let qk_norm = layer.q_norm.is_some() || layer.k_norm.is_some();
+            if let (QkvProj::Split(q, k, v), false) = (&layer.qkv, qk_norm) {
                 if let Some(w) = stack_linears(&[q, k, v])? {
                     layer.qkv = QkvProj::Stacked(w);
                     any = true;
@@ -180,11 +184,22 @@ impl LlamaModel {
             };
             Ok(t.reshape((n, heads * hd))?)
         };
+        // Qwen3's per-head RMSNorm of Q or K (`[n, heads * head_dim]`), when the layer has it.
+        let head_norm = |t: Tensor, w: &Option<Tensor>, heads: usize| -> Result<Tensor> {
+            match w {
+                None => Ok(t),
+                Some(w) => {
+                    Ok(rms_norm(&t.reshape((n * heads, hd))?, w, eps)?.reshape((n, heads * hd))?)
+                }
+            }
+        };
         for (li, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = match &layer.qkv {
                 QkvProj::Split(wq, wk, wv) => {
                     let [q, k, v] = forward_many([wq, wk, wv], &h)?;
                     prof.mark("qkv matmul")?;
+                    let q = head_norm(q, &layer.q_norm, nh)?;
+                    let k = head_norm(k, &layer.k_norm, nkv)?;
                     (rope(q, nh)?, rope(k, nkv)?, v)
                 }
                 QkvProj::Stacked(w) => {

@@ -4,9 +4,12 @@
 pub mod config;
 mod dummy;
 mod gguf_load;
+mod hf_config;
 pub mod llama;
 pub mod rope;
+mod safetensors_load;
 mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
+pub use hf_config::SUPPORTED_MODEL_TYPES;
 pub use llama::LlamaModel;

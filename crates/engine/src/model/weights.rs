@@ -105,6 +105,9 @@ pub(super) fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 pub(super) struct Layer {
     pub(super) attn_norm: Tensor,
     pub(super) qkv: QkvProj,
+    /// Per-head RMSNorm weights of Q and K, applied before RoPE (Qwen3).
+    pub(super) q_norm: Option<Tensor>,
+    pub(super) k_norm: Option<Tensor>,
     pub(super) wo: Linear,
     pub(super) ffn_norm: Tensor,
     pub(super) gate_up: GateUpProj,

@@ -22,6 +22,18 @@ impl Tokenizer {
         )?))
     }
 
+    /// A checkpoint's `tokenizer.json` with the special tokens, end-of-generation ids and
+    /// chat template of `folder`'s files.
+    pub fn from_hf(
+        tokenizer_json: &std::path::Path,
+        folder: &ferrolm_formats::hf::HfFolder,
+    ) -> Result<Self> {
+        Ok(Self(ferrolm_formats::tokenizer::Tokenizer::from_hf(
+            tokenizer_json,
+            folder,
+        )?))
+    }
+
     /// Token ids of `text`. `parse_special`: whether special-token text (`<|im_start|>`)
     /// becomes the special token, as chat prompts need, or stays ordinary text. BOS is
     /// prepended when the model asks for it.

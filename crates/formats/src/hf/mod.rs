@@ -146,6 +146,16 @@ impl HfFolder {
             .map(str::to_string)
     }
 
+    /// The special tokens `tokenizer_config.json` sets (name, text), as transformers'
+    /// `special_tokens_map` passes them to the chat template (`bos_token`, `eos_token`,
+    /// `unk_token`, `pad_token`, ...; a null one is left out).
+    pub fn special_tokens(&self) -> Vec<(String, String)> {
+        crate::tokenizer::SPECIAL_TOKEN_NAMES
+            .iter()
+            .filter_map(|k| Some((k.to_string(), self.special_token(k)?)))
+            .collect()
+    }
+
     /// `tokenizer_config.json`'s `add_bos_token`, when it says.
     pub fn add_bos_token(&self) -> Option<bool> {
         self.tokenizer_config.as_ref()?["add_bos_token"].as_bool()

@@ -1,5 +1,9 @@
-//! Chat templates (Jinja) rendered as Hugging Face renders them: trim_blocks, lstrip_blocks,
-//! Python string methods, `raise_exception`, `strftime_now`, special tokens in the context.
+//! Chat templates (Jinja) rendered as Hugging Face transformers renders them
+//! (`apply_chat_template(tokenize=False)`): trim_blocks, lstrip_blocks, loop controls, Python
+//! string and dict methods, `raise_exception`, `strftime_now`, transformers' `tojson`
+//! (Python's `json.dumps`), maps in their keys' order, and the context transformers gives:
+//! `messages`, `tools` (`none` when absent), `documents` (`none`), `add_generation_prompt`,
+//! the tokenizer's special tokens and the caller's extra variables (`enable_thinking`, ...).
 //!
 //! A template comes from a model file, so every render is bounded ([`RenderLimits`]): its
 //! instructions (minijinja's fuel), its nesting and the size of its output.
@@ -60,10 +64,26 @@ impl Default for RenderLimits {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
-    bos_token: String,
-    eos_token: String,
+    /// The special tokens in the context (`bos_token`, `eos_token`, ...), by name.
+    special_tokens: Vec<(String, String)>,
     limits: RenderLimits,
 }
+
+/// The variables the renderer itself sets, which extra variables may not replace
+/// (transformers passes them as keyword arguments: Python refuses a second value).
+const RESERVED: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
+
+/// The special tokens transformers' `special_tokens_map` holds, which it passes to the
+/// template where the tokenizer has them.
+pub const SPECIAL_TOKEN_NAMES: [&str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+];
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -101,7 +121,18 @@ impl ChatTemplate {
         Self::new(source, name(tokenizer.bos_id), name(tokenizer.eos_id))
     }
 
+    /// The template with `bos_token` and `eos_token` (both always defined, maybe empty).
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        Self::with_special_tokens(source, [("bos_token", bos_token), ("eos_token", eos_token)])
+    }
+
+    /// The template with these special tokens (name, text) in its context and no others, as
+    /// transformers passes a tokenizer's `special_tokens_map` (only the tokens that are set;
+    /// [`SPECIAL_TOKEN_NAMES`]).
+    pub fn with_special_tokens<'a>(
+        source: &str,
+        special_tokens: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
         let limits = RenderLimits::default();
         let mut env = Environment::new();
         // Errors read the same in debug and release builds (debug mode adds VM dumps).
@@ -120,10 +151,13 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::ChatTemplate(format!("does not compile: {e}")))?;
+        let special_tokens = special_tokens
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(Self {
             env,
-            bos_token: bos_token.to_string(),
-            eos_token: eos_token.to_string(),
+            special_tokens,
             limits,
         })
     }
@@ -141,17 +175,63 @@ impl ChatTemplate {
 
     /// The prompt text for `messages`; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let messages = serde_json::to_value(messages)
+            .map_err(|e| Error::ChatTemplate(format!("messages: {e}")))?;
+        self.render_json(
+            &messages,
+            None,
+            add_generation_prompt,
+            &serde_json::Map::new(),
+        )
+    }
+
+    /// The prompt text for a conversation as OpenAI's and transformers' JSON gives it: a
+    /// list of message objects (`role`, `content`, `tool_calls`, `tool_call_id`, `name`, ...
+    /// as the template reads them), the tools' JSON schemas (`None`: the template sees
+    /// `tools` as `none`, as transformers passes it), and `extra` variables
+    /// (`enable_thinking`, `date_string`, ...; they may replace a special token, not
+    /// `messages`, `tools`, `documents` or `add_generation_prompt`). Objects keep their keys'
+    /// order. Bounded as [`RenderLimits`] says, each message and tool counting as a message
+    /// and their JSON values' text as the input bytes.
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        let Some(list) = messages.as_array() else {
+            return Err(Error::ChatTemplate("messages must be a list".into()));
+        };
+        if let Some(name) = RESERVED.iter().find(|k| extra.contains_key(**k)) {
+            return Err(Error::ChatTemplate(format!(
+                "{name} is set by the renderer, not an extra variable"
+            )));
+        }
         let l = &self.limits;
-        let input: usize = messages
+        // The messages' fields (not their names: those are markup), the tools and the extra
+        // variables as the text they hold.
+        let input = list
             .iter()
-            .map(|m| m.role.len().saturating_add(m.content.len()))
+            .map(|m| match m.as_object() {
+                Some(fields) => fields
+                    .values()
+                    .map(json_bytes)
+                    .fold(0, usize::saturating_add),
+                None => json_bytes(m),
+            })
+            .chain(tools.map(json_bytes))
+            .chain(extra.values().map(json_bytes))
             .fold(0, usize::saturating_add);
         let limit = l
             .output_bytes
             .saturating_add(input.saturating_mul(l.output_per_input_byte));
+        let items = list
+            .len()
+            .saturating_add(tools.and_then(|t| t.as_array()).map_or(0, Vec::len));
         let fuel = l
             .fuel
-            .saturating_add(l.fuel_per_message.saturating_mul(messages.len() as u64));
+            .saturating_add(l.fuel_per_message.saturating_mul(items as u64));
         // The fuel is the environment's; a clone (templates and functions are shared) carries
         // this render's.
         let mut env = self.env.clone();
@@ -159,20 +239,37 @@ impl ChatTemplate {
         let tmpl = env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        // As transformers: the special tokens, the caller's kwargs over them, then its own
+        // arguments (tools and documents are None when not given).
+        let mut ctx: Vec<(String, Value)> = self
+            .special_tokens
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        for (k, v) in extra {
+            let v = Value::from_serialize(v);
+            match ctx.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v,
+                None => ctx.push((k.clone(), v)),
+            }
+        }
+        ctx.push(("messages".into(), Value::from_serialize(messages)));
+        ctx.push((
+            "tools".into(),
+            tools.map_or(Value::from(()), Value::from_serialize),
+        ));
+        ctx.push(("documents".into(), Value::from(())));
+        ctx.push((
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        ));
+        let ctx: Value = ctx.into_iter().collect();
         let mut out = CappedOutput {
             buf: Vec::new(),
             limit,
             over: false,
         };
-        let rendered = tmpl.render_captured_to(
-            minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            },
-            &mut out,
-        );
+        let rendered = tmpl.render_captured_to(ctx, &mut out);
         if out.over {
             return Err(Error::TemplateLimit(format!(
                 "the output passed {limit} bytes"
@@ -190,6 +287,22 @@ impl ChatTemplate {
         }
         String::from_utf8(out.buf)
             .map_err(|e| Error::ChatTemplate(format!("render gave invalid UTF-8: {e}")))
+    }
+}
+
+/// The text a JSON value holds: its strings (object keys too) and its scalars' digits.
+fn json_bytes(v: &serde_json::Value) -> usize {
+    use serde_json::Value as J;
+    match v {
+        J::Null => 0,
+        J::Bool(_) => 5,
+        J::Number(n) => n.to_string().len(),
+        J::String(s) => s.len(),
+        J::Array(a) => a.iter().map(json_bytes).fold(0, usize::saturating_add),
+        J::Object(o) => o
+            .iter()
+            .map(|(k, v)| k.len().saturating_add(json_bytes(v)))
+            .fold(0, usize::saturating_add),
     }
 }
 
@@ -263,6 +376,98 @@ mod tests {
             Err(Error::TemplateRejected(m)) => assert!(m.contains("too many"), "{m}"),
             other => panic!("expected the template's exception, got {other:?}"),
         }
+    }
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn render_json(src: &str, messages: &str, tools: Option<&str>, extra: &str) -> Result<String> {
+        let t = ChatTemplate::with_special_tokens(src, [("eos_token", "</s>")]).unwrap();
+        let extra = json(extra);
+        let tools = tools.map(json);
+        t.render_json(
+            &json(messages),
+            tools.as_ref(),
+            false,
+            extra.as_object().unwrap(),
+        )
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        let msgs = r#"[{"role": "user", "content": "é<&>'\"\n\u0001", "z": 1, "a": [1.0, 1e-7, 2, null, true, {}, []]}]"#;
+        let out = |src: &str| render_json(src, msgs, None, "{}").unwrap();
+        // Key order kept, Python's separators, nothing HTML-escaped, non-ASCII as is.
+        assert_eq!(
+            out("{{ messages[0] | tojson }}"),
+            r#"{"role": "user", "content": "é<&>'\"\n\u0001", "z": 1, "a": [1.0, 1e-07, 2, null, true, {}, []]}"#
+        );
+        assert_eq!(
+            out("{{ messages[0].a[:3] | tojson(indent=2) }}"),
+            "[\n  1.0,\n  1e-07,\n  2\n]"
+        );
+        assert_eq!(
+            out("{{ messages[0] | tojson(ensure_ascii=true, sort_keys=true, separators=(',', ':')) }}"),
+            r#"{"a":[1.0,1e-07,2,null,true,{},[]],"content":"\u00e9<&>'\"\n\u0001","role":"user","z":1}"#
+        );
+        // Positional arguments are transformers': ensure_ascii, indent, separators, sort_keys.
+        assert_eq!(
+            out("{{ {'b': 'é', 'a': 1} | tojson(false, 1) }}"),
+            "{\n \"b\": \"é\",\n \"a\": 1\n}"
+        );
+        for bad in [
+            "{{ undefined_thing | tojson }}",
+            "{{ 1 | tojson(colour=1) }}",
+            "{% set ns = namespace(x=1) %}{% set ns.x = ns %}{{ ns | tojson }}",
+        ] {
+            assert!(
+                matches!(
+                    render_json(bad, msgs, None, "{}"),
+                    Err(Error::ChatTemplate(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Python dicts keep their order in templates too.
+        assert_eq!(
+            out("{% for k, v in {'b': 1, 'a': 2}.items() %}{{ k }}{% endfor %}"),
+            "ba"
+        );
+    }
+
+    #[test]
+    fn the_context_is_transformers() {
+        let src = "{{ tools is none }}|{{ documents is none }}|{{ bos_token is defined }}|{{ eos_token }}|{{ enable_thinking is false }}|{{ messages[0].tool_calls[0].function.arguments | tojson }}";
+        let msgs = r#"[{"role": "assistant", "content": null, "tool_calls": [{"function": {"name": "f", "arguments": {"y": 1, "x": "2"}}}]}]"#;
+        assert_eq!(
+            render_json(src, msgs, None, r#"{"enable_thinking": false}"#).unwrap(),
+            r#"True|True|False|</s>|True|{"y": 1, "x": "2"}"#
+        );
+        let tools = r#"[{"type": "function", "function": {"name": "f"}}]"#;
+        assert_eq!(
+            render_json(
+                "{% if tools %}{{ tools[0] | tojson }}{% endif %}",
+                msgs,
+                Some(tools),
+                "{}"
+            )
+            .unwrap(),
+            tools[1..tools.len() - 1]
+        );
+        // Extra variables may replace a special token, not the renderer's own variables.
+        assert_eq!(
+            render_json("{{ eos_token }}", msgs, None, r#"{"eos_token": "<eos>"}"#).unwrap(),
+            "<eos>"
+        );
+        assert!(matches!(
+            render_json("{{ tools }}", msgs, None, r#"{"tools": []}"#),
+            Err(Error::ChatTemplate(_))
+        ));
+        assert!(matches!(
+            render_json("x", r#"{"role": "user"}"#, None, "{}"),
+            Err(Error::ChatTemplate(_))
+        ));
     }
 
     #[test]

@@ -5,9 +5,10 @@ mod chat_template;
 mod detokenizer;
 pub mod gguf_bpe;
 mod hf_json;
+mod pyjson;
 mod template_bounds;
 
-pub use chat_template::{ChatMessage, ChatTemplate, RenderLimits};
+pub use chat_template::{ChatMessage, ChatTemplate, RenderLimits, SPECIAL_TOKEN_NAMES};
 pub use detokenizer::IncrementalDecoder;
 
 use crate::error::{Error, GgufError, Result};

@@ -4,7 +4,7 @@
 //! template could ask for gigabytes in one call (or make Rust's formatter panic: precisions
 //! stop at 65535).
 
-use minijinja::value::{Kwargs, Rest, StringInput, Value, ValueKind};
+use minijinja::value::{Kwargs, Rest, StringInput, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 
 /// Widths, indents and counts real templates use are a few columns or items.
@@ -57,16 +57,14 @@ fn indent(
     minijinja::filters::indent(value, width, first, blank, kwargs)
 }
 
-fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
-    let asked = match &indent {
-        Some(v) => Some(v.clone()),
-        None => kwargs.peek::<Option<Value>>("indent")?,
+/// transformers' `tojson` (Python's `json.dumps`, [`super::pyjson`]), its indent bounded.
+fn tojson(value: &Value, mut args: Rest<Value>) -> Result<Value, Error> {
+    let kwargs = match args.last() {
+        Some(last) if last.is_kwargs() => Kwargs::try_from(args.pop().unwrap_or_default())?,
+        _ => Kwargs::from_iter(std::iter::empty::<(&str, Value)>()),
     };
-    // A bool is "indent or not"; a number is the indent (others: minijinja's error).
-    if let Some(v) = asked.filter(|v| v.kind() == ValueKind::Number) {
-        check("tojson indent", v.as_usize().unwrap_or(usize::MAX))?;
-    }
-    minijinja::filters::tojson(value, indent, kwargs)
+    let dumps = super::pyjson::Dumps::from_args(&args, &kwargs, MAX_WIDTH)?;
+    Ok(Value::from(dumps.dumps(value)?))
 }
 
 fn format(state: &State, format_str: &Value, args: Rest<Value>) -> Result<Value, Error> {
