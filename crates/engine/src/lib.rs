@@ -19,6 +19,7 @@ pub mod engine;
 pub mod env;
 pub mod error;
 pub mod gguf;
+pub mod inspect;
 pub mod instrument;
 pub mod kv_cache;
 pub mod lcg;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use ferrolm_formats::hf::hub::{self, ModelLocation};
 use ferrolm_formats::hf::safetensors::Checkpoint;
-use ferrolm_formats::hf::{GenerationDefaults, HfFolder};
+pub use ferrolm_formats::hf::GenerationDefaults;
+use ferrolm_formats::hf::HfFolder;
 
 use crate::device::{resolve_device, resolve_dtype};
 use crate::error::{EngineError, Result};

@@ -4,6 +4,7 @@
 //! own conventions for sampling fields (`top_k: -1`, string token ids in `logit_bias`). Every
 //! range the engine also checks is left to the engine, once.
 
+use ferrolm_formats::hf::GenerationDefaults;
 use http::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -45,6 +46,16 @@ pub fn from_json<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, ApiErr
             ApiError::invalid_field(&path, format!("invalid value for `{path}`: {inner}"))
         }
     })
+}
+
+/// The model's sampling defaults (`generation_config.json`, vLLM's `--generation-config
+/// auto`) for the fields the request leaves out.
+pub fn apply_generation_defaults(c: &mut CommonParams, d: &GenerationDefaults) {
+    c.temperature = c.temperature.or(d.temperature);
+    c.top_p = c.top_p.or(d.top_p);
+    c.top_k = c.top_k.or(d.top_k);
+    c.min_p = c.min_p.or(d.min_p);
+    c.repetition_penalty = c.repetition_penalty.or(d.repetition_penalty);
 }
 
 /// Refuses fields we know and do not implement, by name.
@@ -257,5 +268,16 @@ mod tests {
         assert_eq!(max_tokens_or(None, 5).unwrap(), 5);
         assert!(check_length(usize::MAX, 1, 10).is_err());
         assert!(logprobs_count("logprobs", Some(-1)).is_err());
+        let mut c = common(r#"{"temperature": 0.0}"#).unwrap();
+        let d = GenerationDefaults {
+            temperature: Some(0.6),
+            top_k: Some(20),
+            ..Default::default()
+        };
+        apply_generation_defaults(&mut c, &d);
+        assert_eq!(
+            (c.temperature, c.top_k, c.top_p),
+            (Some(0.0), Some(20), None)
+        );
     }
 }

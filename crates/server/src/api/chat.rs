@@ -43,7 +43,10 @@ pub async fn chat_completions(
     let prompt = encode_prompt(&tok, text, max_model_len, "messages").await?;
     let max_tokens = max_tokens_or(
         req.max_completion_tokens.or(req.common.max_tokens),
-        max_model_len.saturating_sub(prompt.len()).max(1),
+        loaded
+            .generation_defaults
+            .max_tokens
+            .unwrap_or(max_model_len.saturating_sub(prompt.len()).max(1)),
     )?;
     check_length(prompt.len(), max_tokens, max_model_len)?;
     let top = logprobs_count("top_logprobs", req.top_logprobs)?;

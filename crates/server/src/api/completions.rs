@@ -49,7 +49,10 @@ pub async fn completions(
             "`prompt` must not be an empty list",
         ));
     }
-    let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
+    let max_tokens = max_tokens_or(
+        req.common.max_tokens,
+        loaded.generation_defaults.max_tokens.unwrap_or(16),
+    )?;
     for p in &prompts {
         check_length(p.len(), max_tokens, loaded.engine.max_model_len)?;
     }

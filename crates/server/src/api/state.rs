@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use ferrolm_engine::engine::{EngineHandle, RequestOutput};
+use ferrolm_engine::loader::GenerationDefaults;
 use ferrolm_engine::request::{RequestId, ValidRequest};
 use ferrolm_engine::tokenizer::ChatTemplate;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -17,6 +18,8 @@ use super::metrics::Metrics;
 pub struct Loaded {
     pub engine: EngineHandle,
     pub chat_template: Option<ChatTemplate>,
+    /// Sampling defaults for fields a request leaves out (`--generation-config auto`).
+    pub generation_defaults: GenerationDefaults,
 }
 
 pub struct AppState {

@@ -14,10 +14,12 @@ use ferrolm_engine::request::ValidRequest;
 use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::Tokenizer;
 use ferrolm_protocol::openai::{CommonParams, WithCommon};
+use ferrolm_protocol::validate::{
+    apply_generation_defaults, choices_n, refuse_unsupported, SamplingConventions,
+};
 pub use ferrolm_protocol::validate::{
     body_too_large, check_length, from_json, logprobs_count, max_tokens_or,
 };
-use ferrolm_protocol::validate::{choices_n, refuse_unsupported, SamplingConventions};
 use serde::de::DeserializeOwned;
 
 use super::error::{from_engine, ApiError};
@@ -64,7 +66,9 @@ pub fn read_request<T: WithCommon>(
     let loaded = state.loaded()?;
     let json = parse_json(state, body)?;
     let mut req: T = from_json(&json)?;
-    req.set_common(from_json(&json)?);
+    let mut common = from_json(&json)?;
+    apply_generation_defaults(&mut common, &loaded.generation_defaults);
+    req.set_common(common);
     state.check_model(req.common().model.as_deref())?;
     refuse_unsupported(req.common())?;
     let n = choices_n(req.common(), state.max_n)?;

@@ -1,14 +1,15 @@
 //! `ferrolm generate`: one prompt through the engine, printed to stdout, with a timing line.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use ferrolm_engine::config::EngineConfig;
 use ferrolm_engine::engine::EngineHandle;
-use ferrolm_engine::loader::{default_model_path, LoadedModel};
+use ferrolm_engine::loader::LoadedModel;
+
+use super::model_args::ModelArgs;
 use ferrolm_engine::sampling::SamplingParams;
 use ferrolm_engine::tokenizer::ChatMessage;
 
@@ -23,9 +24,8 @@ pub struct GenerateArgs {
     /// Maximum number of tokens to generate.
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
-    /// Path of a GGUF model file (default: the default model, see models/fetch-default.sh).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
@@ -59,10 +59,9 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let path = args.model.clone().unwrap_or_else(default_model_path);
+    let load = args.model.load_options(&args.device)?;
     let t_load = Instant::now();
-    let lm = LoadedModel::load_on(&path, &args.device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let lm = LoadedModel::load_with(&load).with_context(|| format!("loading {}", load.model))?;
     let load_s = t_load.elapsed().as_secs_f64();
     if args.prompt.is_empty() {
         anyhow::bail!("the prompt is empty");

@@ -7,7 +7,9 @@ mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
 mod http;
+mod inspect;
 mod limits;
+mod model_args;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI-compatible API.
     Serve(serve::ServeArgs),
+    /// What a GGUF file or a Hugging Face checkpoint holds, without loading the weights.
+    Inspect(inspect::InspectArgs),
     /// Benchmarks (`bench serve`: load-test any OpenAI-compatible server).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -44,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Inspect(a) => inspect::run(a),
         Command::Bench(b) => bench::run(b),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(a) => gpu_check::run(a),

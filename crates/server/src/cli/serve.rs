@@ -1,7 +1,6 @@
 //! `ferrolm serve`: the OpenAI-compatible server, with vLLM's flag names.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -9,17 +8,23 @@ use std::time::Duration;
 use anyhow::Context;
 use ferrolm_engine::config::{EngineConfig, PartialPrefills, PrefillCap, StepObserver};
 use ferrolm_engine::engine::EngineHandle;
-use ferrolm_engine::loader::{default_model_path, LoadedModel};
+use ferrolm_engine::loader::{LoadOptions, LoadedModel};
 
 use super::http::{fit_connections_to_descriptors, serve_http};
 use super::limits::LimitArgs;
+use super::model_args::{default_served_name, ModelArgs};
 use crate::api::metrics::Metrics;
 use crate::api::{probes_router, router, AppState, Loaded};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// A GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched if absent).
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sampling defaults where a request leaves a field out: `auto` takes the checkpoint's
+    /// generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty,
+    /// max_new_tokens), `vllm` the API's own defaults (vLLM's flag).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "vllm"])]
+    pub generation_config: String,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8000)]
@@ -92,40 +97,14 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
-fn resolve_model(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p.clone());
-    }
-    let p = default_model_path();
-    if p.exists() {
-        return Ok(p);
-    }
-    // Fetch it the way `make model` does, when the script is at hand.
-    let script = super::env::fetch_script();
-    if std::path::Path::new(&script).exists() {
-        tracing::info!("default model missing; running {script}");
-        let status = std::process::Command::new(&script)
-            .status()
-            .context("running the fetch script")?;
-        anyhow::ensure!(status.success(), "{script} failed");
-        return Ok(p);
-    }
-    anyhow::bail!(
-        "no model given and the default model is not at {}: run models/fetch-default.sh or pass a GGUF path",
-        p.display()
-    )
-}
-
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Checked before anything else, so a wrong --device fails at once.
     ferrolm_engine::device::resolve_device(&args.device)?;
-    let model_path = resolve_model(&args.model)?;
-    let served = args.served_model_name.clone().unwrap_or_else(|| {
-        model_path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into())
-    });
+    let load = args.model.load_options(&args.device)?;
+    let served = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| default_served_name(&load.model));
     let api_keys = args.limits.api_keys()?;
     let metrics =
         Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
@@ -149,10 +128,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, model_path, state))
+    rt.block_on(serve(args, load, state))
 }
 
-async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, load: LoadOptions, state: Arc<AppState>) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {}", args.host, args.port))?;
@@ -160,18 +139,29 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, "listening; loading {}", model_path.display());
+    tracing::info!(%addr, "listening; loading {}", load.model);
 
     let load_state = state.clone();
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut lm = LoadedModel::load_on(&model_path, &load_args.device)?;
+        let mut lm = LoadedModel::load_with(&load)?;
         if let Some(t) = &load_args.chat_template {
             lm.set_chat_template(t)?;
         }
         let describe = lm.model.describe();
         let hist = load_state.metrics.iteration_tokens.clone();
         let chat_template = lm.chat_template;
+        let generation_defaults = if load_args.generation_config == "auto" {
+            lm.generation_defaults
+        } else {
+            Default::default()
+        };
+        if !generation_defaults.is_empty() {
+            tracing::info!(
+                ?generation_defaults,
+                "sampling defaults from the model's generation_config.json (--generation-config vllm to ignore them)"
+            );
+        }
         let engine = EngineHandle::start(
             lm.model,
             Arc::new(lm.tokenizer),
@@ -201,6 +191,7 @@ async fn serve(args: ServeArgs, model_path: PathBuf, state: Arc<AppState>) -> an
         let _ = load_state.loaded.set(Loaded {
             engine,
             chat_template,
+            generation_defaults,
         });
         Ok(())
     });
