@@ -11,6 +11,18 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The special tokens transformers' `special_tokens_map` holds, which it passes to the
+/// template where the tokenizer has them.
+pub const SPECIAL_TOKEN_NAMES: [&str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+];
+
 /// A checkpoint folder's JSON files, read and parsed (the weights are opened separately).
 pub struct HfFolder {
     pub dir: PathBuf,
@@ -150,7 +162,7 @@ impl HfFolder {
     /// `special_tokens_map` passes them to the chat template (`bos_token`, `eos_token`,
     /// `unk_token`, `pad_token`, ...; a null one is left out).
     pub fn special_tokens(&self) -> Vec<(String, String)> {
-        crate::tokenizer::SPECIAL_TOKEN_NAMES
+        SPECIAL_TOKEN_NAMES
             .iter()
             .filter_map(|k| Some((k.to_string(), self.special_token(k)?)))
             .collect()

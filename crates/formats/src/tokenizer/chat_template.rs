@@ -73,17 +73,7 @@ pub struct ChatTemplate {
 /// (transformers passes them as keyword arguments: Python refuses a second value).
 const RESERVED: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
 
-/// The special tokens transformers' `special_tokens_map` holds, which it passes to the
-/// template where the tokenizer has them.
-pub const SPECIAL_TOKEN_NAMES: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
+pub use crate::hf::SPECIAL_TOKEN_NAMES;
 
 const TEMPLATE_NAME: &str = "chat";
 
