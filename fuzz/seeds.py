@@ -149,6 +149,16 @@ def default_template(model: Path | None) -> str | None:
     return None
 
 
+def safetensors(tensors: list[tuple[str, str, list[int], bytes]]) -> bytes:
+    import json
+    header, data = {}, b""
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
 def chat_seed(template: str, messages: list[str], add_generation_prompt: bool = True) -> bytes:
     return bytes([int(add_generation_prompt)]) + "\0".join([template] + messages).encode()
 
@@ -191,6 +201,9 @@ def main() -> None:
             ' "tool_choice": "auto", "response_format": {"type": "json_object"}, "best_of": 3,'
             ' "suffix": "s", "prompt_logprobs": -1}',
         ]],
+        # Small safetensors files: F32, BF16 and an empty one.
+        "safetensors_read": [safetensors([("a", "F32", [2, 2], bytes(16)), ("b", "BF16", [3], bytes(6))]),
+                             safetensors([]), safetensors([("x", "I64", [1], bytes(8))])],
         # (String, String, Option<String>) as `arbitrary` reads it: any bytes make some.
         "sse": [b"data: x\r\n\r\n\x00\x1f\u2028", "naïve\r\n\n日本 👨‍👩‍👧".encode(),
                 b"[DONE]\n\ndata:"],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes ferrolm's readers of untrusted input (fuzz/: GGUF reader, chat templates, tokenizer,
-# detokenizer in ferrolm-formats; request checks and SSE framing in ferrolm-protocol) for SECONDS per target (default 20), and prints per
+# detokenizer, safetensors in ferrolm-formats; request checks and SSE framing in ferrolm-protocol) for SECONDS per target (default 20), and prints per
 # target the runs, runs/s, corpus size and crashes, and the build and run times. A crash, a
 # timeout (an input running over 10 s) or an out-of-memory fails the script; its input is in
 # fuzz/artifacts/<target>/.
@@ -24,7 +24,7 @@ SECONDS_PER_TARGET=${1:-${FUZZ_SECONDS:-20}}
 CARGO_FUZZ_VERSION=0.13.2
 TARGET_DIR=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/ferrolm/target}/fuzz}
 SANITIZER=${FUZZ_SANITIZER:-address}
-TARGETS=${FUZZ_TARGETS:-gguf_read chat_template tokenizer detokenizer request sse}
+TARGETS=${FUZZ_TARGETS:-gguf_read chat_template tokenizer detokenizer request sse safetensors_read}
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
