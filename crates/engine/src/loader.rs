@@ -65,16 +65,21 @@ pub struct LoadedModel {
 pub fn locate(model: &str, revision: Option<&str>) -> Result<ModelLocation> {
     match hub::locate(model, revision, &crate::env::get().hub)? {
         Some(loc) => Ok(loc),
-        // Not cached, and HF_HUB_OFFLINE does not forbid a download: this build has no
-        // downloader, so say how to get it into the cache.
+        // Not cached (the server's command line downloads it first, where a hub is reachable).
         None => Err(EngineError::ModelNotFound {
             model: model.to_string(),
             message: format!(
-                "not in the Hugging Face cache at {}; download it there first (`huggingface-cli download {model}`) or give a local folder or .gguf file",
+                "not in the Hugging Face cache at {}; `ferrolm serve {model}` downloads it, or give a local folder or .gguf file",
                 crate::env::get().hub.cache.display()
             ),
         }),
     }
+}
+
+/// Whether `model` is a hub id that is not in the cache and may be downloaded (neither a
+/// local path nor cached; `HF_HUB_OFFLINE` unset). An error where it is nowhere and may not be.
+pub fn needs_download(model: &str, revision: Option<&str>) -> Result<bool> {
+    Ok(hub::locate(model, revision, &crate::env::get().hub)?.is_none())
 }
 
 /// A checkpoint's weights type: `--dtype`, or with `auto` f32 on the CPU and on a GPU the

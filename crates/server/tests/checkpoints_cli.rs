@@ -207,3 +207,100 @@ async fn serve_a_checkpoint_folder_with_its_template_and_defaults() {
     assert_eq!(tok["tokens"][0], 1, "{tok}");
     assert_eq!(defaults["usage"]["prompt_tokens"], tok["count"]);
 }
+
+/// A stand-in for the Hugging Face hub on loopback (no hub is reachable from our machines):
+/// the two routes `hf-hub` uses, the repository info and `resolve` with byte ranges, serving
+/// the qwen3 fixture's files as repository `Tiny/Qwen3` at commit `SHA`.
+async fn stand_in_hub() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::extract::Path as UrlPath;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    let dir = fixture("hf/qwen3");
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .chain(["README.md".to_string()])
+        .collect();
+    let info = json!({
+        "sha": SHA,
+        "siblings": files.iter().map(|f| json!({"rfilename": f})).collect::<Vec<_>>(),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/api/models/Tiny/Qwen3/revision/main",
+            get(move || {
+                let info = info.clone();
+                async move { axum::Json(info) }
+            }),
+        )
+        .route(
+            "/Tiny/Qwen3/resolve/main/{file}",
+            get(move |UrlPath(file): UrlPath<String>, headers: HeaderMap| {
+                let dir = dir.clone();
+                async move {
+                    let Ok(bytes) = std::fs::read(dir.join(&file)) else {
+                        return (StatusCode::NOT_FOUND, HeaderMap::new(), Vec::new());
+                    };
+                    let total = bytes.len();
+                    let range = headers
+                        .get("range")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|r| r.strip_prefix("bytes="))
+                        .unwrap_or("0-");
+                    let (a, b) = range.split_once('-').unwrap();
+                    let start: usize = a.parse().unwrap();
+                    let end: usize = b.parse().unwrap_or(total.saturating_sub(1)).min(total - 1);
+                    let mut h = HeaderMap::new();
+                    h.insert("etag", format!("\"{file}-{total}\"").parse().unwrap());
+                    h.insert("x-repo-commit", SHA.parse().unwrap());
+                    h.insert(
+                        "content-range",
+                        format!("bytes {start}-{end}/{total}").parse().unwrap(),
+                    );
+                    (StatusCode::PARTIAL_CONTENT, h, bytes[start..=end].to_vec())
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_downloads_a_hub_id_that_is_not_cached() {
+    let (endpoint, hub) = stand_in_hub().await;
+    let cache = std::env::temp_dir().join(format!("ferrolm-download-{}", std::process::id()));
+    std::fs::remove_dir_all(&cache).ok();
+    let cache_s = cache.to_string_lossy().into_owned();
+    let s = Server::start_with(
+        &["Tiny/Qwen3"],
+        None,
+        &[("HF_ENDPOINT", &endpoint), ("HF_HUB_CACHE", &cache_s)],
+    )
+    .await;
+    let (code, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["model"], "Tiny/Qwen3");
+    drop(s);
+    hub.abort();
+    // The cache now holds it the way huggingface_hub lays it out: offline, it loads.
+    let snap = cache.join("models--Tiny--Qwen3/snapshots/0123456789abcdef0123456789abcdef01234567");
+    assert!(snap.join("model.safetensors").exists() && !snap.join("README.md").exists());
+    let out = run_ok(
+        ferrolm()
+            .args(["inspect", "Tiny/Qwen3"])
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", &cache),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("supported: yes"));
+    std::fs::remove_dir_all(&cache).ok();
+}

@@ -70,14 +70,25 @@ pub trait ModelQuery: DeserializeOwned {
 
 /// The handler of every `ModelQuery`, so all check in one order: 503 while the model loads,
 /// then the body (413, 400), then the model it names.
-pub async fn model_query<T: ModelQuery>(
+pub async fn model_query<T: ModelQuery + Send + 'static>(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let loaded = state.loaded()?;
+    state.loaded()?;
     let req: T = parse_body(&state, body)?;
     state.check_model(req.model())?;
-    Ok(Json(req.answer(loaded)?))
+    // Tokenizing megabytes of text takes seconds of CPU: on the blocking pool, so that the
+    // async runtime (and every other request on it) never waits for it.
+    let st = state.clone();
+    let answer = tokio::task::spawn_blocking(move || req.answer(st.loaded()?))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("answering failed: {e}"),
+            )
+        })??;
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize)]

@@ -16,3 +16,13 @@ pub fn api_key() -> Option<String> {
 pub fn fetch_script() -> String {
     std::env::var("FERROLM_FETCH_SCRIPT").unwrap_or_else(|_| "models/fetch-default.sh".into())
 }
+
+/// The Hugging Face token for downloads (`HF_TOKEN`), as huggingface_hub reads it.
+pub fn hf_token() -> Option<String> {
+    std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty())
+}
+
+/// Another hub endpoint (`HF_ENDPOINT`, e.g. a mirror), as huggingface_hub reads it.
+pub fn hf_endpoint() -> Option<String> {
+    std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty())
+}

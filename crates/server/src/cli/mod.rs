@@ -7,6 +7,7 @@ mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
 mod http;
+mod hub_download;
 mod inspect;
 mod limits;
 mod model_args;

@@ -36,7 +36,10 @@ impl ModelArgs {
     /// way `make model` does when the script is at hand).
     pub fn load_options(&self, device: &str) -> anyhow::Result<LoadOptions> {
         let model = match self.given() {
-            Some(m) => m.to_string(),
+            Some(m) => {
+                super::hub_download::ensure_local(m, self.revision.as_deref())?;
+                m.to_string()
+            }
             None => default_model()?,
         };
         Ok(LoadOptions {
