@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate tiny Hugging Face checkpoints, reference logits, chat renders and GGUF copies.
+"""Generate tiny Hugging Face checkpoints (llama2, llama3, mistral, qwen2, qwen3, gemma3), reference logits, chat renders and GGUF copies.
 
 Run by hand (see README.md); the outputs under models/fixtures/ are committed so tests
 need neither torch nor transformers.
@@ -242,11 +242,66 @@ FIXTURES = {
                  do_sample=True, temperature=0.6, top_p=0.95, top_k=20),
         render_kwargs={},
     ),
+    # Gemma 3 text-only (google/gemma-3-270m / gemma-3-1b layout: Gemma3ForCausalLM,
+    # model_type gemma3_text). 6 layers = 5 sliding-window + 1 global, as the pattern
+    # repeats in the real models. query_pre_attn_scalar = head_dim (32) as in the
+    # 270M/1B/4B/12B configs (256 = head_dim there); it differs from hidden/heads (16), so
+    # a scale derived from hidden_size/num_heads is caught. A value != head_dim would not
+    # survive the GGUF: llama.cpp has no key for it and uses 1/sqrt(key_length) (27B:
+    # 1/sqrt(hidden/heads)).
+    "gemma3": dict(
+        cls="Gemma3ForCausalLM",
+        seed=7001,
+        dtype="bfloat16",
+        shards=1,
+        gguf_arch="gemma3",
+        template="google-gemma-3-270m-it.jinja",
+        # Gemma3RMSNorm scales by (1 + w): w = 0.25*N(0,1) (a scale around 1), except the two
+        # post-norms, w = 2 + 0.25*N(0,1) (scale around 3; real Gemma post-norm weights are
+        # large too). With all scales around 1 the sqrt(hidden)-scaled tied embedding dominates
+        # the residual stream and the top-1 prediction is the input token ~85% of the time.
+        norm_center=0.0,
+        norm_center_by_suffix={"post_attention_layernorm.weight": 2.0,
+                               "post_feedforward_layernorm.weight": 2.0},
+        config=dict(
+            model_type="gemma3_text",
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=32,
+            query_pre_attn_scalar=32,
+            max_position_embeddings=1024,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            rope_local_base_freq=10000.0,
+            rope_scaling=None,
+            sliding_window=8,
+            layer_types=["sliding_attention"] * 5 + ["full_attention"],
+            hidden_activation="gelu_pytorch_tanh",
+            tie_word_embeddings=True,
+            final_logit_softcapping=None,
+            attn_logit_softcapping=None,
+            attention_bias=False,
+            attention_dropout=0.0,
+            use_bidirectional_attention=False,
+            bos_token_id=IM_START,
+            eos_token_id=IM_END,
+            pad_token_id=ENDOFTEXT,
+        ),
+        # Gemma: <pad>=0, <eos>=1, <bos>=2 -> <|endoftext|>=0, <|im_end|>=2, <|im_start|>=1;
+        # generation eos [<eos>, <end_of_turn>] -> [<|im_end|>, <|endoftext|>].
+        tok=dict(bos=IM_START, eos=IM_END, pad=ENDOFTEXT, add_bos=True),
+        gen=dict(bos_token_id=IM_START, eos_token_id=[IM_END, ENDOFTEXT], pad_token_id=ENDOFTEXT,
+                 do_sample=True, top_k=64, top_p=0.95),
+        render_kwargs={},
+    ),
 }
 
 # Keys of config.json in the order / shape the published checkpoints use.
 # head_dim is only written where the family's published config has it.
-FAMILY_HAS_HEAD_DIM = {"llama3": True, "qwen3": True}
+FAMILY_HAS_HEAD_DIM = {"llama3": True, "qwen3": True, "gemma3": True}
 
 # ---------------------------------------------------------------------------------------
 # Tokenizer
@@ -375,13 +430,16 @@ def hf_config(name: str, fx: dict, vocab_size: int):
 
 
 @torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int) -> None:
+def randomize(model: torch.nn.Module, seed: int, norm_center: float = 1.0,
+              norm_center_by_suffix: dict | None = None) -> None:
     g = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         shape = p.shape
         if name.endswith("norm.weight"):
             # RMSNorm (incl. q_norm/k_norm): around 1, but clearly not all ones
-            v = 1.0 + 0.25 * torch.randn(shape, generator=g)
+            # (Gemma: around 0, its RMSNorm multiplies by 1 + w)
+            c = next((v for k, v in (norm_center_by_suffix or {}).items() if name.endswith(k)), norm_center)
+            v = c + 0.25 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             v = 0.3 * torch.randn(shape, generator=g)
         elif "embed_tokens" in name:
@@ -400,11 +458,20 @@ def write_classic_config(path: Path, name: str, fx: dict, vocab_size: int) -> No
     saved = json.loads(path.read_text())
     c = fx["config"]
     out = {"architectures": [fx["cls"]]}
+    gemma = c["model_type"] == "gemma3_text"
+    # google/gemma-3-270m's config.json has layer_types, _sliding_window_pattern,
+    # pad_token_id, rope_local_base_freq next to rope_theta / rope_scaling.
+    drop = ("rope_parameters", "dtype", "architectures", "transformers_version")
+    if not gemma:
+        drop += ("layer_types", "pad_token_id")
     for k, v in sorted(saved.items()):
-        if k in ("rope_parameters", "dtype", "architectures", "transformers_version", "layer_types",
-                 "pad_token_id"):
+        if k in drop:
             continue
         out[k] = v
+    if gemma:
+        assert out["_sliding_window_pattern"] == 6 and out["layer_types"] == c["layer_types"], out
+        out["rope_local_base_freq"] = c["rope_local_base_freq"]
+        out["pad_token_id"] = c["pad_token_id"]
     if not FAMILY_HAS_HEAD_DIM.get(name):
         out.pop("head_dim", None)
     out["rope_theta"] = c["rope_theta"]
@@ -560,7 +627,16 @@ def prompts_for(tokenizer, name: str, fx: dict) -> list[list[int]]:
         **fx["render_kwargs"])
     chat_ids = tokenizer.encode(chat, add_special_tokens=False)
     ids.append(chat_ids[:MAX_CHAT_PROMPT])
+    if name == "gemma3":
+        # 3: well past the sliding window (8); 4: shorter than it
+        ids.append(bos + tokenizer.encode(GEMMA_LONG_TEXT, add_special_tokens=False))
+        ids.append(bos + tokenizer.encode("Hello world!", add_special_tokens=False))
+        assert len(ids[3]) >= 3 * fx["config"]["sliding_window"] and len(ids[4]) < fx["config"]["sliding_window"]
     return ids, {"prompt.2.render": chat, "prompt.2.render_len": len(chat_ids)}
+
+
+GEMMA_LONG_TEXT = ("Once upon a time, in a small village by the sea, there lived an old fisherman "
+                   "who went out every morning before sunrise and came back at noon with stories.")
 
 
 @torch.no_grad()
@@ -628,10 +704,14 @@ def hf_state_dict(d: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+GGUF_ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3,
+              "gemma3": gguf.MODEL_ARCH.GEMMA3}
+
+
 def write_gguf(name: str, fx: dict, d: Path, out: Path, tj: dict, pre: str) -> None:
     cfg = json.loads((d / "config.json").read_text())
     arch_name = fx["gguf_arch"]
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch_name]
+    arch = GGUF_ARCHS[arch_name]
     n_layer = cfg["num_hidden_layers"]
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tmap = gguf.get_tensor_name_map(arch, n_layer)
@@ -641,6 +721,88 @@ def write_gguf(name: str, fx: dict, d: Path, out: Path, tj: dict, pre: str) -> N
     w.add_name(f"ferrolm fixture {name}")
     w.add_size_label("tiny")
 
+    if arch_name == "gemma3":
+        _gemma3_gguf_parameters(w, cfg)
+    else:
+        _text_gguf_parameters(w, cfg, d, arch_name)
+
+    # TextModel._set_vocab_gpt2 / get_vocab_base (Gemma3Model uses _set_vocab_sentencepiece;
+    # the fixture keeps the shared BPE vocabulary, see README)
+    inv = {i: t for t, i in tj["model"]["vocab"].items()}
+    special = {a["id"] for a in tj["added_tokens"] if a["special"]}
+    tokens = [inv[i] for i in range(cfg["vocab_size"])]
+    toktypes = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(toktypes)
+    special_vocab = gguf.SpecialVocab(d, load_merges=True)
+    special_vocab.add_to_gguf(w)
+    if arch_name == "gemma3":
+        w.add_add_space_prefix(False)  # Gemma3Model.set_vocab
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    # tensors (LlamaModel.modify_tensors permutes q/k; Qwen2/Qwen3 do not; Gemma3Model adds 1
+    # to every *norm.weight, and drops embedding rows past the tokenizer's vocabulary)
+    sd = hf_state_dict(d)
+    for hf_name in sorted(sd, key=_tensor_order):
+        t = sd[hf_name].to(torch.float32)
+        if arch_name == "llama":
+            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+                t = llama_permute(t, n_head, n_head)
+            if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+                t = llama_permute(t, n_head, n_kv)
+        if arch_name == "gemma3":
+            if hf_name == "lm_head.weight":
+                continue
+            if "embed_tokens.weight" in hf_name:
+                t = t[:len(tokens)]
+            if hf_name.endswith("norm.weight"):
+                t = t + GEMMA3_NORM_SHIFT
+        new = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert new is not None, hf_name
+        w.add_tensor(new, t.contiguous().numpy())
+    if arch_name == "llama" and (cfg.get("rope_scaling") or {}).get("rope_type", "").lower() == "llama3":
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                     llama3_rope_factors(cfg).numpy())
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+GEMMA3_NORM_SHIFT = 1.0  # convert_hf_to_gguf.py Gemma3Model.norm_shift
+
+
+def _gemma3_gguf_parameters(w, cfg: dict) -> None:
+    """convert_hf_to_gguf.py Gemma3Model.set_gguf_parameters (does not call the base class).
+    llama.cpp hard-codes the rest for LLM_ARCH_GEMMA3: swa pattern 6 (every 6th layer
+    global), local rope base 10000, attention scale 1/sqrt(key_length) (27B:
+    1/sqrt(hidden/heads)); query_pre_attn_scalar / layer_types / rope_local_base_freq
+    have no GGUF key."""
+    assert cfg.get("attn_logit_softcapping") is None
+    w.add_context_length(cfg.get("max_position_embeddings", 131072))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg.get("num_attention_heads", 8))
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
+    w.add_key_length(cfg.get("head_dim", 256))
+    w.add_value_length(cfg.get("head_dim", 256))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_rope_freq_base(cfg.get("rope_theta", 1_000_000.0))  # global layers
+    w.add_sliding_window(cfg["sliding_window"])
+    w.add_head_count_kv(cfg.get("num_key_value_heads", 4))
+    if cfg.get("rope_scaling") is not None:
+        assert cfg["rope_scaling"]["rope_type"] == "linear"
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg["rope_scaling"]["factor"])
+
+
+def _text_gguf_parameters(w, cfg: dict, d: Path, arch_name: str) -> None:
+    n_layer = cfg["num_hidden_layers"]
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     # TextModel.set_gguf_parameters
     w.add_block_count(n_layer)
     w.add_context_length(cfg["max_position_embeddings"])
@@ -663,40 +825,6 @@ def write_gguf(name: str, fx: dict, d: Path, out: Path, tj: dict, pre: str) -> N
         w.add_vocab_size(cfg["vocab_size"])
         rope_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
         w.add_rope_dimension_count(rope_dim)
-
-    # TextModel._set_vocab_gpt2 / get_vocab_base
-    inv = {i: t for t, i in tj["model"]["vocab"].items()}
-    special = {a["id"] for a in tj["added_tokens"] if a["special"]}
-    tokens = [inv[i] for i in range(cfg["vocab_size"])]
-    toktypes = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(toktypes)
-    special_vocab = gguf.SpecialVocab(d, load_merges=True)
-    special_vocab.add_to_gguf(w)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    # tensors (LlamaModel.modify_tensors permutes q/k; Qwen2/Qwen3 do not)
-    sd = hf_state_dict(d)
-    for hf_name in sorted(sd, key=_tensor_order):
-        t = sd[hf_name].to(torch.float32)
-        if arch_name == "llama":
-            if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                t = llama_permute(t, n_head, n_head)
-            if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                t = llama_permute(t, n_head, n_kv)
-        new = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        assert new is not None, hf_name
-        w.add_tensor(new, t.contiguous().numpy())
-    if arch_name == "llama" and (cfg.get("rope_scaling") or {}).get("rope_type", "").lower() == "llama3":
-        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
-                     llama3_rope_factors(cfg).numpy())
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def _tensor_order(n: str):
@@ -724,7 +852,7 @@ def make_one(name: str, fx: dict, tj: dict, pre: str) -> None:
     torch.manual_seed(fx["seed"])
     cfg = hf_config(name, fx, vocab_size)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
-    randomize(model, fx["seed"])
+    randomize(model, fx["seed"], fx.get("norm_center", 1.0), fx.get("norm_center_by_suffix"))
     dt = getattr(torch, fx["dtype"])
     model = model.to(dt)  # rounds the weights to the stored dtype
     save_kw = {}
@@ -768,6 +896,15 @@ def check_loaded_config(name: str, fx: dict, model) -> None:
     c = model.config
     want = fx["config"]
     rp = getattr(c, "rope_parameters", None) or {}
+    if want["model_type"] == "gemma3_text":
+        assert rp["full_attention"] == {"rope_type": "default", "rope_theta": want["rope_theta"]}, rp
+        assert rp["sliding_attention"] == {"rope_type": "default", "rope_theta": want["rope_local_base_freq"]}, rp
+        for k in ("layer_types", "sliding_window", "query_pre_attn_scalar", "head_dim", "hidden_activation",
+                  "final_logit_softcapping", "attn_logit_softcapping", "use_bidirectional_attention"):
+            assert getattr(c, k) == want[k], (k, getattr(c, k))
+        assert [a.self_attn.is_sliding for a in model.model.layers] == [(i + 1) % 6 != 0 for i in range(6)]
+        assert model.model.layers[0].self_attn.scaling == want["query_pre_attn_scalar"] ** -0.5
+        rp = rp["full_attention"]
     assert float(rp.get("rope_theta", getattr(c, "rope_theta", 0))) == want["rope_theta"], rp
     rs = want["rope_scaling"]
     if rs:
@@ -841,10 +978,11 @@ def verify_one(name: str, fx: dict) -> dict:
     # GGUF tensors == HF tensors (after un-permuting)
     g = GGUFReader(str(OUT_GGUF / f"{name}.gguf"))
     cfg = json.loads((d / "config.json").read_text())
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[fx["gguf_arch"]]
+    arch = GGUF_ARCHS[fx["gguf_arch"]]
     tmap = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
     gt = {t.name: t for t in g.tensors}
     worst = 0.0
+    norm_shift_seen = False
     for hf_name, t in sd.items():
         gname = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         x = gt.pop(gname)
@@ -855,8 +993,16 @@ def verify_one(name: str, fx: dict) -> dict:
                 arr = llama_unpermute(arr, cfg["num_attention_heads"])
             if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                 arr = llama_unpermute(arr, cfg["num_key_value_heads"])
-        worst = max(worst, float((arr - t.float()).abs().max()))
+        want_t = t.float()
+        if fx["gguf_arch"] == "gemma3" and hf_name.endswith("norm.weight"):
+            want_t = want_t + GEMMA3_NORM_SHIFT  # stored as 1 + w
+            norm_shift_seen = True
+        worst = max(worst, float((arr - want_t).abs().max()))
     res["gguf_vs_hf_tensor_max_abs_diff"] = worst
+    if fx["gguf_arch"] == "gemma3":
+        assert norm_shift_seen
+        res["gguf_gemma3_kv"] = {k: g.fields[k].contents() for k in g.fields if k.startswith("gemma3.")}
+        res.update(gemma3_checks(d, ref, n))
     res["gguf_extra_tensors"] = sorted(gt)
     if "rope_freqs.weight" in gt:
         res["rope_freqs"] = [round(float(v), 6) for v in np.array(gt["rope_freqs.weight"].data)]
@@ -897,6 +1043,15 @@ def verify_one(name: str, fx: dict) -> dict:
     if name == "qwen3":
         over["head_dim"] = cfg["head_dim"]
         res["transformers_gguf_overrides"] = dict(over)
+    if name == "gemma3":
+        # the GGUF has no query_pre_attn_scalar; transformers falls back to Gemma3TextConfig's 256
+        # (llama.cpp uses 1/sqrt(key_length) = the same 32 here)
+        try:
+            res["transformers_gguf_plain_vs_ref_max_abs_diff"] = maxdiff(gguf_logits(), refs)
+        except Exception as e:  # noqa: BLE001
+            res["transformers_gguf_plain_load_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        over["query_pre_attn_scalar"] = cfg["query_pre_attn_scalar"]
+        res["transformers_gguf_overrides"] = dict(over)
     try:
         if fx["config"].get("rope_scaling"):
             plain = gguf_logits(**over)
@@ -908,6 +1063,46 @@ def verify_one(name: str, fx: dict) -> dict:
     except Exception as e:  # noqa: BLE001
         res["transformers_gguf_load_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     return res
+
+
+@torch.no_grad()
+def gemma3_checks(d: Path, ref: dict, n: int) -> dict:
+    """Each Gemma-specific detail visibly changes the reference logits (so the fixture
+    catches getting it wrong), and the window does nothing on a prompt shorter than it."""
+    out = {}
+
+    def variant(**edit):
+        c = transformers.AutoConfig.from_pretrained(str(d))
+        for k, v in edit.items():
+            if k == "local_theta":
+                c.rope_parameters["sliding_attention"]["rope_theta"] = v
+            else:
+                setattr(c, k, v)
+        return load_f32(d, config=c)
+
+    def diff(m, i):
+        return float((logits_of(m, ref[f"prompt.{i}"].tolist()) - ref[f"logits.{i}"]).abs().max())
+
+    long_i, short_i = 3, 4
+    win = json.loads((d / "config.json").read_text())["sliding_window"]
+    for label, edit in [
+        ("window_minus_1", dict(sliding_window=win - 1)),
+        ("window_plus_1", dict(sliding_window=win + 1)),
+        ("no_window", dict(sliding_window=4096)),
+        ("all_global", dict(layer_types=["full_attention"] * 6)),
+        ("scale_hidden_over_heads", dict(query_pre_attn_scalar=16)),
+        ("local_theta_1e6", dict(local_theta=1000000.0)),
+    ]:
+        m = variant(**edit)
+        out[f"gemma3_logit_diff_{label}"] = {"long": diff(m, long_i), "short": diff(m, short_i)}
+    # the hand-written mask rule: query p sees keys p-window+1 .. p (window keys, itself included)
+    T = 12
+    from transformers.masking_utils import sliding_window_overlay
+    mask_fn = sliding_window_overlay(win)
+    seen = [[kv for kv in range(T) if kv <= q and mask_fn(0, 0, q, kv)] for q in range(T)]
+    assert all(s == list(range(max(0, q - win + 1), q + 1)) for q, s in enumerate(seen)), seen
+    out["gemma3_window_keys_per_query"] = [len(s) for s in seen]
+    return out
 
 
 def main() -> int:

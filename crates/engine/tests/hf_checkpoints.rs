@@ -23,7 +23,7 @@ use ferrolm_formats::hf::safetensors::{SafetensorsFile, TensorDtype};
 /// on these random weights' activations, not the model code.
 const PRODUCTION_LOGPROB_TOL: f32 = 0.03;
 
-const ARCHS: [&str; 5] = ["llama2", "llama3", "mistral", "qwen2", "qwen3"];
+const ARCHS: [&str; 6] = ["llama2", "llama3", "mistral", "qwen2", "qwen3", "gemma3"];
 const BLOCK: usize = 4;
 
 fn fixtures() -> PathBuf {
@@ -148,7 +148,9 @@ fn check_reference(arch: &str, gguf: bool, model: &LlamaModel, r: &Reference) {
     ] {
         let mut runner = ModelRunner::new_cpu_reference(model, runner_blocks(r), BLOCK);
         let got = run(&mut runner, &r.prompts, &chunks);
+        assert_eq!(got.len(), r.logits.len());
         for (p, (got, want)) in got.iter().zip(&r.logits).enumerate() {
+            assert_eq!(got.len(), want.len(), "{arch} prompt {p}: rows");
             let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
             let worst = got
                 .iter()
@@ -177,8 +179,10 @@ fn argmax(row: &[f32]) -> usize {
 fn check_production(arch: &str, gguf: bool, model: &LlamaModel, r: &Reference) {
     let mut runner = ModelRunner::new_cpu(model, runner_blocks(r), BLOCK);
     let got = run(&mut runner, &r.prompts, &[6]);
+    assert_eq!(got.len(), r.logits.len());
     let mut worst = 0f32;
     for (p, (got, want)) in got.iter().zip(&r.logits).enumerate() {
+        assert_eq!(got.len(), want.len(), "{arch} prompt {p}: rows");
         for (t, (g, w)) in got.iter().zip(want).enumerate() {
             let (lg, lw) = (log_softmax(g), log_softmax(w));
             let d = lg

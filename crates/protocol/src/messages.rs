@@ -16,6 +16,18 @@ pub fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiE
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
+            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
+                return Err(ApiError::invalid_field(
+                    &format!("messages[{i}].tool_calls"),
+                    "assistant `tool_calls` in messages are not supported yet",
+                ));
+            }
+            if m.name.is_some() {
+                return Err(ApiError::invalid_field(
+                    &format!("messages[{i}].name"),
+                    "a message's `name` is not supported yet",
+                ));
+            }
             let role = match m.role.as_str() {
                 "system" | "user" | "assistant" => m.role.clone(),
                 "developer" => "system".to_string(),

@@ -118,6 +118,9 @@ pub struct ContentPart {
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
+    /// Known and not implemented yet: refused by name (`messages::flatten_messages`).
+    pub tool_calls: Option<serde_json::Value>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +131,12 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub add_generation_prompt: Option<bool>,
+    // vLLM's chat-template fields, known and not implemented yet: refused by name.
+    pub chat_template_kwargs: Option<serde_json::Value>,
+    pub continue_final_message: Option<bool>,
+    pub documents: Option<serde_json::Value>,
+    pub chat_template: Option<String>,
+    pub add_special_tokens: Option<bool>,
     #[serde(skip)]
     pub common: CommonParams,
 }

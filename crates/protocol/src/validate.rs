@@ -100,6 +100,32 @@ pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// vLLM's chat-template fields we do not implement yet, refused by name (each changes the
+/// prompt the template renders).
+pub fn refuse_unsupported_chat(r: &crate::openai::ChatRequest) -> Result<(), ApiError> {
+    let set = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+    };
+    let refused = [
+        ("chat_template_kwargs", set(&r.chat_template_kwargs)),
+        (
+            "continue_final_message",
+            r.continue_final_message == Some(true),
+        ),
+        ("documents", set(&r.documents)),
+        ("chat_template", r.chat_template.is_some()),
+        ("add_special_tokens", r.add_special_tokens == Some(true)),
+    ];
+    match refused.iter().find(|(_, on)| *on) {
+        Some((field, _)) => Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` is not supported yet"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `n` between 1 and `max_n`, as a count.
 pub fn choices_n(c: &CommonParams, max_n: usize) -> Result<usize, ApiError> {
     let n = c.n.unwrap_or(1);
@@ -240,6 +266,29 @@ mod tests {
         }
         let fine = r#"{"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "best_of": 1, "suffix": ""}"#;
         refuse_unsupported(&common(fine).unwrap()).unwrap();
+        let chat = |j: &str| from_json::<ChatRequest>(&parse_json(j.as_bytes(), 1 << 10).unwrap());
+        for (json, field) in [
+            (
+                r#"{"messages": [], "chat_template_kwargs": {"enable_thinking": false}}"#,
+                "chat_template_kwargs",
+            ),
+            (
+                r#"{"messages": [], "continue_final_message": true}"#,
+                "continue_final_message",
+            ),
+            (
+                r#"{"messages": [], "chat_template": "{{ x }}"}"#,
+                "chat_template",
+            ),
+        ] {
+            let e = refuse_unsupported_chat(&chat(json).unwrap()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{json}");
+        }
+        refuse_unsupported_chat(&chat(r#"{"messages": [], "chat_template_kwargs": {}}"#).unwrap())
+            .unwrap();
+        let msgs = chat(r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}]}"#).unwrap();
+        let e = crate::messages::flatten_messages(&msgs.messages).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod split;
 
 pub use cpu::{
     paged_attention_cpu, paged_attention_cpu_f16, CpuAttention, CpuCacheElem, CpuPagedAttention,
-    CpuReferenceAttention, PagedAttentionShape, StepRows,
+    CpuReferenceAttention, LayerAttention, PagedAttentionShape, StepRows,
 };
 #[cfg(feature = "cuda")]
 pub use cuda::CudaPagedAttention;

@@ -40,6 +40,32 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     /// The output projection reads the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Gemma 3's departures from the Llama layout (`None` for the Llama family).
+    pub gemma: Option<GemmaLayout>,
+}
+
+/// What Gemma 3 does differently: the embedding scaled by sqrt(hidden), a norm after
+/// attention and after the MLP as well as before, GELU (tanh) instead of SiLU, its own
+/// attention scale, and sliding-window layers with their own RoPE base. Norm weights are
+/// held as transformers applies them, `1 + w` (llama.cpp's converter adds the 1 to GGUF files;
+/// the checkpoint loader adds it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmaLayout {
+    pub embed_scale: f32,
+    /// Softmax scale: `query_pre_attn_scalar^-1/2`.
+    pub attn_scale: f32,
+    pub sliding_window: usize,
+    /// Per layer: whether it attends within the window (else to the whole context).
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers (the global ones take `rope_theta`).
+    pub rope_local_theta: f32,
+}
+
+impl GemmaLayout {
+    /// Gemma 3's layer pattern: five sliding-window layers, then one global, repeated.
+    pub fn pattern(num_layers: usize) -> Vec<bool> {
+        (0..num_layers).map(|i| (i + 1) % 6 != 0).collect()
+    }
 }
 
 impl LlamaConfig {
@@ -47,12 +73,12 @@ impl LlamaConfig {
         let arch = gguf.meta_str("general.architecture")?.to_string();
         let rope_style = match arch.as_str() {
             "llama" | "mistral" => RopeStyle::Interleaved,
-            "qwen2" | "qwen3" => RopeStyle::Neox,
+            "qwen2" | "qwen3" | "gemma3" => RopeStyle::Neox,
             other => {
                 return Err(EngineError::Unsupported {
                     path: gguf.path().to_path_buf(),
                     message: format!(
-                        "architecture {other:?} (supported: llama, mistral, qwen2, qwen3)"
+                        "architecture {other:?} (supported: llama, mistral, qwen2, qwen3, gemma3)"
                     ),
                 })
             }
@@ -119,8 +145,29 @@ impl LlamaConfig {
             }
         };
         let rms_norm_eps = gguf.meta_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        let num_layers = u("block_count")?;
+        // llama.cpp hard-codes what a gemma3 GGUF does not carry (llama-model.cpp): one global
+        // layer in every six, a local RoPE base of 10,000, and the scale 1/sqrt(head_dim)
+        // (query_pre_attn_scalar equals head_dim in every Gemma 3 but 27B, which we refuse).
+        let gemma = if arch == "gemma3" {
+            if hidden_size == 5376 {
+                return Err(EngineError::Unsupported {
+                    path: gguf.path().to_path_buf(),
+                    message: "Gemma 3 27B (its attention scale is not in the GGUF)".into(),
+                });
+            }
+            Some(GemmaLayout {
+                embed_scale: (hidden_size as f32).sqrt(),
+                attn_scale: 1.0 / (head_dim as f32).sqrt(),
+                sliding_window: u("attention.sliding_window")?,
+                sliding_layers: GemmaLayout::pattern(num_layers),
+                rope_local_theta: 10_000.0,
+            })
+        } else {
+            None
+        };
         Ok(Self {
-            num_layers: u("block_count")?,
+            num_layers,
             intermediate_size: u("feed_forward_length")?,
             max_position_embeddings: u("context_length").unwrap_or(4096),
             hidden_size,
@@ -135,8 +182,9 @@ impl LlamaConfig {
             rope_linear_scale,
             rope_freq_factors: None,
             qkv_bias: false,
-            qk_norm: arch == "qwen3",
+            qk_norm: matches!(arch.as_str(), "qwen3" | "gemma3"),
             tie_word_embeddings: false,
+            gemma,
             arch,
         })
     }
@@ -151,6 +199,22 @@ impl LlamaConfig {
             self.head_dim,
             self.intermediate_size,
         )
+    }
+
+    /// Each layer's attention scale and sliding window, for the attention backends.
+    pub fn layer_attention(&self) -> Vec<crate::attention::LayerAttention> {
+        use crate::attention::LayerAttention;
+        match &self.gemma {
+            None => vec![LayerAttention::default(); self.num_layers],
+            Some(g) => g
+                .sliding_layers
+                .iter()
+                .map(|&local| LayerAttention {
+                    scale: Some(g.attn_scale),
+                    window: local.then_some(g.sliding_window),
+                })
+                .collect(),
+        }
     }
 
     /// The paged KV cache's shape for this model.
@@ -172,7 +236,8 @@ impl LlamaConfig {
             self.intermediate_size,
         );
         let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * ff + 2 * h + qk_norm;
+        let post_norms = if self.gemma.is_some() { 2 * h } else { 0 };
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * ff + 2 * h + qk_norm + post_norms;
         let embed = self.vocab_size * h;
         self.num_layers * layer + embed * if self.tie_word_embeddings { 1 } else { 2 } + h
     }

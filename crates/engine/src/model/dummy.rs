@@ -128,6 +128,16 @@ impl LlamaModel {
                 ffn_norm: ones(h)?,
                 gate_up: GateUpProj::Split(linear(ff, h, false)?, linear(ff, h, false)?),
                 w_down: linear(h, ff, false)?,
+                post_attn_norm: if c.gemma.is_some() {
+                    Some(ones(h)?)
+                } else {
+                    None
+                },
+                post_ffn_norm: if c.gemma.is_some() {
+                    Some(ones(h)?)
+                } else {
+                    None
+                },
             });
         }
         let output = linear(c.vocab_size, h, false)?;
@@ -142,8 +152,9 @@ impl LlamaModel {
         };
         // Exact angles on every device: dummy models are the GPU checks' references, and
         // llama.cpp's CPU table is for matching llama.cpp on real (GGUF) models.
-        let rope = RopeTable::for_config(c, RopeAngles::Exact, device)?;
+        let (rope, rope_local) = RopeTable::for_layers(c, RopeAngles::Exact, device)?;
         Ok(Self {
+            rope_local,
             device: device.clone(),
             dtype,
             embed,

@@ -78,6 +78,20 @@ impl LlamaModel {
             }
             Ok(Some(t))
         };
+        // Gemma 3's norms after attention and MLP (their weights already 1 + w in the file).
+        let post_norm = |name: &str| -> Result<Option<Tensor>> {
+            if c.gemma.is_none() {
+                return Ok(None);
+            }
+            let t = dense(name)?;
+            if t.dims() != [h] {
+                return Err(EngineError::BadModelFile {
+                    path: gguf.path().to_path_buf(),
+                    message: format!("tensor {name} has shape {:?}, expected [{h}]", t.dims()),
+                });
+            }
+            Ok(Some(t))
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("blk.{i}");
@@ -97,6 +111,8 @@ impl LlamaModel {
                     linear(&format!("{p}.ffn_up"), ff, h)?,
                 ),
                 w_down: linear(&format!("{p}.ffn_down"), h, ff)?,
+                post_attn_norm: post_norm(&format!("{p}.post_attention_norm.weight"))?,
+                post_ffn_norm: post_norm(&format!("{p}.post_ffw_norm.weight"))?,
             });
         }
         let output_norm = dense("output_norm.weight")?;
@@ -112,17 +128,16 @@ impl LlamaModel {
             rope_freq_factors,
             ..config
         };
+        // On the CPU llama.cpp's angles, so GGUF models match llama.cpp bit for bit.
+        let angles = if device.is_cpu() {
+            RopeAngles::LlamaCpp
+        } else {
+            RopeAngles::Exact
+        };
+        let (rope, rope_local) = RopeTable::for_layers(&config, angles, device)?;
         Ok(Self {
-            // On the CPU llama.cpp's angles, so GGUF models match llama.cpp bit for bit.
-            rope: RopeTable::for_config(
-                &config,
-                if device.is_cpu() {
-                    RopeAngles::LlamaCpp
-                } else {
-                    RopeAngles::Exact
-                },
-                device,
-            )?,
+            rope,
+            rope_local,
             config,
             device: device.clone(),
             dtype: DType::F32,

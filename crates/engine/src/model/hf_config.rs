@@ -7,11 +7,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::config::{llama3_freq_factors, LlamaConfig, RopeStyle};
+use super::config::{llama3_freq_factors, GemmaLayout, LlamaConfig, RopeStyle};
 use crate::error::{EngineError, Result};
 
 /// `model_type`s we run, for messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3";
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, mistral, qwen2, qwen3, gemma3_text";
 
 impl LlamaConfig {
     /// From a `config.json` file (a checkpoint's, or a shape for `--load-format dummy`).
@@ -38,7 +38,15 @@ impl LlamaConfig {
             message: m,
         };
         let arch = j["model_type"].as_str().unwrap_or("").to_string();
-        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2" | "qwen3") {
+        if arch == "gemma3" {
+            return Err(unsupported(
+                "model_type gemma3 (Gemma 3 4B and larger, with a vision tower and a nested text_config): only the text-only gemma3_text checkpoints (270M, 1B) are supported so far".into(),
+            ));
+        }
+        if !matches!(
+            arch.as_str(),
+            "llama" | "mistral" | "qwen2" | "qwen3" | "gemma3_text"
+        ) {
             let named = j["architectures"]
                 .as_array()
                 .and_then(|a| a.first())
@@ -76,12 +84,19 @@ impl LlamaConfig {
                 "head dimension {head_dim} is not a positive even number"
             )));
         }
-        let rope_theta = j["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
+        let rope = RopeFields::of(j);
+        let rope_theta = rope.theta.unwrap_or(10_000.0) as f32;
+        let num_layers = req("num_hidden_layers")?;
+        let gemma = if arch == "gemma3_text" {
+            Some(gemma_layout(j, &rope, hidden_size, head_dim, num_layers).map_err(unsupported)?)
+        } else {
+            None
+        };
         let max_position_embeddings =
             j["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
         let mut rope_linear_scale = 1.0;
         let mut rope_freq_factors = None;
-        if let Some(rs) = j.get("rope_scaling").filter(|v| v.is_object()) {
+        if let Some(rs) = rope.scaling.filter(|v| v.is_object()) {
             let kind = rs["rope_type"]
                 .as_str()
                 .or(rs["type"].as_str())
@@ -109,13 +124,31 @@ impl LlamaConfig {
                 }
             }
         }
+        let intermediate_size = req("intermediate_size")?;
+        let vocab_size = req("vocab_size")?;
+        // Bounds far above any published model: a config is a file a user downloads, and
+        // these sizes allocate (RoPE tables, the KV cache) before any tensor is read.
+        for (k, v, max) in [
+            ("hidden_size", hidden_size, 1 << 16),
+            ("num_attention_heads", num_heads, 1 << 10),
+            ("head_dim", head_dim, 1 << 12),
+            ("num_hidden_layers", num_layers, 1 << 10),
+            ("intermediate_size", intermediate_size, 1 << 20),
+            ("vocab_size", vocab_size, 1 << 22),
+            ("max_position_embeddings", max_position_embeddings, 1 << 24),
+        ] {
+            if v > max {
+                return Err(bad(format!("{k} {v} is over the limit of {max}")));
+            }
+        }
         Ok(Self {
-            num_layers: req("num_hidden_layers")?,
-            intermediate_size: req("intermediate_size")?,
-            vocab_size: req("vocab_size")?,
+            num_layers,
+            intermediate_size,
+            vocab_size,
             rms_norm_eps: j["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
             qkv_bias: arch == "qwen2" || j["attention_bias"].as_bool().unwrap_or(false),
-            qk_norm: arch == "qwen3",
+            qk_norm: matches!(arch.as_str(), "qwen3" | "gemma3_text"),
+            gemma,
             tie_word_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
             arch,
             hidden_size,
@@ -132,11 +165,114 @@ impl LlamaConfig {
     }
 }
 
+/// Where a config keeps RoPE: `rope_theta`, `rope_scaling` and (Gemma 3)
+/// `rope_local_base_freq` as published checkpoints have them, or transformers 5's
+/// `rope_parameters` (flat, or per layer type for Gemma 3).
+struct RopeFields<'a> {
+    theta: Option<f64>,
+    /// The object whose `rope_type`/`type` and factors give the scaling.
+    scaling: Option<&'a Value>,
+    local_theta: Option<f64>,
+}
+
+impl<'a> RopeFields<'a> {
+    fn of(j: &'a Value) -> Self {
+        match j.get("rope_parameters").filter(|v| v.is_object()) {
+            Some(p) => {
+                let (full, local) = match p.get("full_attention") {
+                    Some(full) => (full, p.get("sliding_attention")),
+                    None => (p, None),
+                };
+                Self {
+                    theta: full["rope_theta"].as_f64(),
+                    scaling: Some(full),
+                    local_theta: local.and_then(|l| l["rope_theta"].as_f64()),
+                }
+            }
+            None => Self {
+                theta: j["rope_theta"].as_f64(),
+                scaling: j.get("rope_scaling"),
+                local_theta: j["rope_local_base_freq"].as_f64(),
+            },
+        }
+    }
+}
+
+/// Gemma 3's layout from its config: the layer pattern from `layer_types` (transformers 4.5x
+/// and later) or `sliding_window_pattern`, the window, the local RoPE base, the attention
+/// scale from `query_pre_attn_scalar`.
+fn gemma_layout(
+    j: &Value,
+    rope: &RopeFields,
+    hidden: usize,
+    head_dim: usize,
+    num_layers: usize,
+) -> std::result::Result<GemmaLayout, String> {
+    let sliding_layers = match j["layer_types"].as_array() {
+        Some(types) => {
+            if types.len() != num_layers {
+                return Err(format!(
+                    "layer_types has {} entries for {num_layers} layers",
+                    types.len()
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    other => Err(format!("layer type {other:?}")),
+                })
+                .collect::<std::result::Result<Vec<bool>, String>>()?
+        }
+        None => {
+            let every = j["sliding_window_pattern"]
+                .as_u64()
+                .or(j["_sliding_window_pattern"].as_u64())
+                .unwrap_or(6)
+                .max(1) as usize;
+            (0..num_layers).map(|i| (i + 1) % every != 0).collect()
+        }
+    };
+    let sliding_window = j["sliding_window"]
+        .as_u64()
+        .filter(|&w| w > 0)
+        .ok_or("sliding_window is missing or 0")? as usize;
+    let scalar = j["query_pre_attn_scalar"]
+        .as_f64()
+        .unwrap_or(head_dim as f64);
+    Ok(GemmaLayout {
+        embed_scale: (hidden as f32).sqrt(),
+        attn_scale: (1.0 / scalar.sqrt()) as f32,
+        sliding_window,
+        sliding_layers,
+        rope_local_theta: rope.local_theta.unwrap_or(10_000.0) as f32,
+    })
+}
+
 /// Fields that change the numbers and that we do not implement, by name.
 fn refuse_unimplemented(j: &Value, arch: &str) -> std::result::Result<(), String> {
-    let act = j["hidden_act"].as_str().or(j["hidden_activation"].as_str());
-    if let Some(act) = act.filter(|a| *a != "silu") {
-        return Err(format!("hidden_act {act:?} (only silu is implemented)"));
+    let act = j["hidden_activation"].as_str().or(j["hidden_act"].as_str());
+    let want = if arch == "gemma3_text" {
+        "gelu_pytorch_tanh"
+    } else {
+        "silu"
+    };
+    if let Some(act) = act.filter(|a| *a != want) {
+        return Err(format!(
+            "hidden_act {act:?} (only {want} is implemented for {arch})"
+        ));
+    }
+    for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if j.get(k).is_some_and(|v| !v.is_null()) {
+            return Err(format!(
+                "{k} {} (logit soft-capping is not implemented)",
+                j[k]
+            ));
+        }
+    }
+    if j["use_bidirectional_attention"].as_bool() == Some(true) {
+        return Err("use_bidirectional_attention: true (only causal attention)".into());
     }
     if j["mlp_bias"].as_bool() == Some(true) {
         return Err("mlp_bias: true (MLP biases are not implemented)".into());
@@ -158,6 +294,8 @@ fn refuse_unimplemented(j: &Value, arch: &str) -> std::result::Result<(), String
     // that `use_sliding_window: false` turns off.
     let window_on = match arch {
         "qwen2" | "qwen3" => j["use_sliding_window"].as_bool().unwrap_or(false),
+        // Gemma 3's sliding-window layers are implemented.
+        "gemma3_text" => false,
         _ => true,
     };
     if let (true, Some(w)) = (window_on, j["sliding_window"].as_u64()) {
@@ -208,6 +346,20 @@ mod tests {
         assert!((f[63] - 8.0).abs() < 1e-6);
         assert!(f.windows(2).all(|w| w[0] <= w[1] + 1e-6));
         assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_are_read() {
+        let j: Value = serde_json::from_str(
+            r#"{"model_type":"llama","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":1,
+                "intermediate_size":8,"vocab_size":8,"rope_parameters":{"rope_theta":500000.0,
+                "rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+                "original_max_position_embeddings":64}}"#,
+        )
+        .unwrap();
+        let c = LlamaConfig::from_hf(&j, Path::new("config.json")).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(c.rope_freq_factors.is_some());
     }
 
     #[test]

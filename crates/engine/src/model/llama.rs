@@ -24,6 +24,8 @@ pub struct LlamaModel {
     pub(super) output_norm: Tensor,
     pub(super) output: Linear,
     pub(super) rope: RopeTable,
+    /// Gemma 3's sliding-window layers' table (their own RoPE base).
+    pub(super) rope_local: Option<RopeTable>,
     /// Bytes of weights as held (for the weight-read floor).
     pub(super) weight_bytes: usize,
 }
@@ -45,7 +47,9 @@ impl LlamaModel {
                     any = true;
                 }
             }
-            if let GateUpProj::Split(g, u) = &layer.gate_up {
+            // Gemma's GELU has no packed kernel: its gate and up stay apart.
+            if let (GateUpProj::Split(g, u), false) = (&layer.gate_up, self.config.gemma.is_some())
+            {
                 if let Some(w) = stack_linears(&[g, u])? {
                     layer.gate_up = GateUpProj::Stacked(w);
                     any = true;
@@ -158,6 +162,15 @@ impl LlamaModel {
             }
         })?;
         let (cos, sin) = self.rope.gather(positions, self.dtype)?;
+        let local = match &self.rope_local {
+            Some(t) => Some(t.gather(positions, self.dtype)?),
+            None => None,
+        };
+        let sliding = |li: usize| {
+            c.gemma
+                .as_ref()
+                .is_some_and(|g| g.sliding_layers.get(li).copied().unwrap_or(false))
+        };
         // The residual stream's type: f32 (for a half-precision model, see `env::Switches::f32_residual`).
         let rdt = if crate::env::get().f32_residual {
             DType::F32
@@ -165,25 +178,30 @@ impl LlamaModel {
             self.dtype
         };
         let mut x = self.embed.index_select(ids, 0)?.to_dtype(rdt)?;
+        if let Some(g) = &c.gemma {
+            x = (x * g.embed_scale as f64)?;
+        }
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let eps = c.rms_norm_eps;
         let first_norm = self.layers[0].attn_norm.to_dtype(rdt)?;
         let mut h = rms_norm(&x, &first_norm, eps)?.to_dtype(self.dtype)?;
         prof.mark("embed+norm")?;
         let neox = matches!(c.rope_style, RopeStyle::Neox);
-        // One position per "batch" row: rope over [n, heads, 1, head_dim].
-        let rope = |t: Tensor, heads: usize| -> Result<Tensor> {
+        // One position per "batch" row: rope over [n, heads, 1, head_dim], with the global
+        // layers' table or (Gemma's sliding-window layers) the local one.
+        let rope_with = |t: Tensor, heads: usize, cos: &Tensor, sin: &Tensor| -> Result<Tensor> {
             if t.device().is_cpu() && t.dtype() == DType::F32 && cos.dtype() == DType::F32 {
                 return rope_cpu(&t, &cos, &sin, hd, neox);
             }
             let t = t.reshape((n, heads, 1, hd))?;
             let t = if neox {
-                candle_nn::rotary_emb::rope(&t, &cos, &sin)?
+                candle_nn::rotary_emb::rope(&t, cos, sin)?
             } else {
-                candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?
+                candle_nn::rotary_emb::rope_i(&t, cos, sin)?
             };
             Ok(t.reshape((n, heads * hd))?)
         };
+        let rope = |t: Tensor, heads: usize| rope_with(t, heads, &cos, &sin);
         // Qwen3's per-head RMSNorm of Q or K (`[n, heads * head_dim]`), when the layer has it.
         let head_norm = |t: Tensor, w: &Option<Tensor>, heads: usize| -> Result<Tensor> {
             match w {
@@ -200,7 +218,12 @@ impl LlamaModel {
                     prof.mark("qkv matmul")?;
                     let q = head_norm(q, &layer.q_norm, nh)?;
                     let k = head_norm(k, &layer.k_norm, nkv)?;
-                    (rope(q, nh)?, rope(k, nkv)?, v)
+                    match (&local, sliding(li)) {
+                        (Some((cl, sl)), true) => {
+                            (rope_with(q, nh, cl, sl)?, rope_with(k, nkv, cl, sl)?, v)
+                        }
+                        _ => (rope(q, nh)?, rope(k, nkv)?, v),
+                    }
                 }
                 QkvProj::Stacked(w) => {
                     let qkv = w.forward(&h)?;
@@ -218,7 +241,10 @@ impl LlamaModel {
             let o = attn.attend(li, &q, batch)?;
             prof.mark("attention")?;
             dump(|| format!("kqv_out-{li}"), &o)?;
-            let o = layer.wo.forward(&o)?;
+            let mut o = layer.wo.forward(&o)?;
+            if let Some(w) = &layer.post_attn_norm {
+                o = rms_norm(&o, w, eps)?;
+            }
             prof.mark("o matmul")?;
             let (x1, h1) = add_rms_norm(&o, &x, &layer.ffn_norm, eps)?;
             prof.mark("add+norm")?;
@@ -233,12 +259,17 @@ impl LlamaModel {
             };
             prof.mark("gate/up matmul")?;
             let act = match gu {
+                // Gemma: GELU with the tanh approximation (transformers' gelu_pytorch_tanh).
+                (g, Some(u)) if c.gemma.is_some() => (g.gelu()? * u)?,
                 (g, Some(u)) => silu_mul(&g, &u)?,
                 (gu, None) => silu_mul_packed(&gu)?,
             };
             prof.mark("silu*mul")?;
             dump(|| format!("ffn_swiglu-{li}"), &act)?;
-            let d = layer.w_down.forward(&act)?;
+            let mut d = layer.w_down.forward(&act)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                d = rms_norm(&d, w, eps)?;
+            }
             dump(|| format!("ffn_out-{li}"), &d)?;
             prof.mark("down matmul")?;
             match self.layers.get(li + 1) {

@@ -90,6 +90,29 @@ impl RopeTable {
         )
     }
 
+    /// The table of the global layers and, for Gemma 3, that of its sliding-window layers
+    /// (their own base, no scaling).
+    pub fn for_layers(
+        c: &super::LlamaConfig,
+        angles: RopeAngles,
+        device: &Device,
+    ) -> Result<(Self, Option<Self>)> {
+        let global = Self::for_config(c, angles, device)?;
+        let local = match &c.gemma {
+            None => None,
+            Some(g) => Some(Self::new(
+                angles,
+                c.head_dim,
+                g.rope_local_theta,
+                1.0,
+                None,
+                c.max_position_embeddings,
+                device,
+            )?),
+        };
+        Ok((global, local))
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }

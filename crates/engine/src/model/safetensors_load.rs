@@ -73,11 +73,38 @@ impl LlamaModel {
                 bias,
             })
         };
+        // Gemma's RMSNorm scales by 1 + w: held that way, as llama.cpp's converter writes it.
+        let gemma = c.gemma.is_some();
+        let norm_w = |name: &str, n: usize| -> Result<Tensor> {
+            let w = get(name, &[n])?;
+            Ok(if gemma {
+                (w.to_dtype(DType::F32)? + 1.0)?.to_dtype(dtype)?
+            } else {
+                w
+            })
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let attn = format!("{p}.self_attn");
-            let norm = |name: &str| get(name, &[hd]).map(Some);
+            let norm = |name: &str| norm_w(name, hd).map(Some);
+            // Gemma's post_attention_layernorm follows attention; Llama's precedes the MLP.
+            let (ffn_norm, post_attn_norm, post_ffn_norm) = if gemma {
+                (
+                    norm_w(&format!("{p}.pre_feedforward_layernorm.weight"), h)?,
+                    Some(norm_w(&format!("{p}.post_attention_layernorm.weight"), h)?),
+                    Some(norm_w(
+                        &format!("{p}.post_feedforward_layernorm.weight"),
+                        h,
+                    )?),
+                )
+            } else {
+                (
+                    get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                    None,
+                    None,
+                )
+            };
             let wq = linear(&format!("{attn}.q_proj"), nh * hd, h)?;
             let wk = linear(&format!("{attn}.k_proj"), nkv * hd, h)?;
             let wv = linear(&format!("{attn}.v_proj"), nkv * hd, h)?;
@@ -88,7 +115,7 @@ impl LlamaModel {
                 });
             }
             layers.push(Layer {
-                attn_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                attn_norm: norm_w(&format!("{p}.input_layernorm.weight"), h)?,
                 qkv: QkvProj::Split(wq, wk, wv),
                 q_norm: if c.qk_norm {
                     norm(&format!("{attn}.q_norm.weight"))?
@@ -101,12 +128,14 @@ impl LlamaModel {
                     None
                 },
                 wo: linear(&format!("{attn}.o_proj"), h, nh * hd)?,
-                ffn_norm: get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                ffn_norm,
                 gate_up: GateUpProj::Split(
                     linear(&format!("{p}.mlp.gate_proj"), ff, h)?,
                     linear(&format!("{p}.mlp.up_proj"), ff, h)?,
                 ),
                 w_down: linear(&format!("{p}.mlp.down_proj"), h, ff)?,
+                post_attn_norm,
+                post_ffn_norm,
             });
         }
         let embed = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
@@ -123,10 +152,11 @@ impl LlamaModel {
             weight_bytes += c.vocab_size * h * dtype.size_in_bytes();
             get("lm_head.weight", &[c.vocab_size, h])?
         };
-        let output_norm = get("model.norm.weight", &[h])?;
+        let output_norm = norm_w("model.norm.weight", h)?;
         // transformers' angles (exact), the reference these checkpoints are checked against.
-        let rope = RopeTable::for_config(c, RopeAngles::Exact, device)?;
+        let (rope, rope_local) = RopeTable::for_layers(c, RopeAngles::Exact, device)?;
         Ok(Self {
+            rope_local,
             device: device.clone(),
             dtype,
             embed,

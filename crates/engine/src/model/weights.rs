@@ -112,4 +112,7 @@ pub(super) struct Layer {
     pub(super) ffn_norm: Tensor,
     pub(super) gate_up: GateUpProj,
     pub(super) w_down: Linear,
+    /// Gemma 3's norms of the attention's and the MLP's outputs, before each residual add.
+    pub(super) post_attn_norm: Option<Tensor>,
+    pub(super) post_ffn_norm: Option<Tensor>,
 }

@@ -24,7 +24,8 @@ impl<'m> ModelRunner<'m> {
     /// A runner with a CPU KV cache of `num_blocks` blocks of `block_size` tokens.
     pub fn new_cpu(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
         let layout = model.config.kv_layout(num_blocks, block_size);
-        let attn = CpuPagedAttention::new(layout, model.config.num_heads);
+        let attn = CpuPagedAttention::new(layout, model.config.num_heads)
+            .with_layers(model.config.layer_attention());
         Self::with_backend(model, Box::new(attn))
     }
 
@@ -32,7 +33,8 @@ impl<'m> ModelRunner<'m> {
     /// reference the GPU checks compare against.
     pub fn new_cpu_reference(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
         let layout = model.config.kv_layout(num_blocks, block_size);
-        let attn = CpuReferenceAttention::new(layout, model.config.num_heads);
+        let attn = CpuReferenceAttention::new(layout, model.config.num_heads)
+            .with_layers(model.config.layer_attention());
         Self::with_backend(model, Box::new(attn))
     }
 
@@ -56,6 +58,12 @@ impl<'m> ModelRunner<'m> {
                 let layout = model.config.kv_layout(num_blocks, block_size);
                 let c = &model.config;
                 let nh = c.num_heads;
+                if c.layer_attention().iter().any(|l| *l != Default::default()) {
+                    return Err(EngineError::Unavailable(format!(
+                        "{}: sliding-window layers and a custom attention scale are not in the CUDA kernels yet (run it with --device cpu)",
+                        c.arch
+                    )));
+                }
                 let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
                     DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh)?),
                     DType::F16 => Box::new(CudaPagedAttention::<half::f16>::new(dev, layout, nh)?),

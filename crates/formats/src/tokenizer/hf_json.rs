@@ -27,8 +27,14 @@ impl Tokenizer {
     /// The tokenizer in `tokenizer_json`, with the special tokens and template `folder`'s
     /// files give (`folder` may be another checkpoint's than the weights', `--tokenizer`).
     pub fn from_hf(tokenizer_json: &Path, folder: &HfFolder) -> Result<Self> {
-        let with_special = tokenizers::Tokenizer::from_file(tokenizer_json)
+        let mut with_special = tokenizers::Tokenizer::from_file(tokenizer_json)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
+        // A prompt is never cut or padded behind the caller's back (transformers turns both
+        // off per call too).
+        with_special
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
+        with_special.with_padding(None);
         if !is_byte_level(&with_special) {
             return Err(Error::Unsupported {
                 path: tokenizer_json.to_path_buf(),
@@ -94,8 +100,10 @@ impl Tokenizer {
         eog_ids.sort_unstable();
         eog_ids.dedup();
         Ok(Self {
-            with_special,
-            plain,
+            encoder: super::Encoder::Hf {
+                with_special,
+                plain,
+            },
             token_bytes,
             is_control,
             pieces,

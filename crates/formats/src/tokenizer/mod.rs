@@ -6,6 +6,7 @@ mod detokenizer;
 pub mod gguf_bpe;
 mod hf_json;
 mod pyjson;
+mod spm;
 mod template_bounds;
 
 pub use chat_template::{ChatMessage, ChatTemplate, RenderLimits, SPECIAL_TOKEN_NAMES};
@@ -18,10 +19,7 @@ use gguf_bpe::token_type;
 /// A model's tokenizer: text <-> token ids, plus what the engine needs to know about
 /// special tokens (BOS, EOS, the other end-of-generation ids).
 pub struct Tokenizer {
-    /// Recognises special tokens written in the text (`<|im_start|>` becomes id 1).
-    with_special: tokenizers::Tokenizer,
-    /// Treats special-token text as ordinary text.
-    plain: tokenizers::Tokenizer,
+    encoder: Encoder,
     /// The bytes each token stands for (special tokens: their text).
     token_bytes: Vec<Vec<u8>>,
     /// Control tokens (skipped when decoding with `skip_special`).
@@ -35,6 +33,19 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
 }
 
+/// What turns text into ids.
+enum Encoder {
+    /// Hugging Face `tokenizers` (byte-level BPE from GGUF metadata or a tokenizer.json):
+    /// `with_special` makes special-token text (`<|im_start|>`) the token, `plain` keeps it
+    /// text.
+    Hf {
+        with_special: tokenizers::Tokenizer,
+        plain: tokenizers::Tokenizer,
+    },
+    /// A SentencePiece vocabulary, encoded as llama.cpp does.
+    Spm(spm::SpmVocab),
+}
+
 impl Tokenizer {
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let bad = |key: &str, message: String| {
@@ -44,14 +55,15 @@ impl Tokenizer {
             })
         };
         let model = gguf.meta_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if !matches!(model, "gpt2" | "llama") {
             return Err(Error::Unsupported {
                 path: gguf.path().to_path_buf(),
                 message: format!(
-                    "tokenizer.ggml.model {model:?}: only gpt2-style byte-level BPE is supported so far"
+                    "tokenizer.ggml.model {model:?}: byte-level BPE (gpt2) and SentencePiece (llama) are supported"
                 ),
             });
         }
+        let spm = model == "llama";
         let strings = |key: &str| -> Result<Vec<String>> {
             gguf.meta_array(key)?
                 .iter()
@@ -77,45 +89,75 @@ impl Tokenizer {
             }
             None => vec![token_type::NORMAL; n],
         };
-        let merges = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| {
-                        bad("tokenizer.ggml.merges", format!("merge {m:?} has no space"))
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let pre = gguf
-            .meta("tokenizer.ggml.pre")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default")
-            .to_string();
-        let vocab = gguf_bpe::GgufVocab {
-            tokens,
-            token_types,
-            merges,
-            pre,
-        };
-        let (with_special, plain) = gguf_bpe::build(&vocab)?;
-
-        let table = gguf_bpe::unicode_to_byte_table();
-        let special_ty = |ty: i64| ty == token_type::CONTROL || ty == token_type::USER_DEFINED;
-        let token_bytes = vocab
-            .tokens
-            .iter()
-            .zip(&vocab.token_types)
-            .map(|(t, &ty)| {
-                if special_ty(ty) {
-                    t.as_bytes().to_vec()
-                } else {
-                    gguf_bpe::piece_bytes(t, &table)
+        let (encoder, token_bytes) = if spm {
+            let scores: Vec<f32> = match gguf.meta("tokenizer.ggml.scores") {
+                None => vec![0.0; n],
+                Some(_) => {
+                    let key = "tokenizer.ggml.scores";
+                    let arr = gguf.meta_array(key)?;
+                    if arr.len() != n {
+                        return Err(bad(key, format!("{} entries for {n} tokens", arr.len())));
+                    }
+                    arr.iter()
+                        .map(|v| v.as_f64().unwrap_or(0.0) as f32)
+                        .collect()
                 }
-            })
-            .collect();
-        let is_control = vocab
-            .token_types
+            };
+            // llama.cpp's default for SentencePiece vocabularies is a leading space.
+            let add_space_prefix = gguf
+                .meta("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+            let vocab = spm::SpmVocab::new(tokens.clone(), scores, &token_types, add_space_prefix);
+            let bytes = (0..n)
+                .map(|i| vocab.token_bytes(i, token_types[i]))
+                .collect();
+            (Encoder::Spm(vocab), bytes)
+        } else {
+            let merges = strings("tokenizer.ggml.merges")?
+                .into_iter()
+                .map(|m| {
+                    m.split_once(' ')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| {
+                            bad("tokenizer.ggml.merges", format!("merge {m:?} has no space"))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pre = gguf
+                .meta("tokenizer.ggml.pre")
+                .and_then(|v| v.as_str())
+                .unwrap_or("default")
+                .to_string();
+            let vocab = gguf_bpe::GgufVocab {
+                tokens: tokens.clone(),
+                token_types: token_types.clone(),
+                merges,
+                pre,
+            };
+            let (with_special, plain) = gguf_bpe::build(&vocab)?;
+            let table = gguf_bpe::unicode_to_byte_table();
+            let special_ty = |ty: i64| ty == token_type::CONTROL || ty == token_type::USER_DEFINED;
+            let bytes = tokens
+                .iter()
+                .zip(&token_types)
+                .map(|(t, &ty)| {
+                    if special_ty(ty) {
+                        t.as_bytes().to_vec()
+                    } else {
+                        gguf_bpe::piece_bytes(t, &table)
+                    }
+                })
+                .collect();
+            (
+                Encoder::Hf {
+                    with_special,
+                    plain,
+                },
+                bytes,
+            )
+        };
+        let is_control = token_types
             .iter()
             .map(|&ty| ty == token_type::CONTROL)
             .collect();
@@ -149,8 +191,7 @@ impl Tokenizer {
         // repo and file-separator tokens, and tokens whose text marks an end of turn.
         let mut eog_ids: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
         let first_of = |names: &[&str]| -> Option<u32> {
-            vocab
-                .tokens
+            tokens
                 .iter()
                 .position(|t| names.contains(&t.as_str()))
                 .map(|i| i as u32)
@@ -167,7 +208,7 @@ impl Tokenizer {
             first_of(&["<|file_sep|>"]),
         ];
         eog_ids.extend(fim.into_iter().flatten());
-        for (i, t) in vocab.tokens.iter().enumerate() {
+        for (i, t) in tokens.iter().enumerate() {
             if matches!(
                 t.as_str(),
                 "<|eot_id|>"
@@ -190,11 +231,10 @@ impl Tokenizer {
         eog_ids.dedup();
 
         Ok(Self {
-            with_special,
-            plain,
+            encoder,
             token_bytes,
             is_control,
-            pieces: vocab.tokens,
+            pieces: tokens,
             bos_id,
             eos_id,
             eog_ids,
@@ -219,23 +259,28 @@ impl Tokenizer {
     /// becomes the special token, as chat prompts need, or stays ordinary text. BOS is
     /// prepended when the model asks for it.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tok = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
+        let enc: Vec<u32> = match &self.encoder {
+            Encoder::Hf {
+                with_special,
+                plain,
+            } => {
+                let tok = if parse_special { with_special } else { plain };
+                tok.encode_fast(text, false)
+                    .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?
+                    .get_ids()
+                    .to_vec()
+            }
+            Encoder::Spm(v) => v.encode(text, parse_special),
         };
-        let enc = tok
-            .encode_fast(text, false)
-            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if let (true, Some(bos)) = (self.add_bos, self.bos_id) {
             // A rendered chat prompt may carry its BOS already (Llama 3's `bos_token`): one
             // BOS, as vLLM's chat path gives, not two.
-            if !(parse_special && enc.get_ids().first() == Some(&bos)) {
+            if !(parse_special && enc.first() == Some(&bos)) {
                 ids.push(bos);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend_from_slice(&enc);
         Ok(ids)
     }
 

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
 use ferrolm_protocol::messages::flatten_messages;
+use ferrolm_protocol::validate::refuse_unsupported_chat;
 
 use super::error::{from_engine, ApiError};
 use super::state::{submit, AppState};
@@ -34,6 +35,7 @@ pub async fn chat_completions(
             "the model has no chat template; use /v1/completions or --chat-template",
         )
     })?;
+    refuse_unsupported_chat(&req)?;
     let messages = flatten_messages(&req.messages)?;
     let text = template
         .render(&messages, req.add_generation_prompt.unwrap_or(true))
@@ -43,11 +45,14 @@ pub async fn chat_completions(
     let prompt = encode_prompt(&tok, text, max_model_len, "messages").await?;
     let max_tokens = max_tokens_or(
         req.max_completion_tokens.or(req.common.max_tokens),
-        loaded
-            .generation_defaults
-            .max_tokens
-            .unwrap_or(max_model_len.saturating_sub(prompt.len()).max(1)),
+        max_model_len.saturating_sub(prompt.len()).max(1),
     )?;
+    // generation_config.json's max_new_tokens caps what any request gets (vLLM's
+    // `get_max_tokens`).
+    let max_tokens = loaded
+        .generation_defaults
+        .max_tokens
+        .map_or(max_tokens, |cap| max_tokens.min(cap.max(1)));
     check_length(prompt.len(), max_tokens, max_model_len)?;
     let top = logprobs_count("top_logprobs", req.top_logprobs)?;
     if top.is_some() && req.logprobs != Some(true) {

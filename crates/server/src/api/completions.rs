@@ -49,10 +49,13 @@ pub async fn completions(
             "`prompt` must not be an empty list",
         ));
     }
-    let max_tokens = max_tokens_or(
-        req.common.max_tokens,
-        loaded.generation_defaults.max_tokens.unwrap_or(16),
-    )?;
+    let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
+    // generation_config.json's max_new_tokens caps what any request gets (vLLM's
+    // `get_max_tokens`).
+    let max_tokens = loaded
+        .generation_defaults
+        .max_tokens
+        .map_or(max_tokens, |cap| max_tokens.min(cap.max(1)));
     for p in &prompts {
         check_length(p.len(), max_tokens, loaded.engine.max_model_len)?;
     }

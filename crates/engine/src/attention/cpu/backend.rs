@@ -7,7 +7,9 @@ use candle_core::{Device, Tensor};
 use half::f16;
 
 use super::llama_cpp::paged_attention_cpu_f16;
-use super::reference::{paged_attention_cpu, PagedAttentionShape, QueryKv, StepRows};
+use super::reference::{
+    paged_attention_cpu, LayerAttention, PagedAttentionShape, QueryKv, StepRows,
+};
 use crate::attention::AttentionBackend;
 use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
@@ -75,6 +77,8 @@ fn write_rows<T: CpuCacheElem>(cache: &mut [T], data: &[f32], slots: &[u32], wid
 pub struct CpuAttention<T> {
     layout: KvCacheLayout,
     num_heads: usize,
+    /// Per layer: scale and sliding window (empty: the defaults everywhere).
+    layers: Vec<LayerAttention>,
     k: Vec<Vec<T>>,
     v: Vec<Vec<T>>,
 }
@@ -95,9 +99,16 @@ impl<T: CpuCacheElem> CpuAttention<T> {
         Self {
             layout,
             num_heads,
+            layers: Vec::new(),
             k: zeros(),
             v: zeros(),
         }
+    }
+
+    /// With each layer's scale and window (one entry per layer).
+    pub fn with_layers(mut self, layers: Vec<LayerAttention>) -> Self {
+        self.layers = layers;
+        self
     }
 }
 
@@ -124,7 +135,8 @@ impl<T: CpuCacheElem> AttentionBackend for CpuAttention<T> {
     fn attend(&self, layer: usize, q: &Tensor, batch: &FlatBatch) -> Result<Tensor> {
         let l = self.layout;
         let shape =
-            PagedAttentionShape::new(self.num_heads, l.num_kv_heads, l.head_dim, l.block_size);
+            PagedAttentionShape::new(self.num_heads, l.num_kv_heads, l.head_dim, l.block_size)
+                .for_layer(self.layers.get(layer).copied().unwrap_or_default());
         let n = batch.num_tokens();
         let width = self.num_heads * l.head_dim;
         let mut out = vec![0f32; n * width];

@@ -65,6 +65,7 @@ pub(super) fn attention_by_tasks(
                 v_cache,
                 table: &step.block_tables[s],
                 n_keys: pos + 1,
+                first_key: shape.first_key(pos),
                 kvh: h0 / group,
                 prompt_order: prompt_order(pos, prompt_len) && hd.is_multiple_of(16),
             };
@@ -91,6 +92,9 @@ struct Keys<'a> {
     v_cache: &'a [f16],
     table: &'a [u32],
     n_keys: usize,
+    /// Keys before it are outside the sliding window: masked as llama.cpp masks them (their
+    /// scores -inf, so their probabilities are exactly 0 in the same lanes).
+    first_key: usize,
     kvh: usize,
     /// llama.cpp's prompt-processing order (16 lanes) rather than its decode order (64).
     prompt_order: bool,
@@ -146,6 +150,7 @@ impl Keys<'_> {
             }
         }
         for h in 0..heads {
+            p[h * n..][..self.first_key].fill(f32::NEG_INFINITY);
             softmax_to_f16(&mut p[h * n..][..n], scale);
         }
         // Each position's V row in the cache.

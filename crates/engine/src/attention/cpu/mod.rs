@@ -10,4 +10,4 @@ mod tests;
 
 pub use backend::{CpuAttention, CpuCacheElem, CpuPagedAttention, CpuReferenceAttention};
 pub use llama_cpp::paged_attention_cpu_f16;
-pub use reference::{paged_attention_cpu, PagedAttentionShape, StepRows};
+pub use reference::{paged_attention_cpu, LayerAttention, PagedAttentionShape, StepRows};

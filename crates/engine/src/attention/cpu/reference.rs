@@ -18,10 +18,13 @@ pub struct PagedAttentionShape {
     pub head_dim: usize,
     pub block_size: usize,
     pub scale: f32,
+    /// Sliding window: a query at position p sees keys p - window + 1 ..= p (`window` keys,
+    /// itself included, as transformers and llama.cpp mask them); `None` sees all before it.
+    pub window: Option<usize>,
 }
 
 impl PagedAttentionShape {
-    /// The usual scale, 1 / sqrt(head_dim).
+    /// The usual scale, 1 / sqrt(head_dim), and no window.
     pub fn new(num_heads: usize, num_kv_heads: usize, head_dim: usize, block_size: usize) -> Self {
         Self {
             num_heads,
@@ -29,8 +32,33 @@ impl PagedAttentionShape {
             head_dim,
             block_size,
             scale: 1.0 / (head_dim as f32).sqrt(),
+            window: None,
         }
     }
+
+    /// With a layer's own scale and window.
+    pub fn for_layer(self, layer: LayerAttention) -> Self {
+        Self {
+            scale: layer.scale.unwrap_or(self.scale),
+            window: layer.window,
+            ..self
+        }
+    }
+
+    /// The first key a query at `pos` sees.
+    pub fn first_key(&self, pos: usize) -> usize {
+        self.window
+            .map_or(0, |w| (pos + 1).saturating_sub(w.max(1)))
+    }
+}
+
+/// What one layer's attention adds to the cache's geometry (Gemma 3: a scale from
+/// `query_pre_attn_scalar`, sliding-window layers). The default is the usual scale, no window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LayerAttention {
+    /// Softmax scale; `None`: 1 / sqrt(head_dim).
+    pub scale: Option<f32>,
+    pub window: Option<usize>,
 }
 
 /// A CPU kernel's query rows (`[num_tokens, num_heads, head_dim]`, f32) and its K and V
@@ -90,6 +118,7 @@ pub fn paged_attention_cpu(
         head_dim: hd,
         block_size: bs,
         scale,
+        ..
     } = shape;
     let group = num_heads / num_kv_heads;
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
@@ -104,7 +133,7 @@ pub fn paged_attention_cpu(
         let mut l = 0f32;
         let mut acc = vec![0f32; hd];
         let mut scores = [0f32; 256];
-        let mut start = 0;
+        let mut start = shape.first_key(pos);
         while start < n_keys {
             let block = table[start / bs] as usize;
             let len = (bs - start % bs).min(n_keys - start).min(scores.len());

@@ -281,3 +281,104 @@ fn slot_outside_the_cache_is_an_error() {
     let t = Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap();
     assert!(attn.write_kv(0, &t, &t, &b).is_err());
 }
+
+/// Dense causal attention where a query at t sees only keys t - window + 1 ..= t, with
+/// `scale`: the textbook formula with the sliding-window mask.
+#[allow(clippy::too_many_arguments)]
+fn dense_windowed(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    n: usize,
+    (nh, nkv, hd): (usize, usize, usize),
+    window: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * nh * hd];
+    for t in 0..n {
+        let first = (t + 1).saturating_sub(window);
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let qv = &q[(t * nh + h) * hd..][..hd];
+            let scores: Vec<f32> = (first..=t)
+                .map(|j| {
+                    let kv = &k[(j * nkv + kvh) * hd..][..hd];
+                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            for (i, j) in (first..=t).enumerate() {
+                for d in 0..hd {
+                    out[(t * nh + h) * hd + d] += e[i] / z * v[(j * nkv + kvh) * hd + d];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Both CPU backends with a sliding window equal dense attention under the same mask:
+/// windows below, at and beyond the context, over block boundaries, a prompt in chunks,
+/// decode-order and prompt-order rows, and a scale of the layer's own.
+#[test]
+fn sliding_window_equals_the_dense_mask() {
+    let (nh, nkv, bs, n) = (4, 2, 4, 13);
+    for hd in [8, 16] {
+        for window in [1, 3, 4, 5, 13, 20] {
+            let mut seed = 11 + window as u64;
+            let q = crate::lcg::lcg_uniform(n * nh * hd, &mut seed);
+            let k = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
+            let v = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
+            let scale = 0.3;
+            let want = dense_windowed((&q, &k, &v), n, (nh, nkv, hd), window, scale);
+            let layer = LayerAttention {
+                scale: Some(scale),
+                window: Some(window),
+            };
+            let table = vec![3u32, 0, 6, 2];
+            let run = |attn: &mut dyn AttentionBackend, prompt_len: usize| -> Vec<f32> {
+                let mut got = Vec::new();
+                for (start, end) in [(0usize, 6usize), (6, 9), (9, 10), (10, 13)] {
+                    let mut b = FlatBatch::default();
+                    b.push_seq(
+                        &vec![0; end - start],
+                        start,
+                        &table,
+                        bs,
+                        crate::batch::LogitsWanted::Last,
+                    );
+                    b.set_prompt_len(prompt_len);
+                    let t = |x: &[f32], w: usize| {
+                        Tensor::from_slice(&x[start * w..end * w], (end - start, w), &Device::Cpu)
+                            .unwrap()
+                    };
+                    attn.write_kv(0, &t(&k, nkv * hd), &t(&v, nkv * hd), &b)
+                        .unwrap();
+                    let o = attn.attend(0, &t(&q, nh * hd), &b).unwrap();
+                    got.extend(o.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+                got
+            };
+            let layout = one_layer(8, bs, nkv, hd);
+            let mut reference = CpuReferenceAttention::new(layout, nh).with_layers(vec![layer]);
+            let got = run(&mut reference, 0);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "f32, window {window}, hd {hd}, element {i}: {a} vs {b}"
+                );
+            }
+            // The f16 kernel: decode order, then the first 9 rows as prompt rows.
+            for prompt_len in [0, 9] {
+                let mut f16 = CpuPagedAttention::new(layout, nh).with_layers(vec![layer]);
+                let got = run(&mut f16, prompt_len);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 4e-3 * (1.0 + b.abs()),
+                        "f16, window {window}, hd {hd}, prompt {prompt_len}, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
