@@ -20,7 +20,7 @@ GPU_BIN := .build/gpu/ferrolm
 gpu-bundle: build-cuda model
 	./scripts/make-tiny-gguf.sh
 
-.PHONY: bench build build-cuda candle-patch model serve test test-tools test-openai test-cuda fmt clippy generate
+.PHONY: bench build build-cuda candle-patch model model-gemma3 serve test test-tools test-openai test-cuda fmt clippy generate
 
 # candle-core with cudarc's dynamic-loading (the workspace's [patch.crates-io] points there).
 candle-patch:
@@ -41,6 +41,11 @@ build-cuda: candle-patch
 model:
 	@./models/fetch-default.sh >/dev/null
 
+# The second real model (Gemma 3 270M base, GGUF Q4_K_M, 253 MB), for its goldens and the
+# openai client's run against it.
+model-gemma3:
+	@./models/fetch-gemma3.sh >/dev/null
+
 # Build, fetch the default model, and serve the OpenAI API on $(HOST):$(PORT).
 serve: build model
 	$(BIN) serve --host $(HOST) --port $(PORT)
@@ -50,7 +55,7 @@ test-tools:
 
 # Every test, in release mode (debug decodes ~20x slower), then the official openai client,
 # then the CUDA build (kernels compile on every change) and its checks.
-test: candle-patch model test-tools layout
+test: candle-patch model model-gemma3 test-tools layout
 	$(CARGO) test --release --workspace
 	$(MAKE) fuzz
 	# The criterion benches compile with the tests (run them with `make bench`).
@@ -105,8 +110,9 @@ image: build
 test-cuda: build-cuda
 	./scripts/check-cuda-build.sh $(GPU_BIN)
 
-test-openai:
+test-openai: model-gemma3
 	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh
+	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh $$(./models/fetch-gemma3.sh) --no-chat
 
 generate: build model
 	$(BIN) generate --chat --prompt "What is the capital of France?"

@@ -19,8 +19,10 @@ pub struct SpmVocab {
     scores: Vec<f32>,
     ids: HashMap<String, u32>,
     byte_ids: [Option<u32>; 256],
-    /// Special tokens split out of raw text, longest first: (text, id, is user-defined).
-    specials: Vec<(String, u32, bool)>,
+    /// Special tokens split out of raw text: every kind (control tokens are asked for), and
+    /// user-defined ones only (always split out).
+    all_specials: Specials,
+    user_specials: Specials,
     add_space_prefix: bool,
 }
 
@@ -70,7 +72,8 @@ impl SpmVocab {
     ) -> Self {
         let mut ids = HashMap::with_capacity(pieces.len());
         let mut byte_ids = [None; 256];
-        let mut specials = Vec::new();
+        let mut all = Vec::new();
+        let mut user_only = Vec::new();
         for (i, p) in pieces.iter().enumerate() {
             let ty = token_types.get(i).copied().unwrap_or(token_type::NORMAL);
             ids.entry(p.clone()).or_insert(i as u32);
@@ -85,16 +88,19 @@ impl SpmVocab {
             }
             let user = ty == token_type::USER_DEFINED;
             if (user || ty == token_type::CONTROL || ty == token_type::UNKNOWN) && !p.is_empty() {
-                specials.push((p.clone(), i as u32, user));
+                all.push((p.clone(), i as u32));
+                if user {
+                    user_only.push((p.clone(), i as u32));
+                }
             }
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Self {
             pieces,
             scores,
             ids,
             byte_ids,
-            specials,
+            all_specials: Specials::new(all),
+            user_specials: Specials::new(user_only),
             add_space_prefix,
         }
     }
@@ -139,32 +145,28 @@ impl SpmVocab {
         out
     }
 
-    /// Raw text and special tokens, in order (llama.cpp's `tokenizer_st_partition`).
+    /// Raw text and special tokens, in order (llama.cpp's `tokenizer_st_partition`, with one
+    /// leftmost-longest scan instead of one pass per special token: the same split wherever
+    /// special tokens do not overlap in the text, and linear in its length).
     fn partition<'t>(&self, text: &'t str, parse_special: bool) -> Vec<Fragment<'t>> {
-        let mut frags = vec![Fragment::Text(text)];
-        for (sp, id, user) in &self.specials {
-            if !parse_special && !user {
-                continue;
-            }
-            let mut next = Vec::with_capacity(frags.len());
-            for f in frags {
-                match f {
-                    Fragment::Text(mut t) => {
-                        while let Some(i) = t.find(sp.as_str()) {
-                            if i > 0 {
-                                next.push(Fragment::Text(&t[..i]));
-                            }
-                            next.push(Fragment::Token(*id));
-                            t = &t[i + sp.len()..];
-                        }
-                        if !t.is_empty() {
-                            next.push(Fragment::Text(t));
-                        }
-                    }
-                    tok => next.push(tok),
+        let sp = if parse_special {
+            &self.all_specials
+        } else {
+            &self.user_specials
+        };
+        let mut frags = Vec::new();
+        let mut last = 0;
+        if let Some(ac) = &sp.automaton {
+            for m in ac.find_iter(text) {
+                if m.start() > last {
+                    frags.push(Fragment::Text(&text[last..m.start()]));
                 }
+                frags.push(Fragment::Token(sp.ids[m.pattern().as_usize()]));
+                last = m.end();
             }
-            frags = next;
+        }
+        if last < text.len() {
+            frags.push(Fragment::Text(&text[last..]));
         }
         frags
     }
@@ -237,6 +239,26 @@ impl SpmVocab {
                 None => out.extend(span.bytes().filter_map(|b| self.byte_ids[b as usize])),
             }
             i = s.next;
+        }
+    }
+}
+
+/// A set of special tokens' texts and one automaton that finds them.
+struct Specials {
+    automaton: Option<aho_corasick::AhoCorasick>,
+    ids: Vec<u32>,
+}
+
+impl Specials {
+    fn new(tokens: Vec<(String, u32)>) -> Self {
+        let automaton = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(tokens.iter().map(|(t, _)| t.as_str()))
+            .ok()
+            .filter(|_| !tokens.is_empty());
+        Self {
+            automaton,
+            ids: tokens.into_iter().map(|(_, id)| id).collect(),
         }
     }
 }
