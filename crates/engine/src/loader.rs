@@ -153,7 +153,22 @@ impl LoadedModel {
         let dtype = checkpoint_dtype(&opts.dtype, &folder, device)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let model = LlamaModel::from_safetensors(&ckpt, dir, config, dtype, device)?;
-        Self::assemble(dir, model, tokenizer, folder.generation_defaults())
+        // The template sees the special tokens tokenizer_config.json sets, as in transformers.
+        let specials = tf.special_tokens();
+        let chat_template = match &tokenizer.chat_template {
+            Some(src) => Some(ChatTemplate::with_special_tokens(
+                src,
+                specials.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )?),
+            None => None,
+        };
+        Self::assemble(
+            dir,
+            model,
+            tokenizer,
+            chat_template,
+            folder.generation_defaults(),
+        )
     }
 
     /// A GGUF file: weights, tokenizer and chat template from its metadata.
@@ -174,7 +189,17 @@ impl LoadedModel {
         let gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let model = LlamaModel::from_gguf(&gguf, device)?;
-        Self::assemble(path, model, tokenizer, GenerationDefaults::default())
+        let chat_template = match &tokenizer.chat_template {
+            Some(src) => Some(ChatTemplate::for_tokenizer(src, &tokenizer)?),
+            None => None,
+        };
+        Self::assemble(
+            path,
+            model,
+            tokenizer,
+            chat_template,
+            GenerationDefaults::default(),
+        )
     }
 
     /// The model with its tokenizer and chat template, checked to fit together.
@@ -182,6 +207,7 @@ impl LoadedModel {
         path: &Path,
         model: LlamaModel,
         tokenizer: Tokenizer,
+        chat_template: Option<ChatTemplate>,
         generation_defaults: GenerationDefaults,
     ) -> Result<Self> {
         if tokenizer.vocab_size() > model.config.vocab_size {
@@ -194,10 +220,6 @@ impl LoadedModel {
                 ),
             });
         }
-        let chat_template = match &tokenizer.chat_template {
-            Some(src) => Some(ChatTemplate::for_tokenizer(src, &tokenizer)?),
-            None => None,
-        };
         Ok(Self {
             path: path.to_path_buf(),
             model,

@@ -246,3 +246,47 @@ fn checkpoint_tokenizers_and_generation_defaults_come_from_the_folder() {
     let g = load("llama3", true);
     assert_eq!(g.tokenizer.encode("Hello world", false).unwrap(), ids);
 }
+
+/// The template as the loader builds it (the special tokens tokenizer_config.json sets)
+/// renders the fixtures' plain conversations as transformers did.
+#[test]
+fn loaded_templates_render_as_transformers() {
+    use ferrolm_engine::tokenizer::ChatMessage;
+    let mut checked = 0;
+    for arch in ARCHS {
+        let lm = load(arch, false);
+        let t = lm.chat_template.as_ref().expect("a chat template");
+        let path = fixtures().join("hf").join(arch).join("chat_renders.json");
+        let renders: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for r in renders.as_array().unwrap() {
+            let plain = r["tools"].is_null()
+                && r["kwargs"].as_object().is_none_or(|k| k.is_empty())
+                && r["messages"].as_array().unwrap().iter().all(|m| {
+                    m.as_object()
+                        .unwrap()
+                        .keys()
+                        .all(|k| k == "role" || k == "content")
+                        && m["content"].is_string()
+                });
+            if !plain {
+                continue;
+            }
+            let msgs: Vec<ChatMessage> = r["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
+                })
+                .collect();
+            let got = t
+                .render(&msgs, r["add_generation_prompt"].as_bool().unwrap())
+                .unwrap();
+            assert_eq!(got, r["rendered"].as_str().unwrap(), "{arch}");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} plain conversations rendered");
+    assert!(checked >= 6, "only {checked} plain conversations");
+}

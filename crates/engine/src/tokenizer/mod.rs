@@ -60,6 +60,17 @@ impl ChatTemplate {
         ))
     }
 
+    /// The template with exactly these special tokens (name, text) in its context, as
+    /// transformers passes a checkpoint's `special_tokens_map`.
+    pub fn with_special_tokens<'a>(
+        source: &str,
+        special_tokens: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        Ok(Self(
+            ferrolm_formats::tokenizer::ChatTemplate::with_special_tokens(source, special_tokens)?,
+        ))
+    }
+
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         Ok(Self(ferrolm_formats::tokenizer::ChatTemplate::new(
             source, bos_token, eos_token,

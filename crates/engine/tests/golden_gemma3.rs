@@ -1,0 +1,98 @@
+//! The second real model, Gemma 3 270M (base, GGUF Q4_K_M: SentencePiece vocabulary, Q4_K /
+//! Q5_0 / Q6_K / Q8_0 weights, sliding-window layers), against llama.cpp's goldens
+//! (fixtures/golden/PROVENANCE.md), compared as the default model's are.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_matches_golden, check_teacher_forced, ids, read_jsonl};
+use ferrolm_engine::engine::greedy_generate;
+use ferrolm_engine::loader::LoadedModel;
+
+/// `models/fetch-gemma3.sh`'s file (`FERROLM_GEMMA3_MODEL` overrides). `make test` fetches it
+/// first; a missing model is a failure with the command that fixes it.
+fn gemma3() -> LoadedModel {
+    let p = std::env::var("FERROLM_GEMMA3_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            ferrolm_engine::env::get()
+                .model_dir
+                .join("gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        p.exists(),
+        "Gemma 3 270M is missing at {}: run models/fetch-gemma3.sh (make test does)",
+        p.display()
+    );
+    LoadedModel::load(&p, &candle_core::Device::Cpu).expect("loading Gemma 3 270M")
+}
+
+#[test]
+fn tokenizer_matches_llama_cpp() {
+    let lm = gemma3();
+    let records = read_jsonl("gemma3_270m_tokenizer.jsonl");
+    assert!(records.len() >= 20, "{} records", records.len());
+    let bos = lm.tokenizer.bos_id;
+    let mut failures = Vec::new();
+    for r in &records {
+        let text = r["text"].as_str().unwrap();
+        let special = r["special"].as_bool().unwrap();
+        let want = ids(&r["ids"]);
+        let mut got = lm.tokenizer.encode(text, special).unwrap();
+        // Records made without BOS: ours always adds Gemma's.
+        if r["add_bos"].as_bool() == Some(false) && got.first().copied() == bos {
+            got.remove(0);
+        }
+        if got != want {
+            failures.push(format!(
+                "{} special={special}: {text:?}\n  want {want:?}\n  got  {got:?}",
+                r["source"]
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        records.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn teacher_forced_logprobs_match_llama_cpp() {
+    let lm = gemma3();
+    check_teacher_forced(&lm.model, &read_jsonl("gemma3_270m_q4_k_m_greedy.jsonl"));
+}
+
+#[test]
+fn free_running_greedy_matches_llama_cpp() {
+    let lm = gemma3();
+    let records = read_jsonl("gemma3_270m_q4_k_m_greedy.jsonl");
+    for r in &records {
+        let p = ids(&r["prompt_ids"]);
+        let g = greedy_generate(
+            &lm.model,
+            std::slice::from_ref(&p),
+            48,
+            &lm.tokenizer.eog_ids,
+        )
+        .unwrap();
+        assert_matches_golden(r, &g.tokens[0]);
+    }
+}
+
+#[test]
+fn special_ids_are_those_of_llama_cpp() {
+    let lm = gemma3();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("gemma3_270m_gguf_metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lm.tokenizer.bos_id.map(u64::from), meta["bos_id"].as_u64());
+    assert_eq!(lm.tokenizer.eos_id.map(u64::from), meta["eos_id"].as_u64());
+    assert!(lm.tokenizer.add_bos);
+    let eog: Vec<u32> = ids(&meta["eog_ids"]);
+    assert_eq!(lm.tokenizer.eog_ids, eog);
+}
