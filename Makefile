@@ -112,7 +112,8 @@ test-cuda: build-cuda
 
 test-openai: model-gemma3
 	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh
-	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh $$(./models/fetch-gemma3.sh) --no-chat
+	FERROLM_BIN=$(BIN) ./scripts/test-openai-client.sh $$(./models/fetch-gemma3.sh) --no-chat \
+	  "--expect= the capital of the country"
 
 generate: build model
 	$(BIN) generate --chat --prompt "What is the capital of France?"

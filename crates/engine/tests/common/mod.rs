@@ -118,6 +118,18 @@ pub fn golden_targets(r: &Value) -> Vec<u32> {
 /// equal wherever its margin is >= 0.3, the chosen token within 0.15 at >= 99% of steps, the
 /// median |delta| over its top 5 <= 0.1.
 pub fn check_teacher_forced(model: &LlamaModel, records: &[Value]) {
+    check_teacher_forced_with(model, records, CHOSEN_WITHIN_FLOOR, 0)
+}
+
+/// [`check_teacher_forced`] with a floor for the share of chosen tokens within 0.15 and a
+/// number of argmax differences allowed at margins >= 0.3 (a model on which llama.cpp's own
+/// code paths differ that much).
+pub fn check_teacher_forced_with(
+    model: &LlamaModel,
+    records: &[Value],
+    chosen_within_floor: f64,
+    argmax_flips_allowed: usize,
+) {
     let mut chosen_deltas = Vec::new();
     let mut top5_deltas = Vec::new();
     let mut argmax_failures = Vec::new();
@@ -156,13 +168,13 @@ pub fn check_teacher_forced(model: &LlamaModel, records: &[Value]) {
         top5_deltas.last().unwrap()
     );
     assert!(
-        argmax_failures.is_empty(),
+        argmax_failures.len() <= argmax_flips_allowed,
         "{} steps with margin >= {MARGIN} pick another token:\n{}",
         argmax_failures.len(),
         argmax_failures.join("\n")
     );
     assert!(
-        within >= CHOSEN_WITHIN_FLOOR,
+        within >= chosen_within_floor,
         "only {:.2}% of steps within 0.15",
         within * 100.0
     );

@@ -223,9 +223,33 @@ impl Tokenizer {
                     | "_<EOT>"
                     | "<|end_of_text|>"
                     | "<end_of_utterance>"
+                    | "<|flush|>"
+                    | "<|calls|>"
+                    | "</s>"
+                    | "[EOT]"
+                    | "[EOS]"
+                    | "<eos>"
+                    | "<turn|>"
+                    | "<|tool_response>"
+                    | "<｜end▁of▁sentence｜>"
+                    | "[e~["
             ) {
                 eog_ids.push(i as u32);
             }
+        }
+        // llama.cpp's two exceptions: with both <|return|> and <|call|> (or <|calls|> and
+        // <|flush|>) <|end|> is no end; beside <|tool_response>, </s> is a normal token.
+        let has = |name: &str| tokens.iter().any(|t| t == name);
+        let drop = |ids: &mut Vec<u32>, name: &str| {
+            if let Some(i) = tokens.iter().position(|t| t == name) {
+                ids.retain(|&x| x != i as u32);
+            }
+        };
+        if (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")) {
+            drop(&mut eog_ids, "<|end|>");
+        }
+        if has("<|tool_response>") {
+            drop(&mut eog_ids, "</s>");
         }
         eog_ids.sort_unstable();
         eog_ids.dedup();
