@@ -374,8 +374,12 @@ mod tests {
                 "sliding_window 4096",
             ),
             (
-                r#"{"model_type":"gemma3","architectures":["Gemma3ForCausalLM"]}"#,
-                "Gemma3ForCausalLM",
+                r#"{"model_type":"phi3","architectures":["Phi3ForCausalLM"]}"#,
+                "Phi3ForCausalLM",
+            ),
+            (
+                r#"{"model_type":"gemma3","text_config":{}}"#,
+                "gemma3_text",
             ),
             (
                 r#"{"model_type":"llama","hidden_act":"gelu"}"#,
