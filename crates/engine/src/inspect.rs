@@ -149,7 +149,13 @@ fn inspect_gguf(path: &Path) -> Result<String> {
         }),
     );
     match Tokenizer::from_gguf(&g) {
-        Ok(t) => tokenizer_line(&mut out, "GGUF byte-level BPE", &t),
+        Ok(t) => {
+            let kind = match g.meta_str("tokenizer.ggml.model") {
+                Ok("llama") => "GGUF SentencePiece",
+                _ => "GGUF byte-level BPE",
+            };
+            tokenizer_line(&mut out, kind, &t)
+        }
         Err(e) => {
             let _ = writeln!(out, "tokenizer: unreadable ({e})");
         }
