@@ -50,7 +50,16 @@ fn tensor_lines(out: &mut String, tensors: impl Iterator<Item = (String, String,
     }
 }
 
-fn config_lines(out: &mut String, c: &LlamaConfig) {
+/// Whether we run it, and if so its shapes, context and parameters.
+fn config_lines(out: &mut String, config: Result<LlamaConfig>) {
+    let c = match config {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "supported: no ({e})");
+            return;
+        }
+    };
+    let _ = writeln!(out, "supported: yes");
     let _ = writeln!(
         out,
         "shape: {} layers · hidden {} · {} heads / {} KV heads · head_dim {} · ffn {} · vocab {}",
@@ -128,15 +137,7 @@ fn inspect_gguf(path: &Path) -> Result<String> {
         .unwrap_or("?")
         .to_string();
     let _ = writeln!(out, "architecture: {arch}");
-    match LlamaConfig::from_gguf(&g) {
-        Ok(c) => {
-            let _ = writeln!(out, "supported: yes");
-            config_lines(&mut out, &c);
-        }
-        Err(e) => {
-            let _ = writeln!(out, "supported: no ({e})");
-        }
-    }
+    config_lines(&mut out, LlamaConfig::from_gguf(&g));
     let _ = writeln!(out, "tensors:");
     tensor_lines(
         &mut out,
@@ -178,15 +179,7 @@ fn inspect_folder(dir: &Path) -> Result<String> {
     let model_type = f.config["model_type"].as_str().unwrap_or("?");
     let archs = f.config["architectures"].to_string();
     let _ = writeln!(out, "architecture: {model_type} {archs}");
-    match LlamaConfig::from_hf(&f.config, &f.config_path()) {
-        Ok(c) => {
-            let _ = writeln!(out, "supported: yes");
-            config_lines(&mut out, &c);
-        }
-        Err(e) => {
-            let _ = writeln!(out, "supported: no ({e})");
-        }
-    }
+    config_lines(&mut out, LlamaConfig::from_hf(&f.config, &f.config_path()));
     let _ = writeln!(out, "tensors:");
     tensor_lines(
         &mut out,

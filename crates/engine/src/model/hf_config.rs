@@ -377,10 +377,7 @@ mod tests {
                 r#"{"model_type":"phi3","architectures":["Phi3ForCausalLM"]}"#,
                 "Phi3ForCausalLM",
             ),
-            (
-                r#"{"model_type":"gemma3","text_config":{}}"#,
-                "gemma3_text",
-            ),
+            (r#"{"model_type":"gemma3","text_config":{}}"#, "gemma3_text"),
             (
                 r#"{"model_type":"llama","hidden_act":"gelu"}"#,
                 "hidden_act",

@@ -10,29 +10,7 @@ use crate::kv_cache::KvCacheLayout;
 
 /// Dense causal attention over contiguous K/V: the textbook formula.
 fn dense(q: &[f32], k: &[f32], v: &[f32], n: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; n * nh * hd];
-    for t in 0..n {
-        for h in 0..nh {
-            let kvh = h / (nh / nkv);
-            let qv = &q[(t * nh + h) * hd..][..hd];
-            let scores: Vec<f32> = (0..=t)
-                .map(|j| {
-                    let kv = &k[(j * nkv + kvh) * hd..][..hd];
-                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-            let z: f32 = e.iter().sum();
-            for j in 0..=t {
-                for d in 0..hd {
-                    out[(t * nh + h) * hd + d] += e[j] / z * v[(j * nkv + kvh) * hd + d];
-                }
-            }
-        }
-    }
-    out
+    dense_windowed((q, k, v), n, (nh, nkv, hd), n, 1.0 / (hd as f32).sqrt())
 }
 
 /// Random q, k, v for `n` tokens from `seed`, and their dense attention.
