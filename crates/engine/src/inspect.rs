@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use ferrolm_formats::hf::hub::ModelLocation;
+use ferrolm_formats::hf::hub::{HubSettings, ModelLocation};
 use ferrolm_formats::hf::safetensors::Checkpoint;
 use ferrolm_formats::hf::HfFolder;
 
@@ -17,8 +17,8 @@ use crate::model::LlamaConfig;
 use crate::tokenizer::Tokenizer;
 
 /// The report for `model` (a GGUF file, a checkpoint folder or a cached hub id).
-pub fn inspect(model: &str, revision: Option<&str>) -> Result<String> {
-    match locate(model, revision)? {
+pub fn inspect(model: &str, revision: Option<&str>, hub: &HubSettings) -> Result<String> {
+    match locate(model, revision, hub)? {
         ModelLocation::Gguf(p) => inspect_gguf(&p),
         ModelLocation::Folder(d) => inspect_folder(&d),
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use ferrolm_formats::hf::hub::{self, ModelLocation};
+use ferrolm_formats::hf::hub::{self, HubSettings, ModelLocation};
 use ferrolm_formats::hf::safetensors::Checkpoint;
 pub use ferrolm_formats::hf::GenerationDefaults;
 use ferrolm_formats::hf::HfFolder;
@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub dtype: String,
     /// cpu, cuda, auto.
     pub device: String,
+    /// Where hub ids are found (the caller reads HF_HUB_CACHE etc., `env::Switches::hub`).
+    pub hub: HubSettings,
 }
 
 impl LoadOptions {
@@ -47,6 +49,7 @@ impl LoadOptions {
             tokenizer: None,
             dtype: "auto".into(),
             device: "cpu".into(),
+            hub: crate::env::get().hub.clone(),
         }
     }
 }
@@ -62,15 +65,15 @@ pub struct LoadedModel {
 }
 
 /// Where a model argument is: a local GGUF or folder, or a cached hub snapshot.
-pub fn locate(model: &str, revision: Option<&str>) -> Result<ModelLocation> {
-    match hub::locate(model, revision, &crate::env::get().hub)? {
+pub fn locate(model: &str, revision: Option<&str>, hub: &HubSettings) -> Result<ModelLocation> {
+    match hub::locate(model, revision, hub)? {
         Some(loc) => Ok(loc),
         // Not cached (the server's command line downloads it first, where a hub is reachable).
         None => Err(EngineError::ModelNotFound {
             model: model.to_string(),
             message: format!(
                 "not in the Hugging Face cache at {}; `ferrolm serve {model}` downloads it, or give a local folder or .gguf file",
-                crate::env::get().hub.cache.display()
+                hub.cache.display()
             ),
         }),
     }
@@ -78,8 +81,8 @@ pub fn locate(model: &str, revision: Option<&str>) -> Result<ModelLocation> {
 
 /// Whether `model` is a hub id that is not in the cache and may be downloaded (neither a
 /// local path nor cached; `HF_HUB_OFFLINE` unset). An error where it is nowhere and may not be.
-pub fn needs_download(model: &str, revision: Option<&str>) -> Result<bool> {
-    Ok(hub::locate(model, revision, &crate::env::get().hub)?.is_none())
+pub fn needs_download(model: &str, revision: Option<&str>, hub: &HubSettings) -> Result<bool> {
+    Ok(hub::locate(model, revision, hub)?.is_none())
 }
 
 /// A checkpoint's weights type: `--dtype`, or with `auto` f32 on the CPU and on a GPU the
@@ -104,7 +107,7 @@ impl LoadedModel {
     /// Loads what `opts` names: a GGUF file, a checkpoint folder or a cached hub id.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
         let device = resolve_device(&opts.device)?;
-        match locate(&opts.model, opts.revision.as_deref())? {
+        match locate(&opts.model, opts.revision.as_deref(), &opts.hub)? {
             ModelLocation::Gguf(path) => {
                 if opts.tokenizer.is_some() {
                     return Err(EngineError::Config(
@@ -131,7 +134,7 @@ impl LoadedModel {
         let config = LlamaConfig::from_hf(&folder.config, &folder.config_path())?;
         let tok_folder = match &opts.tokenizer {
             None => None,
-            Some(t) => match locate(t, None)? {
+            Some(t) => match locate(t, None, &opts.hub)? {
                 ModelLocation::Folder(d) => Some(HfFolder::open(&d)?),
                 ModelLocation::Gguf(p) => {
                     return Err(EngineError::Config(format!(

@@ -4,6 +4,7 @@
 //! hub is reachable from our test machines.
 
 use anyhow::Context;
+use ferrolm_engine::env::HubSettings;
 use ferrolm_engine::loader::needs_download;
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Repo, RepoType};
@@ -42,11 +43,10 @@ fn weight_files(listed: &[&str], index: Option<&serde_json::Value>) -> Vec<Strin
 }
 
 /// Makes sure `model` is local: a path, a cached hub id, or downloaded now.
-pub fn ensure_local(model: &str, revision: Option<&str>) -> anyhow::Result<()> {
-    if !needs_download(model, revision)? {
+pub fn ensure_local(model: &str, revision: Option<&str>, hub: &HubSettings) -> anyhow::Result<()> {
+    if !needs_download(model, revision, hub)? {
         return Ok(());
     }
-    let hub = &ferrolm_engine::env::get().hub;
     let revision = revision.unwrap_or("main");
     tracing::info!(%model, %revision, cache = %hub.cache.display(), "downloading from the Hugging Face hub");
     let mut builder = ApiBuilder::new()

@@ -12,7 +12,8 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let report = ferrolm_engine::inspect::inspect(&args.model, args.revision.as_deref())?;
+    let hub = &ferrolm_engine::env::get().hub;
+    let report = ferrolm_engine::inspect::inspect(&args.model, args.revision.as_deref(), hub)?;
     print!("{report}");
     Ok(())
 }

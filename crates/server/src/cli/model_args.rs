@@ -35,9 +35,11 @@ impl ModelArgs {
     /// What to load on `device`; without a model argument, the default model (fetched the
     /// way `make model` does when the script is at hand).
     pub fn load_options(&self, device: &str) -> anyhow::Result<LoadOptions> {
+        // The hub settings are read once, with the engine's other switches.
+        let hub = ferrolm_engine::env::get().hub.clone();
         let model = match self.given() {
             Some(m) => {
-                super::hub_download::ensure_local(m, self.revision.as_deref())?;
+                super::hub_download::ensure_local(m, self.revision.as_deref(), &hub)?;
                 m.to_string()
             }
             None => default_model()?,
@@ -48,6 +50,7 @@ impl ModelArgs {
             tokenizer: self.tokenizer.clone(),
             dtype: self.dtype.clone(),
             device: device.to_string(),
+            hub,
         })
     }
 }

@@ -22,12 +22,24 @@ fn dense_case(
     nkv: usize,
     hd: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (q, k, v) = random_qkv(seed, n, nh, nkv, hd);
+    let want = dense(&q, &k, &v, n, nh, nkv, hd);
+    (q, k, v, want)
+}
+
+/// Random q, k, v for `n` tokens from `seed`.
+fn random_qkv(
+    seed: u64,
+    n: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut seed = seed;
     let q = crate::lcg::lcg_uniform(n * nh * hd, &mut seed);
     let k = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
     let v = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
-    let want = dense(&q, &k, &v, n, nh, nkv, hd);
-    (q, k, v, want)
+    (q, k, v)
 }
 
 /// A one-layer cache of `num_blocks` blocks.
@@ -303,10 +315,7 @@ fn sliding_window_equals_the_dense_mask() {
     let (nh, nkv, bs, n) = (4, 2, 4, 13);
     for hd in [8, 16] {
         for window in [1, 3, 4, 5, 13, 20] {
-            let mut seed = 11 + window as u64;
-            let q = crate::lcg::lcg_uniform(n * nh * hd, &mut seed);
-            let k = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
-            let v = crate::lcg::lcg_uniform(n * nkv * hd, &mut seed);
+            let (q, k, v) = random_qkv(11 + window as u64, n, nh, nkv, hd);
             let scale = 0.3;
             let want = dense_windowed((&q, &k, &v), n, (nh, nkv, hd), window, scale);
             let layer = LayerAttention {
