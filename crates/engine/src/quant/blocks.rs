@@ -13,6 +13,34 @@ pub struct BlockQ4_1 {
     pub qs: [u8; QK / 2],
 }
 
+/// 4-bit weights with a scale, offset by 8: `w = d * (q - 8)`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit weights with a scale, offset by 16: `w = d * (q - 16)`; bit 4 of value `i` is bit `i`
+/// of `qh` (little-endian).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit weights with a scale and a minimum: `w = d * q + m` (`qh` as in [`BlockQ5_0`]).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
 /// 8-bit values with a scale: `x = d * q`.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -74,53 +102,48 @@ pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
     }
 }
 
-/// ggml's AVX2 horizontal sum of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+/// Value `i` (0..32) of a block's 4-bit quants: bytes 0..16 hold values 0..16 in their low
+/// nibbles and 16..32 in their high ones.
 #[inline]
-pub fn hsum8(l: &[f32; 8]) -> f32 {
-    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
-    (r[0] + r[2]) + (r[1] + r[3])
+pub fn nibble(qs: &[u8; QK / 2], i: usize) -> u8 {
+    if i < 16 {
+        qs[i] & 0x0F
+    } else {
+        qs[i - 16] >> 4
+    }
 }
 
-/// Dot product of one Q4_1 weight row with one Q8_1 activation row, in ggml's AVX2 order:
-/// eight f32 lanes of 4-product integer sums, one fused multiply-add per block per lane,
-/// the min terms summed apart. The same bits as llama.cpp on any machine.
+/// Bit `i` of a Q5 block's high bits, as 0 or 16.
 #[inline]
-pub fn dot_q4_1_q8_1(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut summs = 0f32;
-    for (wb, xb) in w.iter().zip(x) {
-        let d = wb.d.to_f32() * xb.d.to_f32();
-        summs = wb.m.to_f32().mul_add(xb.s.to_f32(), summs);
-        for (lane, a) in acc.iter_mut().enumerate() {
-            let mut sumi = 0i32;
-            for b in lane * 4..lane * 4 + 4 {
-                // Bytes 0..16 are the low nibbles, 16..32 the high ones.
-                let q = if b < 16 {
-                    wb.qs[b] & 0x0F
-                } else {
-                    wb.qs[b - 16] >> 4
-                };
-                sumi += q as i32 * xb.qs[b] as i32;
-            }
-            *a = d.mul_add(sumi as f32, *a);
-        }
-    }
-    hsum8(&acc) + summs
+pub fn high_bit(qh: &[u8; 4], i: usize) -> u8 {
+    ((u32::from_le_bytes(*qh) >> i) & 1) as u8 * 16
 }
 
-/// Dot product of one Q8_0 weight row with one Q8_0 activation row, in ggml's AVX2 order.
-#[inline]
-pub fn dot_q8_0_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (wb, xb) in w.iter().zip(x) {
-        let d = wb.d.to_f32() * xb.d.to_f32();
-        for (lane, a) in acc.iter_mut().enumerate() {
-            let mut sumi = 0i32;
-            for b in lane * 4..lane * 4 + 4 {
-                sumi += wb.qs[b] as i32 * xb.qs[b] as i32;
-            }
-            *a = d.mul_add(sumi as f32, *a);
-        }
-    }
-    hsum8(&acc)
+/// GGUF's bytes as blocks of `T` (whole blocks; a partial one at the end is dropped).
+pub fn cast_blocks<T: PlainBlock>(bytes: &[u8]) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    bytes
+        .chunks_exact(size)
+        // SAFETY: T is a PlainBlock (no invalid bit patterns),
+        // and read_unaligned copes with the byte buffer's alignment.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const T) })
+        .collect()
 }
+
+/// A `repr(C)` block of plain integers and floats: every bit pattern is a valid value.
+///
+/// # Safety
+/// Only for types of which that is true.
+pub unsafe trait PlainBlock: Copy {}
+
+// SAFETY: each is repr(C) over u8/i8/i16/f16/f32 fields and arrays.
+unsafe impl PlainBlock for BlockQ4_0 {}
+unsafe impl PlainBlock for BlockQ4_1 {}
+unsafe impl PlainBlock for BlockQ5_0 {}
+unsafe impl PlainBlock for BlockQ5_1 {}
+unsafe impl PlainBlock for BlockQ8_0 {}
+unsafe impl PlainBlock for BlockQ8_1 {}
+unsafe impl PlainBlock for super::kblocks::BlockQ4K {}
+unsafe impl PlainBlock for super::kblocks::BlockQ5K {}
+unsafe impl PlainBlock for super::kblocks::BlockQ6K {}
+unsafe impl PlainBlock for super::kblocks::BlockQ8K {}

@@ -7,7 +7,7 @@
 //! Every output element is still exactly ggml's dot product: the same eight integer lanes per
 //! block, the same `d_w * d_x` product and fused multiply-add in block order, the min term
 //! summed apart in block order, the same final horizontal sum. So each result is
-//! bit-identical to [`super::blocks::dot_q4_1_q8_1`] / `dot_q8_0_q8_0` whatever the batch,
+//! bit-identical to [`super::dots::dot_q4_1_q8_1`] / `dot_q8_0_q8_0` whatever the batch,
 //! the tile shape, the thread count or the instruction set.
 //!
 //! Instruction sets: AVX2 (the build's baseline) or AVX-512 VNNI (`vpdpbusd` does the
@@ -476,8 +476,9 @@ fn gemm_with<W: GemmWeight>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, quantize_row_q8, QK};
+    use crate::quant::blocks::{quantize_row_q8, QK};
     use crate::quant::columns::interleave;
+    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     use half::f16;
 
     use crate::quant::tests::rand_f32;

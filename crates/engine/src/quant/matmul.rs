@@ -35,16 +35,6 @@ pub enum QuantLinear {
     Candle(QMatMul),
 }
 
-fn cast_blocks<T: Copy>(bytes: &[u8]) -> Vec<T> {
-    let size = std::mem::size_of::<T>();
-    bytes
-        .chunks_exact(size)
-        // SAFETY: T is a repr(C) struct of plain integers/f16 with no invalid bit patterns,
-        // and read_unaligned copes with the byte buffer's alignment.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const T) })
-        .collect()
-}
-
 impl QuantLinear {
     /// From raw GGUF bytes of a `[n, k]` weight.
     pub fn new(qt: QTensor, raw: &[u8], device: &Device) -> Result<Self> {
@@ -52,12 +42,12 @@ impl QuantLinear {
         let own = device.is_cpu() && k % QK == 0;
         Ok(match qt.dtype() {
             GgmlDType::Q4_1 if own => Self::Own {
-                w: QuantWeights::q4_1(cast_blocks(raw), n, k),
+                w: QuantWeights::q4_1(super::blocks::cast_blocks(raw), n, k),
                 n,
                 k,
             },
             GgmlDType::Q8_0 if own => Self::Own {
-                w: QuantWeights::q8_0(cast_blocks(raw), n, k),
+                w: QuantWeights::q8_0(super::blocks::cast_blocks(raw), n, k),
                 n,
                 k,
             },
@@ -163,7 +153,8 @@ use portable_gemm::{gemm_q4_1, gemm_q8_0};
 mod portable_gemm {
     use rayon::prelude::*;
 
-    use crate::quant::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+    use crate::quant::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
+    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
 
     fn gemm_portable<W: Sync, X: Sync>(
         w: &[W],

@@ -6,13 +6,19 @@
 mod avx2;
 mod blocks;
 mod columns;
+mod dots;
 #[cfg(x86_v3)]
 mod gemm;
+#[cfg(test)]
+mod ggml_fixture;
+mod kblocks;
 mod matmul;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
-    pub use super::blocks::{dot_q4_1_q8_1, dot_q8_0_q8_0, hsum8, quantize_row_q8};
+    pub use super::blocks::quantize_row_q8;
+    pub use super::dots::*;
+    pub use super::kblocks::quantize_row_q8_k;
 }
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
 #[cfg(not(x86_v3))]
@@ -28,6 +34,7 @@ pub use {
 #[cfg(test)]
 mod tests {
     use super::blocks::*;
+    use super::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     use half::f16;
 
     /// Pseudo-random values in [-2, 2) (the kernel tests' inputs).
