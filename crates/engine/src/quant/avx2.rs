@@ -86,3 +86,64 @@ pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
         b.store(max / 127.0, qs, sum);
     }
 }
+
+/// Eight i32 lanes, each the sum of four u8 x i8 products (`u` unsigned, `s` signed), and the
+/// K-quants' scaled form.
+pub(super) trait Dot {
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    /// `sumi + madd(scale, maddubs(u, s))`: the pair sums of `u x s` (exact: no pair reaches
+    /// 2^15 for the values here) times the i16 `scale` of each pair, added per i32 lane.
+    unsafe fn scaled_dot_add(sumi: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i;
+}
+
+pub(super) struct Avx2;
+impl Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // No saturation: |u x s| pairs stay below 2^15 for 4-bit and sign-folded 8-bit values.
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+    #[inline(always)]
+    unsafe fn scaled_dot_add(sumi: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+        _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, _mm256_maddubs_epi16(u, s)))
+    }
+}
+
+/// AVX-512 VNNI's fused forms (`vpdpbusd`, `vpdpwssd`): the same integers in fewer
+/// instructions.
+pub(super) struct Vnni;
+impl Dot for Vnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+    #[inline(always)]
+    unsafe fn scaled_dot_add(sumi: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(sumi, scale, _mm256_maddubs_epi16(u, s))
+    }
+}
+
+/// ggml's `bytes_from_bits_32`: byte `i` is 0xFF where bit `i` of the 32 bits is set.
+#[inline(always)]
+pub(super) unsafe fn bytes_from_bits_32(bits: *const u8) -> __m256i {
+    let x32 = std::ptr::read_unaligned(bits as *const i32);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// 16 bytes of packed nibbles as 32 bytes: the low nibbles, then the high ones.
+#[inline(always)]
+pub(super) unsafe fn bytes_from_nibbles_32(qs: *const u8) -> __m256i {
+    let tmp = _mm_loadu_si128(qs as *const __m128i);
+    _mm256_and_si256(
+        _mm256_set1_epi8(0x0F),
+        _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp),
+    )
+}

@@ -3,33 +3,67 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use super::blocks::{
+    cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK,
+};
 use super::columns::interleave;
-use super::{quantize_row_q8, Q8Block};
+use super::kblocks::{quantize_row_q8_k, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use super::quantize_row_q8;
 use crate::error::{EngineError, Result};
 use crate::ops::with_f32;
 
-/// Weights in a layout our kernels read: GGUF's blocks, with the columns (output features)
-/// interleaved in groups of [`COLUMN_GROUP`] (build them with [`QuantWeights::q4_1`] /
-/// [`QuantWeights::q8_0`]).
+/// Weights in a layout our kernels read: GGUF's blocks, the 32-value types' columns (output
+/// features) interleaved in groups of `COLUMN_GROUP`, the K-quants' in GGUF's row order.
 pub enum QuantWeights {
+    Q4_0(Vec<BlockQ4_0>),
     Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
     Q8_0(Vec<BlockQ8_0>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// The activation quantization a weight type pairs with (ggml's `vec_dot_type`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ActKind {
+    Q8_0,
+    Q8_1,
+    Q8K,
 }
 
 impl QuantWeights {
-    /// From GGUF's row-major `[n, k / 32]` Q4_1 blocks.
-    pub fn q4_1(blocks: Vec<BlockQ4_1>, n: usize, k: usize) -> Self {
-        Self::Q4_1(interleave(blocks, n, k / QK))
+    /// From GGUF's row-major `[n, k]` bytes of `dtype`; `None` for a type (or a width) our
+    /// kernels do not take.
+    pub fn from_gguf(dtype: GgmlDType, raw: &[u8], n: usize, k: usize) -> Option<Self> {
+        let grouped = k % QK == 0;
+        let whole_k = k % QK_K == 0;
+        let kb = k / QK;
+        Some(match dtype {
+            GgmlDType::Q4_0 if grouped => Self::Q4_0(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q4_1 if grouped => Self::Q4_1(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q5_0 if grouped => Self::Q5_0(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q5_1 if grouped => Self::Q5_1(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q8_0 if grouped => Self::Q8_0(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q4K if whole_k => Self::Q4K(cast_blocks(raw)),
+            GgmlDType::Q5K if whole_k => Self::Q5K(cast_blocks(raw)),
+            GgmlDType::Q6K if whole_k => Self::Q6K(cast_blocks(raw)),
+            _ => return None,
+        })
     }
 
-    /// From GGUF's row-major `[n, k / 32]` Q8_0 blocks.
-    pub fn q8_0(blocks: Vec<BlockQ8_0>, n: usize, k: usize) -> Self {
-        Self::Q8_0(interleave(blocks, n, k / QK))
+    fn act_kind(&self) -> ActKind {
+        match self {
+            Self::Q4_0(_) | Self::Q5_0(_) | Self::Q8_0(_) => ActKind::Q8_0,
+            Self::Q4_1(_) | Self::Q5_1(_) => ActKind::Q8_1,
+            Self::Q4K(_) | Self::Q5K(_) | Self::Q6K(_) => ActKind::Q8K,
+        }
     }
 }
 
-/// A linear layer: our kernels for the types we have them for, candle's otherwise.
+/// A linear layer: our kernels for the types we have them for, candle's otherwise (on CUDA,
+/// and on the CPU only for types without our kernels: Q2_K, Q3_K, the IQ types).
 pub enum QuantLinear {
     Own { w: QuantWeights, n: usize, k: usize },
     Candle(QMatMul),
@@ -39,20 +73,19 @@ impl QuantLinear {
     /// From raw GGUF bytes of a `[n, k]` weight.
     pub fn new(qt: QTensor, raw: &[u8], device: &Device) -> Result<Self> {
         let (n, k) = qt.shape().dims2()?;
-        let own = device.is_cpu() && k % QK == 0;
-        Ok(match qt.dtype() {
-            GgmlDType::Q4_1 if own => Self::Own {
-                w: QuantWeights::q4_1(super::blocks::cast_blocks(raw), n, k),
-                n,
-                k,
-            },
-            GgmlDType::Q8_0 if own => Self::Own {
-                w: QuantWeights::q8_0(super::blocks::cast_blocks(raw), n, k),
-                n,
-                k,
-            },
-            _ => Self::Candle(QMatMul::from_qtensor(qt)?),
+        let own = match device.is_cpu() {
+            true => QuantWeights::from_gguf(qt.dtype(), raw, n, k),
+            false => None,
+        };
+        Ok(match own {
+            Some(w) => Self::Own { w, n, k },
+            None => Self::Candle(QMatMul::from_qtensor(qt)?),
         })
+    }
+
+    /// Whether this layer runs on candle's quantized matmul (not ours).
+    pub fn is_candle(&self) -> bool {
+        matches!(self, Self::Candle(_))
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -86,12 +119,14 @@ impl QuantLinear {
                 "matmul: input width {kx}, weight width {k}"
             )));
         }
-        let need = |q4: bool| {
-            own.iter()
-                .any(|(w, _, _)| matches!(w, QuantWeights::Q4_1(_)) == q4)
-        };
+        let need = |kind: ActKind| own.iter().any(|(w, _, _)| w.act_kind() == kind);
         let outs = with_f32(x, |xd| {
-            let rows = QuantizedRows::new(xd, m, kx, need(true), need(false));
+            let rows = QuantizedRows::new(
+                xd,
+                m,
+                kx,
+                [need(ActKind::Q8_0), need(ActKind::Q8_1), need(ActKind::Q8K)],
+            );
             own.iter()
                 .map(|(w, n, _)| rows.matmul(w, *n))
                 .collect::<Vec<_>>()
@@ -103,67 +138,103 @@ impl QuantLinear {
     }
 }
 
-/// Activation rows quantized the way each weight type pairs with: Q8_1 for Q4_1 weights,
-/// Q8_0 for Q8_0 weights (ggml's `vec_dot_type`s).
+/// Activation rows quantized the ways the layers' weight types pair with.
 struct QuantizedRows {
     m: usize,
-    q8_1: Vec<BlockQ8_1>,
     q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    q8_k: Vec<BlockQ8K>,
+}
+
+/// Each of the rows of `x` (`k` wide) quantized into `k / bk` blocks by `q` (none if not
+/// `wanted`).
+fn quantize_rows<B: Default + Clone>(
+    x: &[f32],
+    k: usize,
+    bk: usize,
+    wanted: bool,
+    q: fn(&[f32], &mut [B]),
+) -> Vec<B> {
+    if !wanted {
+        return Vec::new();
+    }
+    let mut out = vec![B::default(); x.len() / k * (k / bk)];
+    for (row, blocks) in x.chunks_exact(k).zip(out.chunks_exact_mut(k / bk)) {
+        q(row, blocks);
+    }
+    out
 }
 
 impl QuantizedRows {
-    fn new(x: &[f32], m: usize, k: usize, q8_1: bool, q8_0: bool) -> Self {
-        // Each of the `m` rows of `x` quantized into its `k / 32` blocks (none if not needed).
-        fn rows<B: Q8Block + Default>(x: &[f32], k: usize, wanted: bool) -> Vec<B> {
-            if !wanted {
-                return Vec::new();
-            }
-            let mut out = vec![B::default(); x.len() / k * (k / QK)];
-            for (row, blocks) in x.chunks_exact(k).zip(out.chunks_exact_mut(k / QK)) {
-                quantize_row_q8(row, blocks);
-            }
-            out
-        }
+    /// `wanted`: Q8_0, Q8_1, Q8_K.
+    fn new(x: &[f32], m: usize, k: usize, wanted: [bool; 3]) -> Self {
         let x = &x[..m * k];
         Self {
             m,
-            q8_1: rows(x, k, q8_1),
-            q8_0: rows(x, k, q8_0),
+            q8_0: quantize_rows(x, k, QK, wanted[0], quantize_row_q8::<BlockQ8_0>),
+            q8_1: quantize_rows(x, k, QK, wanted[1], quantize_row_q8::<BlockQ8_1>),
+            q8_k: quantize_rows(x, k, QK_K, wanted[2], quantize_row_q8_k),
         }
     }
 
     /// `[m, n]` outputs of one weight.
     fn matmul(&self, w: &QuantWeights, n: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.m * n];
+        let (m, o) = (self.m, &mut out);
         match w {
-            QuantWeights::Q4_1(wb) => gemm_q4_1(wb, &self.q8_1, self.m, n, &mut out),
-            QuantWeights::Q8_0(wb) => gemm_q8_0(wb, &self.q8_0, self.m, n, &mut out),
+            QuantWeights::Q4_0(wb) => gemm(wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4_1(wb) => gemm(wb, &self.q8_1, m, n, o),
+            QuantWeights::Q5_0(wb) => gemm(wb, &self.q8_0, m, n, o),
+            QuantWeights::Q5_1(wb) => gemm(wb, &self.q8_1, m, n, o),
+            QuantWeights::Q8_0(wb) => gemm(wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4K(wb) => gemm(wb, &self.q8_k, m, n, o),
+            QuantWeights::Q5K(wb) => gemm(wb, &self.q8_k, m, n, o),
+            QuantWeights::Q6K(wb) => gemm(wb, &self.q8_k, m, n, o),
         }
         out
     }
 }
 
 #[cfg(x86_v3)]
-use super::gemm::{gemm_q4_1, gemm_q8_0};
+use super::gemm::gemm;
 #[cfg(not(x86_v3))]
-use portable_gemm::{gemm_q4_1, gemm_q8_0};
+use portable_gemm::gemm;
 
 /// Without AVX2: one portable dot product per output element, parallel over columns.
 #[cfg(not(x86_v3))]
 mod portable_gemm {
     use rayon::prelude::*;
 
-    use crate::quant::blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1};
-    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+    use crate::quant::blocks::*;
+    use crate::quant::dots::*;
+    use crate::quant::kblocks::*;
 
-    fn gemm_portable<W: Sync, X: Sync>(
-        w: &[W],
-        x: &[X],
-        m: usize,
-        n: usize,
-        out: &mut [f32],
-        dot: impl Fn(&[W], &[X]) -> f32 + Sync,
-    ) {
+    /// A weight type's portable dot product with its activation blocks.
+    pub trait PortableDot: Sized + Sync {
+        type Act: Sync;
+        fn dot(w: &[Self], x: &[Self::Act]) -> f32;
+    }
+
+    macro_rules! portable {
+        ($W:ty, $X:ty, $dot:ident) => {
+            impl PortableDot for $W {
+                type Act = $X;
+                fn dot(w: &[Self], x: &[$X]) -> f32 {
+                    $dot(w, x)
+                }
+            }
+        };
+    }
+    portable!(BlockQ4_0, BlockQ8_0, dot_q4_0_q8_0);
+    portable!(BlockQ4_1, BlockQ8_1, dot_q4_1_q8_1);
+    portable!(BlockQ5_0, BlockQ8_0, dot_q5_0_q8_0);
+    portable!(BlockQ5_1, BlockQ8_1, dot_q5_1_q8_1);
+    portable!(BlockQ8_0, BlockQ8_0, dot_q8_0_q8_0);
+    portable!(BlockQ4K, BlockQ8K, dot_q4_k_q8_k);
+    portable!(BlockQ5K, BlockQ8K, dot_q5_k_q8_k);
+    portable!(BlockQ6K, BlockQ8K, dot_q6_k_q8_k);
+
+    pub fn gemm<W: PortableDot>(w: &[W], x: &[W::Act], m: usize, n: usize, out: &mut [f32]) {
         if m == 0 || n == 0 {
             return;
         }
@@ -171,7 +242,7 @@ mod portable_gemm {
         let mut t = vec![0f32; n * m];
         t.par_chunks_mut(m).enumerate().for_each(|(c, col)| {
             for (r, o) in col.iter_mut().enumerate() {
-                *o = dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
+                *o = W::dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
             }
         });
         for r in 0..m {
@@ -179,13 +250,5 @@ mod portable_gemm {
                 out[r * n + c] = t[c * m + r];
             }
         }
-    }
-
-    pub fn gemm_q4_1(w: &[BlockQ4_1], x: &[BlockQ8_1], m: usize, n: usize, out: &mut [f32]) {
-        gemm_portable(w, x, m, n, out, dot_q4_1_q8_1)
-    }
-
-    pub fn gemm_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0], m: usize, n: usize, out: &mut [f32]) {
-        gemm_portable(w, x, m, n, out, dot_q8_0_q8_0)
     }
 }

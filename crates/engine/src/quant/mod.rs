@@ -13,6 +13,10 @@ mod gemm;
 mod ggml_fixture;
 mod kblocks;
 mod matmul;
+#[cfg(x86_v3)]
+mod tiles32;
+#[cfg(x86_v3)]
+mod tiles_k;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {
@@ -24,6 +28,7 @@ pub mod portable {
 #[cfg(not(x86_v3))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
+pub use kblocks::QK_K;
 pub use matmul::{QuantLinear, QuantWeights};
 #[cfg(x86_v3)]
 pub use {
