@@ -74,14 +74,17 @@ fn teacher_forced_logprobs_match_llama_cpp() {
     let lm = gemma3();
     // Calibrated on llama.cpp itself (PROVENANCE.md): its default build (weights repacked)
     // against these goldens (repacking off) has 97.2% of the chosen tokens within 0.15 and
-    // one argmax difference at margin 1.02; ferrolm (Q4_K/Q5_0/Q6_K through candle's
-    // quantized matmul, not llama.cpp's order) measures 96.9% and the same one difference.
-    // The default model's bar (99%, none) waits for our own kernels of these types.
+    // one argmax difference at margin 1.02. ferrolm, every matmul now giving ggml's no-repack
+    // bits (quant/ggml_fixture.rs), measures 98.3% and no difference (96.9% and that one
+    // difference through candle's matmuls). ggml's f16-table GELU (GGML_GELU_FP16) was tried:
+    // top-5 median 0.066 instead of 0.078 but 97.2% and the one difference, and it moves the
+    // GGUF fixture off transformers, so the GELU stays f32. The default model's bar (99%) is
+    // not met yet; what is left lies outside the matmuls.
     check_teacher_forced_with(
         &lm.model,
         &read_jsonl("gemma3_270m_q4_k_m_greedy.jsonl"),
-        0.96,
-        1,
+        0.98,
+        0,
     );
 }
 

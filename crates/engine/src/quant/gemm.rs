@@ -323,9 +323,9 @@ mod tests {
     use super::*;
     use crate::quant::blocks::{cast_blocks, PlainBlock, QK};
     use crate::quant::columns::interleave;
+    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     use crate::quant::ggml_fixture;
     use crate::quant::quantize_row_q8;
-    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     use half::f16;
 
     use crate::quant::tests::rand_f32;
@@ -411,8 +411,12 @@ mod tests {
     /// One weight type of the ggml fixture through the tiled kernels: the first `m` rows (1,
     /// 4, 16, 33, 64) and the first `n` columns (all 8, or 7 for a partial column group)
     /// give ggml's bits, so results do not depend on the batch either.
-    fn check_fixture_type<W>(f: &ggml_fixture::Fixture, ty: u32, bk: usize, q: fn(&[f32], &mut [W::Act]))
-    where
+    fn check_fixture_type<W>(
+        f: &ggml_fixture::Fixture,
+        ty: u32,
+        bk: usize,
+        q: fn(&[f32], &mut [W::Act]),
+    ) where
         W: GemmWeight + PlainBlock,
         W::Act: PlainBlock + Default + Clone,
     {

@@ -87,10 +87,7 @@ impl Block32 for BlockQ5_1 {
     const HAS_MIN: bool = true;
     #[inline(always)]
     unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
-        let hi = _mm256_and_si256(
-            bytes_from_bits_32((*b).qh.as_ptr()),
-            _mm256_set1_epi8(0x10),
-        );
+        let hi = _mm256_and_si256(bytes_from_bits_32((*b).qh.as_ptr()), _mm256_set1_epi8(0x10));
         let q = _mm256_or_si256(bytes_from_nibbles_32((*b).qs.as_ptr()), hi);
         (q, d_and_m(b))
     }

@@ -173,7 +173,10 @@ unsafe fn tile<W: KBlock, I: Dot, const R: usize>(p: &Problem<W, BlockQ8K>, r0: 
                 if W::MINS == Mins::Lanes {
                     acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
                 } else {
-                    let h = _mm_hadd_epi32(_mm_hadd_epi32(prod, _mm_setzero_si128()), _mm_setzero_si128());
+                    let h = _mm_hadd_epi32(
+                        _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                        _mm_setzero_si128(),
+                    );
                     summs[r] = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, summs[r]);
                 }
             }
