@@ -4,19 +4,42 @@
 # no AMX; cached outside the repo; ~20 min on 2 cores), starts it and ferrolm on loopback, runs
 # the same `ferrolm bench serve` sweeps against both and prints a table with ratios.
 #
-#   benches/compare-llamacpp.sh [REPS]        (default 3 repetitions; medians are reported)
+#   benches/compare-llamacpp.sh [--model FILE] [--sampling temperature=0.8,top_p=0.95] [REPS]
+#
+# REPS: repetitions (default 5; medians are reported). --model: any GGUF (default: the default
+# model). --sampling: both servers get these request parameters, and llama-server's sampler
+# chain is cut to the same steps (top-p, then temperature; its top-k and min-p off), so both do
+# the same work; without it requests are greedy. FERROLM_BUILD_ONLY=1 builds llama.cpp and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPS=${1:-3}
+REPS=5
+MODEL=""
+TEMP=0.0
+TOP_P=1.0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) MODEL=$2; shift 2 ;;
+    --sampling)
+      IFS=, read -ra kv <<<"$2"
+      for p in "${kv[@]}"; do
+        case "${p%%=*}" in
+          temperature) TEMP=${p#*=} ;;
+          top_p) TOP_P=${p#*=} ;;
+          *) echo "unknown sampling parameter ${p%%=*} (temperature, top_p)" >&2; exit 2 ;;
+        esac
+      done
+      shift 2 ;;
+    *) REPS=$1; shift ;;
+  esac
+done
 CACHE=${FERROLM_BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrolm/llamacpp}
 LLAMA_CPP_PYTHON=0.3.36
 BIN=${FERROLM_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/ferrolm/target}/release/ferrolm}
-MODEL=$(./models/fetch-default.sh)
 mkdir -p "$CACHE"
 
 # 1. llama-server, built once.
 LS="$CACHE/build/bin/llama-server"
-if [ ! -x "$LS" ]; then
+if [ ! -x "$LS" ] || [ ! -x "$CACHE/build/bin/llama-quantize" ]; then
   python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install --quiet cmake ninja scikit-build-core
   # The sdist only (no build isolation: pip would otherwise compile cmake from source).
@@ -28,15 +51,21 @@ if [ ! -x "$LS" ]; then
   "$CACHE/venv/bin/cmake" -S "$CACHE/src/vendor/llama.cpp" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON \
     -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON
-  "$CACHE/venv/bin/cmake" --build "$CACHE/build" --target llama-server -j "$(nproc)"
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON
+  "$CACHE/venv/bin/cmake" --build "$CACHE/build" --target llama-server llama-quantize -j "$(nproc)"
+fi
+[ -n "${FERROLM_BUILD_ONLY:-}" ] && exit 0
+[ -n "$MODEL" ] || MODEL=$(./models/fetch-default.sh)
+SAMPLERS=()
+if [ "$TEMP" != "0.0" ] && [ "$TEMP" != "0" ]; then
+  SAMPLERS=(--samplers "top_p;temperature" --top-k 0 --min-p 0.0)
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 1 600); do curl -fs "$1/health" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 
 P1=$(free_port); P2=$(free_port)
-"$LS" -m "$MODEL" --host 127.0.0.1 --port "$P1" -t 2 -tb 2 -np 16 -c 32768 -b 512 --log-disable >/dev/null 2>&1 &
+"$LS" -m "$MODEL" --host 127.0.0.1 --port "$P1" -t 2 -tb 2 -np 16 -c 32768 -b 512 --log-disable "${SAMPLERS[@]}" >/dev/null 2>&1 &
 LPID=$!
 FERROLM_LOG=warn "$BIN" serve "$MODEL" --host 127.0.0.1 --port "$P2" --served-model-name smollm >/dev/null 2>&1 &
 FPID=$!
@@ -50,7 +79,7 @@ run() { # name url conc in out n
   # turns a prefill into a lookup.
   local seed=$((rep * 1000 + conc * 10 + in))
   "$BIN" bench serve --url "$url" --model smollm --tokenizer "$MODEL" --num-prompts "$n" --input-len "$in" --seed "$seed" \
-    --output-len "$outl" --ignore-eos --max-concurrency "$conc" --result-file "$OUT/$name-c$conc-i$in-$rep.json" >/dev/null 2>&1
+    --output-len "$outl" --ignore-eos --temperature "$TEMP" --top-p "$TOP_P" --max-concurrency "$conc" --result-file "$OUT/$name-c$conc-i$in-$rep.json" >/dev/null 2>&1
 }
 for rep in $(seq 1 "$REPS"); do
   for server in llama:"http://127.0.0.1:$P1" ferrolm:"http://127.0.0.1:$P2"; do
@@ -62,9 +91,9 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$MODEL" "$TEMP" "$TOP_P" "$REPS" <<'PY'
 import json, glob, statistics, sys, os
-out = sys.argv[1]
+out, model, temp, top_p, reps = sys.argv[1:6]
 def med(name, conc, inl, key):
     vals = [json.load(open(f))[key] for f in glob.glob(f"{out}/{name}-c{conc}-i{inl}-*.json")]
     return statistics.median(vals) if vals else float("nan")
@@ -75,9 +104,16 @@ rows = [
     ("TTFT p50 ms, 16 clients", 16, 128, "median_ttft_ms", False),
     ("prompt tok/s, 512-token prompt", 1, 512, "total_token_throughput", True),
 ]
+sampling = "greedy" if float(temp) == 0 else f"temperature {temp}, top_p {top_p}"
+print(f"{os.path.basename(model)}, {sampling}, medians of {reps}")
 print(f"{'figure':<44}{'llama-server':>14}{'ferrolm':>12}{'ratio':>8}")
+ratios = {}
 for label, conc, inl, key, higher in rows:
     a, b = med("llama", conc, inl, key), med("ferrolm", conc, inl, key)
     ratio = (b / a) if a else float("nan")
+    ratios[label] = ratio
     print(f"{label:<44}{a:>14.1f}{b:>12.1f}{ratio:>8.2f}")
+r = list(ratios.values())
+print(f"summary {os.path.basename(model)} ({sampling}): decode {r[0]:.2f}x, 16-client output {r[2]:.2f}x, "
+      f"TTFT p50 {r[3]:.2f}x, prompt {r[4]:.2f}x of llama-server")
 PY

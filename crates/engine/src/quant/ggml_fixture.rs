@@ -40,6 +40,8 @@ pub struct Fixture {
     pub k: usize,
     /// `[m][k]` activations.
     pub x: Vec<f32>,
+    /// `[n][k]` weights before ggml quantized them.
+    pub w: Vec<f32>,
     pub cases: Vec<Case>,
 }
 
@@ -64,9 +66,10 @@ impl Reader {
 
 pub fn load() -> Fixture {
     let mut r = Reader(FIXTURE);
-    assert_eq!(r.take(8), b"FQDOTS01");
+    assert_eq!(r.take(8), b"FQDOTS02");
     let (m, n, k) = (r.u32() as usize, r.u32() as usize, r.u32() as usize);
     let x = r.f32s(m * k);
+    let w = r.f32s(n * k);
     let mut cases = Vec::new();
     while !r.0.is_empty() {
         let (weight_type, act_type) = (r.u32(), r.u32());
@@ -83,7 +86,14 @@ pub fn load() -> Fixture {
             out,
         });
     }
-    Fixture { m, n, k, x, cases }
+    Fixture {
+        m,
+        n,
+        k,
+        x,
+        w,
+        cases,
+    }
 }
 
 impl Fixture {
@@ -171,4 +181,25 @@ fn portable_dots_give_ggmls_bits() {
     check_dots(&f, Q4_K, QK_K, dot_q4_k_q8_k);
     check_dots(&f, Q5_K, QK_K, dot_q5_k_q8_k);
     check_dots(&f, Q6_K, QK_K, dot_q6_k_q8_k);
+}
+
+/// Our weight quantizers (in-situ quantization) on the f32 weights ggml quantized.
+fn check_weight_quantizer<B: PlainBlock + Default + Clone>(f: &Fixture, ty: u32, bk: usize, q: fn(&[f32], &mut [B])) {
+    let mut ours = vec![B::default(); f.n * f.k / bk];
+    q(&f.w, &mut ours);
+    let want = f.case(ty).weights;
+    let got = bytes_of(&ours);
+    assert_eq!(got.len(), want.len());
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("type {ty}: weight byte {i} differs (block {})", i / std::mem::size_of::<B>());
+    }
+}
+
+#[test]
+fn our_weight_quantizers_give_ggmls_bytes() {
+    use super::quantize::*;
+    let f = load();
+    check_weight_quantizer(&f, Q8_0, QK, quantize_row_q8_0_ref);
+    check_weight_quantizer(&f, Q4_0, QK, quantize_row_q4_0_ref);
+    check_weight_quantizer(&f, Q4_K, QK_K, quantize_row_q4_k_ref);
 }

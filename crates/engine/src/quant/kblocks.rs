@@ -49,6 +49,17 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
 }
 
+impl Default for BlockQ4K {
+    fn default() -> Self {
+        Self {
+            d: f16::ZERO,
+            dmin: f16::ZERO,
+            scales: [0; 12],
+            qs: [0; QK_K / 2],
+        }
+    }
+}
+
 impl Default for BlockQ8K {
     fn default() -> Self {
         Self {
@@ -83,7 +94,7 @@ pub fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 
 /// ggml's `nearest_int`: round half to even through the f32 adder (exact for |x| < 2^22).
 #[inline]
-fn nearest_int(x: f32) -> i32 {
+pub(super) fn nearest_int(x: f32) -> i32 {
     let v = x + 12_582_912.0;
     (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }

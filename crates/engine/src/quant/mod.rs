@@ -13,6 +13,7 @@ mod gemm;
 mod ggml_fixture;
 mod kblocks;
 mod matmul;
+mod quantize;
 #[cfg(x86_v3)]
 mod tiles32;
 #[cfg(x86_v3)]

@@ -42,6 +42,12 @@ pub struct ServeBenchArgs {
     pub output_len: usize,
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Sampling temperature of every request (0: greedy), as vLLM's `bench serve`.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus cut of every request (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
     /// Requests in flight at most (default: all).
     #[arg(long)]
     pub max_concurrency: Option<usize>,
@@ -192,7 +198,8 @@ async fn one_request(
         "model": args.model,
         "prompt": prompt,
         "max_tokens": args.output_len,
-        "temperature": 0.0,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
         "ignore_eos": args.ignore_eos,
         "stream": true,
         "stream_options": {"include_usage": true},
