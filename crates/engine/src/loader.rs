@@ -14,6 +14,7 @@ use crate::device::{resolve_device, resolve_dtype};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{LlamaConfig, LlamaModel};
+use crate::quant::InSituType;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
 /// File name of the default model, as `models/fetch-default.sh` stores it.
@@ -39,6 +40,8 @@ pub struct LoadOptions {
     pub device: String,
     /// Where hub ids are found (the caller reads HF_HUB_CACHE etc., `env::Switches::hub`).
     pub hub: HubSettings,
+    /// In-situ quantization of the float linear layers (`--quantization`).
+    pub quantization: Option<InSituType>,
 }
 
 impl LoadOptions {
@@ -50,6 +53,7 @@ impl LoadOptions {
             dtype: "auto".into(),
             device: "cpu".into(),
             hub: crate::env::get().hub.clone(),
+            quantization: None,
         }
     }
 }
@@ -106,6 +110,14 @@ fn checkpoint_dtype(name: &str, folder: &HfFolder, device: &Device) -> Result<DT
 impl LoadedModel {
     /// Loads what `opts` names: a GGUF file, a checkpoint folder or a cached hub id.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
+        let mut lm = Self::load_unquantized(opts)?;
+        if let Some(ty) = opts.quantization {
+            lm.model.quantize_in_situ(ty)?;
+        }
+        Ok(lm)
+    }
+
+    fn load_unquantized(opts: &LoadOptions) -> Result<Self> {
         let device = resolve_device(&opts.device)?;
         match locate(&opts.model, opts.revision.as_deref(), &opts.hub)? {
             ModelLocation::Gguf(path) => {
@@ -257,6 +269,21 @@ pub fn config_json(model: &Path) -> PathBuf {
 /// A model for benchmarks on `device` (a `--device` name): `--load-format dummy` (or a
 /// config.json path) gives random weights of that shape; anything else is a GGUF file.
 pub fn load_bench_model(
+    model: &Path,
+    load_format: &str,
+    dtype: &str,
+    device: &str,
+    max_model_len: Option<usize>,
+    quantization: Option<InSituType>,
+) -> Result<LlamaModel> {
+    let mut model = load_bench_model_unquantized(model, load_format, dtype, device, max_model_len)?;
+    if let Some(ty) = quantization {
+        model.quantize_in_situ(ty)?;
+    }
+    Ok(model)
+}
+
+fn load_bench_model_unquantized(
     model: &Path,
     load_format: &str,
     dtype: &str,

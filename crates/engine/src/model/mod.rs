@@ -5,6 +5,7 @@ pub mod config;
 mod dummy;
 mod gguf_load;
 mod hf_config;
+mod in_situ;
 pub mod llama;
 pub mod rope;
 mod safetensors_load;
@@ -12,4 +13,5 @@ mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
 pub use hf_config::SUPPORTED_MODEL_TYPES;
+pub use in_situ::InSituReport;
 pub use llama::LlamaModel;

@@ -184,14 +184,22 @@ fn portable_dots_give_ggmls_bits() {
 }
 
 /// Our weight quantizers (in-situ quantization) on the f32 weights ggml quantized.
-fn check_weight_quantizer<B: PlainBlock + Default + Clone>(f: &Fixture, ty: u32, bk: usize, q: fn(&[f32], &mut [B])) {
+fn check_weight_quantizer<B: PlainBlock + Default + Clone>(
+    f: &Fixture,
+    ty: u32,
+    bk: usize,
+    q: fn(&[f32], &mut [B]),
+) {
     let mut ours = vec![B::default(); f.n * f.k / bk];
     q(&f.w, &mut ours);
     let want = f.case(ty).weights;
     let got = bytes_of(&ours);
     assert_eq!(got.len(), want.len());
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        panic!("type {ty}: weight byte {i} differs (block {})", i / std::mem::size_of::<B>());
+        panic!(
+            "type {ty}: weight byte {i} differs (block {})",
+            i / std::mem::size_of::<B>()
+        );
     }
 }
 

@@ -31,6 +31,7 @@ pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
 pub use kblocks::QK_K;
 pub use matmul::{QuantLinear, QuantWeights};
+pub use quantize::InSituType;
 #[cfg(x86_v3)]
 pub use {
     avx2::quantize_row_q8,

@@ -135,7 +135,11 @@ pub fn quantize_row_q4_k_ref(x: &[f32], out: &mut [BlockQ4K]) {
             max_scale = max_scale.max(scales[j]);
             max_min = max_min.max(mins[j]);
         }
-        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_scale = if max_scale > 0.0 {
+            63.0 / max_scale
+        } else {
+            0.0
+        };
         let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
         let mut packed = [0u8; 12];
         for j in 0..8 {
@@ -169,6 +173,95 @@ pub fn quantize_row_q4_k_ref(x: &[f32], out: &mut [BlockQ4K]) {
             for l in 0..32 {
                 q[l] = levels[64 * g + l] | (levels[64 * g + l + 32] << 4);
             }
+        }
+    }
+}
+
+/// The layouts `--quantization` quantizes float weights into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InSituType {
+    Q8_0,
+    Q4_0,
+    Q4K,
+}
+
+impl std::str::FromStr for InSituType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_0" => Ok(Self::Q4_0),
+            "q4_k" => Ok(Self::Q4K),
+            other => Err(format!(
+                "--quantization {other:?}: expected q8_0, q4_0 or q4_k (in-situ, CPU)"
+            )),
+        }
+    }
+}
+
+impl InSituType {
+    /// Values per block (a row's width must be a multiple).
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Q8_0 | Self::Q4_0 => QK,
+            Self::Q4K => QK_K,
+        }
+    }
+}
+
+/// `[n, k]` row-major f32 weights quantized row by row (in parallel) into `T` blocks.
+fn quantize_rows<T: Default + Clone + Send>(
+    w: &[f32],
+    k: usize,
+    bk: usize,
+    q: fn(&[f32], &mut [T]),
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut out = vec![T::default(); w.len() / bk];
+    out.par_chunks_mut(k / bk)
+        .zip(w.par_chunks(k))
+        .for_each(|(blocks, row)| q(row, blocks));
+    out
+}
+
+impl super::QuantWeights {
+    /// `[n, k]` f32 weights quantized as `ty` into our kernels' layout; `None` when `k` is
+    /// not a multiple of the type's block.
+    pub fn quantize(ty: InSituType, w: &[f32], n: usize, k: usize) -> Option<Self> {
+        if k == 0 || k % ty.block_len() != 0 || w.len() != n * k {
+            return None;
+        }
+        use super::columns::interleave;
+        let kb = k / QK;
+        Some(match ty {
+            InSituType::Q8_0 => Self::Q8_0(interleave(
+                quantize_rows(w, k, QK, quantize_row_q8_0_ref),
+                n,
+                kb,
+            )),
+            InSituType::Q4_0 => Self::Q4_0(interleave(
+                quantize_rows(w, k, QK, quantize_row_q4_0_ref),
+                n,
+                kb,
+            )),
+            InSituType::Q4K => Self::Q4K(quantize_rows(w, k, QK_K, quantize_row_q4_k_ref)),
+        })
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        fn b<T>(v: &[T]) -> usize {
+            std::mem::size_of_val(v)
+        }
+        match self {
+            Self::Q4_0(v) => b(v),
+            Self::Q4_1(v) => b(v),
+            Self::Q5_0(v) => b(v),
+            Self::Q5_1(v) => b(v),
+            Self::Q8_0(v) => b(v),
+            Self::Q4K(v) => b(v),
+            Self::Q5K(v) => b(v),
+            Self::Q6K(v) => b(v),
         }
     }
 }

@@ -24,6 +24,10 @@ pub struct ModelArgs {
     /// auto (bf16 on a GPU, f32 on the CPU), float32, float16, bfloat16 (dummy weights).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// In-situ quantization of the float linear layers at load (CPU): q8_0, q4_0 or q4_k
+    /// (ggml's layouts and reference quantizers; a quantized GGUF keeps its own blocks).
+    #[arg(long, short = 'q')]
+    pub quantization: Option<ferrolm_engine::quant::InSituType>,
     /// cpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -130,7 +134,14 @@ struct Setup {
 fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
     let path = a.model.clone().unwrap_or_else(default_model_path);
     let t = Instant::now();
-    let model = load_bench_model(&path, &a.load_format, &a.dtype, &a.device, a.max_model_len)?;
+    let model = load_bench_model(
+        &path,
+        &a.load_format,
+        &a.dtype,
+        &a.device,
+        a.max_model_len,
+        a.quantization,
+    )?;
     let load_secs = t.elapsed().as_secs_f64();
     let device = model.device().clone();
     let gpu = !device.is_cpu();
