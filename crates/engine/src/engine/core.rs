@@ -108,10 +108,7 @@ impl<'m> EngineCore<'m> {
                         .is_plain_greedy(r.tokens.len().saturating_sub(r.prompt_len))
                 })
             });
-        let eog = self.tokenizer.eog_ids.clone();
-        let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
-        // Requests whose own processing panicked: failed after the step, the others go on.
-        let mut failed: Vec<(RequestId, String)> = Vec::new();
+        let eog = &self.tokenizer.eog_ids;
         let fault = crate::env::get().fault_inject;
         if let Some(FaultInject::Step(seed)) = fault {
             let hit = out.scheduled.iter().any(|s| {
@@ -121,29 +118,36 @@ impl<'m> EngineCore<'m> {
             });
             assert!(!hit, "injected step fault (FERROLM_FAULT_INJECT)");
         }
-        let sinks = &mut self.sinks;
-        let events = execute_step(
+        let sinks = &self.sinks;
+        // Each request's choice is computed on its own (in parallel); the books are kept after.
+        let (events, choices) = execute_step(
             &mut self.scheduler,
             &mut self.runner,
             &out,
             !device_greedy,
             |req, s, range, logits| {
                 let StepLogits::Host(logits) = logits else {
-                    return logits.greedy_last(s, &range);
+                    return logits.greedy_last(s, &range).map(Choice::token);
                 };
+                let mut choice = Choice::default();
                 // Prompt log-probs: row for position p scores the prompt token at p + 1.
-                if let (Some(k), Some(sink)) = (req.params.prompt_logprobs, sinks.get_mut(&s.id)) {
-                    if let Some(pl) = sink.prompt_logprobs.as_mut() {
-                        for (j, row) in range.clone().enumerate() {
-                            let next = s.start + j + 1;
-                            if next < req.prompt_len {
-                                pl.push(Some(top_logprobs(&logits[row], req.tokens[next], k)));
-                            }
+                let wants_prompt = sinks
+                    .get(&s.id)
+                    .is_some_and(|sink| sink.prompt_logprobs.is_some());
+                if let (Some(k), true) = (req.params.prompt_logprobs, wants_prompt) {
+                    for (j, row) in range.clone().enumerate() {
+                        let next = s.start + j + 1;
+                        if next < req.prompt_len {
+                            choice.prompt_logprobs.push(Some(top_logprobs(
+                                &logits[row],
+                                req.tokens[next],
+                                k,
+                            )));
                         }
                     }
                 }
                 if !s.samples || range.is_empty() {
-                    return None;
+                    return Some(choice);
                 }
                 let raw = &logits[range.end - 1];
                 let sampled = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -152,7 +156,7 @@ impl<'m> EngineCore<'m> {
                     }
                     let mut work = raw.clone();
                     let (prompt, output) = req.tokens.split_at(req.prompt_len);
-                    let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { &eog };
+                    let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { eog };
                     let tok =
                         sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed)
                             .token;
@@ -161,19 +165,38 @@ impl<'m> EngineCore<'m> {
                 }));
                 match sampled {
                     Ok((tok, logprobs)) => {
-                        if let Some(lp) = logprobs {
-                            new_logprobs.insert(s.id, lp);
-                        }
-                        Some(tok)
+                        choice.token = Some(tok);
+                        choice.logprobs = logprobs;
                     }
                     Err(panic) => {
-                        failed.push((s.id, panic_message(&*panic)));
+                        choice.failure = Some(panic_message(&*panic));
                         // Any id keeps the scheduler's books; the request is failed below.
-                        Some(0)
+                        choice.token = Some(0);
                     }
                 }
+                Some(choice)
             },
+            |c| c.token,
         )?;
+        let mut new_logprobs: HashMap<RequestId, TokenLogprob> = HashMap::new();
+        let mut failed: Vec<(RequestId, String)> = Vec::new();
+        for (id, c) in choices {
+            if !c.prompt_logprobs.is_empty() {
+                if let Some(pl) = self
+                    .sinks
+                    .get_mut(&id)
+                    .and_then(|s| s.prompt_logprobs.as_mut())
+                {
+                    pl.extend(c.prompt_logprobs);
+                }
+            }
+            if let Some(lp) = c.logprobs {
+                new_logprobs.insert(id, lp);
+            }
+            if let Some(why) = c.failure {
+                failed.push((id, why));
+            }
+        }
         // Counters and the step's statistics first: a client that sees its last token also
         // sees its blocks freed and this step counted.
         self.publish();
@@ -281,4 +304,23 @@ fn publish_counters(scheduler: &Scheduler, s: &EngineStats) {
         .store(scheduler.kv.stats.hits, Ordering::Relaxed);
     s.num_preemptions
         .store(scheduler.num_preemptions, Ordering::Relaxed);
+}
+
+/// One request's result of a step: its token (none for a prefill chunk that does not sample),
+/// log-probs, prompt log-probs of the rows it computed, or why sampling failed.
+#[derive(Default)]
+struct Choice {
+    token: Option<u32>,
+    logprobs: Option<TokenLogprob>,
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    failure: Option<String>,
+}
+
+impl Choice {
+    fn token(t: u32) -> Self {
+        Self {
+            token: Some(t),
+            ..Self::default()
+        }
+    }
 }

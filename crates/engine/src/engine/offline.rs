@@ -262,12 +262,13 @@ fn run_greedy(
                     "the scheduler can place no request (KV cache too small for one?)".into(),
                 ));
             }
-            let events = execute_step(
+            let (events, _) = execute_step(
                 &mut sched,
                 &mut runner,
                 &out,
                 reference,
                 |_, s, range, l| l.greedy_last(s, &range),
+                |t| Some(*t),
             )?;
             for ev in events {
                 match (ev.new_token, ev.finished) {

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use crate::error::Result;
-use crate::request::Request;
+use crate::request::{Request, RequestId};
 use crate::scheduler::{ScheduledRequest, Scheduler, SchedulerOutput, StepEvent};
 use crate::worker::ModelRunner;
 
@@ -32,30 +32,43 @@ impl StepLogits {
 }
 
 /// Executes the scheduled step `out`: logits rows to the host when `host_logits`, else only
-/// greedy ids; `choose(request, scheduled, its rows, logits)` gives each request's token (or
-/// none); returns the scheduler's events (new tokens, finishes).
-pub(crate) fn execute_step(
+/// greedy ids; `choose(request, scheduled, its rows, logits)` gives each request's choice (or
+/// none), `token` its token id (if it sampled one). With host logits the requests choose in parallel (rayon:
+/// each choice depends only on its own request, so the results do not depend on the
+/// threads). Returns the scheduler's events (new tokens, finishes) and the choices.
+pub(crate) fn execute_step<C: Send>(
     scheduler: &mut Scheduler,
     runner: &mut ModelRunner<'_>,
     out: &SchedulerOutput,
     host_logits: bool,
-    mut choose: impl FnMut(&Request, &ScheduledRequest, Range<usize>, &StepLogits) -> Option<u32>,
-) -> Result<Vec<StepEvent>> {
+    choose: impl Fn(&Request, &ScheduledRequest, Range<usize>, &StepLogits) -> Option<C> + Sync,
+    token: impl Fn(&C) -> Option<u32>,
+) -> Result<(Vec<StepEvent>, Vec<(RequestId, C)>)> {
+    use rayon::prelude::*;
     let (batch, rows) = scheduler.build_batch(out);
     let logits = if host_logits {
         StepLogits::Host(runner.execute(&batch)?.to_vec2::<f32>()?)
     } else {
         StepLogits::Greedy(runner.execute_greedy(&batch)?)
     };
-    let sampled: Vec<Option<u32>> = out
+    let sched = &*scheduler;
+    let one = |(s, range): (&ScheduledRequest, Range<usize>)| {
+        sched
+            .request(s.id)
+            .and_then(|req| choose(req, s, range, &logits))
+    };
+    let work: Vec<_> = out.scheduled.iter().zip(rows).collect();
+    let chosen: Vec<Option<C>> = match &logits {
+        StepLogits::Host(_) if work.len() > 1 => work.into_par_iter().map(one).collect(),
+        _ => work.into_iter().map(one).collect(),
+    };
+    let sampled: Vec<Option<u32>> = chosen.iter().map(|c| c.as_ref().and_then(&token)).collect();
+    let events = scheduler.update(out, &sampled);
+    let choices = out
         .scheduled
         .iter()
-        .zip(rows)
-        .map(|(s, range)| {
-            scheduler
-                .request(s.id)
-                .and_then(|req| choose(req, s, range, &logits))
-        })
+        .zip(chosen)
+        .filter_map(|(s, c)| c.map(|c| (s.id, c)))
         .collect();
-    Ok(scheduler.update(out, &sampled))
+    Ok((events, choices))
 }

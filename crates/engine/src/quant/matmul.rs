@@ -252,3 +252,89 @@ mod portable_gemm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type a GGUF users serve carries (the K-quant mixes included) gets our kernels on
+    /// the CPU, at a width that is a multiple of 256 and (for the 32-value types) one that is
+    /// not; candle's quantized matmul is left only for types we have no kernel for.
+    #[test]
+    fn cpu_linear_layers_use_our_kernels_for_every_served_type() {
+        let mut seed = 5;
+        let (n, k) = (8, 512);
+        let w = Tensor::from_vec(
+            crate::quant::tests::rand_f32(n * k, &mut seed),
+            (n, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ours = [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        let x = Tensor::from_vec(
+            crate::quant::tests::rand_f32(3 * k, &mut seed),
+            (3, k),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for ty in ours {
+            let qt = QTensor::quantize(&w, ty).unwrap();
+            let raw = qt.data().unwrap().to_vec();
+            let reference = QMatMul::from_qtensor(QTensor::quantize(&w, ty).unwrap()).unwrap();
+            let l = QuantLinear::new(qt, &raw, &Device::Cpu).unwrap();
+            assert!(!l.is_candle(), "{ty:?}");
+            // The same weights through candle's matmul: close (candle quantizes activations
+            // its own way), so the blocks were read as what they are.
+            let a = l
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = reference
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 0.02 * scale, "{ty:?}: {p} vs candle {q}");
+            }
+        }
+        // Widths that are not a multiple of 256 (576, the default model's hidden size) keep
+        // the 32-value types on our kernels.
+        let w = Tensor::zeros((4, 576), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for ty in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let qt = QTensor::quantize(&w, ty).unwrap();
+            let raw = qt.data().unwrap().to_vec();
+            assert!(
+                !QuantLinear::new(qt, &raw, &Device::Cpu)
+                    .unwrap()
+                    .is_candle(),
+                "{ty:?}"
+            );
+        }
+        // Q2_K and Q3_K have no kernel of ours yet: candle's, named as such.
+        let qt = QTensor::quantize(
+            &Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::Q3K,
+        )
+        .unwrap();
+        let raw = qt.data().unwrap().to_vec();
+        assert!(QuantLinear::new(qt, &raw, &Device::Cpu)
+            .unwrap()
+            .is_candle());
+    }
+}
