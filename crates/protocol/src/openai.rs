@@ -84,6 +84,8 @@ impl CommonParams {
 /// An endpoint's request type: its own fields plus the shared sampling fields, which are read
 /// from the same JSON separately (see `CommonParams`).
 pub trait WithCommon: DeserializeOwned {
+    /// Chat completions (else completions): which fields mean what differs.
+    const IS_CHAT: bool;
     fn common(&self) -> &CommonParams;
     fn set_common(&mut self, c: CommonParams);
 }
@@ -247,8 +249,9 @@ pub struct ChatChunkChoice {
 
 /// `WithCommon` for request types that keep the shared fields in their `common` field.
 macro_rules! with_common {
-    ($($request:ty),*) => {$(
+    ($($request:ty: $chat:expr),*) => {$(
         impl WithCommon for $request {
+            const IS_CHAT: bool = $chat;
             fn common(&self) -> &CommonParams {
                 &self.common
             }
@@ -259,7 +262,7 @@ macro_rules! with_common {
     )*};
 }
 
-with_common!(CompletionRequest, ChatRequest);
+with_common!(CompletionRequest: false, ChatRequest: true);
 
 /// A response's `created`: seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

@@ -100,6 +100,107 @@ pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// vLLM's and OpenAI's fields that change the output and are not implemented, read from the
+/// raw body (they have no place in our request types, and serde would drop them silently):
+/// each is a 400 naming it when set to anything but its neutral value. Fields that do not
+/// change the output (`user`, `metadata`, `store`, `service_tier`, `priority`...) stay
+/// accepted. `guided_*` are vLLM's older names for structured outputs (removed in 0.12).
+pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let Some(obj) = body.as_object() else {
+        return Ok(());
+    };
+    // Present and not null, not false, not empty.
+    let set = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    };
+    let structured = [
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "guided_decoding_backend",
+        "guided_whitespace_pattern",
+        "structured_outputs",
+    ];
+    for field in structured {
+        if obj.get(field).is_some_and(set) {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` (structured outputs) is not supported yet"),
+            ));
+        }
+    }
+    let refused: [(&str, bool); 9] = [
+        (
+            "include_stop_str_in_output",
+            obj.get("include_stop_str_in_output").is_some_and(set),
+        ),
+        (
+            "truncate_prompt_tokens",
+            obj.get("truncate_prompt_tokens")
+                .is_some_and(|v| !v.is_null()),
+        ),
+        ("bad_words", obj.get("bad_words").is_some_and(set)),
+        (
+            "allowed_token_ids",
+            obj.get("allowed_token_ids").is_some_and(set),
+        ),
+        (
+            "spaces_between_special_tokens",
+            obj.get("spaces_between_special_tokens") == Some(&Value::Bool(false)),
+        ),
+        (
+            "use_beam_search",
+            obj.get("use_beam_search").is_some_and(set),
+        ),
+        (
+            "length_penalty",
+            obj.get("length_penalty")
+                .is_some_and(|v| v.as_f64().is_none_or(|x| x != 1.0)),
+        ),
+        (
+            "logits_processors",
+            obj.get("logits_processors").is_some_and(set),
+        ),
+        (
+            "return_tokens_as_token_ids",
+            obj.get("return_tokens_as_token_ids").is_some_and(set),
+        ),
+    ];
+    if let Some((field, _)) = refused.iter().find(|(_, on)| *on) {
+        return Err(ApiError::invalid_field(
+            field,
+            format!("`{field}` is not supported yet"),
+        ));
+    }
+    let prompt_logprobs = obj.get("prompt_logprobs").is_some_and(|v| !v.is_null());
+    if chat {
+        if obj.get("echo").is_some_and(set) {
+            return Err(ApiError::invalid_field(
+                "echo",
+                "`echo` on chat completions is not supported yet",
+            ));
+        }
+        if prompt_logprobs {
+            return Err(ApiError::invalid_field(
+                "prompt_logprobs",
+                "`prompt_logprobs` on chat completions is not returned yet",
+            ));
+        }
+    } else if prompt_logprobs && !obj.get("echo").is_some_and(set) {
+        return Err(ApiError::invalid_field(
+            "prompt_logprobs",
+            "`prompt_logprobs` is returned only with `echo` so far (as `logprobs` over the prompt)",
+        ));
+    }
+    Ok(())
+}
+
 /// vLLM's chat-template fields we do not implement yet, refused by name (each changes the
 /// prompt the template renders).
 pub fn refuse_unsupported_chat(r: &crate::openai::ChatRequest) -> Result<(), ApiError> {
@@ -247,6 +348,78 @@ mod tests {
             from_json::<ChatRequest>(&parse_json(br#"{"messages": 3}"#, 100).unwrap()).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
         assert!(from_json::<CompletionRequest>(&parse_json(b"{}", 100).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn fields_that_would_be_silently_ignored_are_refused_by_name() {
+        let j = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        for (json, chat, field) in [
+            (r#"{"guided_choice": ["yes", "no"]}"#, true, "guided_choice"),
+            (
+                r#"{"guided_json": {"type": "object"}}"#,
+                false,
+                "guided_json",
+            ),
+            (r#"{"guided_regex": "a+"}"#, false, "guided_regex"),
+            (
+                r#"{"guided_grammar": "root ::= x"}"#,
+                true,
+                "guided_grammar",
+            ),
+            (
+                r#"{"structured_outputs": {"choice": ["a"]}}"#,
+                true,
+                "structured_outputs",
+            ),
+            (
+                r#"{"include_stop_str_in_output": true}"#,
+                false,
+                "include_stop_str_in_output",
+            ),
+            (
+                r#"{"truncate_prompt_tokens": 5}"#,
+                false,
+                "truncate_prompt_tokens",
+            ),
+            (r#"{"bad_words": ["x"]}"#, true, "bad_words"),
+            (
+                r#"{"allowed_token_ids": [1, 2]}"#,
+                false,
+                "allowed_token_ids",
+            ),
+            (
+                r#"{"spaces_between_special_tokens": false}"#,
+                false,
+                "spaces_between_special_tokens",
+            ),
+            (r#"{"use_beam_search": true}"#, false, "use_beam_search"),
+            (r#"{"length_penalty": 0.5}"#, false, "length_penalty"),
+            (r#"{"echo": true}"#, true, "echo"),
+            (r#"{"prompt_logprobs": 1}"#, true, "prompt_logprobs"),
+            (r#"{"prompt_logprobs": 1}"#, false, "prompt_logprobs"),
+        ] {
+            let e = refuse_ignored_fields(&j(json), chat).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(field), "{json}");
+        }
+        // Neutral values, fields that do not change the output, and the echo form that is
+        // implemented pass.
+        for (json, chat) in [
+            (
+                r#"{"guided_json": null, "include_stop_str_in_output": false, "bad_words": []}"#,
+                true,
+            ),
+            (
+                r#"{"spaces_between_special_tokens": true, "length_penalty": 1.0}"#,
+                false,
+            ),
+            (
+                r#"{"user": "u", "metadata": {"a": "b"}, "store": false, "service_tier": "auto", "priority": 3}"#,
+                true,
+            ),
+            (r#"{"prompt_logprobs": 1, "echo": true}"#, false),
+        ] {
+            refuse_ignored_fields(&j(json), chat).unwrap();
+        }
     }
 
     #[test]

@@ -203,6 +203,10 @@ async fn bad_inputs_get_openai_errors_and_the_server_keeps_serving() {
         ("tools unsupported", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}"#.to_vec(), Some(auth), 400, Some("tools")),
         ("tool_choice required", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}"#.to_vec(), Some(auth), 400, Some("tool_choice")),
         ("response_format json", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#.to_vec(), Some(auth), 400, Some("response_format")),
+        ("guided_choice ignored before", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["yes", "no"]}"#.to_vec(), Some(auth), 400, Some("guided_choice")),
+        ("structured_outputs", "/v1/completions", br#"{"prompt": "x", "structured_outputs": {"regex": "a+"}}"#.to_vec(), Some(auth), 400, Some("structured_outputs")),
+        ("include_stop_str_in_output", "/v1/completions", br#"{"prompt": "x", "include_stop_str_in_output": true}"#.to_vec(), Some(auth), 400, Some("include_stop_str_in_output")),
+        ("prompt_logprobs on chat", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 1}"#.to_vec(), Some(auth), 400, Some("prompt_logprobs")),
         ("top_logprobs without logprobs", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#.to_vec(), Some(auth), 400, Some("top_logprobs")),
         ("unknown route", "/v1/embeddings", br#"{}"#.to_vec(), Some(auth), 404, None),
     ];

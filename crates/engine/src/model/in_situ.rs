@@ -59,7 +59,62 @@ fn quantize_linear(l: &mut Linear, ty: InSituType, r: &mut InSituReport) -> Resu
     Ok(())
 }
 
+/// A quantized layer's weight as an f32 dense matrix; returns the bytes (before, after).
+fn dequantize_linear(l: &mut Linear) -> Result<(usize, usize)> {
+    let (dense, before) = match &l.weight {
+        Weight::Quant(QuantLinear::Own { w, n, k }) => (
+            Tensor::from_vec(w.dequantize(*n, *k), (*n, *k), &candle_core::Device::Cpu)?,
+            w.size_bytes(),
+        ),
+        Weight::Quant(QuantLinear::Candle(QMatMul::QTensor(qt))) => (
+            qt.dequantize(&candle_core::Device::Cpu)?,
+            qt.storage_size_in_bytes(),
+        ),
+        _ => return Ok((0, 0)),
+    };
+    let after = dense.elem_count() * 4;
+    l.weight = Weight::Dense(dense);
+    Ok((before, after))
+}
+
 impl LlamaModel {
+    /// Every linear layer, mutably (Q/K/V and gate/up as they are held).
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for layer in &mut self.layers {
+            match &mut layer.qkv {
+                QkvProj::Split(q, k, w) => v.extend([q, k, w]),
+                QkvProj::Stacked(l) => v.push(l),
+            }
+            v.push(&mut layer.wo);
+            match &mut layer.gate_up {
+                GateUpProj::Split(g, u) => v.extend([g, u]),
+                GateUpProj::Stacked(l) => v.push(l),
+            }
+            v.push(&mut layer.w_down);
+        }
+        v.push(&mut self.output);
+        v
+    }
+
+    /// Replaces every quantized linear layer by its f32 dequantization (CPU): the same
+    /// weights unquantized, the reference a quantization's cost is measured against.
+    pub fn dequantize_linears(&mut self) -> Result<()> {
+        if !self.device.is_cpu() {
+            return Err(EngineError::Config(
+                "dequantize_linears: CPU models only".into(),
+            ));
+        }
+        let (mut before, mut after) = (0, 0);
+        for l in self.linears_mut() {
+            let (b, a) = dequantize_linear(l)?;
+            before += b;
+            after += a;
+        }
+        self.weight_bytes = self.weight_bytes + after - before;
+        Ok(())
+    }
+
     /// Quantizes every float linear layer into `ty` (CPU only: the GPU path has no kernels of
     /// ours for these layouts yet; f32 models only, as quantized matmuls take f32 activations).
     /// Errors when nothing could be quantized.
@@ -85,26 +140,20 @@ impl LlamaModel {
             bytes_after: 0,
             seconds: 0.0,
         };
-        for layer in &mut self.layers {
-            match &mut layer.qkv {
-                QkvProj::Split(q, k, v) => {
-                    for l in [q, k, v] {
-                        quantize_linear(l, ty, &mut r)?;
-                    }
-                }
-                QkvProj::Stacked(l) => quantize_linear(l, ty, &mut r)?,
-            }
-            quantize_linear(&mut layer.wo, ty, &mut r)?;
-            match &mut layer.gate_up {
-                GateUpProj::Split(g, u) => {
-                    quantize_linear(g, ty, &mut r)?;
-                    quantize_linear(u, ty, &mut r)?;
-                }
-                GateUpProj::Stacked(l) => quantize_linear(l, ty, &mut r)?,
-            }
-            quantize_linear(&mut layer.w_down, ty, &mut r)?;
+        // The output head keeps 8 bits under a 4-bit type, as llama-quantize keeps it in more
+        // bits than the rest (Q6_K there; Q8_0 here, our highest): it decides every token.
+        let head_ty = match ty {
+            InSituType::Q4_0 | InSituType::Q4K => InSituType::Q8_0,
+            other => other,
+        };
+        let mut linears = self.linears_mut();
+        let head = linears
+            .pop()
+            .expect("the output head is the last linear layer");
+        for l in linears {
+            quantize_linear(l, ty, &mut r)?;
         }
-        quantize_linear(&mut self.output, ty, &mut r)?;
+        quantize_linear(head, head_ty, &mut r)?;
         if r.quantized == 0 {
             return Err(EngineError::Config(format!(
                 "--quantization {ty:?}: no float linear layer to quantize (a quantized GGUF keeps its own blocks)"
@@ -175,7 +224,7 @@ mod tests {
             assert!(r.bytes_after * 3 < r.bytes_before, "{r:?}");
             let got = logits(&m);
             // Relative L2 error of the logits: what 8 or 4 bits per weight cost on these random
-            // weights (measured 2026-12-03: Q8_0 0.019, Q4_0 0.204, Q4_K 0.166).
+            // weights (measured 2026-12-03: Q8_0 0.019, Q4_0 0.194, Q4_K 0.157; the head at 8 bits).
             let err: f32 = got
                 .iter()
                 .zip(&want)

@@ -6,6 +6,7 @@
 mod avx2;
 mod blocks;
 mod columns;
+mod dequantize;
 mod dots;
 #[cfg(x86_v3)]
 mod gemm;

@@ -65,6 +65,7 @@ pub fn read_request<T: WithCommon>(
     let started = Instant::now();
     let loaded = state.loaded()?;
     let json = parse_json(state, body)?;
+    ferrolm_protocol::validate::refuse_ignored_fields(&json, T::IS_CHAT)?;
     let mut req: T = from_json(&json)?;
     let mut common = from_json(&json)?;
     apply_generation_defaults(&mut common, &loaded.generation_defaults);
