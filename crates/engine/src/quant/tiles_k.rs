@@ -199,21 +199,26 @@ unsafe fn tile<W: KBlock, I: Dot, const R: usize>(p: &Problem<W, BlockQ8K>, r0: 
     }
 }
 
-/// One task: columns `c0..c1` for every row, four rows at a time.
+/// One task: columns `c0..c1` for every row, eight rows at a time (a super-block is
+/// unpacked once per eight rows; the unpacked chunks sit in L1).
 #[inline(always)]
 unsafe fn task<W: KBlock, I: Dot>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize) {
     let mut r0 = 0;
     while r0 < p.m {
-        let rows = (p.m - r0).min(4);
+        let rows = (p.m - r0).min(8);
         for c in c0..c1 {
             match rows {
+                8 => tile::<W, I, 8>(p, r0, c),
+                7 => tile::<W, I, 7>(p, r0, c),
+                6 => tile::<W, I, 6>(p, r0, c),
+                5 => tile::<W, I, 5>(p, r0, c),
                 4 => tile::<W, I, 4>(p, r0, c),
                 3 => tile::<W, I, 3>(p, r0, c),
                 2 => tile::<W, I, 2>(p, r0, c),
                 _ => tile::<W, I, 1>(p, r0, c),
             }
         }
-        r0 += 4;
+        r0 += 8;
     }
 }
 
