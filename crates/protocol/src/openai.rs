@@ -54,6 +54,7 @@ pub struct CommonParams {
     pub stop_token_ids: Option<Vec<u32>>,
     pub n: Option<i64>,
     pub ignore_eos: Option<bool>,
+    pub include_stop_str_in_output: Option<bool>,
     pub min_tokens: Option<i64>,
     pub logit_bias: Option<HashMap<String, f32>>,
     pub prompt_logprobs: Option<i64>,

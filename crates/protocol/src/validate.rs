@@ -135,11 +135,7 @@ pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(),
             ));
         }
     }
-    let refused: [(&str, bool); 9] = [
-        (
-            "include_stop_str_in_output",
-            obj.get("include_stop_str_in_output").is_some_and(set),
-        ),
+    let refused: [(&str, bool); 8] = [
         (
             "truncate_prompt_tokens",
             obj.get("truncate_prompt_tokens")
@@ -370,11 +366,6 @@ mod tests {
                 r#"{"structured_outputs": {"choice": ["a"]}}"#,
                 true,
                 "structured_outputs",
-            ),
-            (
-                r#"{"include_stop_str_in_output": true}"#,
-                false,
-                "include_stop_str_in_output",
             ),
             (
                 r#"{"truncate_prompt_tokens": 5}"#,

@@ -94,6 +94,11 @@ async fn completions_chat_streaming_n_stop_logprobs_usage() {
     let (_, v) = post(&s, "/v1/completions", &json!({"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0, "stop": "\n\n"})).await;
     assert_eq!(v["choices"][0]["text"], " Paris.");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // vLLM's include_stop_str_in_output keeps it.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 16, "temperature": 0, "stop": "\n\n", "include_stop_str_in_output": true});
+    let (_, v) = post(&s, "/v1/completions", &body).await;
+    assert_eq!(v["choices"][0]["text"], " Paris.\n\n");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
 
     // Log-probs: completions (integer) and chat (bool + top_logprobs).
     let (_, v) = post(&s, "/v1/completions", &json!({"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 3})).await;
@@ -205,7 +210,6 @@ async fn bad_inputs_get_openai_errors_and_the_server_keeps_serving() {
         ("response_format json", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#.to_vec(), Some(auth), 400, Some("response_format")),
         ("guided_choice ignored before", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["yes", "no"]}"#.to_vec(), Some(auth), 400, Some("guided_choice")),
         ("structured_outputs", "/v1/completions", br#"{"prompt": "x", "structured_outputs": {"regex": "a+"}}"#.to_vec(), Some(auth), 400, Some("structured_outputs")),
-        ("include_stop_str_in_output", "/v1/completions", br#"{"prompt": "x", "include_stop_str_in_output": true}"#.to_vec(), Some(auth), 400, Some("include_stop_str_in_output")),
         ("prompt_logprobs on chat", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 1}"#.to_vec(), Some(auth), 400, Some("prompt_logprobs")),
         ("top_logprobs without logprobs", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#.to_vec(), Some(auth), 400, Some("top_logprobs")),
         ("unknown route", "/v1/embeddings", br#"{}"#.to_vec(), Some(auth), 404, None),

@@ -53,7 +53,8 @@ impl Sink {
         Self {
             tx,
             decoder: IncrementalDecoder::new(req.params.skip_special_tokens),
-            stop: StopStringMatcher::new(req.params.stop.clone()),
+            stop: StopStringMatcher::new(req.params.stop.clone())
+                .including_stop(req.params.include_stop_str_in_output),
             prompt_len: req.prompt_len,
             generated: 0,
             cached_tokens: 0,

@@ -8,8 +8,10 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     pub ignore_eos: bool,
     pub stop_token_ids: Vec<u32>,
-    /// Stop strings: generation ends when one appears; it is cut from the text.
+    /// Stop strings: generation ends when one appears; it is cut from the text unless
+    /// `include_stop_str_in_output` (vLLM's field).
     pub stop: Vec<String>,
+    pub include_stop_str_in_output: bool,
     /// 0 means greedy.
     pub temperature: f32,
     /// 0 (or a value >= the vocabulary) means no top-k cut.
@@ -37,6 +39,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             stop: Vec::new(),
+            include_stop_str_in_output: false,
             temperature: 0.0,
             top_k: 0,
             top_p: 1.0,

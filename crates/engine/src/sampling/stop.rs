@@ -104,6 +104,9 @@ pub struct StopStringMatcher {
     /// Text received but not yet released (it may begin a stop string): always the last
     /// `depth` bytes of the state.
     held: String,
+    /// Whether the released text ends with the stop string that matched (vLLM's
+    /// `include_stop_str_in_output`) rather than just before it.
+    include: bool,
 }
 
 impl StopStringMatcher {
@@ -113,29 +116,40 @@ impl StopStringMatcher {
             automaton,
             state: 0,
             held: String::new(),
+            include: false,
         }
     }
 
+    /// The same, keeping the matched stop string in the text.
+    pub fn including_stop(mut self, include: bool) -> Self {
+        self.include = include;
+        self
+    }
+
     /// Adds a delta. Returns the text safe to release and whether a stop string matched
-    /// (then the released text ends just before it). Of the matches complete by the end of
-    /// the delta, the one that starts first wins.
+    /// (then the released text ends just before it, or with it when including it). Of the
+    /// matches complete by the end of the delta, the one that starts first wins.
     pub fn push(&mut self, delta: &str) -> (String, bool) {
         let Some(a) = &self.automaton else {
             return (delta.to_string(), false);
         };
         let base = self.held.len();
-        let mut first_start: Option<usize> = None;
+        // The first-starting match: (start, end) in `held` after the delta.
+        let mut first: Option<(usize, usize)> = None;
         for (i, &b) in delta.as_bytes().iter().enumerate() {
             self.state = a.next(self.state, b);
             let len = a.nodes[self.state as usize].longest_match as usize;
             if len > 0 {
-                let start = base + i + 1 - len;
-                first_start = Some(first_start.map_or(start, |s| s.min(start)));
+                let (start, end) = (base + i + 1 - len, base + i + 1);
+                if first.is_none_or(|(s, _)| start < s) {
+                    first = Some((start, end));
+                }
             }
         }
         self.held.push_str(delta);
-        if let Some(pos) = first_start {
-            let out = self.held[..pos].to_string();
+        if let Some((start, end)) = first {
+            let cut = if self.include { end } else { start };
+            let out = self.held[..cut].to_string();
             self.held.clear();
             self.state = 0;
             return (out, true);
@@ -180,6 +194,36 @@ mod tests {
         assert!(hit);
         assert_eq!(out, vec!["Paris.", "", ""]);
         assert_eq!(out.concat(), "Paris.");
+    }
+
+    #[test]
+    fn an_included_stop_string_ends_the_text() {
+        // vLLM's include_stop_str_in_output: the text runs through the stop string, split
+        // across tokens or not; the first-starting match still wins.
+        let run_incl = |stops: &[&str], deltas: &[&str]| {
+            let mut m = StopStringMatcher::new(stops.iter().map(|s| s.to_string()).collect())
+                .including_stop(true);
+            let mut out = String::new();
+            for d in deltas {
+                let (t, hit) = m.push(d);
+                out.push_str(&t);
+                if hit {
+                    return (out, true);
+                }
+            }
+            out.push_str(&m.flush());
+            (out, false)
+        };
+        assert_eq!(
+            run_incl(&["\n\n"], &["Paris.", "\n", "\nThe"]),
+            ("Paris.\n\n".into(), true)
+        );
+        assert_eq!(run_incl(&["."], &["Paris. Then"]), ("Paris.".into(), true));
+        assert_eq!(
+            run_incl(&["is a", "a b"], &["this is a b"]),
+            ("this is a".into(), true)
+        );
+        assert_eq!(run_incl(&["zz"], &["no stop"]), ("no stop".into(), false));
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn sampling_params(
         ignore_eos: c.ignore_eos.unwrap_or(false),
         stop_token_ids: c.stop_token_ids.clone().unwrap_or_default(),
         stop: c.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        include_stop_str_in_output: c.include_stop_str_in_output.unwrap_or(false),
         temperature: c.temperature.unwrap_or(1.0),
         top_k: conv.top_k,
         top_p: c.top_p.unwrap_or(1.0),
