@@ -279,3 +279,79 @@ async fn streaming_chunks_arrive_incrementally() {
     }
     assert!(pieces >= 30, "{pieces} SSE events");
 }
+
+/// The `data:` JSON events of a streamed completion.
+async fn stream_events(s: &Server, body: serde_json::Value) -> Vec<serde_json::Value> {
+    let text = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_only_scores_the_prompt_and_streamed_logprobs_carry_offsets() {
+    let s = Server::start(&[]).await;
+    let prompt = "The capital of France is";
+    let n_prompt = tokenize(&s, prompt).await;
+    // vLLM's echo-only form: max_tokens 0 with echo scores the prompt, generates nothing.
+    let (status, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let c = &v["choices"][0];
+    assert_eq!(c["text"], prompt);
+    assert_eq!(c["finish_reason"], "length");
+    assert_eq!(c["logprobs"]["tokens"].as_array().unwrap().len(), n_prompt);
+    assert!(c["logprobs"]["token_logprobs"][0].is_null());
+    assert!(c["logprobs"]["token_logprobs"][1].as_f64().unwrap() < 0.0);
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    // max_tokens 0 without echo stays an error.
+    let (status, _) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 0}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Streamed log-probs: the offsets run on across chunks, as the non-streamed ones do,
+    // and with echo the first chunk carries the prompt's log-probs.
+    let body =
+        json!({"prompt": prompt, "max_tokens": 6, "temperature": 0, "logprobs": 1, "echo": true});
+    let (_, whole) = post(&s, "/v1/completions", &body).await;
+    let want: Vec<u64> = whole["choices"][0]["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    let events = stream_events(&s, stream_body).await;
+    let mut got = Vec::new();
+    let mut text = String::new();
+    for e in &events {
+        for c in e["choices"].as_array().unwrap() {
+            text.push_str(c["text"].as_str().unwrap());
+            if let Some(offs) = c["logprobs"]["text_offset"].as_array() {
+                got.extend(offs.iter().map(|x| x.as_u64().unwrap()));
+            }
+        }
+    }
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(got, want);
+    assert_eq!(got.len(), n_prompt + 6);
+}

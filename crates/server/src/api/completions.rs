@@ -49,7 +49,13 @@ pub async fn completions(
             "`prompt` must not be an empty list",
         ));
     }
-    let max_tokens = max_tokens_or(req.common.max_tokens, 16)?;
+    // vLLM's echo-only form: `max_tokens: 0` with `echo` scores the prompt and generates
+    // nothing (the engine runs one token, which is dropped).
+    let echo_only = req.echo && req.common.max_tokens == Some(0);
+    let max_tokens = match echo_only {
+        true => 1,
+        false => max_tokens_or(req.common.max_tokens, 16)?,
+    };
     // generation_config.json's max_new_tokens caps what any request gets (vLLM's
     // `get_max_tokens`).
     let max_tokens = loaded
@@ -83,24 +89,52 @@ pub async fn completions(
             created,
             model.clone(),
         );
-        let usage = usage_chunk(req.common.include_usage(), prompt_tokens, chunk.clone());
+        let usage =
+            usage_chunk(req.common.include_usage(), prompt_tokens, chunk.clone()).map(|u| {
+                move |completion_tokens: usize| u(if echo_only { 0 } else { completion_tokens })
+            });
+        let prompts_ids = prompts.clone();
+        // Each choice's text so far, in characters: its log-probs' `text_offset`s.
+        let mut offsets = vec![0usize; prompts.len() * n];
         let render =
             move |choice: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
                 let mut text = String::new();
+                let mut lp: Option<CompletionLogprobs> = None;
                 if first && echo {
+                    let prompt = &prompts_ids[choice / n];
                     text.push_str(&prompts_text[choice / n]);
+                    if logprobs.is_some() {
+                        let pl = o.prompt_logprobs.clone().unwrap_or_default();
+                        let items: Vec<Option<&TokenLogprob>> = (0..prompt.len())
+                            .map(|j| pl.get(j).and_then(|x| x.as_ref()))
+                            .collect();
+                        lp = Some(completion_logprobs(&tok, &items, prompt, 0));
+                    }
                 }
-                text.push_str(&o.text);
-                let lp = (logprobs.is_some() && !o.logprobs.is_empty()).then(|| {
-                    let items: Vec<Option<&TokenLogprob>> = o.logprobs.iter().map(Some).collect();
-                    completion_logprobs(&tok, &items, &o.new_token_ids, 0)
-                });
+                let offset = offsets[choice] + text.chars().count();
+                if !echo_only {
+                    text.push_str(&o.text);
+                    if logprobs.is_some() && !o.logprobs.is_empty() {
+                        let items: Vec<Option<&TokenLogprob>> =
+                            o.logprobs.iter().map(Some).collect();
+                        let more = completion_logprobs(&tok, &items, &o.new_token_ids, offset);
+                        extend_logprobs(lp.get_or_insert_with(CompletionLogprobs::default), more);
+                    }
+                }
+                offsets[choice] += text.chars().count();
                 vec![chunk(
                     vec![CompletionChoice {
                         index: choice,
                         text,
                         logprobs: lp,
-                        finish_reason: o.finished.as_ref().map(|f| f.as_str()),
+                        // Echo-only ends by its length whatever its dropped token was.
+                        finish_reason: o.finished.as_ref().map(|f| {
+                            if echo_only {
+                                "length"
+                            } else {
+                                f.as_str()
+                            }
+                        }),
                     }],
                     None,
                 )]
@@ -124,14 +158,19 @@ pub async fn completions(
             }
             text.push_str(&ptext);
         }
+        if echo_only {
+            // The prompt scored, nothing generated.
+            return CompletionChoice {
+                index: i,
+                text,
+                logprobs: lp_out,
+                finish_reason: Some("length"),
+            };
+        }
         if logprobs.is_some() {
             let items: Vec<Option<&TokenLogprob>> = r.logprobs.iter().map(Some).collect();
             let more = completion_logprobs(&tok, &items, &r.token_ids, text.chars().count());
-            let lp = lp_out.get_or_insert_with(CompletionLogprobs::default);
-            lp.text_offset.extend(more.text_offset);
-            lp.tokens.extend(more.tokens);
-            lp.token_logprobs.extend(more.token_logprobs);
-            lp.top_logprobs.extend(more.top_logprobs);
+            extend_logprobs(lp_out.get_or_insert_with(CompletionLogprobs::default), more);
         }
         text.push_str(&r.text);
         CompletionChoice {
@@ -141,6 +180,7 @@ pub async fn completions(
             finish_reason: r.finish,
         }
     })?;
+    let completion_tokens = if echo_only { 0 } else { completion_tokens };
     Ok(Json(CompletionResponse {
         id,
         object: "text_completion",
@@ -150,4 +190,12 @@ pub async fn completions(
         usage: Some(UsageOut::new(prompt_tokens, completion_tokens)),
     })
     .into_response())
+}
+
+/// Appends `more`'s tokens to `lp`.
+fn extend_logprobs(lp: &mut CompletionLogprobs, more: CompletionLogprobs) {
+    lp.text_offset.extend(more.text_offset);
+    lp.tokens.extend(more.tokens);
+    lp.token_logprobs.extend(more.token_logprobs);
+    lp.top_logprobs.extend(more.top_logprobs);
 }
