@@ -175,6 +175,10 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
+    /// vLLM's `prompt_logprobs`, when asked for: per prompt token `null` (the first) or
+    /// `{"<id>": {"logprob", "rank", "decoded_token"}}` for the token and the top alternatives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<serde_json::Value>,
 }
 
 /// Every completions and chat answer, and every chunk of their streams: the request's id,
@@ -189,6 +193,9 @@ pub struct ChoicesResponse<C> {
     pub choices: Vec<C>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
+    /// Chat: vLLM's `prompt_logprobs`, at the top level as vLLM puts it there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<serde_json::Value>,
 }
 
 pub type CompletionResponse = ChoicesResponse<CompletionChoice>;

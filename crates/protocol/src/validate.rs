@@ -174,24 +174,17 @@ pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(),
             format!("`{field}` is not supported yet"),
         ));
     }
+    if chat && obj.get("echo").is_some_and(set) {
+        return Err(ApiError::invalid_field(
+            "echo",
+            "`echo` on chat completions is not supported yet",
+        ));
+    }
     let prompt_logprobs = obj.get("prompt_logprobs").is_some_and(|v| !v.is_null());
-    if chat {
-        if obj.get("echo").is_some_and(set) {
-            return Err(ApiError::invalid_field(
-                "echo",
-                "`echo` on chat completions is not supported yet",
-            ));
-        }
-        if prompt_logprobs {
-            return Err(ApiError::invalid_field(
-                "prompt_logprobs",
-                "`prompt_logprobs` on chat completions is not returned yet",
-            ));
-        }
-    } else if prompt_logprobs && !obj.get("echo").is_some_and(set) {
+    if prompt_logprobs && obj.get("stream").is_some_and(set) {
         return Err(ApiError::invalid_field(
             "prompt_logprobs",
-            "`prompt_logprobs` is returned only with `echo` so far (as `logprobs` over the prompt)",
+            "`prompt_logprobs` is returned in non-streamed answers only so far",
         ));
     }
     Ok(())
@@ -386,8 +379,16 @@ mod tests {
             (r#"{"use_beam_search": true}"#, false, "use_beam_search"),
             (r#"{"length_penalty": 0.5}"#, false, "length_penalty"),
             (r#"{"echo": true}"#, true, "echo"),
-            (r#"{"prompt_logprobs": 1}"#, true, "prompt_logprobs"),
-            (r#"{"prompt_logprobs": 1}"#, false, "prompt_logprobs"),
+            (
+                r#"{"prompt_logprobs": 1, "stream": true}"#,
+                true,
+                "prompt_logprobs",
+            ),
+            (
+                r#"{"prompt_logprobs": 1, "stream": true}"#,
+                false,
+                "prompt_logprobs",
+            ),
         ] {
             let e = refuse_ignored_fields(&j(json), chat).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{json}");
@@ -408,6 +409,8 @@ mod tests {
                 true,
             ),
             (r#"{"prompt_logprobs": 1, "echo": true}"#, false),
+            (r#"{"prompt_logprobs": 1}"#, true),
+            (r#"{"prompt_logprobs": 0, "stream": false}"#, false),
         ] {
             refuse_ignored_fields(&j(json), chat).unwrap();
         }

@@ -210,7 +210,7 @@ async fn bad_inputs_get_openai_errors_and_the_server_keeps_serving() {
         ("response_format json", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}"#.to_vec(), Some(auth), 400, Some("response_format")),
         ("guided_choice ignored before", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "guided_choice": ["yes", "no"]}"#.to_vec(), Some(auth), 400, Some("guided_choice")),
         ("structured_outputs", "/v1/completions", br#"{"prompt": "x", "structured_outputs": {"regex": "a+"}}"#.to_vec(), Some(auth), 400, Some("structured_outputs")),
-        ("prompt_logprobs on chat", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 1}"#.to_vec(), Some(auth), 400, Some("prompt_logprobs")),
+        ("prompt_logprobs streamed", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 1, "stream": true}"#.to_vec(), Some(auth), 400, Some("prompt_logprobs")),
         ("top_logprobs without logprobs", "/v1/chat/completions", br#"{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}"#.to_vec(), Some(auth), 400, Some("top_logprobs")),
         ("unknown route", "/v1/embeddings", br#"{}"#.to_vec(), Some(auth), 404, None),
     ];
@@ -354,4 +354,68 @@ async fn echo_only_scores_the_prompt_and_streamed_logprobs_carry_offsets() {
     assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
     assert_eq!(got, want);
     assert_eq!(got.len(), n_prompt + 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_logprobs_are_returned_as_vllm_returns_them() {
+    let s = Server::start(&[]).await;
+    let prompt = "The capital of France is";
+    let n_prompt = tokenize(&s, prompt).await;
+    // Completions: in each choice; one entry per prompt token, the first null.
+    let (status, v) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let pl = v["choices"][0]["prompt_logprobs"].as_array().unwrap();
+    assert_eq!(pl.len(), n_prompt);
+    assert!(pl[0].is_null());
+    for e in &pl[1..] {
+        let m = e.as_object().unwrap();
+        // The prompt token itself plus the 2 best (fewer when it is one of them).
+        assert!((2..=3).contains(&m.len()), "{e}");
+        let ranks: Vec<u64> = m.values().map(|x| x["rank"].as_u64().unwrap()).collect();
+        assert!(ranks.contains(&1), "{e}");
+        for x in m.values() {
+            assert!(x["logprob"].as_f64().unwrap() <= 0.0);
+            assert!(x["decoded_token"].is_string());
+        }
+    }
+    // The same log-probs as echo's (the prompt's own token, entry by entry).
+    let (_, e) = post(
+        &s,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 2}),
+    )
+    .await;
+    let echo_lp = e["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ids: Vec<u64> = {
+        let (_, t) = post(&s, "/tokenize", &json!({"prompt": prompt})).await;
+        t["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    for j in 1..n_prompt {
+        let own = pl[j][ids[j].to_string()]["logprob"].as_f64().unwrap();
+        assert!(
+            (own - echo_lp[j].as_f64().unwrap()).abs() < 1e-6,
+            "token {j}"
+        );
+    }
+    // Chat: at the top level.
+    let (status, v) = post(&s, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "prompt_logprobs": 0})).await;
+    assert_eq!(status, 200, "{v}");
+    let pl = v["prompt_logprobs"].as_array().unwrap();
+    assert!(
+        pl.len() > 3 && pl[0].is_null() && pl[1].as_object().unwrap().len() == 1,
+        "{v}"
+    );
 }

@@ -5,6 +5,8 @@
 pub struct TokenLogprob {
     pub token_id: u32,
     pub logprob: f32,
+    /// 1 + the number of tokens more likely than it (vLLM's `rank`).
+    pub rank: usize,
     /// The top alternatives, best first (may include the chosen token).
     pub top: Vec<(u32, f32)>,
 }
@@ -35,12 +37,14 @@ pub fn top_logprobs(logits: &[f32], chosen: u32, k: usize) -> TokenLogprob {
         best.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
         top = best.into_iter().map(|i| (i, lp[i as usize])).collect();
     }
+    let logprob = lp
+        .get(chosen as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
     TokenLogprob {
         token_id: chosen,
-        logprob: lp
-            .get(chosen as usize)
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY),
+        logprob,
+        rank: 1 + lp.iter().filter(|&&x| x > logprob).count(),
         top,
     }
 }

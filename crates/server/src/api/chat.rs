@@ -14,7 +14,8 @@ use ferrolm_protocol::validate::refuse_unsupported_chat;
 use super::error::{from_engine, ApiError};
 use super::state::{submit, AppState};
 use super::stream::{
-    build_choices, chat_logprobs, chunk_builder, collect_all, stream_sse, usage_chunk,
+    build_choices, chat_logprobs, chunk_builder, collect_all, prompt_logprobs_json, stream_sse,
+    usage_chunk,
 };
 use super::validate::{
     check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
@@ -62,7 +63,8 @@ pub async fn chat_completions(
         ));
     }
     let logprobs = (req.logprobs == Some(true)).then_some(top.unwrap_or(0));
-    let params = sampling_params(&req.common, max_tokens, logprobs, None)?;
+    let prompt_logprobs = logprobs_count("prompt_logprobs", req.common.prompt_logprobs)?;
+    let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
     // Chat names the alternatives' count `top_logprobs`.
     let valid = validate_prompts(
         engine,
@@ -120,6 +122,15 @@ pub async fn chat_completions(
     }
 
     let results = collect_all(&state, &mut sub, rxs, started).await;
+    // vLLM's prompt_logprobs: the same for every choice, at the top level.
+    let prompt_lp = match (prompt_logprobs, results.first()) {
+        (Some(_), Some(Ok(r))) => Some(prompt_logprobs_json(
+            &tok,
+            &prompt,
+            r.prompt_logprobs.as_deref().unwrap_or_default(),
+        )),
+        _ => None,
+    };
     let (choices, completion_tokens) = build_choices(results, |i, r| ChatChoice {
         index: i,
         message: ChatMessageOut {
@@ -136,6 +147,7 @@ pub async fn chat_completions(
         model,
         choices,
         usage: Some(UsageOut::new(prompt.len(), completion_tokens)),
+        prompt_logprobs: prompt_lp,
     })
     .into_response())
 }

@@ -13,7 +13,8 @@ use ferrolm_engine::sampling::TokenLogprob;
 use super::error::ApiError;
 use super::state::{submit, AppState};
 use super::stream::{
-    build_choices, chunk_builder, collect_all, completion_logprobs, stream_sse, usage_chunk,
+    build_choices, chunk_builder, collect_all, completion_logprobs, prompt_logprobs_json,
+    stream_sse, usage_chunk,
 };
 use super::validate::{
     check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
@@ -135,6 +136,7 @@ pub async fn completions(
                                 f.as_str()
                             }
                         }),
+                        prompt_logprobs: None,
                     }],
                     None,
                 )]
@@ -147,6 +149,11 @@ pub async fn completions(
         let prompt = &prompts[i / n];
         let mut text = String::new();
         let mut lp_out = None;
+        // vLLM's prompt_logprobs field, when asked for by name.
+        let prompt_lp = req.common.prompt_logprobs.is_some().then(|| {
+            let pl = r.prompt_logprobs.as_deref().unwrap_or_default();
+            prompt_logprobs_json(&tok, prompt, pl)
+        });
         if req.echo {
             let ptext = tok.decode(prompt, false);
             if logprobs.is_some() {
@@ -165,6 +172,7 @@ pub async fn completions(
                 text,
                 logprobs: lp_out,
                 finish_reason: Some("length"),
+                prompt_logprobs: prompt_lp,
             };
         }
         if logprobs.is_some() {
@@ -178,6 +186,7 @@ pub async fn completions(
             text,
             logprobs: lp_out,
             finish_reason: r.finish,
+            prompt_logprobs: prompt_lp,
         }
     })?;
     let completion_tokens = if echo_only { 0 } else { completion_tokens };
@@ -188,6 +197,7 @@ pub async fn completions(
         model,
         choices,
         usage: Some(UsageOut::new(prompt_tokens, completion_tokens)),
+        prompt_logprobs: None,
     })
     .into_response())
 }

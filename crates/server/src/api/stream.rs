@@ -153,6 +153,7 @@ pub fn chunk_builder<C: Serialize + Send + 'static>(
             model: model.clone(),
             choices,
             usage,
+            prompt_logprobs: None,
         })
         .unwrap_or_default()
     }
@@ -355,4 +356,37 @@ mod tests {
         assert!(state.admit(1).is_ok());
         drop(response);
     }
+}
+
+/// vLLM's `prompt_logprobs`: one entry per prompt token, `null` for the first (nothing
+/// predicts it), else an object keyed by token id (as a string) holding the prompt token's
+/// own `logprob`, `rank` and `decoded_token`, then its top alternatives' (rank = place).
+pub fn prompt_logprobs_json(
+    tok: &Tokenizer,
+    prompt: &[u32],
+    items: &[Option<TokenLogprob>],
+) -> serde_json::Value {
+    let entry = |id: u32, logprob: f32, rank: usize| {
+        serde_json::json!({
+            "logprob": logprob,
+            "rank": rank,
+            "decoded_token": token_str(tok, id),
+        })
+    };
+    let rows = prompt.iter().enumerate().map(|(j, _)| {
+        let Some(Some(lp)) = (j > 0).then(|| items.get(j).cloned().flatten()) else {
+            return serde_json::Value::Null;
+        };
+        let mut m = serde_json::Map::new();
+        m.insert(
+            lp.token_id.to_string(),
+            entry(lp.token_id, lp.logprob, lp.rank),
+        );
+        for (i, &(id, l)) in lp.top.iter().enumerate() {
+            m.entry(id.to_string())
+                .or_insert_with(|| entry(id, l, i + 1));
+        }
+        serde_json::Value::Object(m)
+    });
+    serde_json::Value::Array(rows.collect())
 }
