@@ -419,3 +419,89 @@ async fn prompt_logprobs_are_returned_as_vllm_returns_them() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_by_id_load_tokenizer_info_request_ids_and_retry_after() {
+    let s = Server::start(&[
+        "--max-num-seqs",
+        "1",
+        "--max-queue-len",
+        "0",
+        "--enable-tokenizer-info-endpoint",
+    ])
+    .await;
+    let c = reqwest::Client::new();
+    let get = |path: &str| c.get(s.url(path)).send();
+    // The SDKs' models.retrieve.
+    let models: serde_json::Value = get("/v1/models").await.unwrap().json().await.unwrap();
+    let id = models["data"][0]["id"].as_str().unwrap().to_string();
+    let r = get(&format!("/v1/models/{id}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (m["id"].as_str(), m["object"].as_str()),
+        (Some(id.as_str()), Some("model"))
+    );
+    let r = get("/v1/models/not-this-one").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not-this-one"));
+    // vLLM's tokenizer_info (behind its flag, given here).
+    let t: serde_json::Value = get("/tokenizer_info").await.unwrap().json().await.unwrap();
+    assert_eq!(t["eos_token"], "<|im_end|>");
+    assert_eq!(t["vocab_size"], 49152);
+    assert!(t["chat_template"].as_str().unwrap().contains("im_start"));
+    // Request ids: the client's echoed, else a new one.
+    let r = c
+        .get(s.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r = get("/health").await.unwrap();
+    let fresh = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(!fresh.is_empty() && fresh != "abc-123");
+    // /load counts requests being served; with room for one, a second gets 429 with
+    // Retry-After (ordered by /load, not by timing).
+    let load = || async {
+        get("/load")
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["server_load"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(load().await, 0);
+    let long = tokio::spawn({
+        let url = s.url("/v1/completions");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"prompt": "Count:", "max_tokens": 400, "ignore_eos": true, "temperature": 0}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    while load().await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&json!({"prompt": "x", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(long.await.unwrap(), 200);
+    assert_eq!(load().await, 0);
+}

@@ -64,6 +64,8 @@ impl Default for RenderLimits {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template's text, as given.
+    source: String,
     /// The special tokens in the context (`bos_token`, `eos_token`, ...), by name.
     special_tokens: Vec<(String, String)>,
     limits: RenderLimits,
@@ -147,9 +149,15 @@ impl ChatTemplate {
             .collect();
         Ok(Self {
             env,
+            source: source.to_string(),
             special_tokens,
             limits,
         })
+    }
+
+    /// The template's text, as given.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The same template under other limits.

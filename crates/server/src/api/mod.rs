@@ -3,13 +3,15 @@
 //! those listed before it: `error` (engine errors to API errors), `metrics`
 //! (the Prometheus registry and per-request timer), `state` (shared state, admission, engine
 //! submissions), `validate` (request checks to `SamplingParams`), `stream` (SSE, collecting
-//! and rendering answers), `auth` (the API key), the handlers `completions`, `chat` and
-//! `misc`; and here the router.
+//! and rendering answers), `auth` (the API key), `headers` (request ids, Retry-After), the
+//! handlers `completions`, `chat`, `info` and `misc`; and here the router.
 
 mod auth;
 mod chat;
 mod completions;
 pub mod error;
+mod headers;
+mod info;
 pub mod metrics;
 mod misc;
 mod state;
@@ -31,6 +33,7 @@ pub fn probes_router(state: Arc<AppState>) -> Router {
         .route("/health", get(misc::health))
         .route("/ping", get(misc::health).post(misc::health))
         .fallback(misc::over_connection_limit)
+        .layer(middleware::from_fn(headers::request_id_and_retry_after))
         .with_state(state)
 }
 
@@ -41,12 +44,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(misc::models))
+        .route("/v1/models/{*id}", get(info::model))
+        .route("/load", get(info::load))
         .route("/version", get(misc::version))
         .route("/tokenize", post(model_query::<TokenizeRequest>))
         .route("/detokenize", post(model_query::<DetokenizeRequest>));
     let mut open = Router::new()
         .route("/health", get(misc::health))
         .route("/ping", get(misc::health).post(misc::health));
+    if state.enable_tokenizer_info {
+        keyed = keyed.route("/tokenizer_info", get(info::tokenizer_info));
+    }
     if state.metrics_require_api_key {
         keyed = keyed.route("/metrics", get(misc::metrics));
     } else {
@@ -73,5 +81,6 @@ pub fn router(state: Arc<AppState>) -> Router {
             misc::refuse_oversized,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(headers::request_id_and_retry_after))
         .with_state(state)
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     /// Whether /metrics needs a key too.
     pub metrics_require_api_key: bool,
+    /// Whether `/tokenizer_info` is served (vLLM's `--enable-tokenizer-info-endpoint`).
+    pub enable_tokenizer_info: bool,
     /// Set once the model is loaded and the engine runs; until then /health and /v1 say 503.
     pub loaded: OnceLock<Loaded>,
     pub metrics: Metrics,
@@ -213,6 +215,7 @@ pub mod test_support {
             served_model_name: "m".into(),
             api_keys: Vec::new(),
             metrics_require_api_key: false,
+            enable_tokenizer_info: false,
             loaded: OnceLock::new(),
             metrics: Metrics::new("m", 64).expect("metrics"),
             shutting_down: AtomicBool::new(false),

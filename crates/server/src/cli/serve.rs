@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// with an error event).
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Serve `/tokenizer_info` (vLLM's flag; off by default, as there).
+    #[arg(long)]
+    pub enable_tokenizer_info_endpoint: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -112,6 +115,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         served_model_name: served,
         api_keys,
         metrics_require_api_key: args.limits.metrics_require_api_key,
+        enable_tokenizer_info: args.enable_tokenizer_info_endpoint,
         loaded: OnceLock::new(),
         metrics,
         shutting_down: AtomicBool::new(false),
