@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::columns::COLUMN_GROUP as G;
 use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::problem::{Problem, TaskKernels};
 use super::{tiles32, tiles_k};
 
 /// The instruction set the CPU kernels run with.
@@ -153,29 +154,6 @@ fn by_four(m: usize, kb: usize, scale: impl Fn(usize, usize) -> f32) -> Vec<[f32
     }
     v
 }
-
-/// One quantized matmul: raw views of the operands (a task reads its own columns).
-pub(super) struct Problem<W, X> {
-    /// `[n, kb]` weight blocks (columns grouped for the 32-value types, see `COLUMN_GROUP`).
-    pub w: *const W,
-    /// `[m, kb]` activation blocks.
-    pub x: *const X,
-    /// Activation scales `d` and (for weights with a min term) `s` in f32, `[m / 4 (rounded
-    /// up), kb]` lanes of 4 rows; empty where the tiles read them from the blocks.
-    pub xd: *const [f32; 4],
-    pub xs: *const [f32; 4],
-    /// `[m, n]` outputs.
-    pub out: *mut f32,
-    pub m: usize,
-    pub n: usize,
-    pub kb: usize,
-}
-
-// SAFETY: tasks read the shared inputs and write disjoint output columns.
-unsafe impl<W, X> Sync for Problem<W, X> {}
-
-/// The column tasks of problem type `P`: the AVX2 kernel, then the VNNI one.
-pub(super) type TaskKernels<P> = (unsafe fn(&P, usize, usize), unsafe fn(&P, usize, usize));
 
 /// A problem's column tasks, in parallel, with the task kernel of `isa`.
 ///

@@ -14,6 +14,8 @@ mod gemm;
 mod ggml_fixture;
 mod kblocks;
 mod matmul;
+#[cfg(x86_v3)]
+mod problem;
 mod quantize;
 #[cfg(x86_v3)]
 mod tiles32;

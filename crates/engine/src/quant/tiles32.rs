@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use super::avx2::{bytes_from_bits_32, bytes_from_nibbles_32, hsum8, Avx2, Dot, Vnni};
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use super::columns::COLUMN_GROUP as G;
-use super::gemm::{Problem, TaskKernels};
+use super::problem::{Problem, TaskKernels};
 
 /// Blocks ahead that a tile asks the memory system for: a decode step streams every weight
 /// from DRAM once, and the hardware prefetcher alone left the tiles waiting on it.

@@ -10,8 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{hsum8, Avx2, Dot, Vnni};
-use super::gemm::{Problem, TaskKernels};
 use super::kblocks::{scales_mins_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::problem::{Problem, TaskKernels};
 
 /// How a K-quant's min term enters the result (ggml's three AVX2 forms).
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,25 @@
+//! One quantized matmul as the column tasks see it (`gemm.rs` builds it, `tiles32.rs` and
+//! `tiles_k.rs` run it).
+
+/// One quantized matmul: raw views of the operands (a task reads its own columns).
+pub(super) struct Problem<W, X> {
+    /// `[n, kb]` weight blocks (columns grouped for the 32-value types, see `COLUMN_GROUP`).
+    pub w: *const W,
+    /// `[m, kb]` activation blocks.
+    pub x: *const X,
+    /// Activation scales `d` and (for weights with a min term) `s` in f32, `[m / 4 (rounded
+    /// up), kb]` lanes of 4 rows; empty where the tiles read them from the blocks.
+    pub xd: *const [f32; 4],
+    pub xs: *const [f32; 4],
+    /// `[m, n]` outputs.
+    pub out: *mut f32,
+    pub m: usize,
+    pub n: usize,
+    pub kb: usize,
+}
+
+// SAFETY: tasks read the shared inputs and write disjoint output columns.
+unsafe impl<W, X> Sync for Problem<W, X> {}
+
+/// The column tasks of problem type `P`: the AVX2 kernel, then the VNNI one.
+pub(super) type TaskKernels<P> = (unsafe fn(&P, usize, usize), unsafe fn(&P, usize, usize));
