@@ -135,44 +135,68 @@ pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(),
             ));
         }
     }
-    let refused: [(&str, bool); 8] = [
-        (
-            "truncate_prompt_tokens",
-            obj.get("truncate_prompt_tokens")
-                .is_some_and(|v| !v.is_null()),
-        ),
-        ("bad_words", obj.get("bad_words").is_some_and(set)),
-        (
-            "allowed_token_ids",
-            obj.get("allowed_token_ids").is_some_and(set),
-        ),
-        (
-            "spaces_between_special_tokens",
-            obj.get("spaces_between_special_tokens") == Some(&Value::Bool(false)),
-        ),
-        (
-            "use_beam_search",
-            obj.get("use_beam_search").is_some_and(set),
-        ),
-        (
-            "length_penalty",
-            obj.get("length_penalty")
-                .is_some_and(|v| v.as_f64().is_none_or(|x| x != 1.0)),
-        ),
-        (
-            "logits_processors",
-            obj.get("logits_processors").is_some_and(set),
-        ),
-        (
-            "return_tokens_as_token_ids",
-            obj.get("return_tokens_as_token_ids").is_some_and(set),
-        ),
+    // (field, refused when): vLLM 0.34's request fields (docs/api.md) that change the
+    // answer and have no implementation here. `Set`: present and not null/false/empty.
+    enum When {
+        Set,
+        NotNull,
+        False,
+        NotOne,
+        NotZero,
+    }
+    const REFUSED: [(&str, When); 24] = [
+        ("truncate_prompt_tokens", When::NotNull),
+        ("bad_words", When::Set),
+        ("allowed_token_ids", When::Set),
+        ("spaces_between_special_tokens", When::False),
+        ("use_beam_search", When::Set),
+        ("length_penalty", When::NotOne),
+        ("logits_processors", When::Set),
+        ("return_tokens_as_token_ids", When::Set),
+        ("watermarking", When::Set),
+        ("logprob_token_ids", When::Set),
+        ("prompt_embeds", When::Set),
+        ("return_token_ids", When::Set),
+        ("return_weight_versions", When::Set),
+        ("routed_experts_prompt_start", When::NotZero),
+        ("return_token_offsets", When::Set),
+        ("return_prompt_text", When::Set),
+        ("mm_payload", When::Set),
+        ("return_mm_kwargs", When::Set),
+        ("media_io_kwargs", When::Set),
+        ("mm_processor_kwargs", When::Set),
+        ("vllm_xargs", When::Set),
+        ("repetition_detection", When::Set),
+        ("thinking_token_budget", When::NotNull),
+        ("reasoning_effort", When::NotNull),
     ];
-    if let Some((field, _)) = refused.iter().find(|(_, on)| *on) {
-        return Err(ApiError::invalid_field(
-            field,
-            format!("`{field}` is not supported yet"),
-        ));
+    for (field, when) in &REFUSED {
+        let Some(v) = obj.get(*field) else { continue };
+        let on = match when {
+            When::Set => set(v),
+            When::NotNull => !v.is_null(),
+            When::False => v == &Value::Bool(false),
+            When::NotOne => !v.is_null() && v.as_f64() != Some(1.0),
+            When::NotZero => !v.is_null() && v.as_f64() != Some(0.0),
+        };
+        if on {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}` is not supported yet"),
+            ));
+        }
+    }
+    // Chat: without a reasoning parser the reasoning stays in the content, so asking for it
+    // to be left out cannot be honoured. Completions: the prompt gets the tokenizer's
+    // special tokens (vLLM's default there), so asking for none cannot either.
+    let refused_off = [("include_reasoning", chat), ("add_special_tokens", !chat)];
+    for (field, applies) in refused_off {
+        if applies && obj.get(field) == Some(&Value::Bool(false)) {
+            return Err(ApiError::invalid_field(
+                field,
+                format!("`{field}: false` is not supported yet"),
+            ));
+        }
     }
     if chat && obj.get("echo").is_some_and(set) {
         return Err(ApiError::invalid_field(
