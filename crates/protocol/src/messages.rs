@@ -65,3 +65,75 @@ pub fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiE
         })
         .collect()
 }
+
+/// vLLM's `continue_final_message` (transformers' form): the conversation must end with an
+/// assistant message and may not also ask for a generation prompt; returns that message's
+/// content, after which the rendered prompt is cut ([`cut_after_final_message`]).
+pub fn final_message_to_continue<'a>(
+    messages: &'a [ChatMessage],
+    add_generation_prompt: Option<bool>,
+) -> Result<&'a str, ApiError> {
+    if add_generation_prompt == Some(true) {
+        return Err(ApiError::invalid_field(
+            "continue_final_message",
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+        ));
+    }
+    match messages.last() {
+        Some(m) if m.role == "assistant" => Ok(&m.content),
+        _ => Err(ApiError::invalid_field(
+            "continue_final_message",
+            "`continue_final_message` needs the last message to be the assistant's",
+        )),
+    }
+}
+
+/// The rendered conversation up to the end of the final message's content (the template's
+/// end-of-turn markup after it removed), as transformers does: the last occurrence of the
+/// content, else of the content without surrounding whitespace (templates often strip it).
+pub fn cut_after_final_message(rendered: &str, content: &str) -> Result<String, ApiError> {
+    for c in [content, content.trim()] {
+        if c.is_empty() {
+            continue;
+        }
+        if let Some(i) = rendered.rfind(c) {
+            return Ok(rendered[..i + c.len()].to_string());
+        }
+    }
+    if content.trim().is_empty() {
+        // An empty final message: the template's opening of the turn is where to continue;
+        // without its content to find, cut nothing rather than guess.
+        return Ok(rendered.to_string());
+    }
+    Err(ApiError::invalid_field(
+        "continue_final_message",
+        "the final message's content is not in the rendered chat template",
+    ))
+}
+
+#[cfg(test)]
+mod continue_tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_ends_where_the_final_message_does() {
+        let chatml =
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is<|im_end|>\n";
+        assert_eq!(
+            cut_after_final_message(chatml, "The answer is").unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is"
+        );
+        // Content the template stripped is found without its whitespace.
+        assert!(cut_after_final_message(chatml, "  The answer is \n")
+            .unwrap()
+            .ends_with("is"));
+        assert!(cut_after_final_message(chatml, "absent").is_err());
+        let msgs = [
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "The"),
+        ];
+        assert_eq!(final_message_to_continue(&msgs, None).unwrap(), "The");
+        assert!(final_message_to_continue(&msgs, Some(true)).is_err());
+        assert!(final_message_to_continue(&msgs[..1], Some(false)).is_err());
+    }
+}

@@ -223,10 +223,6 @@ pub fn refuse_unsupported_chat(r: &crate::openai::ChatRequest) -> Result<(), Api
     };
     let refused = [
         ("chat_template_kwargs", set(&r.chat_template_kwargs)),
-        (
-            "continue_final_message",
-            r.continue_final_message == Some(true),
-        ),
         ("documents", set(&r.documents)),
         ("chat_template", r.chat_template.is_some()),
         ("add_special_tokens", r.add_special_tokens == Some(true)),
@@ -462,10 +458,6 @@ mod tests {
             (
                 r#"{"messages": [], "chat_template_kwargs": {"enable_thinking": false}}"#,
                 "chat_template_kwargs",
-            ),
-            (
-                r#"{"messages": [], "continue_final_message": true}"#,
-                "continue_final_message",
             ),
             (
                 r#"{"messages": [], "chat_template": "{{ x }}"}"#,

@@ -505,3 +505,49 @@ async fn model_by_id_load_tokenizer_info_request_ids_and_retry_after() {
     assert_eq!(long.await.unwrap(), 200);
     assert_eq!(load().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_final_message_continues_the_assistants_text() {
+    let s = Server::start(&[]).await;
+    let msgs = json!([
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is"}
+    ]);
+    let (status, v) = post(&s, "/v1/chat/completions", &json!({"messages": msgs, "max_tokens": 3, "temperature": 0, "continue_final_message": true, "add_generation_prompt": false})).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with(" Paris"), "{text:?}");
+    // The same prompt as a completion of the cut template: the same tokens.
+    let (_, t) = post(
+        &s,
+        "/tokenize",
+        &json!({"messages": msgs, "add_generation_prompt": false}),
+    )
+    .await;
+    let full = t["count"].as_u64().unwrap();
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() < full,
+        "the end-of-turn markup is cut"
+    );
+    // Both flags, or no assistant message to continue: 400 naming it.
+    let (status, e) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "continue_final_message": true, "add_generation_prompt": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("continue_final_message"))
+    );
+    let (status, e) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "continue_final_message": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("continue_final_message"))
+    );
+}

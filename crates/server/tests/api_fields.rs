@@ -85,6 +85,12 @@ async fn every_vllm_request_field_does_what_docs_api_md_says() {
             match field.as_str() {
                 "stream_options" => body["stream"] = json!(true),
                 "top_logprobs" => body["logprobs"] = json!(true),
+                "continue_final_message" => {
+                    body["messages"] = json!([
+                        {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello, I"}
+                    ])
+                }
                 _ => {}
             }
             body[field.as_str()] = value;

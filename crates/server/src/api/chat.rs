@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
-use ferrolm_protocol::messages::flatten_messages;
+use ferrolm_protocol::messages::{
+    cut_after_final_message, final_message_to_continue, flatten_messages,
+};
 use ferrolm_protocol::validate::refuse_unsupported_chat;
 
 use super::error::{from_engine, ApiError};
@@ -38,9 +40,23 @@ pub async fn chat_completions(
     })?;
     refuse_unsupported_chat(&req)?;
     let messages = flatten_messages(&req.messages)?;
+    // vLLM's continue_final_message: the assistant's last message is continued, not closed.
+    let continue_from = match req.continue_final_message {
+        Some(true) => Some(final_message_to_continue(
+            &messages,
+            req.add_generation_prompt,
+        )?),
+        _ => None,
+    };
+    let add_generation_prompt =
+        continue_from.is_none() && req.add_generation_prompt.unwrap_or(true);
     let text = template
-        .render(&messages, req.add_generation_prompt.unwrap_or(true))
+        .render(&messages, add_generation_prompt)
         .map_err(from_engine)?;
+    let text = match continue_from {
+        Some(content) => cut_after_final_message(&text, content)?,
+        None => text,
+    };
     let engine = &loaded.engine;
     let max_model_len = engine.max_model_len;
     let prompt = encode_prompt(&tok, text, max_model_len, "messages").await?;
