@@ -29,6 +29,7 @@ fuzz_target!(|input: (String, String, Option<String>)| {
             finish_reason: None,
         }],
         usage: None,
+        prompt_logprobs: None,
     };
     let value = serde_json::to_value(&chunk).expect("a chunk serializes");
     let framed = json_event(&value);

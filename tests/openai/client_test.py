@@ -78,6 +78,45 @@ def test_streaming_completions():
     assert text.startswith(EXPECT), text
 
 
+def test_chat_responses_api():
+    # OpenAI's Responses API (named "chat" here: it needs a chat template): instructions, a
+    # stored response continued by previous_response_id, retrieval.
+    r = client.responses.create(model=MODEL, input="What is the capital of France?", instructions="Answer in one word.",
+                                max_output_tokens=8, temperature=0)
+    assert r.object == "response" and r.status in ("completed", "incomplete"), r.status
+    assert r.output_text and r.output[0].role == "assistant", r.output
+    assert r.usage.output_tokens <= 8 and r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    again = client.responses.retrieve(r.id)
+    assert again.id == r.id and again.output_text == r.output_text
+    follow = client.responses.create(model=MODEL, input="And of Italy?", previous_response_id=r.id, max_output_tokens=8, temperature=0)
+    assert follow.previous_response_id == r.id
+    # The earlier turn is in the prompt: more input tokens than the question alone.
+    alone = client.responses.create(model=MODEL, input="And of Italy?", max_output_tokens=8, temperature=0, store=False)
+    assert follow.usage.input_tokens > alone.usage.input_tokens + 5, (follow.usage, alone.usage)
+    try:
+        client.responses.retrieve(alone.id)
+    except openai.NotFoundError:
+        pass
+    else:
+        raise AssertionError("store=False was stored")
+    cut = client.responses.create(model=MODEL, input="Count to fifty.", max_output_tokens=3, temperature=0)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+
+
+def test_chat_responses_api_streaming():
+    # The SDK's stream helper checks the events' order; the text equals the non-streamed one.
+    with client.responses.stream(model=MODEL, input="Name a fruit.", max_output_tokens=10, temperature=0) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"], kinds
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed" if final.status == "completed" else "response.incomplete"], kinds
+    assert "response.output_text.delta" in kinds
+    whole = client.responses.create(model=MODEL, input="Name a fruit.", max_output_tokens=10, temperature=0)
+    assert final.output_text == whole.output_text, (final.output_text, whole.output_text)
+
+
 def test_errors_are_openai_errors():
     try:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)

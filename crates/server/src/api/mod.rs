@@ -4,7 +4,7 @@
 //! (the Prometheus registry and per-request timer), `state` (shared state, admission, engine
 //! submissions), `validate` (request checks to `SamplingParams`), `stream` (SSE, collecting
 //! and rendering answers), `auth` (the API key), `headers` (request ids, Retry-After), the
-//! handlers `completions`, `chat`, `info` and `misc`; and here the router.
+//! handlers `completions`, `chat`, `responses`, `info` and `misc`; and here the router.
 
 mod auth;
 mod chat;
@@ -14,6 +14,8 @@ mod headers;
 mod info;
 pub mod metrics;
 mod misc;
+mod response_store;
+mod responses;
 mod state;
 mod stream;
 mod validate;
@@ -43,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut keyed = Router::new()
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get))
         .route("/v1/models", get(misc::models))
         .route("/v1/models/{*id}", get(info::model))
         .route("/load", get(info::load))

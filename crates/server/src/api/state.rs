@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics_require_api_key: bool,
     /// Whether `/tokenizer_info` is served (vLLM's `--enable-tokenizer-info-endpoint`).
     pub enable_tokenizer_info: bool,
+    /// Stored Responses API answers (bounded).
+    pub responses: std::sync::Mutex<super::response_store::ResponseStore>,
     /// Set once the model is loaded and the engine runs; until then /health and /v1 say 503.
     pub loaded: OnceLock<Loaded>,
     pub metrics: Metrics,
@@ -216,6 +218,7 @@ pub mod test_support {
             api_keys: Vec::new(),
             metrics_require_api_key: false,
             enable_tokenizer_info: false,
+            responses: Default::default(),
             loaded: OnceLock::new(),
             metrics: Metrics::new("m", 64).expect("metrics"),
             shutting_down: AtomicBool::new(false),

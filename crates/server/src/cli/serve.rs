@@ -116,6 +116,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_keys,
         metrics_require_api_key: args.limits.metrics_require_api_key,
         enable_tokenizer_info: args.enable_tokenizer_info_endpoint,
+        responses: Default::default(),
         loaded: OnceLock::new(),
         metrics,
         shutting_down: AtomicBool::new(false),
