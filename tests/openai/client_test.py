@@ -117,6 +117,52 @@ def test_chat_responses_api_streaming():
     assert final.output_text == whole.output_text, (final.output_text, whole.output_text)
 
 
+def test_vllm_parity_fields():
+    # Issue "API parity": each through the official client (extra_body for vLLM's fields).
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model"
+    # A structured-output field that vLLM honours is refused by name, never ignored.
+    try:
+        client.completions.create(model=MODEL, prompt="Yes or no?", max_tokens=2, extra_body={"guided_choice": ["yes", "no"]})
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "guided_choice" in str(e)
+    else:
+        raise AssertionError("guided_choice was accepted")
+    # Echo-only scores the prompt.
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=0, echo=True, logprobs=1)
+    assert r.choices[0].text == "The capital of France is" and r.usage.completion_tokens == 0
+    assert r.choices[0].logprobs.token_logprobs[0] is None and len(r.choices[0].logprobs.tokens) >= 5
+    # Streamed log-prob offsets run on across chunks, as the whole answer's.
+    whole = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=1)
+    loose = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)
+    offsets = []
+    for chunk in loose.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0,
+                                          logprobs=1, stream=True):
+        for c in chunk.choices:
+            if c.logprobs is not None:
+                offsets += c.logprobs.text_offset
+    assert offsets == whole.choices[0].logprobs.text_offset, (offsets, whole.choices[0].logprobs.text_offset)
+    # include_stop_str_in_output keeps the stop string.
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=16, temperature=0,
+                                  stop=[" "], extra_body={"include_stop_str_in_output": True})
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].text.endswith(" "), r.choices[0].text
+    # prompt_logprobs (vLLM's extra field) comes back in the choice.
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=1,
+                                  extra_body={"prompt_logprobs": 1})
+    pl = r.choices[0].model_extra["prompt_logprobs"]
+    assert pl[0] is None and all(isinstance(e, dict) for e in pl[1:]), pl
+
+
+def test_chat_continue_final_message():
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=3, temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"},
+                  {"role": "assistant", "content": "The capital of France is"}],
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert r.choices[0].message.content.startswith(" Paris"), r.choices[0].message.content
+
+
 def test_errors_are_openai_errors():
     try:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)

@@ -1,5 +1,6 @@
 //! OpenAI's Responses API as vLLM serves it: the request (text in, text out; tools, reasoning
-//! and structured output refused by name until they are implemented), its input as chat
+//! and structured output refused by name until they are implemented; vLLM's sampling extras
+//! are read from the same body as the other endpoints' `CommonParams`), its input as chat
 //! messages, and the response object and stream events the official SDKs parse.
 
 use ferrolm_formats::tokenizer::ChatMessage;
@@ -35,6 +36,9 @@ pub struct ResponsesRequest {
     pub max_tool_calls: Option<i64>,
     pub prompt: Option<Value>,
     pub conversation: Option<Value>,
+    pub chat_template_kwargs: Option<Value>,
+    pub enable_response_messages: Option<bool>,
+    pub previous_input_messages: Option<Value>,
 }
 
 fn refuse(field: &str, what: &str) -> ApiError {
@@ -87,6 +91,15 @@ impl ResponsesRequest {
         }
         if nonempty(&self.conversation) {
             return Err(refuse("conversation", "(stored conversations)"));
+        }
+        if nonempty(&self.chat_template_kwargs) {
+            return Err(refuse("chat_template_kwargs", ""));
+        }
+        if self.enable_response_messages == Some(true) {
+            return Err(refuse("enable_response_messages", ""));
+        }
+        if nonempty(&self.previous_input_messages) {
+            return Err(refuse("previous_input_messages", ""));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! Walks docs/api.md's table of vLLM's request fields: each field, on each endpoint that has
-//! it, sent with the table's value in a small request against the real server; the status must
-//! be what the table says (implemented and no effect: 200; refused: 400 naming the field).
+//! Walks docs/api.md's table of vLLM's request fields (completions, chat, responses): each
+//! field, on each endpoint that has it, sent with the table's value in a small request against
+//! the real server; the status must be what the table says (implemented and no effect: 200;
+//! refused: 400 naming the field).
 
 mod common;
 
@@ -25,18 +26,23 @@ fn rows() -> Vec<(String, Vec<(&'static str, String, Option<Value>)>)> {
         .filter(|l| l.starts_with("| ") && !l.starts_with("| field") && !l.starts_with("| ---"))
         .map(|l| {
             let cells: Vec<&str> = l.trim().trim_matches('|').split('|').collect();
-            assert_eq!(cells.len(), 5, "row {l}");
+            assert_eq!(cells.len(), 7, "row {l}");
             let field = cells[0].trim().to_string();
             let ends = vec![
                 (
                     "/v1/completions",
                     cells[1].trim().to_string(),
-                    cell_value(cells[3]),
+                    cell_value(cells[4]),
                 ),
                 (
                     "/v1/chat/completions",
                     cells[2].trim().to_string(),
-                    cell_value(cells[4]),
+                    cell_value(cells[5]),
+                ),
+                (
+                    "/v1/responses",
+                    cells[3].trim().to_string(),
+                    cell_value(cells[6]),
                 ),
             ];
             (field, ends)
@@ -47,7 +53,7 @@ fn rows() -> Vec<(String, Vec<(&'static str, String, Option<Value>)>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_vllm_request_field_does_what_docs_api_md_says() {
     let rows = rows();
-    assert!(rows.len() >= 70, "{} rows", rows.len());
+    assert!(rows.len() >= 90, "{} rows", rows.len());
     let s = Server::start(&[]).await;
     let served = reqwest::get(s.url("/v1/models"))
         .await
@@ -55,6 +61,19 @@ async fn every_vllm_request_field_does_what_docs_api_md_says() {
         .json::<Value>()
         .await
         .unwrap()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A stored response for `previous_response_id`.
+    let stored = reqwest::Client::new()
+        .post(s.url("/v1/responses"))
+        .json(&json!({"input": "Hi", "max_output_tokens": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -71,13 +90,15 @@ async fn every_vllm_request_field_does_what_docs_api_md_says() {
             let value = value
                 .clone()
                 .unwrap_or_else(|| panic!("{field} {path}: no value"));
-            let value = if value == json!("SERVED") {
-                json!(served)
-            } else {
-                value
+            let value = match value {
+                v if v == json!("SERVED") => json!(served),
+                v if v == json!("STORED") => json!(stored),
+                v => v,
             };
             let mut body = if path.contains("chat") {
                 json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+            } else if path.contains("responses") {
+                json!({"input": "Hi", "max_output_tokens": 2})
             } else {
                 json!({"prompt": "Hi", "max_tokens": 2})
             };

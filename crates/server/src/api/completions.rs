@@ -31,6 +31,12 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let (started, loaded, tok, req, n) = read_request::<CompletionRequest>(&state, body)?;
     let max_model_len = loaded.engine.max_model_len;
+    // Echo returns a text prompt as sent (vLLM's `request.prompt`), token prompts decoded.
+    let echo_texts: Vec<Option<String>> = match &req.prompt {
+        Some(Prompt::Text(s)) => vec![Some(s.clone())],
+        Some(Prompt::Texts(v)) => v.iter().cloned().map(Some).collect(),
+        _ => Vec::new(),
+    };
     let prompts: Vec<Vec<u32>> = match req.prompt.clone() {
         None => return Err(ApiError::invalid_field("prompt", "`prompt` is required")),
         Some(Prompt::Text(s)) => vec![encode_prompt(&tok, s, max_model_len, "prompt").await?],
@@ -50,6 +56,10 @@ pub async fn completions(
             "`prompt` must not be an empty list",
         ));
     }
+    let echo_text = |i: usize| match echo_texts.get(i) {
+        Some(Some(t)) => t.clone(),
+        _ => tok.decode(&prompts[i], false),
+    };
     // vLLM's echo-only form: `max_tokens: 0` with `echo` scores the prompt and generates
     // nothing (the engine runs one token, which is dropped).
     let echo_only = req.echo && req.common.max_tokens == Some(0);
@@ -82,7 +92,7 @@ pub async fn completions(
 
     if req.common.stream {
         let echo = req.echo;
-        let prompts_text: Vec<String> = prompts.iter().map(|p| tok.decode(p, false)).collect();
+        let prompts_text: Vec<String> = (0..prompts.len()).map(|i| echo_text(i)).collect();
         // Every chunk, the usage chunk included, carries the stream's one id.
         let chunk = chunk_builder::<CompletionChoice>(
             id.clone(),
@@ -155,7 +165,7 @@ pub async fn completions(
             prompt_logprobs_json(&tok, prompt, pl)
         });
         if req.echo {
-            let ptext = tok.decode(prompt, false);
+            let ptext = echo_text(i / n);
             if logprobs.is_some() {
                 let pl = r.prompt_logprobs.clone().unwrap_or_default();
                 let items: Vec<Option<&TokenLogprob>> = (0..prompt.len())

@@ -16,7 +16,7 @@ use ferrolm_protocol::openai::{request_id, unix_now, CommonParams};
 use ferrolm_protocol::responses::{
     output_message, response_object, ResponseHead, ResponsesRequest,
 };
-use ferrolm_protocol::validate::{apply_generation_defaults, from_json};
+use ferrolm_protocol::validate::{apply_generation_defaults, from_json, refuse_ignored_fields};
 use serde_json::{json, Value};
 
 use super::error::{from_engine, ApiError};
@@ -53,6 +53,8 @@ pub async fn create(
     let req: ResponsesRequest = from_json(&json)?;
     state.check_model(req.model.as_deref())?;
     req.refuse_unsupported()?;
+    // vLLM's extras that would change the answer and are not implemented (as on chat).
+    refuse_ignored_fields(&json, true)?;
     let template = loaded.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request(
             "the model has no chat template; use /v1/completions or --chat-template",
@@ -89,11 +91,9 @@ pub async fn create(
         .generation_defaults
         .max_tokens
         .map_or(max_tokens, |cap| max_tokens.min(cap.max(1)));
-    // The sampling fields the Responses API has, read as the other endpoints read them.
-    let mut common: CommonParams = from_json(&json!({
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-    }))?;
+    // The sampling fields (OpenAI's and vLLM's extras: top_k, min_p, penalties, seed, stop,
+    // ...), read from the body as the other endpoints read them.
+    let mut common: CommonParams = from_json(&json)?;
     apply_generation_defaults(&mut common, &loaded.generation_defaults);
     let params = sampling_params(&common, max_tokens, None, None)?;
     let valid = validate_prompts(engine, std::slice::from_ref(&prompt), &params, &[])?;
