@@ -167,6 +167,10 @@ async fn connection_floods_and_slow_headers_are_bounded() {
     });
     let refused = refused.expect("the API never said 503 with the connection cap full");
     assert!(refused.contains("\"code\":503"), "{refused}");
+    // ... telling the client when to come back, with the request's id.
+    let head = refused.to_ascii_lowercase();
+    assert!(head.contains("retry-after: 1\r\n"), "{refused}");
+    assert!(head.contains("x-request-id: "), "{refused}");
     // At the cap, the probes are still answered.
     let probe = raw_exchange(
         &s,
@@ -266,7 +270,10 @@ async fn drain_answers_503_and_cut_streams_end_with_an_error() {
     loop {
         let probe = reqwest::get(s.url("/health")).await;
         match probe {
-            Ok(p) if p.status() == 503 => break,
+            Ok(p) if p.status() == 503 => {
+                assert_eq!(p.headers()["retry-after"], "1");
+                break;
+            }
             Ok(p) => assert_eq!(p.status(), 200),
             Err(e) => panic!("a connection during the drain was refused: {e}"),
         }
