@@ -23,15 +23,20 @@ pub async fn model(
             "The model `{id}` does not exist."
         )));
     }
-    Ok(Json(serde_json::json!({
+    Ok(Json(model_object(&state, loaded.engine.max_model_len)))
+}
+
+/// The served model as OpenAI's model object (vLLM's extra fields included).
+pub fn model_object(state: &AppState, max_model_len: usize) -> serde_json::Value {
+    serde_json::json!({
         "id": state.served_model_name,
         "object": "model",
         "created": unix_now(),
         "owned_by": "ferrolm",
         "root": state.served_model_name,
         "parent": null,
-        "max_model_len": loaded.engine.max_model_len,
-    })))
+        "max_model_len": max_model_len,
+    })
 }
 
 /// `GET /load`: requests being served (vLLM's `server_load`).

@@ -17,7 +17,7 @@ use super::error::{from_engine, ApiError};
 use super::state::{AppState, Loaded};
 use super::validate::parse_body;
 use ferrolm_protocol::messages::flatten_messages;
-use ferrolm_protocol::openai::{unix_now, ChatMessageIn};
+use ferrolm_protocol::openai::ChatMessageIn;
 
 /// 200 once the model is loaded and while the engine thread runs; 503 while loading,
 /// draining, or once the engine has died (so Kubernetes restarts the pod).
@@ -50,15 +50,7 @@ pub async fn models(
     let loaded = state.loaded()?;
     Ok(Json(serde_json::json!({
         "object": "list",
-        "data": [{
-            "id": state.served_model_name,
-            "object": "model",
-            "created": unix_now(),
-            "owned_by": "ferrolm",
-            "root": state.served_model_name,
-            "parent": null,
-            "max_model_len": loaded.engine.max_model_len,
-        }]
+        "data": [super::info::model_object(&state, loaded.engine.max_model_len)],
     })))
 }
 
