@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ferrolm_engine::attention::{paged_attention_cpu_f16, PagedAttentionShape, StepRows};
 use ferrolm_engine::kv_cache::{BlockPool, KvCacheManager};
 use ferrolm_engine::lcg::lcg_uniform;
-use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, QuantLinear, QuantWeights};
+use ferrolm_engine::quant::{BlockQ4_1, BlockQ8_0, InSituType, QuantLinear, QuantWeights};
 use ferrolm_engine::request::Request;
 use ferrolm_engine::sampling::{sample_token, SamplingParams};
 use ferrolm_engine::scheduler::{Scheduler, SchedulerConfig};
@@ -71,31 +71,46 @@ fn q8_0(n: usize, k: usize, seed: &mut u64) -> QuantLinear {
     }
 }
 
+/// A Q4_K weight `[n, k]` (k a multiple of 256), quantized from pseudo-random values.
+fn q4_k(n: usize, k: usize, seed: &mut u64) -> QuantLinear {
+    let w: Vec<f32> = lcg_uniform(n * k, seed)
+        .into_iter()
+        .map(|u| u * 0.05)
+        .collect();
+    QuantLinear::Own {
+        w: QuantWeights::quantize(InSituType::Q4K, &w, n, k).expect("k is a multiple of 256"),
+        n,
+        k,
+    }
+}
+
 fn quant_matmul(c: &mut Criterion) {
     let mut seed = 1;
     let mut g = c.benchmark_group("quant_matmul");
-    for (name, w, n) in [
-        ("q4_1 576->1536 (MLP up)", q4_1(MLP, HIDDEN, &mut seed), MLP),
+    for (name, w, k) in [
+        (
+            "q4_1 576->1536 (MLP up)",
+            q4_1(MLP, HIDDEN, &mut seed),
+            HIDDEN,
+        ),
         (
             "q8_0 576->49152 (output)",
             q8_0(VOCAB, HIDDEN, &mut seed),
-            VOCAB,
+            HIDDEN,
+        ),
+        (
+            "q4_k 1536->576 (MLP down)",
+            q4_k(HIDDEN, MLP, &mut seed),
+            MLP,
         ),
     ] {
         for rows in [1usize, 8, 32] {
-            let x = Tensor::from_vec(
-                lcg_uniform(rows * HIDDEN, &mut seed),
-                (rows, HIDDEN),
-                &Device::Cpu,
-            )
-            .expect("x");
+            let x = Tensor::from_vec(lcg_uniform(rows * k, &mut seed), (rows, k), &Device::Cpu)
+                .expect("x");
             // Weight bytes read per call (the figure a decode step is bound by).
             let bytes = match &w {
-                QuantLinear::Own {
-                    w: QuantWeights::Q4_1(_),
-                    ..
-                } => n * HIDDEN / 32 * 20,
-                _ => n * HIDDEN / 32 * 34,
+                QuantLinear::Own { w, .. } => w.size_bytes(),
+                QuantLinear::Candle(_) => 0,
             };
             g.throughput(Throughput::Bytes(bytes as u64));
             g.bench_with_input(BenchmarkId::new(name, rows), &x, |b, x| {

@@ -53,6 +53,16 @@ impl QuantWeights {
         })
     }
 
+    /// From GGUF's row-major `[n, k / 32]` Q4_1 blocks.
+    pub fn q4_1(blocks: Vec<BlockQ4_1>, n: usize, k: usize) -> Self {
+        Self::Q4_1(interleave(blocks, n, k / QK))
+    }
+
+    /// From GGUF's row-major `[n, k / 32]` Q8_0 blocks.
+    pub fn q8_0(blocks: Vec<BlockQ8_0>, n: usize, k: usize) -> Self {
+        Self::Q8_0(interleave(blocks, n, k / QK))
+    }
+
     fn act_kind(&self) -> ActKind {
         match self {
             Self::Q4_0(_) | Self::Q5_0(_) | Self::Q8_0(_) => ActKind::Q8_0,
