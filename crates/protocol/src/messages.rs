@@ -89,21 +89,27 @@ pub fn final_message_to_continue<'a>(
 }
 
 /// The rendered conversation up to the end of the final message's content (the template's
-/// end-of-turn markup after it removed), as transformers does: the last occurrence of the
-/// content, else of the content without surrounding whitespace (templates often strip it).
-pub fn cut_after_final_message(rendered: &str, content: &str) -> Result<String, ApiError> {
+/// end-of-turn markup after it removed), as transformers does: the first occurrence of the
+/// content (else of it without surrounding whitespace: templates often strip it) at or after
+/// `from`, where the earlier messages and the assistant turn's opening end (the render of
+/// the other messages with a generation prompt, when it is a prefix of this one; else 0).
+/// An empty final message continues from `from`.
+pub fn cut_after_final_message(
+    rendered: &str,
+    content: &str,
+    from: usize,
+) -> Result<String, ApiError> {
+    let tail = rendered.get(from..).unwrap_or("");
     for c in [content, content.trim()] {
         if c.is_empty() {
             continue;
         }
-        if let Some(i) = rendered.rfind(c) {
-            return Ok(rendered[..i + c.len()].to_string());
+        if let Some(i) = tail.find(c) {
+            return Ok(rendered[..from + i + c.len()].to_string());
         }
     }
-    if content.trim().is_empty() {
-        // An empty final message: the template's opening of the turn is where to continue;
-        // without its content to find, cut nothing rather than guess.
-        return Ok(rendered.to_string());
+    if content.trim().is_empty() && from > 0 {
+        return Ok(rendered[..from].to_string());
     }
     Err(ApiError::invalid_field(
         "continue_final_message",
@@ -119,15 +125,30 @@ mod continue_tests {
     fn the_prompt_ends_where_the_final_message_does() {
         let chatml =
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is<|im_end|>\n";
+        let prefix = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+        let at = prefix.len();
         assert_eq!(
-            cut_after_final_message(chatml, "The answer is").unwrap(),
+            cut_after_final_message(chatml, "The answer is", at).unwrap(),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is"
         );
         // Content the template stripped is found without its whitespace.
-        assert!(cut_after_final_message(chatml, "  The answer is \n")
+        assert!(cut_after_final_message(chatml, "  The answer is \n", at)
             .unwrap()
             .ends_with("is"));
-        assert!(cut_after_final_message(chatml, "absent").is_err());
+        assert!(cut_after_final_message(chatml, "absent", at).is_err());
+        // A short content that also occurs in the markup is found where the turn opens, not in
+        // a later `<|im_end|>`; one that occurs in an earlier message is not taken from there.
+        let e = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\ne<|im_end|>\n";
+        assert!(cut_after_final_message(e, "e", at)
+            .unwrap()
+            .ends_with("assistant\ne"));
+        let again = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHi<|im_end|>\n";
+        assert!(cut_after_final_message(again, "Hi", at)
+            .unwrap()
+            .ends_with("assistant\nHi"));
+        // Empty: continue where the turn opens.
+        let empty = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n";
+        assert_eq!(cut_after_final_message(empty, "", at).unwrap(), prefix);
         let msgs = [
             ChatMessage::new("user", "Hi"),
             ChatMessage::new("assistant", "The"),

@@ -210,7 +210,7 @@ pub fn response_object(
         "status": status,
         "model": head.model,
         "output": output,
-        "error": null,
+        "error": if status == "failed" { json!({"code": "server_error", "message": "the request was aborted"}) } else { Value::Null },
         "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
         "instructions": r.instructions,
         "max_output_tokens": r.max_output_tokens,

@@ -551,3 +551,44 @@ async fn continue_final_message_continues_the_assistants_text() {
         (400, Some("continue_final_message"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_checks_like_the_other_endpoints() {
+    let s = Server::start(&[]).await;
+    for (body, param) in [
+        (json!({"input": "Hi", "n": 2}), "n"),
+        (
+            json!({"input": "Hi", "max_output_tokens": 1_000_000}),
+            "max_output_tokens",
+        ),
+        (json!({"input": "Hi", "best_of": 3}), "best_of"),
+        (
+            json!({"input": "Hi", "prompt_logprobs": 1}),
+            "prompt_logprobs",
+        ),
+        (
+            json!({"input": "Hi", "previous_response_id": "resp_nope"}),
+            "previous_response_id",
+        ),
+    ] {
+        let (status, e) = post(&s, "/v1/responses", &body).await;
+        assert!(matches!(status, 400 | 404), "{body}: {status} {e}");
+        assert_eq!(e["error"]["param"], param, "{body}: {e}");
+    }
+    // A completed answer is stored and retrievable; its conversation carries on.
+    let (status, r) = post(
+        &s,
+        "/v1/responses",
+        &json!({"input": "Hi", "max_output_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    let id = r["id"].as_str().unwrap();
+    let got: serde_json::Value = reqwest::get(s.url(&format!("/v1/responses/{id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["output"], r["output"]);
+}

@@ -54,7 +54,21 @@ pub async fn chat_completions(
         .render(&messages, add_generation_prompt)
         .map_err(from_engine)?;
     let text = match continue_from {
-        Some(content) => cut_after_final_message(&text, content)?,
+        Some(content) => {
+            // Where the final message's turn opens: the other messages with a generation prompt.
+            let opened = match messages.len() {
+                1 => String::new(),
+                n => template
+                    .render(&messages[..n - 1], true)
+                    .map_err(from_engine)?,
+            };
+            let from = if text.starts_with(&opened) {
+                opened.len()
+            } else {
+                0
+            };
+            cut_after_final_message(&text, content, from)?
+        }
         None => text,
     };
     let engine = &loaded.engine;

@@ -122,7 +122,11 @@ pub async fn completions(
                         lp = Some(completion_logprobs(&tok, &items, prompt, 0));
                     }
                 }
-                let offset = offsets[choice] + text.chars().count();
+                // Generated tokens' offsets run on from the echoed prompt tokens' (as vLLM's:
+                // a BOS among them has width there though the echoed text lacks it).
+                let offset = lp
+                    .as_ref()
+                    .map_or(offsets[choice] + text.chars().count(), end_offset);
                 if !echo_only {
                     text.push_str(&o.text);
                     if logprobs.is_some() && !o.logprobs.is_empty() {
@@ -132,7 +136,10 @@ pub async fn completions(
                         extend_logprobs(lp.get_or_insert_with(CompletionLogprobs::default), more);
                     }
                 }
-                offsets[choice] += text.chars().count();
+                offsets[choice] = match &lp {
+                    Some(l) if !l.tokens.is_empty() => end_offset(l),
+                    _ => offsets[choice] + text.chars().count(),
+                };
                 vec![chunk(
                     vec![CompletionChoice {
                         index: choice,
@@ -187,7 +194,8 @@ pub async fn completions(
         }
         if logprobs.is_some() {
             let items: Vec<Option<&TokenLogprob>> = r.logprobs.iter().map(Some).collect();
-            let more = completion_logprobs(&tok, &items, &r.token_ids, text.chars().count());
+            let start = lp_out.as_ref().map_or(text.chars().count(), end_offset);
+            let more = completion_logprobs(&tok, &items, &r.token_ids, start);
             extend_logprobs(lp_out.get_or_insert_with(CompletionLogprobs::default), more);
         }
         text.push_str(&r.text);
@@ -210,6 +218,14 @@ pub async fn completions(
         prompt_logprobs: None,
     })
     .into_response())
+}
+
+/// Where the next token's text starts after `lp`'s tokens.
+fn end_offset(lp: &CompletionLogprobs) -> usize {
+    match (lp.text_offset.last(), lp.tokens.last()) {
+        (Some(o), Some(t)) => o + t.chars().count(),
+        _ => 0,
+    }
 }
 
 /// Appends `more`'s tokens to `lp`.

@@ -16,14 +16,26 @@ use ferrolm_protocol::openai::{request_id, unix_now, CommonParams};
 use ferrolm_protocol::responses::{
     output_message, response_object, ResponseHead, ResponsesRequest,
 };
-use ferrolm_protocol::validate::{apply_generation_defaults, from_json, refuse_ignored_fields};
+use ferrolm_protocol::validate::{
+    apply_generation_defaults, from_json, refuse_ignored_fields, refuse_unsupported,
+};
 use serde_json::{json, Value};
 
 use super::error::{from_engine, ApiError};
 use super::response_store::{ResponseStore, Stored};
 use super::state::{submit, AppState};
 use super::stream::{collect_all, stream_sse};
-use super::validate::{encode_prompt, parse_json, sampling_params, validate_prompts};
+use super::validate::{check_length, encode_prompt, parse_json, sampling_params, validate_prompts};
+
+/// A response's status from its finish reason: cut by `max_output_tokens` is incomplete, an
+/// abort (refused by the scheduler, shut down) failed; failed ones are not stored.
+fn status_of(finish: &str) -> &'static str {
+    match finish {
+        "length" => "incomplete",
+        "stop" => "completed",
+        _ => "failed",
+    }
+}
 
 fn store(state: &AppState) -> std::sync::MutexGuard<'_, ResponseStore> {
     // A panic while holding it leaves whole entries behind: the map is still usable.
@@ -94,9 +106,33 @@ pub async fn create(
     // The sampling fields (OpenAI's and vLLM's extras: top_k, min_p, penalties, seed, stop,
     // ...), read from the body as the other endpoints read them.
     let mut common: CommonParams = from_json(&json)?;
+    // What the other endpoints refuse (n, best_of, response_format, ...) is refused here too;
+    // tools and tool_choice are the Responses API's own (checked above).
+    let mut shared = common.clone();
+    (shared.tools, shared.tool_choice) = (None, None);
+    refuse_unsupported(&shared)?;
+    if common.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_field(
+            "n",
+            "`n` is not a Responses API field",
+        ));
+    }
+    if common.prompt_logprobs.is_some() {
+        return Err(ApiError::invalid_field(
+            "prompt_logprobs",
+            "`prompt_logprobs` is not returned by the Responses API",
+        ));
+    }
+    check_length(prompt.len(), max_tokens, engine.max_model_len)
+        .map_err(|e| e.with_param("max_output_tokens"))?;
     apply_generation_defaults(&mut common, &loaded.generation_defaults);
     let params = sampling_params(&common, max_tokens, None, None)?;
-    let valid = validate_prompts(engine, std::slice::from_ref(&prompt), &params, &[])?;
+    let valid = validate_prompts(
+        engine,
+        std::slice::from_ref(&prompt),
+        &params,
+        &[("prompt", "input"), ("max_tokens", "max_output_tokens")],
+    )?;
     let (mut sub, rxs) = submit(&state, engine, &valid, 1)?;
     let id = format!("resp_{}", request_id("").trim_start_matches('-'));
     let msg_id = format!("msg_{}", request_id("").trim_start_matches('-'));
@@ -152,11 +188,7 @@ pub async fn create(
                 );
             }
             if let Some(f) = &o.finished {
-                let status = if f.as_str() == "length" {
-                    "incomplete"
-                } else {
-                    "completed"
-                };
+                let status = status_of(f.as_str());
                 let part = json!({"type": "output_text", "text": text, "annotations": []});
                 push(
                     json!({"type": "response.output_text.done", "item_id": msg_id, "output_index": 0,
@@ -171,7 +203,7 @@ pub async fn create(
                 let u = &o.usage;
                 let usage = Some((u.prompt_tokens, u.completion_tokens, u.cached_tokens));
                 let r = response_object(&h, status, vec![item], usage);
-                if keep {
+                if keep && status != "failed" {
                     let conversation =
                         conversation_with(messages.clone(), req.instructions.is_some(), &text);
                     store(&state2).insert(
@@ -182,11 +214,7 @@ pub async fn create(
                         },
                     );
                 }
-                let kind = if status == "completed" {
-                    "response.completed"
-                } else {
-                    "response.incomplete"
-                };
+                let kind = format!("response.{status}");
                 push(json!({"type": kind, "response": r}));
             }
             events
@@ -197,11 +225,7 @@ pub async fn create(
 
     let mut results = collect_all(&state, &mut sub, rxs, started).await;
     let r = results.remove(0)?;
-    let status = if r.finish == Some("length") {
-        "incomplete"
-    } else {
-        "completed"
-    };
+    let status = status_of(r.finish.unwrap_or("abort"));
     let h = ResponseHead {
         id: &id,
         created_at,
@@ -215,7 +239,7 @@ pub async fn create(
         vec![output_message(&msg_id, &r.text, status)],
         usage,
     );
-    if keep {
+    if keep && status != "failed" {
         let conversation = conversation_with(messages, req.instructions.is_some(), &r.text);
         store(&state).insert(
             id.clone(),
