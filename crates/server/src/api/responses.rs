@@ -232,7 +232,7 @@ pub async fn create(
         model: &model,
         req: &req,
     };
-    let usage = Some((r.prompt_tokens, r.completion_tokens, 0));
+    let usage = Some((r.prompt_tokens, r.completion_tokens, r.cached_tokens));
     let object = response_object(
         &h,
         status,

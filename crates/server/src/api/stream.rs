@@ -184,6 +184,8 @@ pub struct Collected {
     pub finish: Option<&'static str>,
     pub completion_tokens: usize,
     pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// Reads one engine stream to its end.
@@ -204,6 +206,7 @@ pub async fn collect(
         }
         c.prompt_tokens = o.usage.prompt_tokens;
         c.completion_tokens = o.usage.completion_tokens;
+        c.cached_tokens = o.usage.cached_tokens;
         if let Some(e) = &o.error {
             return Err(engine_failed(e));
         }
