@@ -304,20 +304,9 @@ mod tests {
             assert!(!l.is_candle(), "{ty:?}");
             // The same weights through candle's matmul: close (candle quantizes activations
             // its own way), so the blocks were read as what they are.
-            let a = l
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = reference
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let a = values(l.forward(&x).unwrap());
+            let b = values(reference.forward(&x).unwrap());
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (p, q) in a.iter().zip(&b) {
                 assert!((p - q).abs() <= 0.02 * scale, "{ty:?}: {p} vs candle {q}");
