@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::env::EngineSwitches;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -25,8 +27,10 @@ pub struct EngineConfig {
     pub num_blocks_override: Option<usize>,
     /// Share of the GPU's memory for weights, activations and the KV cache.
     pub gpu_memory_utilization: f64,
-    /// No CUDA graphs (`--enforce-eager`; also FERROLM_ENFORCE_EAGER=1).
+    /// No CUDA graphs (`--enforce-eager`; also FERROLM_ENFORCE_EAGER=1, in `switches`).
     pub enforce_eager: bool,
+    /// The engine's environment switches ([`crate::env::Switches::from_env`]).
+    pub switches: EngineSwitches,
     /// Called on the engine thread with each step's token count (for histograms), before
     /// the step's outputs are sent.
     pub step_observer: Option<StepObserver>,
@@ -118,6 +122,7 @@ impl Default for EngineConfig {
             num_blocks_override: None,
             gpu_memory_utilization: 0.9,
             enforce_eager: false,
+            switches: EngineSwitches::default(),
             step_observer: None,
             request_limits: RequestLimits::default(),
             partial_prefills: PartialPrefills::default(),
@@ -152,6 +157,6 @@ impl EngineConfig {
 
     /// Whether decode steps may replay CUDA graphs.
     pub fn enforce_eager(&self) -> bool {
-        self.enforce_eager || crate::env::get().enforce_eager
+        self.enforce_eager || self.switches.enforce_eager
     }
 }

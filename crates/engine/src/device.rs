@@ -6,14 +6,15 @@ use candle_core::{DType, Device};
 use crate::error::{EngineError, Result};
 
 /// `cpu`, `cuda` (GPU 0) or `auto` (CUDA when this build has it and a driver is present).
-pub fn resolve_device(name: &str) -> Result<Device> {
+/// `pool_keep`: the GPU's memory pool keeps freed memory (`env::ModelSwitches::pool_keep`).
+pub fn resolve_device(name: &str, pool_keep: bool) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda_device(),
+        "cuda" => cuda_device(pool_keep),
         "auto" => {
             #[cfg(feature = "cuda")]
             if crate::cuda::cuda_driver_present() {
-                if let Ok(d) = cuda_device() {
+                if let Ok(d) = cuda_device(pool_keep) {
                     return Ok(d);
                 }
             }
@@ -26,13 +27,13 @@ pub fn resolve_device(name: &str) -> Result<Device> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device() -> Result<Device> {
-    crate::cuda::model_device(0)
+fn cuda_device(pool_keep: bool) -> Result<Device> {
+    crate::cuda::model_device(0, pool_keep)
         .map_err(|e| EngineError::Unavailable(format!("--device cuda: opening GPU 0: {e}")))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<Device> {
+fn cuda_device(_pool_keep: bool) -> Result<Device> {
     Err(EngineError::Unavailable(
         "--device cuda: this binary was built without CUDA (make build-cuda)".into(),
     ))

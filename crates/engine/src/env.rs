@@ -4,19 +4,28 @@
 //! FERROLM_API_KEY, FERROLM_FETCH_SCRIPT, read by the server's CLI).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 pub use ferrolm_formats::hf::hub::HubSettings;
 
-/// The engine's environment switches.
+/// The engine's environment switches, read once by the program ([`Switches::from_env`]) and
+/// passed down: the model and its device take [`ModelSwitches`] (in
+/// [`crate::loader::LoadOptions`]), the engine loop [`EngineSwitches`] (in
+/// [`crate::config::EngineConfig`]). Nothing below reads the environment.
 #[derive(Debug, Clone)]
 pub struct Switches {
-    /// FERROLM_ENFORCE_EAGER=1: no CUDA graphs, as `--enforce-eager`.
-    pub enforce_eager: bool,
-    /// FERROLM_PROFILE=1: time each stage of eager steps (a device sync per stage).
-    pub profile: bool,
-    /// FERROLM_DUMP_DIR: write each layer's output there (llama.cpp's tensor names).
-    pub dump_dir: Option<String>,
+    pub model: ModelSwitches,
+    pub engine: EngineSwitches,
+    /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
+    /// where the default model is.
+    pub model_dir: PathBuf,
+    /// HF_HUB_CACHE (else $HF_HOME/hub, else ~/.cache/huggingface/hub) and HF_HUB_OFFLINE:
+    /// where hub ids are looked up, and whether they may be downloaded.
+    pub hub: HubSettings,
+}
+
+/// How the model's forward pass and its device run (A/B runs, debugging).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSwitches {
     /// FERROLM_NO_FUSED (set): candle's separate ops instead of our fused CUDA kernels.
     pub fused_ops: bool,
     /// FERROLM_GEMV=0: every dense matmul to cuBLAS (no skinny decode kernel).
@@ -31,15 +40,37 @@ pub struct Switches {
     pub pool_keep: bool,
     /// FERROLM_CPU_ISA=avx2: the AVX2 matmul even where AVX-512 VNNI passed its probe.
     pub cpu_isa_avx2: bool,
+    /// FERROLM_PROFILE=1: time each stage of eager steps (a device sync per stage).
+    pub profile: bool,
+    /// FERROLM_DUMP_DIR: write each layer's output there (llama.cpp's tensor names).
+    pub dump_dir: Option<PathBuf>,
+}
+
+impl Default for ModelSwitches {
+    /// Every switch unset.
+    fn default() -> Self {
+        Self {
+            fused_ops: true,
+            gemv: true,
+            f32_residual: true,
+            stack_projections: None,
+            decode_kernel_per_head: false,
+            pool_keep: false,
+            cpu_isa_avx2: false,
+            profile: false,
+            dump_dir: None,
+        }
+    }
+}
+
+/// How the engine loop runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineSwitches {
+    /// FERROLM_ENFORCE_EAGER=1: no CUDA graphs, as `--enforce-eager`.
+    pub enforce_eager: bool,
     /// FERROLM_FAULT_INJECT (tests only): `sample:SEED` panics while sampling a request with
     /// that seed, `step:SEED` panics in the step that schedules one (the engine thread dies).
     pub fault_inject: Option<FaultInject>,
-    /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
-    /// where the default model is.
-    pub model_dir: PathBuf,
-    /// HF_HUB_CACHE (else $HF_HOME/hub, else ~/.cache/huggingface/hub) and HF_HUB_OFFLINE:
-    /// where hub ids are looked up, and whether they may be downloaded.
-    pub hub: HubSettings,
 }
 
 /// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).
@@ -64,7 +95,12 @@ impl FaultInject {
 }
 
 impl Switches {
-    /// Reads the switches from `var` (the process environment in [`get`]).
+    /// Reads the process environment: the program calls this once, at start.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into()))
+    }
+
+    /// Reads the switches from `var`.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let is = |name: &str, v: &str| var(name).is_some_and(|x| x == v);
         let model_dir = match (var("FERROLM_MODEL_DIR"), var("XDG_CACHE_HOME")) {
@@ -74,20 +110,25 @@ impl Switches {
                 .join(".cache/ferrolm/models"),
         };
         Self {
-            enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
-            profile: is("FERROLM_PROFILE", "1"),
-            dump_dir: var("FERROLM_DUMP_DIR"),
-            fused_ops: var("FERROLM_NO_FUSED").is_none(),
-            gemv: !is("FERROLM_GEMV", "0"),
-            f32_residual: !is("FERROLM_F32_RESIDUAL", "0"),
-            stack_projections: var("FERROLM_STACK_PROJ").map(|v| v == "1"),
-            decode_kernel_per_head: matches!(
-                var("FERROLM_DECODE_KERNEL").as_deref(),
-                Some("per-head") | Some("v1")
-            ),
-            pool_keep: is("FERROLM_POOL_KEEP", "1"),
-            cpu_isa_avx2: var("FERROLM_CPU_ISA").is_some_and(|v| v.eq_ignore_ascii_case("avx2")),
-            fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
+            model: ModelSwitches {
+                fused_ops: var("FERROLM_NO_FUSED").is_none(),
+                gemv: !is("FERROLM_GEMV", "0"),
+                f32_residual: !is("FERROLM_F32_RESIDUAL", "0"),
+                stack_projections: var("FERROLM_STACK_PROJ").map(|v| v == "1"),
+                decode_kernel_per_head: matches!(
+                    var("FERROLM_DECODE_KERNEL").as_deref(),
+                    Some("per-head") | Some("v1")
+                ),
+                pool_keep: is("FERROLM_POOL_KEEP", "1"),
+                cpu_isa_avx2: var("FERROLM_CPU_ISA")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("avx2")),
+                profile: is("FERROLM_PROFILE", "1"),
+                dump_dir: var("FERROLM_DUMP_DIR").map(PathBuf::from),
+            },
+            engine: EngineSwitches {
+                enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
+                fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
+            },
             model_dir,
             hub: HubSettings::from_vars(
                 var("HF_HUB_CACHE").as_deref(),
@@ -99,14 +140,6 @@ impl Switches {
     }
 }
 
-/// The process's switches, read on first use.
-pub fn get() -> &'static Switches {
-    static SWITCHES: OnceLock<Switches> = OnceLock::new();
-    SWITCHES.get_or_init(|| {
-        Switches::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,8 +147,8 @@ mod tests {
     #[test]
     fn defaults_and_settings() {
         let none = Switches::from_lookup(|_| None);
-        assert!(!none.enforce_eager && none.fused_ops && none.gemv && none.f32_residual);
-        assert_eq!(none.stack_projections, None);
+        assert_eq!(none.model, ModelSwitches::default());
+        assert_eq!(none.engine, EngineSwitches::default());
         assert_eq!(none.model_dir, PathBuf::from("./.cache/ferrolm/models"));
         let set = Switches::from_lookup(|name| {
             Some(
@@ -131,9 +164,10 @@ mod tests {
                 .into(),
             )
         });
-        assert!(set.enforce_eager && !set.gemv && !set.f32_residual && !set.fused_ops);
-        assert!(set.decode_kernel_per_head && set.cpu_isa_avx2);
-        assert_eq!(set.stack_projections, Some(true));
+        let m = &set.model;
+        assert!(set.engine.enforce_eager && !m.gemv && !m.f32_residual && !m.fused_ops);
+        assert!(m.decode_kernel_per_head && m.cpu_isa_avx2);
+        assert_eq!(m.stack_projections, Some(true));
         assert_eq!(set.model_dir, PathBuf::from("/m"));
     }
 }

@@ -11,6 +11,7 @@ pub use ferrolm_formats::hf::GenerationDefaults;
 use ferrolm_formats::hf::HfFolder;
 
 use crate::device::{resolve_device, resolve_dtype};
+use crate::env::{ModelSwitches, Switches};
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{LlamaConfig, LlamaModel};
@@ -20,9 +21,10 @@ use crate::tokenizer::{ChatTemplate, Tokenizer};
 /// File name of the default model, as `models/fetch-default.sh` stores it.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where `models/fetch-default.sh` puts the default model (same rules as the script).
-pub fn default_model_path() -> PathBuf {
-    crate::env::get().model_dir.join(DEFAULT_MODEL_FILE)
+/// Where `models/fetch-default.sh` puts the default model in `model_dir` (same rules as the
+/// script: `env::Switches::model_dir`).
+pub fn default_model_path(model_dir: &Path) -> PathBuf {
+    model_dir.join(DEFAULT_MODEL_FILE)
 }
 
 /// What to load, as the command line names it (vLLM's `--model`, `--revision`,
@@ -40,19 +42,23 @@ pub struct LoadOptions {
     pub device: String,
     /// Where hub ids are found (the caller reads HF_HUB_CACHE etc., `env::Switches::hub`).
     pub hub: HubSettings,
+    /// How the model runs (the caller reads them, `env::Switches::model`).
+    pub switches: ModelSwitches,
     /// In-situ quantization of the float linear layers (`--quantization`).
     pub quantization: Option<InSituType>,
 }
 
 impl LoadOptions {
-    pub fn new(model: impl Into<String>) -> Self {
+    /// `model` on the CPU, with the hub and switches of `switches`.
+    pub fn new(model: impl Into<String>, switches: &Switches) -> Self {
         Self {
             model: model.into(),
             revision: None,
             tokenizer: None,
             dtype: "auto".into(),
             device: "cpu".into(),
-            hub: crate::env::get().hub.clone(),
+            hub: switches.hub.clone(),
+            switches: switches.model.clone(),
             quantization: None,
         }
     }
@@ -111,6 +117,7 @@ impl LoadedModel {
     /// Loads what `opts` names: a GGUF file, a checkpoint folder or a cached hub id.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
         let mut lm = Self::load_unquantized(opts)?;
+        lm.model.set_switches(&opts.switches);
         if let Some(ty) = opts.quantization {
             lm.model.quantize_in_situ(ty)?;
         }
@@ -118,7 +125,7 @@ impl LoadedModel {
     }
 
     fn load_unquantized(opts: &LoadOptions) -> Result<Self> {
-        let device = resolve_device(&opts.device)?;
+        let device = resolve_device(&opts.device, opts.switches.pool_keep)?;
         match locate(&opts.model, opts.revision.as_deref(), &opts.hub)? {
             ModelLocation::Gguf(path) => {
                 if opts.tokenizer.is_some() {
@@ -132,9 +139,10 @@ impl LoadedModel {
         }
     }
 
-    /// Loads the GGUF model on the device named as `--device` takes it (cpu, cuda, auto).
-    pub fn load_on(path: impl AsRef<Path>, device: &str) -> Result<Self> {
-        let mut opts = LoadOptions::new(path.as_ref().to_string_lossy());
+    /// Loads the GGUF model on the device named as `--device` takes it (cpu, cuda, auto),
+    /// with `switches`.
+    pub fn load_on(path: impl AsRef<Path>, device: &str, switches: &Switches) -> Result<Self> {
+        let mut opts = LoadOptions::new(path.as_ref().to_string_lossy(), switches);
         opts.device = device.to_string();
         Self::load_with(&opts)
     }
@@ -275,8 +283,11 @@ pub fn load_bench_model(
     device: &str,
     max_model_len: Option<usize>,
     quantization: Option<InSituType>,
+    switches: &ModelSwitches,
 ) -> Result<LlamaModel> {
-    let mut model = load_bench_model_unquantized(model, load_format, dtype, device, max_model_len)?;
+    let mut model =
+        load_bench_model_unquantized(model, load_format, dtype, device, max_model_len, switches)?;
+    model.set_switches(switches);
     if let Some(ty) = quantization {
         model.quantize_in_situ(ty)?;
     }
@@ -289,8 +300,9 @@ fn load_bench_model_unquantized(
     dtype: &str,
     device: &str,
     max_model_len: Option<usize>,
+    switches: &ModelSwitches,
 ) -> Result<LlamaModel> {
-    let device = resolve_device(device)?;
+    let device = resolve_device(device, switches.pool_keep)?;
     let is_json = config_json(model).extension().is_some_and(|e| e == "json");
     match load_format {
         "dummy" => {}
@@ -316,10 +328,7 @@ fn load_bench_model_unquantized(
     let mut model = LlamaModel::dummy(cfg, dtype, &device, 0)?;
     // On a GPU, one matmul for Q/K/V and one for gate/up (8B batch-1 decode 6.75 -> 6.20
     // ms on an H200); FERROLM_STACK_PROJ=0 keeps them split (an A/B).
-    if crate::env::get()
-        .stack_projections
-        .unwrap_or(!device.is_cpu())
-    {
+    if switches.stack_projections.unwrap_or(!device.is_cpu()) {
         model.stack_projections()?;
     }
     Ok(model)

@@ -16,7 +16,7 @@ fn gemma3() -> LoadedModel {
     let p = std::env::var("FERROLM_GEMMA3_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            ferrolm_engine::env::get()
+            ferrolm_engine::env::Switches::from_env()
                 .model_dir
                 .join("gemma-3-270m-q4_k_m.gguf")
         });

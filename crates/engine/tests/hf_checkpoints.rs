@@ -83,7 +83,10 @@ fn load(arch: &str, gguf: bool) -> LoadedModel {
     } else {
         fixtures().join("hf").join(arch)
     };
-    let opts = LoadOptions::new(path.to_string_lossy());
+    let opts = LoadOptions::new(
+        path.to_string_lossy(),
+        &ferrolm_engine::env::Switches::from_env(),
+    );
     LoadedModel::load_with(&opts).unwrap_or_else(|e| panic!("{arch} (gguf {gguf}): {e}"))
 }
 

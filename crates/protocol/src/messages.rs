@@ -69,10 +69,10 @@ pub fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiE
 /// vLLM's `continue_final_message` (transformers' form): the conversation must end with an
 /// assistant message and may not also ask for a generation prompt; returns that message's
 /// content, after which the rendered prompt is cut ([`cut_after_final_message`]).
-pub fn final_message_to_continue<'a>(
-    messages: &'a [ChatMessage],
+pub fn final_message_to_continue(
+    messages: &[ChatMessage],
     add_generation_prompt: Option<bool>,
-) -> Result<&'a str, ApiError> {
+) -> Result<&str, ApiError> {
     if add_generation_prompt == Some(true) {
         return Err(ApiError::invalid_field(
             "continue_final_message",

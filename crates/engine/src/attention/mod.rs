@@ -11,7 +11,7 @@ pub use cpu::{
     CpuReferenceAttention, LayerAttention, PagedAttentionShape, StepRows,
 };
 #[cfg(feature = "cuda")]
-pub use cuda::CudaPagedAttention;
+pub use cuda::{CudaPagedAttention, DecodeKernel};
 
 use candle_core::Tensor;
 

@@ -1,6 +1,6 @@
 //! Opening a GPU for the model: the driver check and the candle device on its own stream.
 
-use super::pool::{keep_freed_memory, set_pool_release_threshold};
+use super::pool::set_pool_release_threshold;
 
 /// Whether libcuda can be opened (cudarc panics on first use otherwise).
 pub fn cuda_driver_present() -> bool {
@@ -14,7 +14,7 @@ pub fn cuda_driver_present() -> bool {
 /// graphs), and no cudarc event tracking (everything is ordered by that one stream; the
 /// tracking cost two events per allocation and a wait and a record per kernel argument,
 /// and an event recorded outside a graph capture cannot be waited on inside one).
-pub fn model_device(ordinal: usize) -> candle_core::Result<candle_core::Device> {
+pub fn model_device(ordinal: usize, pool_keep: bool) -> candle_core::Result<candle_core::Device> {
     if !cuda_driver_present() {
         candle_core::bail!("no CUDA driver on this host (libcuda.so not found)");
     }
@@ -22,7 +22,7 @@ pub fn model_device(ordinal: usize) -> candle_core::Result<candle_core::Device> 
     if let candle_core::Device::Cuda(d) = &dev {
         // SAFETY: every tensor of this device lives on its one stream (see above).
         unsafe { d.disable_event_tracking() };
-        if keep_freed_memory() {
+        if pool_keep {
             set_pool_release_threshold(d, u64::MAX)
                 .map_err(|e| candle_core::Error::Cuda(format!("memory pool: {e}").into()))?;
         }

@@ -15,7 +15,7 @@ pub(crate) use launch::{
     by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, gemv_module,
     launch_config, launch_op, OpInput, OpLaunch, OpResult,
 };
-pub use pool::{keep_freed_memory, set_pool_release_threshold, trim_pool};
+pub use pool::{set_pool_release_threshold, trim_pool};
 
 /// What the driver and our kernel launchers fail with (converted into `EngineError::Cuda`).
 pub type CudaResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;

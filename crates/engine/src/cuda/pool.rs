@@ -1,16 +1,11 @@
-//! The device's stream-ordered memory pool: keeping freed memory (FERROLM_POOL_KEEP) and
-//! trimming it before free memory is measured.
+//! The device's stream-ordered memory pool: keeping freed memory (FERROLM_POOL_KEEP=1: a
+//! caching allocator, as PyTorch's, instead of handing memory back to the driver whenever
+//! the stream is synchronised; the pool's default release threshold is 0, so every step's
+//! activations are unmapped at its end and mapped again by the next; opt-in until a GPU run
+//! measures it, scripts/gpu-check.sh runs the A/B) and trimming it before free memory is
+//! measured.
 
 use super::CudaResult;
-
-/// FERROLM_POOL_KEEP=1: the device's stream-ordered memory pool keeps what is freed (a
-/// caching allocator, as PyTorch's) instead of handing it back to the driver whenever the
-/// stream is synchronised (the pool's default release threshold is 0, so every step's
-/// activations are unmapped at its end and mapped again by the next). Opt-in until a GPU
-/// run measures it (scripts/gpu-check.sh runs the A/B).
-pub fn keep_freed_memory() -> bool {
-    crate::env::get().pool_keep
-}
 
 fn default_pool(
     d: &candle_core::cuda::CudaDevice,

@@ -57,7 +57,7 @@ pub fn run_gpu_checks(
         }
     }
     if !opts.model_only {
-        match crate::cuda::model_device(0) {
+        match crate::cuda::model_device(0, false) {
             Ok(dev) => add(crate::ops::gemv_checks(&dev)),
             Err(e) => add(failed("gemv checks", &e)),
         }

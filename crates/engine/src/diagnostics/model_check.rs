@@ -155,7 +155,7 @@ pub fn model_checks(config: &LlamaConfig) -> Vec<CheckRow> {
         )
     };
     let mut push = |n: String, r: Result<(bool, String)>| rows.push(CheckRow::from_result(n, r));
-    let gpu = match crate::cuda::model_device(0) {
+    let gpu = match crate::cuda::model_device(0, false) {
         Ok(d) => d,
         Err(e) => {
             push(name("gpu"), Err(e.into()));

@@ -10,7 +10,7 @@ use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
 use super::step::{execute_step, StepLogits};
 use crate::config::StepObserver;
-use crate::env::FaultInject;
+use crate::env::{EngineSwitches, FaultInject};
 use crate::error::Result;
 use crate::model::LlamaModel;
 use crate::request::{Request, RequestId};
@@ -26,6 +26,7 @@ pub struct EngineCore<'m> {
     sinks: HashMap<RequestId, Sink>,
     stats: Arc<EngineStats>,
     pub step_observer: Option<StepObserver>,
+    fault_inject: Option<FaultInject>,
 }
 
 impl<'m> EngineCore<'m> {
@@ -34,7 +35,7 @@ impl<'m> EngineCore<'m> {
         tokenizer: Arc<Tokenizer>,
         scheduler: Scheduler,
         stats: Arc<EngineStats>,
-        enforce_eager: bool,
+        switches: EngineSwitches,
     ) -> Result<Self> {
         let mut runner = ModelRunner::new(
             model,
@@ -44,7 +45,7 @@ impl<'m> EngineCore<'m> {
         if let Some(line) = runner.capture_decode_graphs(
             scheduler.config.max_num_seqs,
             scheduler.config.max_model_len,
-            enforce_eager,
+            switches.enforce_eager,
         )? {
             tracing::info!("{line}");
         }
@@ -55,6 +56,7 @@ impl<'m> EngineCore<'m> {
             sinks: HashMap::new(),
             stats,
             step_observer: None,
+            fault_inject: switches.fault_inject,
         })
     }
 
@@ -109,7 +111,7 @@ impl<'m> EngineCore<'m> {
                 })
             });
         let eog = &self.tokenizer.eog_ids;
-        let fault = crate::env::get().fault_inject;
+        let fault = self.fault_inject;
         if let Some(FaultInject::Step(seed)) = fault {
             let hit = out.scheduled.iter().any(|s| {
                 self.scheduler

@@ -10,6 +10,7 @@ use super::kv_sizing::kv_blocks;
 use super::output::RequestOutput;
 use super::stats::EngineStats;
 use crate::config::{EngineConfig, RequestLimits};
+use crate::env::EngineSwitches;
 use crate::error::{EngineError, InvalidParam, Result};
 use crate::kv_cache::KvCacheManager;
 use crate::model::LlamaModel;
@@ -74,7 +75,10 @@ impl EngineHandle {
         let thread_stats = stats.clone();
         let thread_tok = tokenizer.clone();
         let observer = cfg.step_observer.clone();
-        let enforce_eager = cfg.enforce_eager();
+        let switches = EngineSwitches {
+            enforce_eager: cfg.enforce_eager(),
+            ..cfg.switches
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let join = std::thread::Builder::new()
             .name("ferrolm-engine".into())
@@ -82,13 +86,7 @@ impl EngineHandle {
                 // The loop runs on a worker of the compute pool, so the model's parallel work
                 // is split between it and the other workers: one busy thread per core.
                 compute_pool().install(|| {
-                    match EngineCore::new(
-                        &model,
-                        thread_tok,
-                        scheduler,
-                        thread_stats,
-                        enforce_eager,
-                    ) {
+                    match EngineCore::new(&model, thread_tok, scheduler, thread_stats, switches) {
                         Ok(mut core) => {
                             let _ = ready_tx.send(Ok(()));
                             core.step_observer = observer;

@@ -99,7 +99,7 @@ fn gpu_kv_blocks(
         .map_err(EngineError::cuda)?;
     // A pool that keeps freed memory (FERROLM_POOL_KEEP=1) still holds the profile step's
     // activations: give them back so they are not counted twice (see `activations`).
-    if crate::cuda::keep_freed_memory() {
+    if model.switches().pool_keep {
         crate::cuda::trim_pool(dev).map_err(EngineError::cuda)?;
     }
     let (free, total) = cudarc::driver::result::mem_get_info().map_err(EngineError::cuda)?;

@@ -231,7 +231,7 @@ fn run_greedy(
     };
     compute_pool().install(|| {
         let mut runner = ModelRunner::new(model, cache.num_blocks, cache.block_size)?;
-        let eager = crate::env::get().enforce_eager || enforce_eager;
+        let eager = enforce_eager;
         if let Some(line) =
             runner.capture_decode_graphs(config.max_num_seqs, config.max_model_len, eager)?
         {

@@ -12,10 +12,6 @@ use candle_core::Device;
 
 use crate::error::Result;
 
-pub fn enabled() -> bool {
-    crate::env::get().profile
-}
-
 /// (phase, stage) -> (seconds, marks); (phase, "") counts steps.
 type Table = BTreeMap<(&'static str, &'static str), (f64, u64)>;
 
@@ -35,8 +31,12 @@ impl<'d> Marks<'d> {
     /// Starts a step of the phase `phase()` names (asked only when profiling, so an
     /// unprofiled step pays nothing for it); waits for the device first, so earlier work is
     /// not charged.
-    pub fn start(device: &'d Device, phase: impl FnOnce() -> &'static str) -> Result<Self> {
-        if !enabled() {
+    pub fn start(
+        device: &'d Device,
+        enabled: bool,
+        phase: impl FnOnce() -> &'static str,
+    ) -> Result<Self> {
+        if !enabled {
             return Ok(Self {
                 device,
                 phase: "",
@@ -117,12 +117,17 @@ mod tests {
 
     #[test]
     fn marks_are_free_when_off_and_report_per_step_when_on() {
-        // Off unless FERROLM_PROFILE=1 (never set by the tests): marks do nothing.
-        let mut m = Marks::start(&Device::Cpu, || "decode").unwrap();
+        // Off: marks do nothing.
+        let mut m = Marks::start(&Device::Cpu, false, || "decode").unwrap();
         m.mark("x").unwrap();
-        if !enabled() {
-            assert!(take().is_empty());
-        }
+        assert!(take().is_empty());
+        // On: a step and its stage are counted.
+        let mut m = Marks::start(&Device::Cpu, true, || "decode").unwrap();
+        m.mark("x").unwrap();
+        let t = take();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].0, t[0].1), ("decode", 1));
+        assert_eq!(t[0].2.iter().map(|s| s.0).collect::<Vec<_>>(), ["x"]);
         // The table's arithmetic, filled by hand.
         {
             let mut t = table().lock().unwrap();

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::LlamaConfig;
 use super::llama::LlamaModel;
 use super::rope::{RopeAngles, RopeTable};
+use super::switches::ForwardSwitches;
 use super::weights::{GateUpProj, Layer, Linear, QkvProj, Weight};
 use crate::error::{EngineError, Result};
 use crate::gguf::{GgufFile, GgufTensors};
@@ -146,6 +147,7 @@ impl LlamaModel {
             output_norm,
             output,
             weight_bytes,
+            switches: ForwardSwitches::default(),
         })
     }
 }

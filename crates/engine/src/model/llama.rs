@@ -6,9 +6,11 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{LlamaConfig, RopeStyle};
 use super::rope::RopeTable;
+use super::switches::ForwardSwitches;
 use super::weights::{forward_many, stack_linears, GateUpProj, Layer, Linear, QkvProj};
 use crate::attention::AttentionBackend;
 use crate::batch::FlatBatch;
+use crate::env::ModelSwitches;
 use crate::error::{EngineError, Result};
 use crate::instrument::dump;
 use crate::ops::{add_rms_norm, rms_norm, rope_cpu, rope_split_qkv, silu_mul, silu_mul_packed};
@@ -28,9 +30,21 @@ pub struct LlamaModel {
     pub(super) rope_local: Option<RopeTable>,
     /// Bytes of weights as held (for the weight-read floor).
     pub(super) weight_bytes: usize,
+    /// The environment's switches for the forward pass (set by the loader).
+    pub(super) switches: ForwardSwitches,
 }
 
 impl LlamaModel {
+    /// Runs the forward pass with these switches (the loader passes the program's).
+    pub fn set_switches(&mut self, switches: &ModelSwitches) {
+        self.switches = ForwardSwitches::new(switches);
+    }
+
+    /// The environment's switches the model was given.
+    pub fn switches(&self) -> &ModelSwitches {
+        &self.switches.env
+    }
+
     /// Stacks each layer's Q/K/V weights into one matrix and its gate/up weights into
     /// another (dense weights only), so a layer runs two matmuls where it ran five, and
     /// on CUDA one kernel splits and rotates Q/K/V. The numbers are the same weights.
@@ -154,7 +168,11 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let c = &self.config;
         let n = ids.dims1()?;
-        let mut prof = crate::instrument::Marks::start(&self.device, || {
+        let sw = &self.switches;
+        let kn = sw.kernels;
+        let dump =
+            |name: &dyn Fn() -> String, t: &Tensor| dump(sw.env.dump_dir.as_deref(), name, t);
+        let mut prof = crate::instrument::Marks::start(&self.device, sw.env.profile, || {
             if crate::batch::is_plain_decode(batch) {
                 "decode"
             } else {
@@ -171,8 +189,9 @@ impl LlamaModel {
                 .as_ref()
                 .is_some_and(|g| g.sliding_layers.get(li).copied().unwrap_or(false))
         };
-        // The residual stream's type: f32 (for a half-precision model, see `env::Switches::f32_residual`).
-        let rdt = if crate::env::get().f32_residual {
+        // The residual stream's type: f32 (for a half-precision model, see
+        // `env::ModelSwitches::f32_residual`).
+        let rdt = if sw.env.f32_residual {
             DType::F32
         } else {
             self.dtype
@@ -214,7 +233,7 @@ impl LlamaModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let (q, k, v) = match &layer.qkv {
                 QkvProj::Split(wq, wk, wv) => {
-                    let [q, k, v] = forward_many([wq, wk, wv], &h)?;
+                    let [q, k, v] = forward_many([wq, wk, wv], &h, kn)?;
                     prof.mark("qkv matmul")?;
                     let q = head_norm(q, &layer.q_norm, nh)?;
                     let k = head_norm(k, &layer.k_norm, nkv)?;
@@ -226,54 +245,54 @@ impl LlamaModel {
                     }
                 }
                 QkvProj::Stacked(w) => {
-                    let qkv = w.forward(&h)?;
+                    let qkv = w.forward(&h, kn)?;
                     prof.mark("qkv matmul")?;
-                    rope_split_qkv(&qkv, &cos, &sin, (nh, nkv, hd), neox, &rope)?
+                    rope_split_qkv(&qkv, &cos, &sin, (nh, nkv, hd), neox, &rope, kn.fused_ops)?
                 }
             };
             prof.mark("rope")?;
-            dump(|| format!("attn_norm-{li}"), &h)?;
-            dump(|| format!("Qcur-{li}"), &q)?;
-            dump(|| format!("Kcur-{li}"), &k)?;
-            dump(|| format!("Vcur-{li}"), &v)?;
+            dump(&|| format!("attn_norm-{li}"), &h)?;
+            dump(&|| format!("Qcur-{li}"), &q)?;
+            dump(&|| format!("Kcur-{li}"), &k)?;
+            dump(&|| format!("Vcur-{li}"), &v)?;
             attn.write_kv(li, &k, &v, batch)?;
             prof.mark("kv write")?;
             let o = attn.attend(li, &q, batch)?;
             prof.mark("attention")?;
-            dump(|| format!("kqv_out-{li}"), &o)?;
-            let mut o = layer.wo.forward(&o)?;
+            dump(&|| format!("kqv_out-{li}"), &o)?;
+            let mut o = layer.wo.forward(&o, kn)?;
             if let Some(w) = &layer.post_attn_norm {
                 o = rms_norm(&o, w, eps)?;
             }
             prof.mark("o matmul")?;
-            let (x1, h1) = add_rms_norm(&o, &x, &layer.ffn_norm, eps)?;
+            let (x1, h1) = add_rms_norm(&o, &x, &layer.ffn_norm, eps, kn.fused_ops)?;
             prof.mark("add+norm")?;
-            dump(|| format!("ffn_inp-{li}"), &x1)?;
-            dump(|| format!("ffn_norm-{li}"), &h1)?;
+            dump(&|| format!("ffn_inp-{li}"), &x1)?;
+            dump(&|| format!("ffn_norm-{li}"), &h1)?;
             let gu = match &layer.gate_up {
                 GateUpProj::Split(wg, wu) => {
-                    let [g, u] = forward_many([wg, wu], &h1)?;
+                    let [g, u] = forward_many([wg, wu], &h1, kn)?;
                     (g, Some(u))
                 }
-                GateUpProj::Stacked(w) => (w.forward(&h1)?, None),
+                GateUpProj::Stacked(w) => (w.forward(&h1, kn)?, None),
             };
             prof.mark("gate/up matmul")?;
             let act = match gu {
                 // Gemma: GELU with the tanh approximation (transformers' gelu_pytorch_tanh).
                 (g, Some(u)) if c.gemma.is_some() => (g.gelu()? * u)?,
-                (g, Some(u)) => silu_mul(&g, &u)?,
-                (gu, None) => silu_mul_packed(&gu)?,
+                (g, Some(u)) => silu_mul(&g, &u, kn.fused_ops)?,
+                (gu, None) => silu_mul_packed(&gu, kn.fused_ops)?,
             };
             prof.mark("silu*mul")?;
-            dump(|| format!("ffn_swiglu-{li}"), &act)?;
-            let mut d = layer.w_down.forward(&act)?;
+            dump(&|| format!("ffn_swiglu-{li}"), &act)?;
+            let mut d = layer.w_down.forward(&act, kn)?;
             if let Some(w) = &layer.post_ffn_norm {
                 d = rms_norm(&d, w, eps)?;
             }
-            dump(|| format!("ffn_out-{li}"), &d)?;
+            dump(&|| format!("ffn_out-{li}"), &d)?;
             prof.mark("down matmul")?;
             match self.layers.get(li + 1) {
-                Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps)?,
+                Some(next) => (x, h) = add_rms_norm(&d, &x1, &next.attn_norm, eps, kn.fused_ops)?,
                 None => x = (x1 + d.to_dtype(rdt)?)?,
             }
             prof.mark("add+norm")?;
@@ -283,9 +302,9 @@ impl LlamaModel {
         }
         let x =
             rms_norm(&x, &self.output_norm.to_dtype(rdt)?, c.rms_norm_eps)?.to_dtype(self.dtype)?;
-        dump(|| "result_norm".into(), &x)?;
-        let logits = self.output.forward(&x)?.to_dtype(DType::F32)?;
-        dump(|| "result_output".into(), &logits)?;
+        dump(&|| "result_norm".into(), &x)?;
+        let logits = self.output.forward(&x, kn)?.to_dtype(DType::F32)?;
+        dump(&|| "result_output".into(), &logits)?;
         prof.mark("lm head")?;
         Ok(logits)
     }

@@ -9,6 +9,7 @@ mod in_situ;
 pub mod llama;
 pub mod rope;
 mod safetensors_load;
+mod switches;
 mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};

@@ -10,6 +10,7 @@ use ferrolm_formats::hf::safetensors::{Checkpoint, TensorDtype};
 use super::config::LlamaConfig;
 use super::llama::LlamaModel;
 use super::rope::{RopeAngles, RopeTable};
+use super::switches::ForwardSwitches;
 use super::weights::{GateUpProj, Layer, Linear, QkvProj, Weight};
 use crate::error::{EngineError, Result};
 
@@ -168,6 +169,7 @@ impl LlamaModel {
             },
             rope,
             weight_bytes,
+            switches: ForwardSwitches::default(),
             config,
         })
     }

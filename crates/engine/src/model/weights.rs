@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::switches::Kernels;
 use crate::error::{EngineError, Result};
 use crate::quant::QuantLinear;
 
@@ -20,10 +21,10 @@ pub(super) struct Linear {
 }
 
 impl Linear {
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Quant(q) => q.forward(x)?,
-            Weight::Dense(w) => dense_matmul(x, w)?,
+            Weight::Quant(q) => q.forward_on(x, k.isa)?,
+            Weight::Dense(w) => dense_matmul(x, w, k.gemv)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -34,7 +35,11 @@ impl Linear {
 
 /// Linear layers over one input: quantized weights share one quantization of it (the same
 /// results as separate `forward` calls).
-pub(super) fn forward_many<const N: usize>(parts: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+pub(super) fn forward_many<const N: usize>(
+    parts: [&Linear; N],
+    x: &Tensor,
+    k: Kernels,
+) -> Result<[Tensor; N]> {
     let quant: Vec<&QuantLinear> = parts
         .iter()
         .filter_map(|p| match &p.weight {
@@ -43,7 +48,7 @@ pub(super) fn forward_many<const N: usize>(parts: [&Linear; N], x: &Tensor) -> R
         })
         .collect();
     let ys: Vec<Tensor> = if quant.len() == N {
-        let ys = QuantLinear::forward_many(&quant, x)?;
+        let ys = QuantLinear::forward_many(&quant, x, k.isa)?;
         ys.into_iter()
             .zip(parts)
             .map(|(y, p)| match &p.bias {
@@ -52,7 +57,10 @@ pub(super) fn forward_many<const N: usize>(parts: [&Linear; N], x: &Tensor) -> R
             })
             .collect::<Result<_>>()?
     } else {
-        parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?
+        parts
+            .iter()
+            .map(|p| p.forward(x, k))
+            .collect::<Result<_>>()?
     };
     ys.try_into()
         .map_err(|_| EngineError::Shape("forward_many: wrong output count".into()))
@@ -93,12 +101,17 @@ pub(super) fn stack_linears(parts: &[&Linear]) -> Result<Option<Linear>> {
     }))
 }
 
-/// `x w^T`: the skinny matmul kernel for decode batches on CUDA, cuBLAS otherwise.
-pub(super) fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x w^T`: the skinny matmul kernel for decode batches on CUDA (unless `gemv` is off),
+/// cuBLAS otherwise.
+pub(super) fn dense_matmul(x: &Tensor, w: &Tensor, gemv: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if let Some(y) = crate::ops::gemv(x, w)? {
-        return Ok(y);
+    if gemv {
+        if let Some(y) = crate::ops::gemv(x, w)? {
+            return Ok(y);
+        }
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = gemv;
     Ok(x.matmul(&w.t()?)?)
 }
 

@@ -31,20 +31,22 @@ fn rms_norm_cpu(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 }
 
 /// `(residual + delta, rms_norm(residual + delta) * w)`, the normed half in `delta`'s type:
-/// one fused kernel on CUDA. `residual` may be f32 under a half-precision `delta` (the
+/// one fused kernel on CUDA (when `fused`). `residual` may be f32 under a half-precision `delta` (the
 /// stream of sums then loses nothing to rounding between layers).
 pub fn add_rms_norm(
     delta: &Tensor,
     residual: &Tensor,
     w: &Tensor,
     eps: f32,
+    fused: bool,
 ) -> Result<(Tensor, Tensor)> {
     let dt = delta.dtype();
     #[cfg(feature = "cuda")]
-    if delta.device().is_cuda() && crate::env::get().fused_ops {
+    if delta.device().is_cuda() && fused {
         let (x, h) = cuda::add_rms_norm(delta, residual, w, eps)?;
         return Ok((x, h.to_dtype(dt)?));
     }
+    let _ = fused;
     let x = (residual + delta.to_dtype(residual.dtype())?)?;
     let h = rms_norm(&x, &w.to_dtype(x.dtype())?, eps)?.to_dtype(dt)?;
     Ok((x, h))

@@ -44,8 +44,8 @@ pub fn rope_cpu(
     Ok(Tensor::from_vec(out, t.dims(), t.device())?)
 }
 
-/// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA,
-/// else the split path's ops on its slices.
+/// A stacked QKV projection's output to rotated q, rotated k and v: one kernel on CUDA
+/// (when `fused`), else the split path's ops on its slices.
 pub fn rope_split_qkv(
     qkv: &Tensor,
     cos: &Tensor,
@@ -53,14 +53,15 @@ pub fn rope_split_qkv(
     (nh, nkv, hd): (usize, usize, usize),
     neox: bool,
     rope: &dyn Fn(Tensor, usize) -> Result<Tensor>,
+    fused: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if qkv.device().is_cuda() && crate::env::get().fused_ops {
+    if qkv.device().is_cuda() && fused {
         let (n, half) = (qkv.dims2()?.0, hd / 2);
         let (cos, sin) = (cos.reshape((n, half))?, sin.reshape((n, half))?);
         return cuda::RopeSplitQkv { nh, nkv, hd, neox }.apply(qkv, &cos, &sin);
     }
-    let _ = (cos, sin, neox);
+    let _ = (cos, sin, neox, fused);
     let (qw, kw) = (nh * hd, nkv * hd);
     Ok((
         rope(qkv.narrow(1, 0, qw)?.contiguous()?, nh)?,

@@ -54,7 +54,7 @@ cuda_only_op!(CustomOp2 for Gemv, "gemv", |_op, s1, l1, s2, l2| {
 /// [`GEMV_MAX_ROWS`] rows, both contiguous, same type, `k` a multiple of a 16-byte vector,
 /// 16-byte aligned rows); `None` leaves the matmul to cuBLAS.
 pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    if !crate::env::get().gemv || !x.device().is_cuda() || x.dtype() != w.dtype() {
+    if !x.device().is_cuda() || x.dtype() != w.dtype() {
         return Ok(None);
     }
     let (Ok((m, k)), Ok((_, k2))) = (x.dims2(), w.dims2()) else {

@@ -6,12 +6,13 @@ use candle_core::{DType, Tensor};
 use super::with_f32;
 use crate::error::{EngineError, Result};
 
-/// silu(gate) * up: one fused kernel on CUDA (unless FERROLM_NO_FUSED is set).
-pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+/// silu(gate) * up: one fused kernel on CUDA (when `fused`; off: FERROLM_NO_FUSED).
+pub fn silu_mul(g: &Tensor, u: &Tensor, fused: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if g.device().is_cuda() && crate::env::get().fused_ops {
+    if g.device().is_cuda() && fused {
         return cuda::silu_mul(g, u);
     }
+    let _ = fused;
     if g.device().is_cpu() && g.dtype() == DType::F32 && u.dtype() == DType::F32 {
         return silu_mul_cpu(g, u);
     }
@@ -50,15 +51,16 @@ pub(crate) fn silu_mul_cpu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 }
 
 /// silu(gate) * up over a stacked gate/up output `[rows, 2 ff]`.
-pub fn silu_mul_packed(gu: &Tensor) -> Result<Tensor> {
+pub fn silu_mul_packed(gu: &Tensor, fused: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if gu.device().is_cuda() && crate::env::get().fused_ops {
+    if gu.device().is_cuda() && fused {
         return cuda::silu_mul_packed(gu);
     }
     let ff = gu.dims2()?.1 / 2;
     silu_mul(
         &gu.narrow(1, 0, ff)?.contiguous()?,
         &gu.narrow(1, ff, ff)?.contiguous()?,
+        fused,
     )
 }
 

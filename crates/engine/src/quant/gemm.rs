@@ -18,25 +18,17 @@ use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::columns::COLUMN_GROUP as G;
+use super::isa::CpuIsa;
 use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use super::problem::{Problem, TaskKernels};
 use super::{tiles32, tiles_k};
 
-/// The instruction set the CPU kernels run with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuIsa {
-    Avx2,
-    Avx512Vnni,
-}
-
 static ISA: OnceLock<CpuIsa> = OnceLock::new();
 
-/// The instruction set chosen for this process (probed once).
+/// The best instruction set this machine runs (probed once: a fact about the machine, not
+/// a switch).
 pub fn cpu_isa() -> CpuIsa {
     *ISA.get_or_init(|| {
-        if crate::env::get().cpu_isa_avx2 {
-            return CpuIsa::Avx2;
-        }
         if vnni_reported() && vnni_probe() {
             CpuIsa::Avx512Vnni
         } else {
@@ -162,7 +154,8 @@ fn by_four(m: usize, kb: usize, scale: impl Fn(usize, usize) -> f32) -> Vec<[f32
 /// own columns, and the VNNI kernel is passed only where [`cpu_isa`] probed it.
 unsafe fn run_tasks<P: Sync>(p: &P, n: usize, isa: CpuIsa, (avx2, vnni): TaskKernels<P>) {
     let task = match isa {
-        CpuIsa::Avx2 => avx2,
+        // (Portable is never the probe's answer in an AVX2 build.)
+        CpuIsa::Portable | CpuIsa::Avx2 => avx2,
         CpuIsa::Avx512Vnni => vnni,
     };
     let tc = task_cols(n);
@@ -250,15 +243,10 @@ k_weight!(BlockQ4K);
 k_weight!(BlockQ5K);
 k_weight!(BlockQ6K);
 
-/// `out[m, n] = x[m, kb] . w[n, kb]^T`: weights in the layout `W::GROUPED` says, activations
-/// quantized as `W::Act`.
-pub fn gemm<W: GemmWeight>(w: &[W], x: &[W::Act], m: usize, n: usize, out: &mut [f32]) {
-    gemm_with(cpu_isa(), w, x, m, n, out)
-}
-
-/// [`gemm`] with the column tasks of `isa` (tests pass each ISA that [`cpu_isa`] can choose
-/// here).
-fn gemm_with<W: GemmWeight>(
+/// `out[m, n] = x[m, kb] . w[n, kb]^T` with the column tasks of `isa` (narrowed to what
+/// [`cpu_isa`] probed): weights in the layout `W::GROUPED` says, activations quantized as
+/// `W::Act`.
+pub fn gemm<W: GemmWeight>(
     isa: CpuIsa,
     w: &[W],
     x: &[W::Act],
@@ -269,6 +257,10 @@ fn gemm_with<W: GemmWeight>(
     if m == 0 || n == 0 {
         return;
     }
+    let isa = match cpu_isa() {
+        CpuIsa::Avx512Vnni => isa,
+        probed => probed,
+    };
     let kb = x.len() / m;
     let padded = if W::GROUPED { n.div_ceil(G) * G } else { n };
     assert!(x.len() == m * kb && w.len() == padded * kb && out.len() == m * n);
@@ -291,8 +283,7 @@ fn gemm_with<W: GemmWeight>(
         n,
         kb,
     };
-    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it
-    // (tests pass that choice back in).
+    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it.
     unsafe { run_tasks(&p, n, isa, W::TASKS) }
 }
 
@@ -364,8 +355,8 @@ mod tests {
                 let mut o4 = vec![0f32; m * n];
                 let mut o8 = vec![0f32; m * n];
                 let (g4, g8) = (interleave(w4.clone(), n, kb), interleave(w8.clone(), n, kb));
-                gemm_with(isa, &g4, &x1, m, n, &mut o4);
-                gemm_with(isa, &g8, &x8, m, n, &mut o8);
+                gemm(isa, &g4, &x1, m, n, &mut o4);
+                gemm(isa, &g8, &x8, m, n, &mut o8);
                 for r in 0..m {
                     for c in 0..n {
                         let xr = r * kb..(r + 1) * kb;
@@ -410,7 +401,7 @@ mod tests {
             for m in [1, 4, 16, 33, 64] {
                 for isa in isas() {
                     let mut out = vec![0f32; m * n];
-                    gemm_with(isa, &w, &x[..m * kb], m, n, &mut out);
+                    gemm(isa, &w, &x[..m * kb], m, n, &mut out);
                     for r in 0..m {
                         for c in 0..n {
                             let want = case.out[r * f.n + c];
@@ -447,7 +438,7 @@ mod tests {
         // VNNI only where the CPU and OS report it and the forked probe ran it correctly.
         if cpu_isa() == CpuIsa::Avx512Vnni {
             assert!(vnni_reported() && vnni_probe());
-        } else if !crate::env::get().cpu_isa_avx2 {
+        } else {
             assert!(!(vnni_reported() && vnni_probe()));
         }
     }

@@ -7,6 +7,7 @@ use super::blocks::{
     cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK,
 };
 use super::columns::interleave;
+use super::isa::{cpu_isa, CpuIsa};
 use super::kblocks::{quantize_row_q8_k, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use super::quantize_row_q8;
 use crate::error::{EngineError, Result};
@@ -98,14 +99,20 @@ impl QuantLinear {
         matches!(self, Self::Candle(_))
     }
 
+    /// `x w^T` with the best instruction set the machine runs.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut ys = Self::forward_many(&[self], x)?;
+        self.forward_on(x, cpu_isa())
+    }
+
+    /// `x w^T` with `isa` (where the machine runs it).
+    pub fn forward_on(&self, x: &Tensor, isa: CpuIsa) -> Result<Tensor> {
+        let mut ys = Self::forward_many(&[self], x, isa)?;
         Ok(ys.remove(0))
     }
 
     /// Several layers over the same input (Q/K/V, gate/up): the activation rows are
     /// quantized once for all of them. The same results as separate `forward` calls.
-    pub fn forward_many(layers: &[&QuantLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward_many(layers: &[&QuantLinear], x: &Tensor, isa: CpuIsa) -> Result<Vec<Tensor>> {
         // Our kernels' weights, or candle's matmuls one by one when any layer is candle's.
         let own: Option<Vec<(&QuantWeights, usize, usize)>> = layers
             .iter()
@@ -119,7 +126,7 @@ impl QuantLinear {
                 .iter()
                 .map(|l| match l {
                     Self::Candle(m) => Ok(m.forward(x)?),
-                    ours => ours.forward(x),
+                    ours => ours.forward_on(x, isa),
                 })
                 .collect();
         };
@@ -138,7 +145,7 @@ impl QuantLinear {
                 [need(ActKind::Q8_0), need(ActKind::Q8_1), need(ActKind::Q8K)],
             );
             own.iter()
-                .map(|(w, n, _)| rows.matmul(w, *n))
+                .map(|(w, n, _)| rows.matmul(w, *n, isa))
                 .collect::<Vec<_>>()
         })?;
         own.iter()
@@ -188,18 +195,18 @@ impl QuantizedRows {
     }
 
     /// `[m, n]` outputs of one weight.
-    fn matmul(&self, w: &QuantWeights, n: usize) -> Vec<f32> {
+    fn matmul(&self, w: &QuantWeights, n: usize, isa: CpuIsa) -> Vec<f32> {
         let mut out = vec![0f32; self.m * n];
         let (m, o) = (self.m, &mut out);
         match w {
-            QuantWeights::Q4_0(wb) => gemm(wb, &self.q8_0, m, n, o),
-            QuantWeights::Q4_1(wb) => gemm(wb, &self.q8_1, m, n, o),
-            QuantWeights::Q5_0(wb) => gemm(wb, &self.q8_0, m, n, o),
-            QuantWeights::Q5_1(wb) => gemm(wb, &self.q8_1, m, n, o),
-            QuantWeights::Q8_0(wb) => gemm(wb, &self.q8_0, m, n, o),
-            QuantWeights::Q4K(wb) => gemm(wb, &self.q8_k, m, n, o),
-            QuantWeights::Q5K(wb) => gemm(wb, &self.q8_k, m, n, o),
-            QuantWeights::Q6K(wb) => gemm(wb, &self.q8_k, m, n, o),
+            QuantWeights::Q4_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4_1(wb) => gemm(isa, wb, &self.q8_1, m, n, o),
+            QuantWeights::Q5_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q5_1(wb) => gemm(isa, wb, &self.q8_1, m, n, o),
+            QuantWeights::Q8_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
+            QuantWeights::Q5K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
+            QuantWeights::Q6K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
         }
         out
     }
@@ -218,6 +225,7 @@ mod portable_gemm {
     use crate::quant::blocks::*;
     use crate::quant::dots::*;
     use crate::quant::kblocks::*;
+    use crate::quant::CpuIsa;
 
     /// A weight type's portable dot product with its activation blocks.
     pub trait PortableDot: Sized + Sync {
@@ -244,7 +252,15 @@ mod portable_gemm {
     portable!(BlockQ5K, BlockQ8K, dot_q5_k_q8_k);
     portable!(BlockQ6K, BlockQ8K, dot_q6_k_q8_k);
 
-    pub fn gemm<W: PortableDot>(w: &[W], x: &[W::Act], m: usize, n: usize, out: &mut [f32]) {
+    /// (`_isa`: this build has one instruction set.)
+    pub fn gemm<W: PortableDot>(
+        _isa: CpuIsa,
+        w: &[W],
+        x: &[W::Act],
+        m: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
         if m == 0 || n == 0 {
             return;
         }

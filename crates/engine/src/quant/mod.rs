@@ -12,6 +12,7 @@ mod dots;
 mod gemm;
 #[cfg(test)]
 mod ggml_fixture;
+mod isa;
 mod kblocks;
 mod matmul;
 #[cfg(x86_v3)]
@@ -29,17 +30,15 @@ pub mod portable {
     pub use super::kblocks::quantize_row_q8_k;
 }
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
+#[cfg(x86_v3)]
+pub use avx2::quantize_row_q8;
 #[cfg(not(x86_v3))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
+pub use isa::{cpu_isa, CpuIsa};
 pub use kblocks::QK_K;
 pub use matmul::{QuantLinear, QuantWeights};
 pub use quantize::InSituType;
-#[cfg(x86_v3)]
-pub use {
-    avx2::quantize_row_q8,
-    gemm::{cpu_isa, CpuIsa},
-};
 
 #[cfg(test)]
 mod tests {

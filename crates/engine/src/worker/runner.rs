@@ -54,10 +54,11 @@ impl<'m> ModelRunner<'m> {
             Device::Cpu => Ok(Self::new_cpu(model, num_blocks, block_size)),
             #[cfg(feature = "cuda")]
             Device::Cuda(dev) => {
-                use crate::attention::CudaPagedAttention;
+                use crate::attention::{CudaPagedAttention, DecodeKernel};
                 let layout = model.config.kv_layout(num_blocks, block_size);
                 let c = &model.config;
                 let nh = c.num_heads;
+                let dk = DecodeKernel::choose(model.switches().decode_kernel_per_head);
                 if c.layer_attention().iter().any(|l| *l != Default::default()) {
                     return Err(EngineError::Unavailable(format!(
                         "{}: sliding-window layers and a custom attention scale are not in the CUDA kernels yet (run it with --device cpu)",
@@ -65,10 +66,12 @@ impl<'m> ModelRunner<'m> {
                     )));
                 }
                 let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
-                    DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh)?),
-                    DType::F16 => Box::new(CudaPagedAttention::<half::f16>::new(dev, layout, nh)?),
+                    DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh, dk)?),
+                    DType::F16 => {
+                        Box::new(CudaPagedAttention::<half::f16>::new(dev, layout, nh, dk)?)
+                    }
                     DType::BF16 => {
-                        Box::new(CudaPagedAttention::<half::bf16>::new(dev, layout, nh)?)
+                        Box::new(CudaPagedAttention::<half::bf16>::new(dev, layout, nh, dk)?)
                     }
                     other => {
                         return Err(EngineError::Unavailable(format!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ferrolm_engine::config::EngineConfig;
 use ferrolm_engine::engine::{EngineHandle, RequestOutput};
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::{default_model_path, LoadedModel};
 use ferrolm_engine::model::LlamaModel;
 use ferrolm_engine::request::FinishReason;
@@ -19,7 +20,7 @@ use serde_json::Value;
 pub fn model_path() -> PathBuf {
     let p = std::env::var("FERROLM_TEST_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| default_model_path());
+        .unwrap_or_else(|_| default_model_path(&Switches::from_env().model_dir));
     assert!(
         p.exists(),
         "the default model is missing at {}: run models/fetch-default.sh (make test does)",

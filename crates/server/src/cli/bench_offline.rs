@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use ferrolm_engine::config::EngineConfig;
 use ferrolm_engine::engine::{generate_offline, kv_blocks, random_prompts, OfflineReport};
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::default_model_path;
 use ferrolm_engine::loader::load_bench_model;
 use ferrolm_engine::scheduler::SchedulerConfig;
@@ -131,8 +132,11 @@ struct Setup {
     load_secs: f64,
 }
 
-fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
-    let path = a.model.clone().unwrap_or_else(default_model_path);
+fn setup(a: &ModelArgs, needed_len: usize, switches: &Switches) -> anyhow::Result<Setup> {
+    let path = a
+        .model
+        .clone()
+        .unwrap_or_else(|| default_model_path(&switches.model_dir));
     let t = Instant::now();
     let model = load_bench_model(
         &path,
@@ -141,6 +145,7 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
         &a.device,
         a.max_model_len,
         a.quantization,
+        &switches.model,
     )?;
     let load_secs = t.elapsed().as_secs_f64();
     let device = model.device().clone();
@@ -164,6 +169,7 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
         num_blocks_override: a.num_gpu_blocks_override,
         gpu_memory_utilization: a.gpu_memory_utilization,
         enforce_eager: a.enforce_eager,
+        switches: switches.engine,
         ..EngineConfig::default()
     };
     let (num_blocks, how) = kv_blocks(&model, &engine_cfg)?;
@@ -195,7 +201,7 @@ fn setup(a: &ModelArgs, needed_len: usize) -> anyhow::Result<Setup> {
             max_batch_prefill_tokens: None,
         },
         num_blocks,
-        enforce_eager: a.enforce_eager,
+        enforce_eager: engine_cfg.enforce_eager(),
         device: if gpu { "cuda".into() } else { "cpu".into() },
         name,
         load_secs,
@@ -209,12 +215,12 @@ fn write_json<T: Serialize>(path: &Option<PathBuf>, v: &T) -> anyhow::Result<()>
     Ok(())
 }
 
-pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
+pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.num_prompts > 0 && a.input_len > 0 && a.output_len > 0,
         "lengths and counts must be positive"
     );
-    let s = setup(&a.model, a.input_len + a.output_len)?;
+    let s = setup(&a.model, a.input_len + a.output_len, switches)?;
     let vocab = s.model.config.vocab_size as u32;
     let prompts = random_prompts(
         a.num_prompts,
@@ -292,7 +298,7 @@ pub fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
     write_json(&a.model.output_json, &res)
 }
 
-pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
+pub fn latency(a: LatencyArgs, switches: &Switches) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.batch_size > 0 && a.input_len > 0 && a.output_len > 0 && a.num_iters > 0,
         "lengths and counts must be positive"
@@ -305,7 +311,7 @@ pub fn latency(a: LatencyArgs) -> anyhow::Result<()> {
             .unwrap_or(a.batch_size * a.input_len)
             .max(a.batch_size * a.input_len),
     );
-    let s = setup(&m, a.input_len + a.output_len)?;
+    let s = setup(&m, a.input_len + a.output_len, switches)?;
     let vocab = s.model.config.vocab_size as u32;
     let prompts = random_prompts(a.batch_size, a.input_len, 5.min(vocab - 1), vocab, m.seed);
     let run = || -> anyhow::Result<OfflineReport> {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use ferrolm_engine::config::EngineConfig;
 use ferrolm_engine::engine::EngineHandle;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::LoadedModel;
 
 use super::model_args::ModelArgs;
@@ -58,8 +59,8 @@ pub struct GenerateArgs {
     pub logprobs: Option<usize>,
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let load = args.model.load_options(&args.device)?;
+pub fn run(args: GenerateArgs, switches: &Switches) -> anyhow::Result<()> {
+    let load = args.model.load_options(&args.device, switches)?;
     let t_load = Instant::now();
     let lm = LoadedModel::load_with(&load).with_context(|| format!("loading {}", load.model))?;
     let load_s = t_load.elapsed().as_secs_f64();
@@ -100,6 +101,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             max_model_len: Some(max_model_len.max(16)),
             // One sequence: a pool just big enough for it.
             num_blocks_override: Some(max_model_len.max(16).div_ceil(16) + 1),
+            switches: switches.engine,
             ..Default::default()
         },
     )?;

@@ -14,6 +14,7 @@ mod model_args;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use ferrolm_engine::env::Switches;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,11 +47,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The server logs to stdout (one line per request); the other commands keep stdout for
     // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
     init_tracing(matches!(cli.command, Command::Serve(_)));
+    // The engine's environment switches, read once, here; passed down from now on.
+    let switches = Switches::from_env();
     match cli.command {
-        Command::Generate(a) => generate::run(a),
-        Command::Serve(a) => serve::run(a),
-        Command::Inspect(a) => inspect::run(a),
-        Command::Bench(b) => bench::run(b),
+        Command::Generate(a) => generate::run(a, &switches),
+        Command::Serve(a) => serve::run(a, &switches),
+        Command::Inspect(a) => inspect::run(a, &switches),
+        Command::Bench(b) => bench::run(b, &switches),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(a) => gpu_check::run(a),
     }

@@ -3,6 +3,7 @@
 //! `--tokenizer`, `--dtype`. Shared by `serve` and `generate`.
 
 use anyhow::Context;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::{default_model_path, LoadOptions};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -38,15 +39,14 @@ impl ModelArgs {
 
     /// What to load on `device`; without a model argument, the default model (fetched the
     /// way `make model` does when the script is at hand).
-    pub fn load_options(&self, device: &str) -> anyhow::Result<LoadOptions> {
-        // The hub settings are read once, with the engine's other switches.
-        let hub = ferrolm_engine::env::get().hub.clone();
+    pub fn load_options(&self, device: &str, switches: &Switches) -> anyhow::Result<LoadOptions> {
+        let hub = switches.hub.clone();
         let model = match self.given() {
             Some(m) => {
                 super::hub_download::ensure_local(m, self.revision.as_deref(), &hub)?;
                 m.to_string()
             }
-            None => default_model()?,
+            None => default_model(&switches.model_dir)?,
         };
         Ok(LoadOptions {
             model,
@@ -55,13 +55,14 @@ impl ModelArgs {
             dtype: self.dtype.clone(),
             device: device.to_string(),
             hub,
+            switches: switches.model.clone(),
             quantization: self.quantization,
         })
     }
 }
 
-fn default_model() -> anyhow::Result<String> {
-    let p = default_model_path();
+fn default_model(model_dir: &std::path::Path) -> anyhow::Result<String> {
+    let p = default_model_path(model_dir);
     if !p.exists() {
         let script = super::env::fetch_script();
         anyhow::ensure!(

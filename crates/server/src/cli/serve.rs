@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferrolm_engine::config::{EngineConfig, PartialPrefills, PrefillCap, StepObserver};
 use ferrolm_engine::engine::EngineHandle;
+use ferrolm_engine::env::{EngineSwitches, Switches};
 use ferrolm_engine::loader::{LoadOptions, LoadedModel};
 
 use super::http::{fit_connections_to_descriptors, serve_http};
@@ -100,10 +101,10 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
     // Checked before anything else, so a wrong --device fails at once.
-    ferrolm_engine::device::resolve_device(&args.device)?;
-    let load = args.model.load_options(&args.device)?;
+    ferrolm_engine::device::resolve_device(&args.device, switches.model.pool_keep)?;
+    let load = args.model.load_options(&args.device, switches)?;
     let served = args
         .served_model_name
         .clone()
@@ -133,10 +134,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, load, state))
+    rt.block_on(serve(args, load, switches.engine, state))
 }
 
-async fn serve(args: ServeArgs, load: LoadOptions, state: Arc<AppState>) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    load: LoadOptions,
+    engine_switches: EngineSwitches,
+    state: Arc<AppState>,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {}", args.host, args.port))?;
@@ -183,6 +189,7 @@ async fn serve(args: ServeArgs, load: LoadOptions, state: Arc<AppState>) -> anyh
                 num_blocks_override: load_args.num_gpu_blocks_override,
                 gpu_memory_utilization: load_args.gpu_memory_utilization,
                 enforce_eager: load_args.enforce_eager,
+                switches: engine_switches,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
                 request_limits: load_args.limits.request_limits(),
                 partial_prefills: PartialPrefills {

@@ -8,7 +8,7 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{CustomOp1, Layout, Shape, Storage, Tensor};
 use cudarc::driver::CudaSlice;
 
-use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeShape, PagedKv};
+use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeKernel, DecodeShape, PagedKv};
 use crate::attention::AttentionBackend;
 use crate::batch::{FlatBatch, PaddedDecode};
 use crate::cuda::KernelType;
@@ -121,9 +121,15 @@ pub struct CudaPagedAttention<T> {
 }
 
 impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
-    pub fn new(device: &CudaDevice, layout: KvCacheLayout, num_heads: usize) -> Result<Self> {
+    pub fn new(
+        device: &CudaDevice,
+        layout: KvCacheLayout,
+        num_heads: usize,
+        decode_kernel: DecodeKernel,
+    ) -> Result<Self> {
         let stream = device.cuda_stream();
-        let kernels = CudaKernels::on_stream(stream.clone()).map_err(EngineError::cuda)?;
+        let mut kernels = CudaKernels::on_stream(stream.clone()).map_err(EngineError::cuda)?;
+        kernels.decode_kernel = decode_kernel;
         let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
         let mut k = Vec::with_capacity(layout.num_layers);
         let mut v = Vec::with_capacity(layout.num_layers);

@@ -38,11 +38,11 @@ pub enum DecodeKernel {
 }
 
 impl DecodeKernel {
-    /// The GQA kernel unless FERROLM_DECODE_KERNEL=per-head: on an H200 (2026-11-27) it
-    /// passed every kernel and model check and read K/V at 2680 GB/s on the B64 ctx2048
-    /// shape, where the per-head kernel reads each KV head once per query head.
-    pub fn from_env() -> Self {
-        if crate::env::get().decode_kernel_per_head {
+    /// The GQA kernel unless `per_head` (FERROLM_DECODE_KERNEL=per-head): on an H200
+    /// (2026-11-27) it passed every kernel and model check and read K/V at 2680 GB/s on the
+    /// B64 ctx2048 shape, where the per-head kernel reads each KV head once per query head.
+    pub fn choose(per_head: bool) -> Self {
+        if per_head {
             Self::PerHead
         } else {
             Self::Gqa
@@ -135,7 +135,7 @@ impl CudaKernels {
             cache: load(RESHAPE_AND_CACHE_FATBIN)?,
             prefill: load(PREFILL_ATTENTION_FATBIN)?,
             gqa: load(PAGED_ATTENTION_GQA_FATBIN)?,
-            decode_kernel: DecodeKernel::from_env(),
+            decode_kernel: DecodeKernel::Gqa,
             ctx,
             stream,
         })
