@@ -16,8 +16,5 @@ pub fn dump(dir: Option<&Path>, name: &dyn Fn() -> String, t: &Tensor) -> Result
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     let path = dir.join(format!("{}.f32", name()));
-    std::fs::write(&path, bytes).map_err(|source| EngineError::Io {
-        path,
-        source,
-    })
+    std::fs::write(&path, bytes).map_err(|source| EngineError::Io { path, source })
 }

@@ -20,10 +20,8 @@ impl CpuIsa {
     }
 }
 
-#[cfg(x86_v3)]
-pub use super::gemm::cpu_isa;
-
-/// The instruction set of this build: the portable kernels.
+/// The instruction set of this build: the portable kernels (an AVX2 build probes the
+/// machine: `gemm::cpu_isa`).
 #[cfg(not(x86_v3))]
 pub fn cpu_isa() -> CpuIsa {
     CpuIsa::Portable

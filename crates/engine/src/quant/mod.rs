@@ -35,7 +35,11 @@ pub use avx2::quantize_row_q8;
 #[cfg(not(x86_v3))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
-pub use isa::{cpu_isa, CpuIsa};
+#[cfg(x86_v3)]
+pub use gemm::cpu_isa;
+#[cfg(not(x86_v3))]
+pub use isa::cpu_isa;
+pub use isa::CpuIsa;
 pub use kblocks::QK_K;
 pub use matmul::{QuantLinear, QuantWeights};
 pub use quantize::InSituType;
