@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::env::EngineSwitches;
+use crate::structured::GrammarLimits;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct EngineConfig {
     pub request_limits: RequestLimits,
     /// How prompts share a step's prompt tokens.
     pub partial_prefills: PartialPrefills,
+    /// Bounds on requests' grammars (structured outputs).
+    pub grammar_limits: GrammarLimits,
 }
 
 /// vLLM's partial-prefill settings (`--max-num-partial-prefills`,
@@ -126,6 +129,7 @@ impl Default for EngineConfig {
             step_observer: None,
             request_limits: RequestLimits::default(),
             partial_prefills: PartialPrefills::default(),
+            grammar_limits: GrammarLimits::default(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod quant;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
+pub mod structured;
 pub mod tokenizer;
 pub mod worker;
 

@@ -1,11 +1,14 @@
 //! A request as the engine holds it: its id, tokens, sampling parameters, how many tokens
 //! are in the KV cache, and why it finished. One definition each, shared by every layer above.
 
+use std::sync::{Arc, Mutex};
+
 use crate::kv_cache::BlockId;
 
 pub type RequestId = u64;
 
 use crate::sampling::SamplingParams;
+use crate::structured::GrammarMatcher;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestStatus {
@@ -45,6 +48,8 @@ impl FinishReason {
 pub struct ValidRequest {
     pub(crate) prompt: Vec<u32>,
     pub(crate) params: SamplingParams,
+    /// `params.structured` compiled (each copy has its own state).
+    pub(crate) grammar: Option<GrammarMatcher>,
 }
 
 impl ValidRequest {
@@ -74,6 +79,9 @@ pub struct Request {
     pub num_preemptions: u32,
     /// Blocks found in the prefix cache, adopted when admitted.
     pub(crate) pending_cached: Vec<BlockId>,
+    /// The output's grammar at the current token: locked by the one thread that samples
+    /// this request in a step.
+    pub(crate) grammar: Option<Arc<Mutex<GrammarMatcher>>>,
 }
 
 impl Request {
@@ -89,7 +97,15 @@ impl Request {
             status: RequestStatus::Waiting,
             num_preemptions: 0,
             pending_cached: Vec::new(),
+            grammar: None,
         }
+    }
+
+    /// A checked request as the engine queues it.
+    pub fn from_valid(id: RequestId, v: ValidRequest) -> Self {
+        let mut r = Self::new(id, v.prompt, v.params);
+        r.grammar = v.grammar.map(|g| Arc::new(Mutex::new(g)));
+        r
     }
 
     pub fn output(&self) -> &[u32] {

@@ -157,18 +157,35 @@ impl<'m> EngineCore<'m> {
                         panic!("injected sampling fault (FERROLM_FAULT_INJECT)");
                     }
                     let mut work = raw.clone();
+                    // The grammar's mask first: no later step may bring back a token it
+                    // forbids (-inf stays -inf under bias, penalties and temperature).
+                    let mut grammar = req.grammar.as_ref().map(|g| g.lock());
+                    if let Some(Ok(g)) = grammar.as_mut() {
+                        if let Err(why) = g.mask_logits(&mut work) {
+                            return Err(format!("the output's grammar cannot go on: {why}"));
+                        }
+                    }
                     let (prompt, output) = req.tokens.split_at(req.prompt_len);
                     let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { eog };
                     let tok =
                         sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed)
                             .token;
+                    if let Some(Ok(g)) = grammar.as_mut() {
+                        g.advance(tok).map_err(|why| {
+                            format!("the output's grammar refused a token: {why}")
+                        })?;
+                    }
                     let logprobs = req.params.logprobs.map(|k| top_logprobs(raw, tok, k));
-                    (tok, logprobs)
+                    Ok((tok, logprobs))
                 }));
                 match sampled {
-                    Ok((tok, logprobs)) => {
+                    Ok(Ok((tok, logprobs))) => {
                         choice.token = Some(tok);
                         choice.logprobs = logprobs;
+                    }
+                    Ok(Err(why)) => {
+                        choice.failure = Some(why);
+                        choice.token = Some(0);
                     }
                     Err(panic) => {
                         choice.failure = Some(panic_message(&*panic));

@@ -17,6 +17,7 @@ use crate::model::LlamaModel;
 use crate::request::{Request, RequestId, ValidRequest};
 use crate::sampling::SamplingParams;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::structured::GrammarCompiler;
 use crate::tokenizer::Tokenizer;
 use crate::worker::compute_pool;
 
@@ -38,6 +39,8 @@ pub struct EngineHandle {
     pub max_model_len: usize,
     pub num_blocks: usize,
     limits: RequestLimits,
+    /// Compiles requests' grammars against the model's tokenizer.
+    grammars: GrammarCompiler,
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -54,6 +57,8 @@ impl EngineHandle {
                 c.max_position_embeddings
             )));
         }
+        let grammars = GrammarCompiler::new(tokenizer.clone(), c.vocab_size, cfg.grammar_limits)
+            .map_err(|e| EngineError::Config(format!("structured outputs: {e}")))?;
         let (num_blocks, how) = kv_blocks(&model, &cfg)?;
         if let Some(how) = how {
             tracing::info!("kv cache: {how}");
@@ -109,6 +114,7 @@ impl EngineHandle {
             max_model_len,
             num_blocks,
             limits: cfg.request_limits,
+            grammars,
             join: std::sync::Mutex::new(Some(join)),
         })
     }
@@ -151,7 +157,20 @@ impl EngineHandle {
                 format!("token id {bad} is outside the vocabulary of {vocab}"),
             ));
         }
-        Ok(ValidRequest { prompt, params })
+        // Compiled last: the cheap checks refuse first.
+        let grammar = match &params.structured {
+            Some(s) => Some(
+                self.grammars
+                    .compile(&s.spec, &s.layout)
+                    .map_err(|e| InvalidParam::new(s.param, format!("{}: {e}", s.spec.kind())))?,
+            ),
+            None => None,
+        };
+        Ok(ValidRequest {
+            prompt,
+            params,
+            grammar,
+        })
     }
 
     /// Checks and queues a request ([`Self::validate`] then [`Self::submit`]).
@@ -180,7 +199,7 @@ impl EngineHandle {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.tx
             .send(Command::Add {
-                req: Request::new(id, req.prompt, req.params),
+                req: Request::from_valid(id, req),
                 tx,
             })
             .map_err(|_| EngineError::EngineStopped)?;

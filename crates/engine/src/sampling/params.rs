@@ -1,6 +1,7 @@
 //! What decides a request's tokens and when it stops.
 
 use crate::error::InvalidParam;
+use crate::structured::StructuredOutput;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -29,6 +30,8 @@ pub struct SamplingParams {
     /// Log-probs of each prompt token plus this many alternatives.
     pub prompt_logprobs: Option<usize>,
     pub skip_special_tokens: bool,
+    /// The grammar the output must follow (compiled by [`crate::engine::EngineHandle::validate`]).
+    pub structured: Option<StructuredOutput>,
 }
 
 impl Default for SamplingParams {
@@ -52,6 +55,7 @@ impl Default for SamplingParams {
             logprobs: None,
             prompt_logprobs: None,
             skip_special_tokens: true,
+            structured: None,
         }
     }
 }
@@ -70,6 +74,7 @@ impl SamplingParams {
             && self.frequency_penalty == 0.0
             && self.logprobs.is_none()
             && self.prompt_logprobs.is_none()
+            && self.structured.is_none()
             && generated >= self.min_tokens
     }
 
