@@ -121,13 +121,17 @@ def test_vllm_parity_fields():
     # Issue "API parity": each through the official client (extra_body for vLLM's fields).
     m = client.models.retrieve(MODEL)
     assert m.id == MODEL and m.object == "model"
-    # A structured-output field that vLLM honours is refused by name, never ignored.
+    # vLLM's older structured-output field (an alias of structured_outputs.choice).
+    r = client.completions.create(model=MODEL, prompt="Yes or no?", max_tokens=4, temperature=1.0,
+                                  extra_body={"guided_choice": ["yes", "no"]})
+    assert r.choices[0].text in ("yes", "no"), r.choices[0].text
+    # A field that changes the output and is not implemented is refused by name.
     try:
-        client.completions.create(model=MODEL, prompt="Yes or no?", max_tokens=2, extra_body={"guided_choice": ["yes", "no"]})
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={"structured_outputs": {"structural_tag": "{}"}})
     except openai.BadRequestError as e:
-        assert e.status_code == 400 and "guided_choice" in str(e)
+        assert e.status_code == 400 and "structural_tag" in str(e)
     else:
-        raise AssertionError("guided_choice was accepted")
+        raise AssertionError("structural_tag was accepted")
     # Echo-only scores the prompt. The first prompt token has no log-prob (null, as OpenAI's and
     # vLLM's echo send it), which the SDK's types do not allow: this call runs without strict
     # validation.
@@ -158,14 +162,10 @@ def test_vllm_parity_fields():
 def test_vllm_parity_fields_streaming():
     # The same fields on streams (the SDK's loose mode: completion chunks carry null finish reasons).
     loose = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0)
-    try:
-        for _ in loose.completions.create(model=MODEL, prompt="Yes or no?", max_tokens=2, stream=True,
-                                          extra_body={"guided_choice": ["yes", "no"]}):
-            pass
-    except openai.BadRequestError as e:
-        assert "guided_choice" in str(e)
-    else:
-        raise AssertionError("guided_choice was accepted on a stream")
+    streamed = "".join(c.choices[0].text for c in loose.completions.create(
+        model=MODEL, prompt="Yes or no?", max_tokens=4, stream=True, temperature=1.0,
+        extra_body={"guided_choice": ["yes", "no"]}) if c.choices)
+    assert streamed in ("yes", "no"), streamed
     text = "".join(c.choices[0].text for c in loose.completions.create(
         model=MODEL, prompt="The capital of France is", max_tokens=0, echo=True, stream=True) if c.choices)
     assert text == "The capital of France is", text
@@ -211,6 +211,176 @@ def test_errors_are_openai_errors():
         assert e.status_code == 400
     else:
         raise AssertionError("expected 400")
+
+
+
+# Structured outputs (the default model): the constraint, not the model, makes every answer valid.
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import Annotated, List, Optional
+
+from pydantic import BaseModel, Field
+
+Short = Annotated[str, Field(max_length=16)]
+
+
+class Colour(str, Enum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+class Address(BaseModel):
+    street: str = Field(max_length=30)
+    city: str = Field(max_length=20)
+    zip_code: str = Field(pattern=r"^[0-9]{5}$")
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=24)
+    age: int = Field(ge=0, le=120)
+    favourite: Colour
+    nickname: Optional[str] = Field(default=None, max_length=12)
+    address: Address
+    hobbies: List[Short] = Field(max_length=3)
+
+
+class Review(BaseModel):
+    title: str = Field(max_length=40)
+    stars: int = Field(ge=1, le=5)
+    score: float = Field(ge=0.0, le=10.0)
+    pros: List[Short] = Field(max_length=2)
+    recommended: bool
+
+
+class Recipe(BaseModel):
+    dish: str = Field(max_length=30)
+    minutes: int = Field(ge=1, le=300)
+    steps: List[Annotated[str, Field(max_length=40)]] = Field(min_length=1, max_length=3)
+    vegetarian: Optional[bool] = None
+
+
+PARSE_CASES = [
+    (Person, "Invent a person who lives in Paris."),
+    (Person, "Describe a retired teacher."),
+    (Person, "Make up a young football player."),
+    (Person, "A character from a fairy tale, as data."),
+    (Person, "Someone who loves the colour blue."),
+    (Review, "Review a pizza restaurant."),
+    (Review, "Review the film Jaws."),
+    (Review, "A short review of a laptop."),
+    (Review, "Review a hotel in Rome."),
+    (Review, "Rate a pair of running shoes."),
+    (Recipe, "A recipe for pancakes."),
+    (Recipe, "How to make a salad."),
+    (Recipe, "A quick soup recipe."),
+    (Recipe, "Give me a recipe for curry."),
+    (Recipe, "Bake bread."),
+    (Person, "Tell me about a scientist."),
+    (Review, "Review a museum."),
+    (Recipe, "A dessert recipe."),
+    (Person, "An astronaut's profile."),
+    (Review, "Review a bicycle."),
+]
+
+
+def _parse(case):
+    model, prompt = case
+    r = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        response_format=model,
+        max_tokens=400,
+        temperature=0.7,
+        seed=11,
+    )
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop", (prompt, r.choices[0].finish_reason, msg.content)
+    assert isinstance(msg.parsed, model), (prompt, msg.content)
+    model.model_validate_json(msg.content)
+    return msg.parsed
+
+
+def test_chat_parse_pydantic_models_always_valid():
+    with ThreadPoolExecutor(8) as ex:
+        parsed = list(ex.map(_parse, PARSE_CASES))
+    assert len(parsed) == 20
+
+
+def test_chat_json_object_always_parses():
+    def one(seed):
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Reply with a JSON object giving a cat's name and age."}],
+            response_format={"type": "json_object"},
+            max_tokens=300,
+            temperature=0.7,
+            seed=seed,
+        )
+        c = r.choices[0]
+        # Every answer that ends is a JSON object; when it ends is the model's (an object has
+        # no bound, so one cut by max_tokens is a prefix of one).
+        if c.finish_reason == "stop":
+            assert isinstance(json.loads(c.message.content), dict), c.message.content
+        return c.finish_reason
+
+    with ThreadPoolExecutor(8) as ex:
+        finishes = list(ex.map(one, range(8)))
+    assert finishes.count("stop") >= 6, finishes
+
+
+def test_completions_response_format_json_schema():
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}}, "required": ["answer"], "additionalProperties": False}
+    r = client.completions.create(
+        model=MODEL, prompt="Q: What is the capital of France? A (JSON):", max_tokens=100, temperature=0,
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}}},
+    )
+    v = json.loads(r.choices[0].text)
+    assert set(v) == {"answer"}, v
+
+
+def _structured(kind, value, seed, prompt="Say something."):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=60, temperature=1.0,
+        seed=seed, extra_body={"structured_outputs": {kind: value}},
+    )
+    return r.choices[0].message.content, r.choices[0].finish_reason
+
+
+def test_chat_structured_outputs_regex_choice_grammar_20_each():
+    rx = r"[A-Z][a-z]{2,8} [0-9]{1,3}(\.[0-9])?"
+    choices = ["positive", "negative", "neutral \"ish\""]
+    lark = 'start: greeting ", " name "!"\ngreeting: "Hello" | "Hi" | "Good morning"\nname: /[A-Z][a-z]{1,9}/'
+    with ThreadPoolExecutor(8) as ex:
+        regex_out = list(ex.map(lambda s: _structured("regex", rx, s), range(20)))
+        choice_out = list(ex.map(lambda s: _structured("choice", choices, s, "Is this good?"), range(20)))
+        lark_out = list(ex.map(lambda s: _structured("grammar", lark, s, "Greet me."), range(20)))
+    for text, finish in regex_out:
+        assert re.fullmatch(rx, text) and finish == "stop", (text, finish)
+    for text, finish in choice_out:
+        assert text in choices and finish == "stop", (text, finish)
+    for text, finish in lark_out:
+        assert re.fullmatch(r"(Hello|Hi|Good morning), [A-Z][a-z]{1,9}!", text) and finish == "stop", (text, finish)
+
+
+def test_chat_structured_output_errors_are_400s_naming_the_field():
+    bad = [
+        ({"structured_outputs": {"regex": "[0-9"}}, "structured_outputs"),
+        ({"structured_outputs": {"grammar": "start: foo"}}, "structured_outputs"),
+        ({"guided_json": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}, "guided_json"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}}, "response_format"),
+        ({"structured_outputs": {"grammar": 'root ::= "a"'}}, "structured_outputs"),
+        ({"structured_outputs": {"json": {"type": "string", "pattern": "a" * (1 << 20)}}}, "structured_outputs"),
+    ]
+    for body, field in bad:
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=5, extra_body=body)
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and e.body.get("param") == field, (body, e.body)
+        else:
+            raise AssertionError(f"expected a 400 for {body}")
 
 
 if __name__ == "__main__":

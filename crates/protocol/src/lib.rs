@@ -8,6 +8,7 @@ pub mod messages;
 pub mod openai;
 pub mod responses;
 pub mod sse;
+pub mod structured;
 pub mod validate;
 
 pub use error::ApiError;

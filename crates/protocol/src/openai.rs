@@ -68,9 +68,14 @@ pub struct CommonParams {
     // Known but unsupported: refused by name rather than ignored.
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// Read with the other structured-output fields into `structured`.
     pub response_format: Option<serde_json::Value>,
     pub best_of: Option<i64>,
     pub suffix: Option<String>,
+    /// The output's constraint (`response_format`, `structured_outputs`, `guided_*`), read
+    /// from the raw body by [`crate::structured::structured_request`].
+    #[serde(skip)]
+    pub structured: Option<crate::structured::StructuredRequest>,
 }
 
 impl CommonParams {

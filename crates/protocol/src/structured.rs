@@ -112,10 +112,16 @@ fn structured_outputs(so: &Value) -> Result<Option<StructuredRequest>, ApiError>
     let o = so
         .as_object()
         .ok_or_else(|| bad(P, "`structured_outputs` must be an object"))?;
-    let set = |k: &str| o.get(k).filter(|v| !v.is_null() && *v != &Value::Bool(false));
+    let set = |k: &str| {
+        o.get(k)
+            .filter(|v| !v.is_null() && *v != &Value::Bool(false))
+    };
     for k in ["structural_tag", "disable_additional_properties"] {
         if set(k).is_some() {
-            return Err(bad(P, format!("`structured_outputs.{k}` is not supported yet")));
+            return Err(bad(
+                P,
+                format!("`structured_outputs.{k}` is not supported yet"),
+            ));
         }
     }
     let known = [
@@ -155,7 +161,12 @@ fn structured_outputs(so: &Value) -> Result<Option<StructuredRequest>, ApiError>
     let compact = match o.get("disable_any_whitespace") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad(P, "`structured_outputs.disable_any_whitespace` must be a boolean")),
+        Some(_) => {
+            return Err(bad(
+                P,
+                "`structured_outputs.disable_any_whitespace` must be a boolean",
+            ))
+        }
     };
     let whitespace_pattern = match o.get("whitespace_pattern") {
         None | Some(Value::Null) => None,
@@ -181,7 +192,10 @@ fn guided_fields(obj: &Map<String, Value>) -> Result<Vec<StructuredRequest>, Api
     let set = |k: &str| obj.get(k).filter(|v| !v.is_null());
     let mut out = Vec::new();
     if let Some(j) = set("guided_json") {
-        out.push(plain(Constraint::Json(json_schema(j, "guided_json")?), "guided_json"));
+        out.push(plain(
+            Constraint::Json(json_schema(j, "guided_json")?),
+            "guided_json",
+        ));
     }
     if let Some(r) = set("guided_regex") {
         out.push(plain(
@@ -190,7 +204,10 @@ fn guided_fields(obj: &Map<String, Value>) -> Result<Vec<StructuredRequest>, Api
         ));
     }
     if let Some(c) = set("guided_choice") {
-        out.push(plain(Constraint::Choice(choices(c, "guided_choice")?), "guided_choice"));
+        out.push(plain(
+            Constraint::Choice(choices(c, "guided_choice")?),
+            "guided_choice",
+        ));
     }
     if let Some(g) = set("guided_grammar") {
         out.push(plain(
@@ -271,12 +288,18 @@ mod tests {
         let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
         let cases = [
             (json!({"response_format": {"type": "text"}}), None),
-            (json!({"response_format": {"type": "json_object"}}), Some(Constraint::JsonObject)),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                Some(Constraint::JsonObject),
+            ),
             (
                 json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}}),
                 Some(Constraint::Json(schema.clone())),
             ),
-            (json!({"structured_outputs": {"regex": "a+"}}), Some(Constraint::Regex("a+".into()))),
+            (
+                json!({"structured_outputs": {"regex": "a+"}}),
+                Some(Constraint::Regex("a+".into())),
+            ),
             (
                 json!({"structured_outputs": {"choice": ["a", "b"]}}),
                 Some(Constraint::Choice(vec!["a".into(), "b".into()])),
@@ -285,33 +308,68 @@ mod tests {
                 json!({"structured_outputs": {"json": schema.to_string()}}),
                 Some(Constraint::Json(schema.clone())),
             ),
-            (json!({"structured_outputs": {"grammar": "start: \"x\""}}), Some(Constraint::Grammar("start: \"x\"".into()))),
-            (json!({"guided_regex": "b"}), Some(Constraint::Regex("b".into()))),
-            (json!({"guided_choice": ["y"]}), Some(Constraint::Choice(vec!["y".into()]))),
+            (
+                json!({"structured_outputs": {"grammar": "start: \"x\""}}),
+                Some(Constraint::Grammar("start: \"x\"".into())),
+            ),
+            (
+                json!({"guided_regex": "b"}),
+                Some(Constraint::Regex("b".into())),
+            ),
+            (
+                json!({"guided_choice": ["y"]}),
+                Some(Constraint::Choice(vec!["y".into()])),
+            ),
             (json!({}), None),
         ];
         for (body, want) in cases {
             let got = one(body.clone()).unwrap().map(|r| r.constraint);
             assert_eq!(got, want, "{body}");
         }
-        let r = one(json!({"structured_outputs": {"json_object": true, "disable_any_whitespace": true}}))
-            .unwrap()
-            .unwrap();
+        let r = one(
+            json!({"structured_outputs": {"json_object": true, "disable_any_whitespace": true}}),
+        )
+        .unwrap()
+        .unwrap();
         assert!(r.compact && r.param == "structured_outputs");
     }
 
     #[test]
     fn conflicts_and_unsupported_shapes_name_the_field() {
         let cases = [
-            (json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}), "guided_regex"),
-            (json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}), "structured_outputs"),
+            (
+                json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}),
+                "guided_regex",
+            ),
+            (
+                json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+                "structured_outputs",
+            ),
             (json!({"structured_outputs": {}}), "structured_outputs"),
-            (json!({"structured_outputs": {"structural_tag": "{}"}}), "structured_outputs"),
-            (json!({"structured_outputs": {"regex": "a", "colour": 1}}), "structured_outputs"),
-            (json!({"structured_outputs": {"grammar": "root ::= \"a\""}}), "structured_outputs"),
-            (json!({"guided_grammar": "root ::= \"a\""}), "guided_grammar"),
-            (json!({"response_format": {"type": "structural_tag"}}), "response_format"),
-            (json!({"response_format": {"type": "json_schema"}}), "response_format"),
+            (
+                json!({"structured_outputs": {"structural_tag": "{}"}}),
+                "structured_outputs",
+            ),
+            (
+                json!({"structured_outputs": {"regex": "a", "colour": 1}}),
+                "structured_outputs",
+            ),
+            (
+                json!({"structured_outputs": {"grammar": "root ::= \"a\""}}),
+                "structured_outputs",
+            ),
+            (
+                json!({"guided_grammar": "root ::= \"a\""}),
+                "guided_grammar",
+            ),
+            (
+                json!({"response_format": {"type": "structural_tag"}}),
+                "response_format",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format",
+            ),
             (json!({"guided_choice": []}), "guided_choice"),
             (json!({"guided_json": "{not json"}), "guided_json"),
         ];

@@ -76,15 +76,6 @@ pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(rf) = &c.response_format {
-        let kind = rf.get("type").and_then(|t| t.as_str());
-        if !(rf.is_null() || kind == Some("text")) {
-            return Err(ApiError::invalid_field(
-                "response_format",
-                "`response_format` other than {\"type\": \"text\"} is not supported yet",
-            ));
-        }
-    }
     if c.best_of.is_some_and(|b| b > 1) {
         return Err(ApiError::invalid_field(
             "best_of",
@@ -100,41 +91,62 @@ pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// vLLM's and OpenAI's fields that change the output and are not implemented, read from the
-/// raw body (they have no place in our request types, and serde would drop them silently):
-/// each is a 400 naming it when set to anything but its neutral value. Fields that do not
-/// change the output (`user`, `metadata`, `store`, `service_tier`, `priority`...) stay
-/// accepted. `guided_*` are vLLM's older names for structured outputs (removed in 0.12).
-pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(), ApiError> {
+/// Present and not null, not false, not empty.
+fn is_set(v: &serde_json::Value) -> bool {
     use serde_json::Value;
-    let Some(obj) = body.as_object() else {
-        return Ok(());
-    };
-    // Present and not null, not false, not empty.
-    let set = |v: &Value| match v {
+    match v {
         Value::Null | Value::Bool(false) => false,
         Value::String(s) => !s.is_empty(),
         Value::Array(a) => !a.is_empty(),
         Value::Object(o) => !o.is_empty(),
         _ => true,
+    }
+}
+
+/// The structured-output fields of completions and chat (`crate::structured`), refused by
+/// name where an endpoint does not take them (the Responses API, whose `text.format` is its
+/// own).
+pub fn refuse_structured_fields(body: &serde_json::Value) -> Result<(), ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Ok(());
     };
-    let structured = [
+    for field in [
         "guided_json",
         "guided_regex",
         "guided_choice",
         "guided_grammar",
-        "guided_decoding_backend",
         "guided_whitespace_pattern",
         "structured_outputs",
-    ];
-    for field in structured {
-        if obj.get(field).is_some_and(set) {
+    ] {
+        if obj.get(field).is_some_and(is_set) {
             return Err(ApiError::invalid_field(
                 field,
-                format!("`{field}` (structured outputs) is not supported yet"),
+                format!("`{field}` (structured outputs) is not supported on this endpoint"),
             ));
         }
     }
+    if let Some(rf) = obj.get("response_format").filter(|v| is_set(v)) {
+        if rf.get("type").and_then(|t| t.as_str()) != Some("text") {
+            return Err(ApiError::invalid_field(
+                "response_format",
+                "`response_format` is not supported on this endpoint",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// vLLM's and OpenAI's fields that change the output and are not implemented, read from the
+/// raw body (they have no place in our request types, and serde would drop them silently):
+/// each is a 400 naming it when set to anything but its neutral value. Fields that do not
+/// change the output (`user`, `metadata`, `store`, `service_tier`, `priority`...) stay
+/// accepted. (Structured outputs, `guided_*` included: `crate::structured`.)
+pub fn refuse_ignored_fields(body: &serde_json::Value, chat: bool) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let Some(obj) = body.as_object() else {
+        return Ok(());
+    };
+    let set = is_set;
     // (field, refused when): vLLM 0.34's request fields (docs/api.md) that change the
     // answer and have no implementation here. `Set`: present and not null/false/empty.
     enum When {
@@ -363,23 +375,6 @@ mod tests {
     fn fields_that_would_be_silently_ignored_are_refused_by_name() {
         let j = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
         for (json, chat, field) in [
-            (r#"{"guided_choice": ["yes", "no"]}"#, true, "guided_choice"),
-            (
-                r#"{"guided_json": {"type": "object"}}"#,
-                false,
-                "guided_json",
-            ),
-            (r#"{"guided_regex": "a+"}"#, false, "guided_regex"),
-            (
-                r#"{"guided_grammar": "root ::= x"}"#,
-                true,
-                "guided_grammar",
-            ),
-            (
-                r#"{"structured_outputs": {"choice": ["a"]}}"#,
-                true,
-                "structured_outputs",
-            ),
             (
                 r#"{"truncate_prompt_tokens": 5}"#,
                 false,

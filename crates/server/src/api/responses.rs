@@ -17,7 +17,8 @@ use ferrolm_protocol::responses::{
     output_message, response_object, ResponseHead, ResponsesRequest,
 };
 use ferrolm_protocol::validate::{
-    apply_generation_defaults, from_json, refuse_ignored_fields, refuse_unsupported,
+    apply_generation_defaults, from_json, refuse_ignored_fields, refuse_structured_fields,
+    refuse_unsupported,
 };
 use serde_json::{json, Value};
 
@@ -67,6 +68,7 @@ pub async fn create(
     req.refuse_unsupported()?;
     // vLLM's extras that would change the answer and are not implemented (as on chat).
     refuse_ignored_fields(&json, true)?;
+    refuse_structured_fields(&json)?;
     let template = loaded.chat_template.as_ref().ok_or_else(|| {
         ApiError::bad_request(
             "the model has no chat template; use /v1/completions or --chat-template",

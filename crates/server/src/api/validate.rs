@@ -12,8 +12,10 @@ use axum::http::StatusCode;
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::request::ValidRequest;
 use ferrolm_engine::sampling::SamplingParams;
+use ferrolm_engine::structured::{GrammarSpec, JsonLayout, StructuredOutput};
 use ferrolm_engine::tokenizer::Tokenizer;
 use ferrolm_protocol::openai::{CommonParams, WithCommon};
+use ferrolm_protocol::structured::{Constraint, StructuredRequest};
 use ferrolm_protocol::validate::{
     apply_generation_defaults, choices_n, refuse_unsupported, SamplingConventions,
 };
@@ -67,7 +69,8 @@ pub fn read_request<T: WithCommon>(
     let json = parse_json(state, body)?;
     ferrolm_protocol::validate::refuse_ignored_fields(&json, T::IS_CHAT)?;
     let mut req: T = from_json(&json)?;
-    let mut common = from_json(&json)?;
+    let mut common: CommonParams = from_json(&json)?;
+    common.structured = ferrolm_protocol::structured::structured_request(&json)?;
     apply_generation_defaults(&mut common, &loaded.generation_defaults);
     req.set_common(common);
     state.check_model(req.common().model.as_deref())?;
@@ -105,7 +108,27 @@ pub fn sampling_params(
         logprobs,
         prompt_logprobs,
         skip_special_tokens: c.skip_special_tokens.unwrap_or(true),
+        structured: c.structured.as_ref().map(structured_output),
     })
+}
+
+/// The API's constraint in the engine's terms.
+pub fn structured_output(r: &StructuredRequest) -> StructuredOutput {
+    let spec = match &r.constraint {
+        Constraint::Json(s) => GrammarSpec::JsonSchema(s.clone()),
+        Constraint::JsonObject => GrammarSpec::JsonObject,
+        Constraint::Regex(x) => GrammarSpec::Regex(x.clone()),
+        Constraint::Choice(c) => GrammarSpec::Choice(c.clone()),
+        Constraint::Grammar(g) => GrammarSpec::Lark(g.clone()),
+    };
+    StructuredOutput {
+        spec,
+        layout: JsonLayout {
+            compact: r.compact,
+            whitespace_pattern: r.whitespace_pattern.clone(),
+        },
+        param: r.param,
+    }
 }
 
 /// The engine's one check of each prompt with `params`; its errors become 400s naming the

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferrolm_engine::config::RequestLimits;
+use ferrolm_engine::structured::GrammarLimits;
 
 use super::http::HttpLimits;
 
@@ -32,6 +33,13 @@ pub struct LimitArgs {
     /// Bytes of one request's stop strings together (400 beyond).
     #[arg(long, default_value_t = RequestLimits::default().max_stop_bytes)]
     pub max_stop_bytes: usize,
+    /// Bytes of one request's JSON schema, regex, grammar or choices (structured outputs;
+    /// 400 beyond).
+    #[arg(long, default_value_t = GrammarLimits::default().max_bytes)]
+    pub max_grammar_bytes: usize,
+    /// Compiled grammars kept for requests that repeat them.
+    #[arg(long, default_value_t = GrammarLimits::default().cache_entries)]
+    pub grammar_cache_size: usize,
     /// HTTP connections served at once (lowered to fit the open-file limit). Beyond it a
     /// connection gets /health and /ping answered, and 503 for anything else.
     #[arg(long, default_value_t = 1024)]
@@ -75,6 +83,14 @@ impl LimitArgs {
         RequestLimits {
             max_stop_strings: self.max_stop_strings,
             max_stop_bytes: self.max_stop_bytes,
+        }
+    }
+
+    pub fn grammar_limits(&self) -> GrammarLimits {
+        GrammarLimits {
+            max_bytes: self.max_grammar_bytes,
+            cache_entries: self.grammar_cache_size,
+            ..GrammarLimits::default()
         }
     }
 

@@ -192,6 +192,7 @@ async fn serve(
                 switches: engine_switches,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
                 request_limits: load_args.limits.request_limits(),
+                grammar_limits: load_args.limits.grammar_limits(),
                 partial_prefills: PartialPrefills {
                     max_num_partial_prefills: load_args.max_num_partial_prefills,
                     max_long_partial_prefills: load_args.max_long_partial_prefills,
