@@ -383,6 +383,139 @@ def test_chat_structured_output_errors_are_400s_naming_the_field():
             raise AssertionError(f"expected a 400 for {body}")
 
 
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+    city: str = Field(max_length=20)
+    unit: Optional[Colour] = None
+    days: int = Field(ge=1, le=7)
+
+
+class Book(BaseModel):
+    """Book a table."""
+    restaurant: str = Field(max_length=24)
+    people: int = Field(ge=1, le=12)
+    time: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+
+
+TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(Book)]
+TOOL_MODELS = {"GetWeather": GetWeather, "Book": Book}
+TOOL_PROMPTS = ["What's the weather in Paris?", "Book a table for two at Luigi's at 19:30.", "Is it raining in Oslo?",
+                "I need dinner for 4 tonight.", "Weather for the next 3 days in Rome?"]
+
+
+def _tool_call(args):
+    i, choice = args
+    # One call per answer: a list of calls has no bound, and at temperature 1 this model would
+    # run on past max_tokens.
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": TOOL_PROMPTS[i % len(TOOL_PROMPTS)]}], tools=TOOLS,
+        tool_choice=choice, parallel_tool_calls=False, max_tokens=300, temperature=1.0, seed=i,
+    )
+    c = r.choices[0]
+    assert c.message.tool_calls, (choice, c.message.content, c.finish_reason)
+    for call in c.message.tool_calls:
+        assert call.type == "function" and call.id
+        TOOL_MODELS[call.function.name].model_validate_json(call.function.arguments)
+    return c
+
+
+def test_chat_tool_choice_required_and_named_20_each():
+    named = {"type": "function", "function": {"name": "Book"}}
+    with ThreadPoolExecutor(8) as ex:
+        required = list(ex.map(_tool_call, [(i, "required") for i in range(20)]))
+        forced = list(ex.map(_tool_call, [(i, named) for i in range(20)]))
+    assert all(c.finish_reason == "tool_calls" for c in required), [c.finish_reason for c in required]
+    assert all(len(c.message.tool_calls) == 1 and c.message.tool_calls[0].function.name == "Book" for c in forced)
+    assert all(len(c.message.tool_calls) == 1 for c in required)
+    # Parallel calls (greedy): a list of calls, each valid.
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Weather in Paris and Rome?"}],
+                                       tools=TOOLS, tool_choice="required", max_tokens=400, temperature=0)
+    if r.choices[0].finish_reason == "tool_calls":
+        for call in r.choices[0].message.tool_calls:
+            TOOL_MODELS[call.function.name].model_validate_json(call.function.arguments)
+
+
+def test_chat_tool_calls_stream_as_deltas():
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Book a table for 3 at Roma at 20:00."}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "Book"}}, max_tokens=300, temperature=0, stream=True,
+    )
+    calls, finish = {}, None
+    for chunk in stream:
+        for c in chunk.choices:
+            for d in c.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                entry["name"] += d.function.name or ""
+                entry["arguments"] += d.function.arguments or ""
+            finish = c.finish_reason or finish
+    assert list(calls) == [0] and calls[0]["name"] == "Book", calls
+    Book.model_validate_json(calls[0]["arguments"])
+    whole = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Book a table for 3 at Roma at 20:00."}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "Book"}}, max_tokens=300, temperature=0,
+    )
+    assert whole.choices[0].message.tool_calls[0].function.arguments == calls[0]["arguments"]
+    assert finish == whole.choices[0].finish_reason
+
+
+def test_chat_tool_history_renders():
+    msgs = [
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "GetWeather", "arguments": '{"city": "Paris", "days": 1}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS, tool_choice="none", max_tokens=20, temperature=0)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+def test_chat_auto_tool_call_then_answer():
+    # `auto`: the model's output read by the hermes parser. The output is scripted by a regex
+    # constraint (a literal call), so the parse and the round trip are deterministic.
+    call = '<tool_call>\n{"name": "GetWeather", "arguments": {"city": "Paris", "days": 1}}\n</tool_call>'
+    script = {"structured_outputs": {"regex": re.escape(call)}}
+    msgs = [{"role": "user", "content": "What's the weather in Paris?"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS, max_tokens=100, extra_body=script)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls" and c.message.content is None, c
+    assert [t.function.name for t in c.message.tool_calls] == ["GetWeather"]
+    assert json.loads(c.message.tool_calls[0].function.arguments) == {"city": "Paris", "days": 1}
+    # The same streamed: the call arrives as a delta, the content stays empty.
+    content, calls, finish = "", [], None
+    for chunk in client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS, max_tokens=100,
+                                                extra_body=script, stream=True):
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            calls += ch.delta.tool_calls or []
+            finish = ch.finish_reason or finish
+    assert content == "" and finish == "tool_calls" and [d.function.name for d in calls] == ["GetWeather"]
+    # The tool's result goes back; the model answers in text (no call this time).
+    msgs += [c.message.model_dump(exclude_none=True),
+             {"role": "tool", "tool_call_id": c.message.tool_calls[0].id, "content": "Sunny, 21 C"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS, max_tokens=30, temperature=0)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r.choices[0]
+
+
+def test_chat_tool_errors_are_400s():
+    many = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(10_000)]
+    cases = [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "Nope"}}}, "tool_choice"),
+        ({"tools": many, "tool_choice": "required"}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}], "tool_choice": "required"}, "tool_choice"),
+    ]
+    import time
+    for body, field in cases:
+        t = time.time()
+        try:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=5, extra_body=body)
+        except openai.BadRequestError as e:
+            assert e.body.get("param") == field, (field, e.body)
+        else:
+            raise AssertionError(f"expected a 400 for {field}")
+        assert time.time() - t < 1.0
+
+
 if __name__ == "__main__":
     tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)
              and not (NO_CHAT and "chat" in n)]

@@ -9,6 +9,8 @@ pub mod openai;
 pub mod responses;
 pub mod sse;
 pub mod structured;
+pub mod tool_parsers;
+pub mod tools;
 pub mod validate;
 
 pub use error::ApiError;

@@ -16,26 +16,20 @@ pub fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiE
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
-            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
+            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) && m.role != "assistant" {
                 return Err(ApiError::invalid_field(
                     &format!("messages[{i}].tool_calls"),
-                    "assistant `tool_calls` in messages are not supported yet",
-                ));
-            }
-            if m.name.is_some() {
-                return Err(ApiError::invalid_field(
-                    &format!("messages[{i}].name"),
-                    "a message's `name` is not supported yet",
+                    "only assistant messages carry `tool_calls`",
                 ));
             }
             let role = match m.role.as_str() {
-                "system" | "user" | "assistant" => m.role.clone(),
+                "system" | "user" | "assistant" | "tool" => m.role.clone(),
                 "developer" => "system".to_string(),
                 other => {
                     return Err(ApiError::invalid_field(
                         &format!("messages[{i}].role"),
                         format!(
-                            "role {other:?} is not supported (system, user, assistant, developer)"
+                            "role {other:?} is not supported (system, user, assistant, developer, tool)"
                         ),
                     ))
                 }
@@ -64,6 +58,75 @@ pub fn flatten_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiE
             Ok(ChatMessage::new(role, content))
         })
         .collect()
+}
+
+/// The conversation as chat templates take it (transformers' form): each message's role and
+/// text, an assistant's `tool_calls` with their arguments as objects (vLLM parses the JSON
+/// strings, so templates can walk them), a tool message's `tool_call_id`, a `name`.
+pub fn messages_json(msgs: &[ChatMessageIn]) -> Result<serde_json::Value, ApiError> {
+    use serde_json::{Map, Value};
+    let flat = flatten_messages(msgs)?;
+    let mut out = Vec::with_capacity(msgs.len());
+    for (i, (m, f)) in msgs.iter().zip(flat).enumerate() {
+        let mut o = Map::new();
+        let calls = m.tool_calls.as_ref().filter(|t| !t.is_null());
+        o.insert("role".into(), f.role.into());
+        // An assistant turn of calls alone has empty content (not None: templates such as
+        // SmolLM2's concatenate it).
+        o.insert("content".into(), f.content.into());
+        if let Some(calls) = calls {
+            o.insert("tool_calls".into(), tool_calls_json(i, calls)?);
+        }
+        if let Some(id) = &m.tool_call_id {
+            o.insert("tool_call_id".into(), id.clone().into());
+        }
+        if let Some(n) = &m.name {
+            o.insert("name".into(), n.clone().into());
+        }
+        out.push(Value::Object(o));
+    }
+    Ok(Value::Array(out))
+}
+
+fn tool_calls_json(i: usize, calls: &serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    use serde_json::{json, Value};
+    let list = calls.as_array().ok_or_else(|| {
+        ApiError::invalid_field(
+            &format!("messages[{i}].tool_calls"),
+            "`tool_calls` must be an array",
+        )
+    })?;
+    list.iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let p = format!("messages[{i}].tool_calls[{j}].function");
+            let f = c
+                .get("function")
+                .ok_or_else(|| ApiError::invalid_field(&p, "a tool call needs a `function`"))?;
+            let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::invalid_field(&p, "a tool call's function needs a `name`")
+            })?;
+            let arguments = match f.get("arguments") {
+                Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
+                    ApiError::invalid_field(&p, format!("`arguments` is not JSON: {e}"))
+                })?,
+                Some(v @ Value::Object(_)) => v.clone(),
+                None | Some(Value::Null) => json!({}),
+                Some(_) => {
+                    return Err(ApiError::invalid_field(
+                        &p,
+                        "`arguments` must be a JSON string",
+                    ))
+                }
+            };
+            Ok(json!({
+                "id": c.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments}
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
 }
 
 /// vLLM's `continue_final_message` (transformers' form): the conversation must end with an

@@ -76,6 +76,9 @@ pub struct CommonParams {
     /// from the raw body by [`crate::structured::structured_request`].
     #[serde(skip)]
     pub structured: Option<crate::structured::StructuredRequest>,
+    /// Chat's tools, checked from the raw body by [`crate::tools::tools_request`].
+    #[serde(skip)]
+    pub tool_request: Option<crate::tools::ToolsRequest>,
 }
 
 impl CommonParams {
@@ -126,8 +129,10 @@ pub struct ContentPart {
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<MessageContent>,
-    /// Known and not implemented yet: refused by name (`messages::flatten_messages`).
+    /// An assistant's earlier calls (`[{id, type, function: {name, arguments}}]`).
     pub tool_calls: Option<serde_json::Value>,
+    /// A tool message's answer to this call.
+    pub tool_call_id: Option<String>,
     pub name: Option<String>,
 }
 
@@ -139,8 +144,9 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub add_generation_prompt: Option<bool>,
-    // vLLM's chat-template fields, known and not implemented yet: refused by name.
+    /// Extra variables for the chat template (`enable_thinking`...).
     pub chat_template_kwargs: Option<serde_json::Value>,
+    // vLLM's chat-template fields, known and not implemented yet: refused by name.
     pub continue_final_message: Option<bool>,
     pub documents: Option<serde_json::Value>,
     pub chat_template: Option<String>,
@@ -230,7 +236,10 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// None when the answer is only tool calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +258,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCallDelta>,
 }
 
 /// A choice of a chat stream's chunk (a `ChoicesResponse<ChatChunkChoice>`).

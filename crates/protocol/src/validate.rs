@@ -59,21 +59,24 @@ pub fn apply_generation_defaults(c: &mut CommonParams, d: &GenerationDefaults) {
 }
 
 /// Refuses fields we know and do not implement, by name.
-pub fn refuse_unsupported(c: &CommonParams) -> Result<(), ApiError> {
-    if let Some(t) = &c.tools {
-        if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
-            return Err(ApiError::invalid_field(
-                "tools",
-                "`tools` (function calling) is not supported yet",
-            ));
+/// `chat`: tools are chat's (`crate::tools`); elsewhere they are refused by name.
+pub fn refuse_unsupported(c: &CommonParams, chat: bool) -> Result<(), ApiError> {
+    if !chat {
+        if let Some(t) = &c.tools {
+            if !(t.is_null() || t.as_array().is_some_and(|a| a.is_empty())) {
+                return Err(ApiError::invalid_field(
+                    "tools",
+                    "`tools` (function calling) is a chat field",
+                ));
+            }
         }
-    }
-    if let Some(tc) = &c.tool_choice {
-        if !(tc.is_null() || tc.as_str() == Some("none")) {
-            return Err(ApiError::invalid_field(
-                "tool_choice",
-                "`tool_choice` other than \"none\" is not supported yet",
-            ));
+        if let Some(tc) = &c.tool_choice {
+            if !(tc.is_null() || tc.as_str() == Some("none")) {
+                return Err(ApiError::invalid_field(
+                    "tool_choice",
+                    "`tool_choice` is a chat field",
+                ));
+            }
         }
     }
     if c.best_of.is_some_and(|b| b > 1) {
@@ -234,7 +237,6 @@ pub fn refuse_unsupported_chat(r: &crate::openai::ChatRequest) -> Result<(), Api
             .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
     };
     let refused = [
-        ("chat_template_kwargs", set(&r.chat_template_kwargs)),
         ("documents", set(&r.documents)),
         ("chat_template", r.chat_template.is_some()),
         ("add_special_tokens", r.add_special_tokens == Some(true)),
@@ -436,37 +438,32 @@ mod tests {
         for (json, field) in [
             (r#"{"tools": [{"type": "function"}]}"#, "tools"),
             (r#"{"tool_choice": "auto"}"#, "tool_choice"),
-            (
-                r#"{"response_format": {"type": "json_object"}}"#,
-                "response_format",
-            ),
             (r#"{"best_of": 2}"#, "best_of"),
             (r#"{"suffix": "x"}"#, "suffix"),
         ] {
-            let e = refuse_unsupported(&common(json).unwrap()).unwrap_err();
+            let e = refuse_unsupported(&common(json).unwrap(), false).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{json}");
         }
         let fine = r#"{"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "best_of": 1, "suffix": ""}"#;
-        refuse_unsupported(&common(fine).unwrap()).unwrap();
+        refuse_unsupported(&common(fine).unwrap(), false).unwrap();
+        let tools = r#"{"tools": [{"type": "function"}], "tool_choice": "auto"}"#;
+        refuse_unsupported(&common(tools).unwrap(), true).unwrap();
         let chat = |j: &str| from_json::<ChatRequest>(&parse_json(j.as_bytes(), 1 << 10).unwrap());
-        for (json, field) in [
-            (
-                r#"{"messages": [], "chat_template_kwargs": {"enable_thinking": false}}"#,
-                "chat_template_kwargs",
-            ),
-            (
-                r#"{"messages": [], "chat_template": "{{ x }}"}"#,
-                "chat_template",
-            ),
-        ] {
+        for (json, field) in [(
+            r#"{"messages": [], "chat_template": "{{ x }}"}"#,
+            "chat_template",
+        )] {
             let e = refuse_unsupported_chat(&chat(json).unwrap()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(field), "{json}");
         }
         refuse_unsupported_chat(&chat(r#"{"messages": [], "chat_template_kwargs": {}}"#).unwrap())
             .unwrap();
         let msgs = chat(r#"{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}]}"#).unwrap();
-        let e = crate::messages::flatten_messages(&msgs.messages).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[0].tool_calls"));
+        let e = crate::messages::messages_json(&msgs.messages).unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].tool_calls[0].function")
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ fn rows() -> Vec<(String, Vec<(&'static str, String, Option<Value>)>)> {
 async fn every_vllm_request_field_does_what_docs_api_md_says() {
     let rows = rows();
     assert!(rows.len() >= 90, "{} rows", rows.len());
-    let s = Server::start(&[]).await;
+    // `auto` tool choice (the default with `tools`) needs a parser.
+    let s = Server::start(&["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]).await;
     let served = reqwest::get(s.url("/v1/models"))
         .await
         .unwrap()

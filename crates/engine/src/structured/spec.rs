@@ -29,6 +29,10 @@ pub struct StructuredOutput {
     pub param: &'static str,
 }
 
+/// The whitespace JSON may carry between two of its tokens unless the request says
+/// otherwise: up to 20 spaces, tabs or newlines (enough for pretty-printing a few levels deep).
+pub const DEFAULT_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,20}";
+
 /// How JSON may be laid out between its tokens (vLLM's `disable_any_whitespace`,
 /// `whitespace_pattern`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,8 +108,16 @@ fn with_layout(mut schema: Value, layout: &JsonLayout) -> Value {
         } else {
             opts.insert("whitespace_flexible".into(), true.into());
         }
-        if let Some(p) = &layout.whitespace_pattern {
-            opts.insert("whitespace_pattern".into(), p.clone().into());
+        // Free whitespace is bounded per gap (llguidance's default, `[ \n\r\t]+`, lets a
+        // small model loop on newlines until max_tokens): with bounded strings and arrays, a
+        // generation always ends.
+        let pattern = match &layout.whitespace_pattern {
+            Some(p) => Some(p.clone()),
+            None if !layout.compact => Some(DEFAULT_WHITESPACE.to_string()),
+            None => None,
+        };
+        if let Some(p) = pattern {
+            opts.insert("whitespace_pattern".into(), p.into());
         }
         obj.entry("x-guidance").or_insert(Value::Object(opts));
     }

@@ -82,6 +82,20 @@ impl ChatTemplate {
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         Ok(self.0.render(messages, add_generation_prompt)?)
     }
+
+    /// The prompt for a conversation in OpenAI's JSON form, with tools and the request's
+    /// extra template variables (see the formats crate's `render_json`).
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        Ok(self
+            .0
+            .render_json(messages, tools, add_generation_prompt, extra)?)
+    }
 }
 
 impl Deref for ChatTemplate {

@@ -9,10 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
 use ferrolm_protocol::messages::{
-    cut_after_final_message, final_message_to_continue, flatten_messages,
+    cut_after_final_message, final_message_to_continue, flatten_messages, messages_json,
 };
 use ferrolm_protocol::validate::refuse_unsupported_chat;
 
+use super::chat_tools::{message, tool_mode, ToolStream};
 use super::error::{from_engine, ApiError};
 use super::state::{submit, AppState};
 use super::stream::{
@@ -21,11 +22,11 @@ use super::stream::{
 };
 use super::validate::{
     check_length, encode_prompt, logprobs_count, max_tokens_or, read_request, sampling_params,
-    validate_prompts,
+    structured_output, validate_prompts,
 };
 use ferrolm_protocol::openai::{
-    request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatMessageOut, ChatRequest,
-    ChatResponse, UsageOut,
+    request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatRequest, ChatResponse,
+    UsageOut,
 };
 
 pub async fn chat_completions(
@@ -40,6 +41,28 @@ pub async fn chat_completions(
     })?;
     refuse_unsupported_chat(&req)?;
     let messages = flatten_messages(&req.messages)?;
+    let messages_json = messages_json(&req.messages)?;
+    let (tool_mode, structured) = tool_mode(&state, &req)?;
+    let tools = req
+        .common
+        .tool_request
+        .as_ref()
+        .map(|t| t.template_tools.clone());
+    let extra = match &req.chat_template_kwargs {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(o)) => o.clone(),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "chat_template_kwargs",
+                "`chat_template_kwargs` must be an object",
+            ))
+        }
+    };
+    let render = |msgs: &serde_json::Value, add_generation_prompt: bool| {
+        template
+            .render_json(msgs, tools.as_ref(), add_generation_prompt, &extra)
+            .map_err(from_engine)
+    };
     // vLLM's continue_final_message: the assistant's last message is continued, not closed.
     let continue_from = match req.continue_final_message {
         Some(true) => Some(final_message_to_continue(
@@ -50,17 +73,16 @@ pub async fn chat_completions(
     };
     let add_generation_prompt =
         continue_from.is_none() && req.add_generation_prompt.unwrap_or(true);
-    let text = template
-        .render(&messages, add_generation_prompt)
-        .map_err(from_engine)?;
+    let text = render(&messages_json, add_generation_prompt)?;
     let text = match continue_from {
         Some(content) => {
             // Where the final message's turn opens: the other messages with a generation prompt.
             let opened = match messages.len() {
                 1 => String::new(),
-                n => template
-                    .render(&messages[..n - 1], true)
-                    .map_err(from_engine)?,
+                n => {
+                    let earlier = messages_json.as_array().map_or(&[][..], |a| &a[..n - 1]);
+                    render(&serde_json::Value::Array(earlier.to_vec()), true)?
+                }
             };
             let from = if text.starts_with(&opened) {
                 opened.len()
@@ -94,7 +116,8 @@ pub async fn chat_completions(
     }
     let logprobs = (req.logprobs == Some(true)).then_some(top.unwrap_or(0));
     let prompt_logprobs = logprobs_count("prompt_logprobs", req.common.prompt_logprobs)?;
-    let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
+    let mut params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
+    params.structured = structured.as_ref().map(structured_output);
     // Chat names the alternatives' count `top_logprobs`.
     let valid = validate_prompts(
         engine,
@@ -115,6 +138,8 @@ pub async fn chat_completions(
             model.clone(),
         );
         let usage = usage_chunk(req.common.include_usage(), prompt.len(), chunk.clone());
+        let mut tool_streams: Vec<ToolStream> =
+            (0..n).map(|_| ToolStream::new(&tool_mode)).collect();
         let render = move |i: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
             let mut out = Vec::new();
             if first {
@@ -124,6 +149,7 @@ pub async fn chat_completions(
                         delta: ChatDelta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            tool_calls: Vec::new(),
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -131,17 +157,16 @@ pub async fn chat_completions(
                     None,
                 ));
             }
-            if !o.text.is_empty() || o.finished.is_some() {
+            let (delta, finish_reason) =
+                tool_streams[i].push(&o.text, o.finished.as_ref().map(|f| f.as_str()));
+            if delta.content.is_some() || !delta.tool_calls.is_empty() || finish_reason.is_some() {
                 let lp = logprobs.map(|_| chat_logprobs(&tok, &o.logprobs));
                 out.push(chunk(
                     vec![ChatChunkChoice {
                         index: i,
-                        delta: ChatDelta {
-                            role: None,
-                            content: (!o.text.is_empty()).then(|| o.text.clone()),
-                        },
+                        delta,
                         logprobs: lp,
-                        finish_reason: o.finished.as_ref().map(|f| f.as_str()),
+                        finish_reason,
                     }],
                     None,
                 ));
@@ -161,14 +186,14 @@ pub async fn chat_completions(
         )),
         _ => None,
     };
-    let (choices, completion_tokens) = build_choices(results, |i, r| ChatChoice {
-        index: i,
-        message: ChatMessageOut {
-            role: "assistant",
-            content: r.text,
-        },
-        logprobs: logprobs.map(|_| chat_logprobs(&tok, &r.logprobs)),
-        finish_reason: r.finish,
+    let (choices, completion_tokens) = build_choices(results, |i, r| {
+        let (message, finish_reason) = message(&tool_mode, r.text, r.finish);
+        ChatChoice {
+            index: i,
+            message,
+            logprobs: logprobs.map(|_| chat_logprobs(&tok, &r.logprobs)),
+            finish_reason,
+        }
     })?;
     Ok(Json(ChatResponse {
         id,

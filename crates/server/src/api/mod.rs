@@ -8,6 +8,7 @@
 
 mod auth;
 mod chat;
+mod chat_tools;
 mod completions;
 pub mod error;
 mod headers;

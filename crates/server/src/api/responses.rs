@@ -112,7 +112,7 @@ pub async fn create(
     // tools and tool_choice are the Responses API's own (checked above).
     let mut shared = common.clone();
     (shared.tools, shared.tool_choice) = (None, None);
-    refuse_unsupported(&shared)?;
+    refuse_unsupported(&shared, false)?;
     if common.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_field(
             "n",

@@ -30,6 +30,11 @@ pub struct AppState {
     pub metrics_require_api_key: bool,
     /// Whether `/tokenizer_info` is served (vLLM's `--enable-tokenizer-info-endpoint`).
     pub enable_tokenizer_info: bool,
+    /// How `tool_choice: auto` output is read for calls (`--tool-call-parser`, with
+    /// `--enable-auto-tool-choice`); `None`: `auto` is refused.
+    pub tool_parser: Option<ferrolm_protocol::tool_parsers::ToolParser>,
+    /// Bounds on a request's tools.
+    pub tool_limits: ferrolm_protocol::tools::ToolLimits,
     /// Stored Responses API answers (bounded).
     pub responses: std::sync::Mutex<super::response_store::ResponseStore>,
     /// Set once the model is loaded and the engine runs; until then /health and /v1 say 503.
@@ -218,6 +223,8 @@ pub mod test_support {
             api_keys: Vec::new(),
             metrics_require_api_key: false,
             enable_tokenizer_info: false,
+            tool_parser: None,
+            tool_limits: Default::default(),
             responses: Default::default(),
             loaded: OnceLock::new(),
             metrics: Metrics::new("m", 64).expect("metrics"),

@@ -71,10 +71,13 @@ pub fn read_request<T: WithCommon>(
     let mut req: T = from_json(&json)?;
     let mut common: CommonParams = from_json(&json)?;
     common.structured = ferrolm_protocol::structured::structured_request(&json)?;
+    if T::IS_CHAT {
+        common.tool_request = ferrolm_protocol::tools::tools_request(&json, &state.tool_limits)?;
+    }
     apply_generation_defaults(&mut common, &loaded.generation_defaults);
     req.set_common(common);
     state.check_model(req.common().model.as_deref())?;
-    refuse_unsupported(req.common())?;
+    refuse_unsupported(req.common(), T::IS_CHAT)?;
     let n = choices_n(req.common(), state.max_n)?;
     Ok((started, loaded, loaded.engine.tokenizer.clone(), req, n))
 }

@@ -10,6 +10,8 @@ use ferrolm_engine::config::{EngineConfig, PartialPrefills, PrefillCap, StepObse
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::env::{EngineSwitches, Switches};
 use ferrolm_engine::loader::{LoadOptions, LoadedModel};
+use ferrolm_protocol::tool_parsers::ToolParser;
+use ferrolm_protocol::tools::ToolLimits;
 
 use super::http::{fit_connections_to_descriptors, serve_http};
 use super::limits::LimitArgs;
@@ -97,8 +99,30 @@ pub struct ServeArgs {
     /// Serve `/tokenizer_info` (vLLM's flag; off by default, as there).
     #[arg(long)]
     pub enable_tokenizer_info_endpoint: bool,
+    /// Lets the model decide when to call tools (`tool_choice: auto`, the default with
+    /// tools), its output read by `--tool-call-parser` (vLLM's flags).
+    #[arg(long)]
+    pub enable_auto_tool_choice: bool,
+    /// How tool calls are read from the model's output: hermes (Qwen2.5, Qwen3, SmolLM3,
+    /// Hermes), llama3_json (Llama 3.1+), mistral.
+    #[arg(long, value_parser = ToolParser::NAMES)]
+    pub tool_call_parser: Option<String>,
+    /// Tools in one request (400 beyond).
+    #[arg(long, default_value_t = ToolLimits::default().max_tools)]
+    pub max_tools: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl ServeArgs {
+    /// The auto tool-call parser, as vLLM checks its two flags.
+    fn tool_parser(&self) -> anyhow::Result<Option<ToolParser>> {
+        match (self.enable_auto_tool_choice, &self.tool_call_parser) {
+            (false, _) => Ok(None),
+            (true, None) => anyhow::bail!("--enable-auto-tool-choice needs --tool-call-parser"),
+            (true, Some(name)) => Ok(ToolParser::from_name(name)),
+        }
+    }
 }
 
 pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
@@ -117,6 +141,10 @@ pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
         api_keys,
         metrics_require_api_key: args.limits.metrics_require_api_key,
         enable_tokenizer_info: args.enable_tokenizer_info_endpoint,
+        tool_parser: args.tool_parser()?,
+        tool_limits: ToolLimits {
+            max_tools: args.max_tools,
+        },
         responses: Default::default(),
         loaded: OnceLock::new(),
         metrics,
