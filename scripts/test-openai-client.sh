@@ -20,7 +20,8 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 MODEL_ARG=("${1:-}")
 [ -n "${1:-}" ] || MODEL_ARG=()
 FERROLM_LOG=warn "$BIN" serve "${MODEL_ARG[@]}" --port "$PORT" --max-model-len 2048 \
-  --kv-cache-memory-bytes $((128 << 20)) --enable-auto-tool-choice --tool-call-parser hermes &
+  --kv-cache-memory-bytes $((128 << 20)) --enable-auto-tool-choice --tool-call-parser hermes \
+  --reasoning-parser qwen3 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do

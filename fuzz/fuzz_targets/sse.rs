@@ -24,7 +24,7 @@ fuzz_target!(|input: (String, String, Option<String>)| {
             delta: ChatDelta {
                 role: role.map(|_| "assistant"),
                 content: Some(text),
-                tool_calls: Vec::new(),
+                ..ChatDelta::default()
             },
             logprobs: None,
             finish_reason: None,

@@ -497,6 +497,27 @@ def test_chat_auto_tool_call_then_answer():
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r.choices[0]
 
 
+def test_chat_reasoning_is_split_off():
+    # --reasoning-parser qwen3; the thinking scripted by a regex constraint (a literal).
+    out = "<think>A greeting.</think>Hello!"
+    body = {"structured_outputs": {"regex": re.escape(out)}}
+    msgs = [{"role": "user", "content": "Hi"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, extra_body=body)
+    m = r.choices[0].message
+    assert m.content == "Hello!" and m.model_extra["reasoning"] == "A greeting.", m
+    assert m.model_extra["reasoning_content"] == "A greeting."
+    thinking, content = "", ""
+    for chunk in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, extra_body=body, stream=True):
+        for ch in chunk.choices:
+            thinking += (ch.delta.model_extra or {}).get("reasoning") or ""
+            content += ch.delta.content or ""
+    assert (thinking, content) == ("A greeting.", "Hello!"), (thinking, content)
+    # The thinking goes back in the history (as vLLM takes it) and renders.
+    msgs += [{"role": "assistant", "content": "Hello!", "reasoning": "A greeting."}, {"role": "user", "content": "Bye"}]
+    r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, temperature=0)
+    assert r.choices[0].message.content is not None
+
+
 def test_chat_tool_errors_are_400s():
     many = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(10_000)]
     cases = [

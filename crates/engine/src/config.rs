@@ -35,6 +35,8 @@ pub struct EngineConfig {
     /// Called on the engine thread with each step's token count (for histograms), before
     /// the step's outputs are sent.
     pub step_observer: Option<StepObserver>,
+    /// Called with each grammar mask's time (structured outputs).
+    pub mask_observer: Option<MaskObserver>,
     /// What one request may ask for beyond the model's limits.
     pub request_limits: RequestLimits,
     /// How prompts share a step's prompt tokens.
@@ -112,6 +114,17 @@ impl std::fmt::Debug for StepObserver {
     }
 }
 
+/// A callback for the seconds each structured-output token mask took (called from the
+/// sampling threads).
+#[derive(Clone)]
+pub struct MaskObserver(pub Arc<dyn Fn(f64) + Send + Sync>);
+
+impl std::fmt::Debug for MaskObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MaskObserver")
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -127,6 +140,7 @@ impl Default for EngineConfig {
             enforce_eager: false,
             switches: EngineSwitches::default(),
             step_observer: None,
+            mask_observer: None,
             request_limits: RequestLimits::default(),
             partial_prefills: PartialPrefills::default(),
             grammar_limits: GrammarLimits::default(),

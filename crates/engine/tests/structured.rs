@@ -105,11 +105,18 @@ fn json_schema_output_parses_and_fits_the_schema() {
         assert!(v["tags"].as_array().is_some_and(|a| a.len() <= 3), "{t}");
         assert_eq!(v.as_object().unwrap().len(), 3, "{t}");
     }
-    let (t, _) = generate(&e, "JSON:", params(GrammarSpec::JsonObject, 7));
-    assert!(
-        serde_json::from_str::<Value>(&t).is_ok_and(|v| v.is_object()),
-        "{t:?}"
-    );
+    // Any object: unbounded, so when it ends is the model's; every one that ends parses.
+    let mut ended = 0;
+    for seed in 0..4 {
+        let prompt = "A JSON object with a cat's name and age:";
+        let (t, f) = generate(&e, prompt, params(GrammarSpec::JsonObject, seed));
+        if f == FinishReason::Stop {
+            ended += 1;
+            let v = serde_json::from_str::<Value>(&t);
+            assert!(v.is_ok_and(|v| v.is_object()), "{t:?}");
+        }
+    }
+    assert!(ended >= 1, "no JSON object ended in 200 tokens");
 }
 
 #[test]

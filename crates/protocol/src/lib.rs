@@ -6,6 +6,7 @@
 pub mod error;
 pub mod messages;
 pub mod openai;
+pub mod reasoning;
 pub mod responses;
 pub mod sse;
 pub mod structured;

@@ -77,6 +77,10 @@ pub fn messages_json(msgs: &[ChatMessageIn]) -> Result<serde_json::Value, ApiErr
         if let Some(calls) = calls {
             o.insert("tool_calls".into(), tool_calls_json(i, calls)?);
         }
+        // Templates (Qwen 3's) read the thinking as `reasoning_content`.
+        if let Some(r) = m.reasoning.as_ref().or(m.reasoning_content.as_ref()) {
+            o.insert("reasoning_content".into(), r.clone().into());
+        }
         if let Some(id) = &m.tool_call_id {
             o.insert("tool_call_id".into(), id.clone().into());
         }

@@ -133,6 +133,9 @@ pub struct ChatMessageIn {
     pub tool_calls: Option<serde_json::Value>,
     /// A tool message's answer to this call.
     pub tool_call_id: Option<String>,
+    /// An assistant's earlier thinking (vLLM's `reasoning`, or its former name).
+    pub reasoning: Option<String>,
+    pub reasoning_content: Option<String>,
     pub name: Option<String>,
 }
 
@@ -240,6 +243,25 @@ pub struct ChatMessageOut {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<crate::tools::ToolCall>,
+    /// The model's thinking (`--reasoning-parser`; vLLM's field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    /// The same, under the field's former name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl ChatMessageOut {
+    /// An empty assistant message.
+    pub fn assistant() -> Self {
+        Self {
+            role: "assistant",
+            content: None,
+            tool_calls: Vec::new(),
+            reasoning: None,
+            reasoning_content: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +282,10 @@ pub struct ChatDelta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<crate::tools::ToolCallDelta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 /// A choice of a chat stream's chunk (a `ChoicesResponse<ChatChunkChoice>`).

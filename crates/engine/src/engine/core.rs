@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
 use super::step::{execute_step, StepLogits};
-use crate::config::StepObserver;
+use crate::config::{MaskObserver, StepObserver};
 use crate::env::{EngineSwitches, FaultInject};
 use crate::error::Result;
 use crate::model::LlamaModel;
@@ -26,6 +26,7 @@ pub struct EngineCore<'m> {
     sinks: HashMap<RequestId, Sink>,
     stats: Arc<EngineStats>,
     pub step_observer: Option<StepObserver>,
+    pub mask_observer: Option<MaskObserver>,
     fault_inject: Option<FaultInject>,
 }
 
@@ -56,6 +57,7 @@ impl<'m> EngineCore<'m> {
             sinks: HashMap::new(),
             stats,
             step_observer: None,
+            mask_observer: None,
             fault_inject: switches.fault_inject,
         })
     }
@@ -121,6 +123,7 @@ impl<'m> EngineCore<'m> {
             assert!(!hit, "injected step fault (FERROLM_FAULT_INJECT)");
         }
         let sinks = &self.sinks;
+        let mask_observer = &self.mask_observer;
         // Each request's choice is computed on its own (in parallel); the books are kept after.
         let (events, choices) = execute_step(
             &mut self.scheduler,
@@ -161,8 +164,12 @@ impl<'m> EngineCore<'m> {
                     // forbids (-inf stays -inf under bias, penalties and temperature).
                     let mut grammar = req.grammar.as_ref().map(|g| g.lock());
                     if let Some(Ok(g)) = grammar.as_mut() {
+                        let t = std::time::Instant::now();
                         if let Err(why) = g.mask_logits(&mut work) {
                             return Err(format!("the output's grammar cannot go on: {why}"));
+                        }
+                        if let Some(obs) = mask_observer {
+                            (obs.0)(t.elapsed().as_secs_f64());
                         }
                     }
                     let (prompt, output) = req.tokens.split_at(req.prompt_len);

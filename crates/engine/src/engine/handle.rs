@@ -80,6 +80,7 @@ impl EngineHandle {
         let thread_stats = stats.clone();
         let thread_tok = tokenizer.clone();
         let observer = cfg.step_observer.clone();
+        let mask_observer = cfg.mask_observer.clone();
         let switches = EngineSwitches {
             enforce_eager: cfg.enforce_eager(),
             ..cfg.switches
@@ -95,6 +96,7 @@ impl EngineHandle {
                         Ok(mut core) => {
                             let _ = ready_tx.send(Ok(()));
                             core.step_observer = observer;
+                            core.mask_observer = mask_observer;
                             engine_loop(&mut core, rx);
                         }
                         Err(e) => {

@@ -13,7 +13,7 @@ use ferrolm_protocol::messages::{
 };
 use ferrolm_protocol::validate::refuse_unsupported_chat;
 
-use super::chat_tools::{message, tool_mode, ToolStream};
+use super::chat_output::{message, tool_mode, ChoiceStream};
 use super::error::{from_engine, ApiError};
 use super::state::{submit, AppState};
 use super::stream::{
@@ -28,6 +28,7 @@ use ferrolm_protocol::openai::{
     request_id, unix_now, ChatChoice, ChatChunkChoice, ChatDelta, ChatRequest, ChatResponse,
     UsageOut,
 };
+use ferrolm_protocol::reasoning::ReasoningParser;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -118,6 +119,12 @@ pub async fn chat_completions(
     let prompt_logprobs = logprobs_count("prompt_logprobs", req.common.prompt_logprobs)?;
     let mut params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
     params.structured = structured.as_ref().map(structured_output);
+    // Under a grammar the output thinks only where the grammar opens `<think>` itself: the
+    // Qwen 3 rule (thinking only when the output opens with it) holds, DeepSeek R1's (thinking
+    // from the start) does not.
+    let reasoning = state
+        .reasoning_parser
+        .filter(|p| structured.is_none() || *p == ReasoningParser::Qwen3);
     // Chat names the alternatives' count `top_logprobs`.
     let valid = validate_prompts(
         engine,
@@ -138,8 +145,9 @@ pub async fn chat_completions(
             model.clone(),
         );
         let usage = usage_chunk(req.common.include_usage(), prompt.len(), chunk.clone());
-        let mut tool_streams: Vec<ToolStream> =
-            (0..n).map(|_| ToolStream::new(&tool_mode)).collect();
+        let mut choice_streams: Vec<ChoiceStream> = (0..n)
+            .map(|_| ChoiceStream::new(&tool_mode, reasoning))
+            .collect();
         let render = move |i: usize, o: &RequestOutput, first: bool| -> Vec<serde_json::Value> {
             let mut out = Vec::new();
             if first {
@@ -149,7 +157,7 @@ pub async fn chat_completions(
                         delta: ChatDelta {
                             role: Some("assistant"),
                             content: Some(String::new()),
-                            tool_calls: Vec::new(),
+                            ..ChatDelta::default()
                         },
                         logprobs: None,
                         finish_reason: None,
@@ -158,8 +166,12 @@ pub async fn chat_completions(
                 ));
             }
             let (delta, finish_reason) =
-                tool_streams[i].push(&o.text, o.finished.as_ref().map(|f| f.as_str()));
-            if delta.content.is_some() || !delta.tool_calls.is_empty() || finish_reason.is_some() {
+                choice_streams[i].push(&o.text, o.finished.as_ref().map(|f| f.as_str()));
+            if delta.content.is_some()
+                || delta.reasoning.is_some()
+                || !delta.tool_calls.is_empty()
+                || finish_reason.is_some()
+            {
                 let lp = logprobs.map(|_| chat_logprobs(&tok, &o.logprobs));
                 out.push(chunk(
                     vec![ChatChunkChoice {
@@ -187,7 +199,7 @@ pub async fn chat_completions(
         _ => None,
     };
     let (choices, completion_tokens) = build_choices(results, |i, r| {
-        let (message, finish_reason) = message(&tool_mode, r.text, r.finish);
+        let (message, finish_reason) = message(&tool_mode, reasoning, r.text, r.finish);
         ChatChoice {
             index: i,
             message,

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub request_prompt_tokens: Histogram,
     pub request_generation_tokens: Histogram,
     pub iteration_tokens: Histogram,
+    /// Seconds per structured-output token mask (ours: vLLM has no such metric).
+    pub structured_mask_seconds: Histogram,
     pub http_requests: IntCounterVec,
     _info: GaugeVec,
 }
@@ -183,6 +185,14 @@ impl Metrics {
                 vec![
                     1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
                     8192.0, 16384.0,
+                ],
+            )?,
+            structured_mask_seconds: hist(
+                "ferrolm:structured_output_mask_seconds",
+                "Seconds to compute one structured-output token mask.",
+                vec![
+                    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
+                    0.1, 0.25, 1.0,
                 ],
             )?,
             http_requests,

@@ -8,7 +8,7 @@
 
 mod auth;
 mod chat;
-mod chat_tools;
+mod chat_output;
 mod completions;
 pub mod error;
 mod headers;

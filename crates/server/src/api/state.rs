@@ -33,6 +33,8 @@ pub struct AppState {
     /// How `tool_choice: auto` output is read for calls (`--tool-call-parser`, with
     /// `--enable-auto-tool-choice`); `None`: `auto` is refused.
     pub tool_parser: Option<ferrolm_protocol::tool_parsers::ToolParser>,
+    /// How `<think>` output is split into `reasoning` (`--reasoning-parser`).
+    pub reasoning_parser: Option<ferrolm_protocol::reasoning::ReasoningParser>,
     /// Bounds on a request's tools.
     pub tool_limits: ferrolm_protocol::tools::ToolLimits,
     /// Stored Responses API answers (bounded).
@@ -224,6 +226,7 @@ pub mod test_support {
             metrics_require_api_key: false,
             enable_tokenizer_info: false,
             tool_parser: None,
+            reasoning_parser: None,
             tool_limits: Default::default(),
             responses: Default::default(),
             loaded: OnceLock::new(),

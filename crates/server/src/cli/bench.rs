@@ -72,9 +72,18 @@ pub struct ServeBenchArgs {
     /// Optional API key (Bearer).
     #[arg(long, env = "OPENAI_API_KEY")]
     pub api_key: Option<String>,
+    /// A JSON schema file: every request's output follows it (`response_format`
+    /// json_schema), to measure structured outputs' cost.
+    #[arg(long = "structured-json-schema", value_parser = read_schema)]
+    pub structured: Option<serde_json::Value>,
 }
 
 /// Public-domain English prose the prompts are cut from (Mary Shelley, Frankenstein, 1818).
+fn read_schema(path: &str) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))
+}
+
 const CORPUS: &str = "You will rejoice to hear that no disaster has accompanied the commencement of an enterprise which you have regarded with such evil forebodings. I arrived here yesterday, and my first task is to assure my dear sister of my welfare and increasing confidence in the success of my undertaking. I am already far north of London, and as I walk in the streets of Petersburgh, I feel a cold northern breeze play upon my cheeks, which braces my nerves and fills me with delight. Do you understand this feeling? This breeze, which has travelled from the regions towards which I am advancing, gives me a foretaste of those icy climes. Inspirited by this wind of promise, my daydreams become more fervent and vivid. I try in vain to be persuaded that the pole is the seat of frost and desolation; it ever presents itself to my imagination as the region of beauty and delight. There, Margaret, the sun is for ever visible, its broad disk just skirting the horizon and diffusing a perpetual splendour. There, for with your leave, my sister, I will put some trust in preceding navigators, there snow and frost are banished; and, sailing over a calm sea, we may be wafted to a land surpassing in wonders and in beauty every region hitherto discovered on the habitable globe. Its productions and features may be without example, as the phenomena of the heavenly bodies undoubtedly are in those undiscovered solitudes. What may not be expected in a country of eternal light? I may there discover the wondrous power which attracts the needle and may regulate a thousand celestial observations that require only this voyage to render their seeming eccentricities consistent for ever.";
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -202,6 +211,10 @@ async fn one_request(
         "temperature": args.temperature,
         "top_p": args.top_p,
         "ignore_eos": args.ignore_eos,
+        "response_format": args.structured.as_ref().map(|schema| serde_json::json!({
+            "type": "json_schema",
+            "json_schema": {"name": "bench", "schema": schema},
+        })),
         "stream": true,
         "stream_options": {"include_usage": true},
     });

@@ -6,10 +6,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferrolm_engine::config::{EngineConfig, PartialPrefills, PrefillCap, StepObserver};
+use ferrolm_engine::config::{
+    EngineConfig, MaskObserver, PartialPrefills, PrefillCap, StepObserver,
+};
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::env::{EngineSwitches, Switches};
 use ferrolm_engine::loader::{LoadOptions, LoadedModel};
+use ferrolm_protocol::reasoning::ReasoningParser;
 use ferrolm_protocol::tool_parsers::ToolParser;
 use ferrolm_protocol::tools::ToolLimits;
 
@@ -107,6 +110,9 @@ pub struct ServeArgs {
     /// Hermes), llama3_json (Llama 3.1+), mistral.
     #[arg(long, value_parser = ToolParser::NAMES)]
     pub tool_call_parser: Option<String>,
+    /// Splits `<think>…</think>` thinking into `reasoning`: qwen3, deepseek_r1 (vLLM's flag).
+    #[arg(long, value_parser = ReasoningParser::NAMES)]
+    pub reasoning_parser: Option<String>,
     /// Tools in one request (400 beyond).
     #[arg(long, default_value_t = ToolLimits::default().max_tools)]
     pub max_tools: usize,
@@ -142,6 +148,10 @@ pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
         metrics_require_api_key: args.limits.metrics_require_api_key,
         enable_tokenizer_info: args.enable_tokenizer_info_endpoint,
         tool_parser: args.tool_parser()?,
+        reasoning_parser: args
+            .reasoning_parser
+            .as_deref()
+            .and_then(ReasoningParser::from_name),
         tool_limits: ToolLimits {
             max_tools: args.max_tools,
         },
@@ -189,6 +199,7 @@ async fn serve(
         }
         let describe = lm.model.describe();
         let hist = load_state.metrics.iteration_tokens.clone();
+        let mask_hist = load_state.metrics.structured_mask_seconds.clone();
         let chat_template = lm.chat_template;
         let generation_defaults = if load_args.generation_config == "auto" {
             lm.generation_defaults
@@ -219,6 +230,7 @@ async fn serve(
                 enforce_eager: load_args.enforce_eager,
                 switches: engine_switches,
                 step_observer: Some(StepObserver(Arc::new(move |n| hist.observe(n as f64)))),
+                mask_observer: Some(MaskObserver(Arc::new(move |s| mask_hist.observe(s)))),
                 request_limits: load_args.limits.request_limits(),
                 grammar_limits: load_args.limits.grammar_limits(),
                 partial_prefills: PartialPrefills {

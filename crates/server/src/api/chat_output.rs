@@ -1,8 +1,10 @@
-//! Chat's tool calling: the mode a request is in (no tools, a call forced by `required` or a
-//! named function, or the model's choice read by `--tool-call-parser`), the constraint a
-//! forced call puts on the output, and the answer's message and stream deltas.
+//! A chat answer's message and stream deltas from the model's output: the thinking split off
+//! by `--reasoning-parser`, then the tool calls — by the mode the request is in (no tools, a
+//! call forced by `required` or a named function, or the model's choice read by
+//! `--tool-call-parser`), with the constraint a forced call puts on the output.
 
 use ferrolm_protocol::openai::{ChatDelta, ChatMessageOut, ChatRequest};
+use ferrolm_protocol::reasoning::{ReasoningParser, StreamingReasoning};
 use ferrolm_protocol::structured::{Constraint, StructuredRequest};
 use ferrolm_protocol::tool_parsers::{StreamingToolParser, ToolParser};
 use ferrolm_protocol::tools::{ToolCallDelta, ToolChoice, ToolsRequest};
@@ -65,16 +67,35 @@ pub fn tool_mode(
     }
 }
 
-/// The answer's message and finish reason for a whole output.
+/// The answer's message and finish reason for a whole output: the thinking split off, then
+/// the tool calls.
 pub fn message(
+    mode: &ToolMode,
+    reasoning: Option<ReasoningParser>,
+    text: String,
+    finish: Option<&'static str>,
+) -> (ChatMessageOut, Option<&'static str>) {
+    let (thinking, text) = match reasoning {
+        Some(p) => {
+            let s = p.split(&text);
+            (s.reasoning, s.content)
+        }
+        None => (None, text),
+    };
+    let (mut m, finish) = tool_message(mode, text, finish);
+    m.reasoning_content = thinking.clone();
+    m.reasoning = thinking;
+    (m, finish)
+}
+
+fn tool_message(
     mode: &ToolMode,
     text: String,
     finish: Option<&'static str>,
 ) -> (ChatMessageOut, Option<&'static str>) {
     let plain = |text: String| ChatMessageOut {
-        role: "assistant",
         content: Some(text),
-        tool_calls: Vec::new(),
+        ..ChatMessageOut::assistant()
     };
     match mode {
         ToolMode::Off => (plain(text), finish),
@@ -87,9 +108,9 @@ pub fn message(
                 };
                 (
                     ChatMessageOut {
-                        role: "assistant",
                         content: None,
                         tool_calls: calls,
+                        ..ChatMessageOut::assistant()
                     },
                     Some(reason),
                 )
@@ -102,9 +123,9 @@ pub fn message(
             let called = !parsed.calls.is_empty() && finish == Some("stop");
             (
                 ChatMessageOut {
-                    role: "assistant",
                     content: parsed.content,
                     tool_calls: parsed.calls,
+                    ..ChatMessageOut::assistant()
                 },
                 if called { Some("tool_calls") } else { finish },
             )
@@ -139,9 +160,9 @@ impl ToolStream {
         finish: Option<&'static str>,
     ) -> (ChatDelta, Option<&'static str>) {
         let delta = |content: String, tool_calls: Vec<ToolCallDelta>| ChatDelta {
-            role: None,
             content: (!content.is_empty()).then_some(content),
             tool_calls,
+            ..ChatDelta::default()
         };
         match (&self.mode, &mut self.parser) {
             (ToolMode::Off, _) => (delta(text.to_string(), Vec::new()), finish),
@@ -150,7 +171,7 @@ impl ToolStream {
                 if finish.is_none() {
                     return (delta(String::new(), Vec::new()), None);
                 }
-                let (m, reason) = message(&self.mode, std::mem::take(&mut self.held), finish);
+                let (m, reason) = tool_message(&self.mode, std::mem::take(&mut self.held), finish);
                 let calls = m
                     .tool_calls
                     .into_iter()
@@ -176,5 +197,47 @@ impl ToolStream {
             }
             (ToolMode::Auto(_), None) => (delta(text.to_string(), Vec::new()), finish),
         }
+    }
+}
+
+/// One choice's stream: thinking split off first (`--reasoning-parser`), the rest through its
+/// tool mode.
+pub struct ChoiceStream {
+    reasoning: Option<StreamingReasoning>,
+    tools: ToolStream,
+}
+
+impl ChoiceStream {
+    pub fn new(mode: &ToolMode, reasoning: Option<ReasoningParser>) -> Self {
+        Self {
+            reasoning: reasoning.map(StreamingReasoning::new),
+            tools: ToolStream::new(mode),
+        }
+    }
+
+    /// The delta for a piece of output (and the finish reason when it is the last).
+    pub fn push(
+        &mut self,
+        text: &str,
+        finish: Option<&'static str>,
+    ) -> (ChatDelta, Option<&'static str>) {
+        let (thinking, content) = match &mut self.reasoning {
+            Some(r) => {
+                let (mut a, mut b) = r.push(text);
+                if finish.is_some() {
+                    let (c, d) = r.finish();
+                    a += &c;
+                    b += &d;
+                }
+                (a, b)
+            }
+            None => (String::new(), text.to_string()),
+        };
+        let (mut delta, finish) = self.tools.push(&content, finish);
+        if !thinking.is_empty() {
+            delta.reasoning_content = Some(thinking.clone());
+            delta.reasoning = Some(thinking);
+        }
+        (delta, finish)
     }
 }
