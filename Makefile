@@ -63,6 +63,15 @@ test: candle-patch model model-gemma3 test-tools layout
 	$(MAKE) test-openai
 	$(MAKE) test-cuda
 	$(MAKE) k8s-validate
+	$(MAKE) test-platform
+
+# The platform, locally (docs/deploy.md's monitoring and autoscaling): every alert's
+# promtool unit tests, and a real Prometheus scraping a real server with the rendered
+# ServiceMonitor, PrometheusRule and KEDA queries (scripts/test-platform.sh).
+.PHONY: test-platform
+test-platform: build model test-tools
+	./scripts/test-alert-rules.sh
+	./scripts/test-platform.sh $(BIN)
 
 # The code's shape (docs/architecture.md): no file over 600 lines outside tests, no import
 # cycles between files or folders, the engine's layer order, no candle in the server.

@@ -16,6 +16,11 @@ pub struct Metrics {
     pub num_requests_running: Gauge,
     pub num_requests_waiting: Gauge,
     pub kv_cache_usage_perc: Gauge,
+    /// The same value under vLLM's former name, which endpoint pickers v1.0-v1.2 read.
+    gpu_cache_usage_perc: Gauge,
+    /// vLLM's `cache_config_info`: the KV cache's settings as labels (value 1), set once
+    /// the engine has sized the cache.
+    cache_config_info: GaugeVec,
     prefix_cache_queries: IntCounter,
     prefix_cache_hits: IntCounter,
     num_preemptions: IntCounter,
@@ -109,7 +114,27 @@ impl Metrics {
         info.with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1.0);
         registry.register(Box::new(info.clone()))?;
+        let cache_config_info = GaugeVec::new(
+            Opts::new(
+                "vllm:cache_config_info",
+                "Information of the LLMEngine CacheConfig",
+            )
+            .const_labels(labels()),
+            &[
+                "block_size",
+                "num_gpu_blocks",
+                "cache_dtype",
+                "enable_prefix_caching",
+                "gpu_memory_utilization",
+            ],
+        )?;
+        registry.register(Box::new(cache_config_info.clone()))?;
         Ok(Self {
+            gpu_cache_usage_perc: gauge(
+                "vllm:gpu_cache_usage_perc",
+                "GPU KV-cache usage. 1 means 100 percent usage (vLLM's former name of vllm:kv_cache_usage_perc).",
+            )?,
+            cache_config_info,
             num_requests_running: gauge(
                 "vllm:num_requests_running",
                 "Number of requests in model execution batches.",
@@ -201,12 +226,36 @@ impl Metrics {
         })
     }
 
+    /// The KV cache's settings, once the engine has sized it (`vllm:cache_config_info`).
+    pub fn set_cache_config(
+        &self,
+        block_size: usize,
+        num_blocks: usize,
+        enable_prefix_caching: bool,
+        gpu_memory_utilization: f64,
+    ) {
+        let (b, n, p, u) = (
+            block_size.to_string(),
+            num_blocks.to_string(),
+            if enable_prefix_caching {
+                "True"
+            } else {
+                "False"
+            },
+            gpu_memory_utilization.to_string(),
+        );
+        self.cache_config_info
+            .with_label_values(&[b.as_str(), n.as_str(), "auto", p, u.as_str()])
+            .set(1.0);
+    }
+
     /// Brings engine-side values into the registry and renders the exposition.
     pub fn render(&self, stats: Option<&Arc<EngineStats>>) -> String {
         if let Some(s) = stats {
             self.num_requests_running.set(s.get(&s.num_running) as f64);
             self.num_requests_waiting.set(s.get(&s.num_waiting) as f64);
             self.kv_cache_usage_perc.set(s.kv_usage());
+            self.gpu_cache_usage_perc.set(s.kv_usage());
             let sync = |c: &IntCounter, v: u64| {
                 let cur = c.get();
                 if v > cur {

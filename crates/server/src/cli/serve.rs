@@ -241,6 +241,12 @@ async fn serve(
             },
         )?;
         tracing::info!(model = %describe, kv_blocks = engine.num_blocks, max_model_len = engine.max_model_len, "model loaded");
+        load_state.metrics.set_cache_config(
+            load_args.block_size,
+            engine.num_blocks,
+            !load_args.no_enable_prefix_caching,
+            load_args.gpu_memory_utilization,
+        );
         let _ = load_state.loaded.set(Loaded {
             engine,
             chat_template,
