@@ -242,7 +242,6 @@ async fn metrics_pass_promtool_exist_from_start_and_move() {
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
         "vllm:gpu_cache_usage_perc",
-        "vllm:cache_config_info",
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",
         "vllm:num_preemptions_total",
@@ -258,6 +257,17 @@ async fn metrics_pass_promtool_exist_from_start_and_move() {
     ] {
         assert_eq!(metric_value(&m0, name), 0.0, "{name}");
     }
+    // vLLM's cache info: value 1, the settings as labels, once the cache is sized.
+    let info = m0
+        .lines()
+        .find(|l| l.starts_with("vllm:cache_config_info{"))
+        .expect("vllm:cache_config_info");
+    assert!(
+        info.ends_with(" 1")
+            && info.contains("block_size=\"16\"")
+            && info.contains("num_gpu_blocks=\""),
+        "{info}"
+    );
     for reason in ["stop", "length", "abort"] {
         assert!(
             m0.contains(&format!("vllm:request_success_total{{finished_reason=\"{reason}\",model_name=\"SmolLM2-135M-Instruct.Q4_1\"}} 0")),
