@@ -162,8 +162,13 @@ impl<'m> EngineCore<'m> {
                     let mut work = raw.clone();
                     // The grammar's mask first: no later step may bring back a token it
                     // forbids (-inf stays -inf under bias, penalties and temperature).
-                    let mut grammar = req.grammar.as_ref().map(|g| g.lock());
-                    if let Some(Ok(g)) = grammar.as_mut() {
+                    let mut grammar = match req.grammar.as_ref().map(|g| g.lock()) {
+                        None => None,
+                        Some(Ok(g)) => Some(g),
+                        // A panic while it was held: its state is unknown, never skip it.
+                        Some(Err(_)) => return Err("the output's grammar state was lost".into()),
+                    };
+                    if let Some(g) = grammar.as_mut() {
                         let t = std::time::Instant::now();
                         if let Err(why) = g.mask_logits(&mut work) {
                             return Err(format!("the output's grammar cannot go on: {why}"));
@@ -177,7 +182,7 @@ impl<'m> EngineCore<'m> {
                     let tok =
                         sample_token(&mut work, &req.params, prompt, output, stop_ids, req.seed)
                             .token;
-                    if let Some(Ok(g)) = grammar.as_mut() {
+                    if let Some(g) = grammar.as_mut() {
                         g.advance(tok).map_err(|why| {
                             format!("the output's grammar refused a token: {why}")
                         })?;

@@ -27,6 +27,9 @@ pub trait CpuCacheElem: Copy + Default + Send + Sync + 'static {
     /// The kernel: attention of `q` over the cache of one layer.
     const ATTEND: AttentionKernel<Self>;
     fn from_f32(x: f32) -> Self;
+    /// `n` zeros from zeroed memory (calloc): the pages are mapped as requests first write
+    /// them, so an idle server's resident set does not hold the whole cache.
+    fn zeroed(n: usize) -> Vec<Self>;
 }
 
 impl CpuCacheElem for f16 {
@@ -46,6 +49,16 @@ impl CpuCacheElem for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
+
+    fn zeroed(n: usize) -> Vec<Self> {
+        // `vec![0u16; n]` is a zeroed allocation; `vec![f16::ZERO; n]` would write every
+        // element (std's zeroed-allocation shortcut does not know f16).
+        let mut bits = std::mem::ManuallyDrop::new(vec![0u16; n]);
+        let (ptr, len, cap) = (bits.as_mut_ptr(), bits.len(), bits.capacity());
+        // SAFETY: f16 is a transparent u16 (same size and alignment) and all-zero bits are
+        // 0.0; the allocation moves from one Vec to the other with its length and capacity.
+        unsafe { Vec::from_raw_parts(ptr.cast::<f16>(), len, cap) }
+    }
 }
 
 impl CpuCacheElem for f32 {
@@ -57,6 +70,11 @@ impl CpuCacheElem for f32 {
 
     fn from_f32(x: f32) -> Self {
         x
+    }
+
+    fn zeroed(n: usize) -> Vec<Self> {
+        // std allocates zeroed memory for a literal 0.0.
+        vec![0.0; n]
     }
 }
 
@@ -93,7 +111,7 @@ impl<T: CpuCacheElem> CpuAttention<T> {
         let per_layer = layout.num_slots() * layout.num_kv_heads * layout.head_dim;
         let zeros = || {
             (0..layout.num_layers)
-                .map(|_| vec![T::default(); per_layer])
+                .map(|_| T::zeroed(per_layer))
                 .collect()
         };
         Self {
