@@ -78,9 +78,11 @@ CMD ["/models/SmolLM2-135M-Instruct.Q4_1.gguf", "--host", "0.0.0.0", "--port", "
 ###############################################################################################
 FROM nvidia/cuda:13.0.1-devel-ubuntu24.04 AS build-cuda
 ARG RUST_VERSION
-# GPU architectures for ferrolm's kernels (FERROLM_CUDA_ARCHS, plus PTX of the newest) and
-# candle's kernels (CUDA_COMPUTE_CAP: the last one listed).
-ARG CUDA_ARCHS="80;90"
+# GPU architectures for ferrolm's kernels (FERROLM_CUDA_ARCHS: a cubin each, plus PTX of the
+# newest) and candle's (CUDA_COMPUTE_CAP: PTX of the lowest, which JIT-compiles forward): every
+# card the manifests name (A100 sm_80; L4, L40S sm_89; H100, H200 sm_90). The binary refuses at
+# start-up a GPU these do not cover. CUDA 13 needs an NVIDIA driver R580 or later on the node.
+ARG CUDA_ARCHS="80;89;90"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Unpinned apt versions: Ubuntu's archive drops superseded versions, so exact pins break rebuilds.
 # hadolint ignore=DL3008
@@ -101,7 +103,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,id=ferrolm-target-cuda,sharing=locked \
     export FERROLM_CUDA_ARCHS="${CUDA_ARCHS}" \
- && CUDA_COMPUTE_CAP="${CUDA_ARCHS##*[;, ]}" && export CUDA_COMPUTE_CAP \
+ && CUDA_COMPUTE_CAP="${CUDA_ARCHS%%[;, ]*}" && export CUDA_COMPUTE_CAP \
  && CUDAFORGE_THREADS="$(nproc)" && export CUDAFORGE_THREADS \
  && echo "FERROLM_CUDA_ARCHS=${FERROLM_CUDA_ARCHS} CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}" \
  && ./scripts/patch-candle.sh \

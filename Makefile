@@ -11,7 +11,8 @@ PORT ?= 8000
 # CUDA: the architectures to build kernels for (CI builds 90 only), and candle's own.
 FERROLM_CUDA_ARCHS ?= 80;89;90
 export FERROLM_CUDA_ARCHS
-CUDA_COMPUTE_CAP ?= $(lastword $(subst ;, ,$(FERROLM_CUDA_ARCHS)))
+# candle's kernels are PTX of one architecture: the lowest, which JIT-compiles for the later ones.
+CUDA_COMPUTE_CAP ?= $(firstword $(subst ;, ,$(FERROLM_CUDA_ARCHS)))
 export CUDA_COMPUTE_CAP
 GPU_BIN := .build/gpu/ferrolm
 

@@ -71,6 +71,10 @@ fn compile_kernels(out: &Path, cuda_home: &Path) {
         .map(|a| a.trim().trim_start_matches("sm_").to_string())
         .filter(|a| !a.is_empty())
         .collect();
+    println!(
+        "cargo:rustc-env=FERROLM_CUDA_ARCHS_BUILT={}",
+        archs.join(";")
+    );
     let newest = archs
         .iter()
         .max_by_key(|a| a.trim_end_matches('a').parse::<u32>().unwrap_or(0))

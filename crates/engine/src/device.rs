@@ -60,3 +60,52 @@ pub fn resolve_dtype(name: &str, device: &Device) -> Result<DType> {
         }
     })
 }
+
+fn parse(arch: &str) -> Option<(i32, i32)> {
+    let digits: String = arch
+        .trim()
+        .trim_start_matches("sm_")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let n: i32 = digits.parse().ok()?;
+    Some((n / 10, n % 10))
+}
+
+/// Whether CUDA kernels built for `built` (`"80;89;90"`: a cubin each, plus PTX of the
+/// newest) run on a GPU of compute capability `(major, minor)`: a cubin runs on its major
+/// architecture at the same or a later minor, PTX on the same or a later architecture.
+pub fn gpu_arch_covered(built: &str, (major, minor): (i32, i32)) -> bool {
+    let archs: Vec<(i32, i32)> = built.split([';', ',', ' ']).filter_map(parse).collect();
+    let cubin = archs.iter().any(|&(a, b)| a == major && b <= minor);
+    let ptx = archs
+        .iter()
+        .max()
+        .is_some_and(|&newest| (major, minor) >= newest);
+    cubin || ptx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cubins_run_on_later_minors_and_ptx_on_later_gpus() {
+        let built = "80;89;90";
+        for (cc, ok) in [
+            ((8, 0), true),  // A100
+            ((8, 6), true),  // A10, RTX 30xx: the sm_80 cubin
+            ((8, 9), true),  // L4, L40S
+            ((9, 0), true),  // H100, H200
+            ((10, 0), true), // B200: PTX of compute_90
+            ((12, 0), true),
+            ((7, 5), false), // T4
+            ((7, 0), false), // V100
+        ] {
+            assert_eq!(gpu_arch_covered(built, cc), ok, "{cc:?}");
+        }
+        // CI's one-architecture build: an A100 is not covered, and the error says so.
+        assert!(!gpu_arch_covered("90", (8, 0)));
+        assert!(gpu_arch_covered("90", (9, 0)));
+    }
+}

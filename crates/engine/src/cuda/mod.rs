@@ -1,6 +1,7 @@
 //! The GPU beneath the model (feature `cuda`): opening the device, its memory pool, our
 //! kernels' fatbins and loading them, and the one error path from the driver into ours.
 
+mod archs;
 mod device;
 mod kernels;
 mod launch;

@@ -26,13 +26,14 @@ impl PartialPrefills {
     }
 
     /// One step's plan: `pool` prompt tokens to hand out; `running` the tokens left to compute
-    /// of each running prompt (in running order), `waiting` those of each waiting request
+    /// of each running prompt (in running order) and whether it began long, `waiting` those of
+    /// each waiting request
     /// (queue order, not counting the prefix cache), `seats` how many may be admitted.
     pub(super) fn plan(
         &self,
         pool: usize,
         threshold: usize,
-        running: impl Iterator<Item = usize>,
+        running: impl Iterator<Item = (usize, bool)>,
         waiting: impl Iterator<Item = usize>,
         seats: usize,
     ) -> PrefillPlan {
@@ -52,9 +53,9 @@ impl PartialPrefills {
         // The prompts that share this step: every running one, then the waiting ones that
         // may start, up to k in all.
         let (mut count, mut longs, mut short_tokens) = (0usize, 0usize, 0usize);
-        for left in running {
+        for (left, began_long) in running {
             count += 1;
-            if left > threshold {
+            if left > threshold || began_long {
                 longs += 1;
             } else {
                 short_tokens += left;
@@ -143,7 +144,7 @@ mod tests {
         p.plan(
             128,
             128,
-            running.iter().copied(),
+            running.iter().map(|&n| (n, n > 128)),
             waiting.iter().copied(),
             8,
         )

@@ -555,3 +555,41 @@ proptest! {
         }
     }
 }
+
+/// The case the property above found (longs 553, 104, 100; a 30-token prompt after 4 steps;
+/// a 123-token pool in 2 partial slots): in the step the first long prompt finishes, the
+/// next long one must not take the step's tokens from the short prompt that just arrived.
+#[test]
+fn a_short_prompt_arriving_as_a_long_one_finishes_starts_at_once() {
+    let (cap, max_num_partial_prefills) = (123usize, 2usize);
+    let partial = PartialPrefills {
+        max_num_partial_prefills,
+        ..Default::default()
+    };
+    let cfg = SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: cap + 16,
+        max_model_len: 1300,
+        max_batch_prefill_tokens: Some(cap),
+    };
+    let kv = KvCacheManager::new(16 * 1300 / 4, 4, false);
+    let mut s = Scheduler::new(cfg, kv, vec![2])
+        .unwrap()
+        .with_partial_prefills(partial)
+        .unwrap();
+    for (id, &len) in [553usize, 104, 100].iter().enumerate() {
+        s.add_request(Request::new(id as u64, prompt(id as u64, len), params(4)))
+            .unwrap();
+    }
+    for _ in 0..4 {
+        run_step(&mut s);
+    }
+    s.add_request(Request::new(3, prompt(3, 30), params(4)))
+        .unwrap();
+    let (_, first) = run_step(&mut s);
+    assert_eq!(
+        first,
+        vec![0, 3],
+        "the finishing long prompt and the short one sample"
+    );
+}

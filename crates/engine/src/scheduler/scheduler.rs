@@ -194,10 +194,18 @@ impl Scheduler {
             .max_batch_prefill_tokens
             .unwrap_or(usize::MAX)
             .min(self.config.max_num_batched_tokens.saturating_sub(decodes));
+        let threshold = self.long_prefill_threshold();
+        // A prompt that began long holds the long slot until its prefill ends, even once what
+        // is left of it is short: otherwise the next long prompt takes the slot (and the step's
+        // tokens) in the step the first one finishes, and a short prompt arriving then waits.
+        let began_long = |r: &Request| r.prompt_len.saturating_sub(r.num_cached_tokens) > threshold;
         let plan = self.partial.plan(
             pool,
-            self.long_prefill_threshold(),
-            self.running.iter().map(left).filter(|&n| n > 1),
+            threshold,
+            self.running
+                .iter()
+                .filter(|r| left(r) > 1)
+                .map(|r| (left(r), began_long(r))),
             self.waiting.iter().map(left),
             self.config.max_num_seqs.saturating_sub(self.running.len()),
         );
