@@ -28,8 +28,24 @@ pub fn resolve_device(name: &str, pool_keep: bool) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(pool_keep: bool) -> Result<Device> {
-    crate::cuda::model_device(0, pool_keep)
-        .map_err(|e| EngineError::Unavailable(format!("--device cuda: opening GPU 0: {e}")))
+    let dev = crate::cuda::model_device(0, pool_keep)
+        .map_err(|e| EngineError::Unavailable(format!("--device cuda: opening GPU 0: {e}")))?;
+    // A GPU the kernels were not built for would fail at the first launch: say so now.
+    if let Device::Cuda(d) = &dev {
+        let cc = crate::cuda::compute_capability(d).map_err(EngineError::Unavailable)?;
+        let built = crate::cuda::BUILT_ARCHS;
+        if !gpu_arch_covered(built, cc) {
+            return Err(EngineError::Unavailable(format!(
+                "--device cuda: GPU 0 is sm_{}{} and this build's CUDA kernels cover sm_{} (and later GPUs through PTX of the newest): rebuild with FERROLM_CUDA_ARCHS including {}{} (make build-cuda; the image's CUDA_ARCHS build argument)",
+                cc.0,
+                cc.1,
+                built.replace([';', ','], ", sm_"),
+                cc.0,
+                cc.1
+            )));
+        }
+    }
+    Ok(dev)
 }
 
 #[cfg(not(feature = "cuda"))]

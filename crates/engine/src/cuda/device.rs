@@ -20,12 +20,6 @@ pub fn model_device(ordinal: usize, pool_keep: bool) -> candle_core::Result<cand
     }
     let dev = candle_core::Device::new_cuda_with_stream(ordinal)?;
     if let candle_core::Device::Cuda(d) = &dev {
-        let cc = d
-            .cuda_stream()
-            .context()
-            .compute_capability()
-            .map_err(|e| candle_core::Error::Cuda(format!("compute capability: {e}").into()))?;
-        super::archs::check_coverage(cc).map_err(|e| candle_core::Error::Cuda(e.into()))?;
         // SAFETY: every tensor of this device lives on its one stream (see above).
         unsafe { d.disable_event_tracking() };
         if pool_keep {

@@ -7,6 +7,7 @@ mod kernels;
 mod launch;
 mod pool;
 
+pub use archs::{compute_capability, BUILT_ARCHS};
 pub use device::{cuda_driver_present, model_device};
 pub(crate) use kernels::{
     KernelType, PAGED_ATTENTION_FATBIN, PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN,
