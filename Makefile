@@ -112,12 +112,16 @@ k8s-validate: build model
 	fi
 	./scripts/check-k8s-metrics.sh --serve $(BIN) $$(./models/fetch-default.sh)
 
-# Container images: both targets with a container engine; here (no registry reachable) the CPU
-# image assembled FROM scratch with buildah and run once.
+# Container images: both targets with a container engine that answers (docker, else podman);
+# without one (a docker CLI with no daemon included, as here) the CPU image assembled FROM
+# scratch with buildah and run once.
 image: build
-	@if command -v docker >/dev/null 2>&1; then \
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
 	  docker build --target cpu -t ferrolm:cpu . && docker build --target cuda -t ferrolm:cuda .; \
+	elif command -v podman >/dev/null 2>&1 && podman info >/dev/null 2>&1; then \
+	  podman build --target cpu -t ferrolm:cpu . && podman build --target cuda -t ferrolm:cuda .; \
 	else \
+	  command -v docker >/dev/null 2>&1 && echo "image: the docker CLI is here but its daemon does not answer (docker info); building the CPU image with buildah instead" >&2; \
 	  ./scripts/build-cpu-image.sh $(BIN); \
 	fi
 
