@@ -1,11 +1,11 @@
 //! Every run-time switch the engine reads from the environment, read once, here (as vLLM's
 //! `envs.py`). Flags belong in [`crate::config::EngineConfig`]; these are for A/B runs,
-//! debugging and fallbacks. README lists them with the server's own (FERROLM_LOG,
-//! FERROLM_API_KEY, FERROLM_FETCH_SCRIPT, read by the server's CLI).
-
+//! debugging and fallbacks. The server's CLI reads them with its own variables (FERROLM_LOG,
+//! VLLM_API_KEY, FERROLM_FETCH_SCRIPT, HF_TOKEN: `cli/env.rs`) and README lists them all.
 use std::path::PathBuf;
 
 pub use ferrolm_formats::hf::hub::HubSettings;
+use ferrolm_formats::model_dir::model_dir_from_vars;
 
 /// The engine's environment switches, read once by the program ([`Switches::from_env`]) and
 /// passed down: the model and its device take [`ModelSwitches`] (in
@@ -103,12 +103,11 @@ impl Switches {
     /// Reads the switches from `var`.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let is = |name: &str, v: &str| var(name).is_some_and(|x| x == v);
-        let model_dir = match (var("FERROLM_MODEL_DIR"), var("XDG_CACHE_HOME")) {
-            (Some(d), _) => PathBuf::from(d),
-            (None, Some(c)) => PathBuf::from(c).join("ferrolm/models"),
-            (None, None) => PathBuf::from(var("HOME").unwrap_or_else(|| ".".into()))
-                .join(".cache/ferrolm/models"),
-        };
+        let model_dir = model_dir_from_vars(
+            var("FERROLM_MODEL_DIR").as_deref(),
+            var("XDG_CACHE_HOME").as_deref(),
+            var("HOME").as_deref(),
+        );
         Self {
             model: ModelSwitches {
                 fused_ops: var("FERROLM_NO_FUSED").is_none(),

@@ -18,8 +18,7 @@ use crate::model::{LlamaConfig, LlamaModel};
 use crate::quant::InSituType;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
-/// File name of the default model, as `models/fetch-default.sh` stores it.
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use ferrolm_formats::model_dir::DEFAULT_MODEL_FILE;
 
 /// Where `models/fetch-default.sh` puts the default model in `model_dir` (same rules as the
 /// script: `env::Switches::model_dir`).

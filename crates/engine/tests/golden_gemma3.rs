@@ -4,28 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{assert_matches_golden, check_teacher_forced_with, ids, read_jsonl};
 use ferrolm_engine::engine::greedy_generate;
 use ferrolm_engine::loader::LoadedModel;
 
-/// `models/fetch-gemma3.sh`'s file (`FERROLM_GEMMA3_MODEL` overrides). `make test` fetches it
-/// first; a missing model is a failure with the command that fixes it.
 fn gemma3() -> LoadedModel {
-    let p = std::env::var("FERROLM_GEMMA3_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            ferrolm_engine::env::Switches::from_env()
-                .model_dir
-                .join("gemma-3-270m-q4_k_m.gguf")
-        });
-    assert!(
-        p.exists(),
-        "Gemma 3 270M is missing at {}: run models/fetch-gemma3.sh (make test does)",
-        p.display()
-    );
-    LoadedModel::load(&p, &candle_core::Device::Cpu).expect("loading Gemma 3 270M")
+    LoadedModel::load(common::gemma3_path(), &candle_core::Device::Cpu)
+        .expect("loading Gemma 3 270M")
 }
 
 #[test]

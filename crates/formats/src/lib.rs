@@ -7,6 +7,7 @@ pub mod error;
 pub mod ggml;
 pub mod gguf;
 pub mod hf;
+pub mod model_dir;
 pub mod tokenizer;
 
 pub use error::{Error, GgufError, Result};

@@ -3,22 +3,23 @@
 use std::path::PathBuf;
 
 use ferrolm_formats::gguf::GgufFile;
+use ferrolm_formats::model_dir::{model_dir_from_vars, DEFAULT_MODEL_FILE};
 use ferrolm_formats::tokenizer::Tokenizer;
 
-/// `FERROLM_TEST_MODEL`, else the default model where models/fetch-default.sh puts it.
+/// `FERROLM_TEST_MODEL`, else the default model where models/fetch-default.sh puts it (the
+/// engine's rules: [`model_dir_from_vars`]).
 fn model_path() -> PathBuf {
-    let var = |k| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let path = var("FERROLM_TEST_MODEL").unwrap_or_else(|| {
-        var("FERROLM_MODEL_DIR")
-            .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("ferrolm/models")))
-            .or_else(|| var("HOME").map(|h| h.join(".cache/ferrolm/models")))
-            .unwrap_or_else(|| PathBuf::from("./.cache/ferrolm/models"))
-            .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let var = |k| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let path = var("FERROLM_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            model_dir_from_vars(
+                var("FERROLM_MODEL_DIR").as_deref(),
+                var("XDG_CACHE_HOME").as_deref(),
+                var("HOME").as_deref(),
+            )
+            .join(DEFAULT_MODEL_FILE)
+        });
     assert!(
         path.is_file(),
         "the default model is missing at {}: run models/fetch-default.sh (make test does)",

@@ -226,10 +226,7 @@ fn rss_kib(s: &Server) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_above_capacity_loses_nothing() {
-    let secs: u64 = std::env::var("FERROLM_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let secs = common::soak_secs();
     // 8 running, 8 queued; a KV cache of 16 blocks of 16 tokens (one 256-token sequence),
     // while 8 sequences of up to ~60 tokens need up to 32: enough for each request alone,
     // too little for all at once.

@@ -29,6 +29,24 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// Gemma 3 270M, `models/fetch-gemma3.sh`'s file (`FERROLM_GEMMA3_MODEL` overrides). `make
+/// test` fetches it first; a missing model is a failure with the command that fixes it.
+pub fn gemma3_path() -> PathBuf {
+    let p = std::env::var("FERROLM_GEMMA3_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Switches::from_env()
+                .model_dir
+                .join("gemma-3-270m-q4_k_m.gguf")
+        });
+    assert!(
+        p.exists(),
+        "Gemma 3 270M is missing at {}: run models/fetch-gemma3.sh (make test does)",
+        p.display()
+    );
+    p
+}
+
 pub fn load_model() -> LoadedModel {
     LoadedModel::load(model_path(), &candle_core::Device::Cpu).expect("loading the default model")
 }

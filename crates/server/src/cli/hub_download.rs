@@ -3,6 +3,7 @@
 //! needs, through `hf-hub` into the same cache layout the loader then reads. A thin path: no
 //! hub is reachable from our test machines.
 
+use super::env::HubClient;
 use anyhow::Context;
 use ferrolm_engine::env::HubSettings;
 use ferrolm_engine::loader::needs_download;
@@ -43,7 +44,12 @@ fn weight_files(listed: &[&str], index: Option<&serde_json::Value>) -> Vec<Strin
 }
 
 /// Makes sure `model` is local: a path, a cached hub id, or downloaded now.
-pub fn ensure_local(model: &str, revision: Option<&str>, hub: &HubSettings) -> anyhow::Result<()> {
+pub fn ensure_local(
+    model: &str,
+    revision: Option<&str>,
+    hub: &HubSettings,
+    client: &HubClient,
+) -> anyhow::Result<()> {
     if !needs_download(model, revision, hub)? {
         return Ok(());
     }
@@ -52,9 +58,9 @@ pub fn ensure_local(model: &str, revision: Option<&str>, hub: &HubSettings) -> a
     let mut builder = ApiBuilder::new()
         .with_cache_dir(hub.cache.clone())
         .with_progress(true)
-        .with_token(super::env::hf_token());
-    if let Some(endpoint) = super::env::hf_endpoint() {
-        builder = builder.with_endpoint(endpoint);
+        .with_token(client.token.clone());
+    if let Some(endpoint) = &client.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().context("the Hugging Face hub client")?;
     let repo = api.repo(Repo::with_revision(

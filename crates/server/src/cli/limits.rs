@@ -60,7 +60,7 @@ pub struct LimitArgs {
 impl LimitArgs {
     /// The keys from `--api-key`, `--api-key-file` and the environment (when no flag names
     /// any); empty keys are ignored.
-    pub fn api_keys(&self) -> anyhow::Result<Vec<String>> {
+    pub fn api_keys(&self, env_key: Option<&str>) -> anyhow::Result<Vec<String>> {
         let mut keys = self.api_key.clone();
         if let Some(path) = &self.api_key_file {
             let text = std::fs::read_to_string(path)
@@ -73,7 +73,7 @@ impl LimitArgs {
             );
         }
         if keys.is_empty() {
-            keys.extend(super::env::api_key());
+            keys.extend(env_key.map(str::to_string));
         }
         keys.retain(|k| !k.is_empty());
         Ok(keys)

@@ -14,7 +14,7 @@ mod model_args;
 mod serve;
 
 use clap::{Parser, Subcommand};
-use ferrolm_engine::env::Switches;
+use env::Environment;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,22 +46,26 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The server logs to stdout (one line per request); the other commands keep stdout for
     // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
-    init_tracing(matches!(cli.command, Command::Serve(_)));
-    // The engine's environment switches, read once, here; passed down from now on.
-    let switches = Switches::from_env();
+    // The environment, read once, here; passed down from now on.
+    let env = Environment::from_env();
+    init_tracing(
+        matches!(cli.command, Command::Serve(_)),
+        env.log_filter.as_deref(),
+    );
     match cli.command {
-        Command::Generate(a) => generate::run(a, &switches),
-        Command::Serve(a) => serve::run(a, &switches),
-        Command::Inspect(a) => inspect::run(a, &switches),
-        Command::Bench(b) => bench::run(b, &switches),
+        Command::Generate(a) => generate::run(a, &env),
+        Command::Serve(a) => serve::run(a, &env),
+        Command::Inspect(a) => inspect::run(a, &env),
+        Command::Bench(b) => bench::run(b, &env),
         #[cfg(feature = "cuda")]
         Command::GpuCheck(a) => gpu_check::run(a),
     }
 }
 
-fn init_tracing(to_stdout: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_tracing(to_stdout: bool, log_filter: Option<&str>) {
+    let filter = log_filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

@@ -2,8 +2,8 @@
 //! Hugging Face checkpoint folder or a hub id in the local cache; `--revision`,
 //! `--tokenizer`, `--dtype`. Shared by `serve` and `generate`.
 
+use super::env::Environment;
 use anyhow::Context;
-use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::{default_model_path, LoadOptions};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -39,14 +39,19 @@ impl ModelArgs {
 
     /// What to load on `device`; without a model argument, the default model (fetched the
     /// way `make model` does when the script is at hand).
-    pub fn load_options(&self, device: &str, switches: &Switches) -> anyhow::Result<LoadOptions> {
-        let hub = switches.hub.clone();
+    pub fn load_options(&self, device: &str, env: &Environment) -> anyhow::Result<LoadOptions> {
+        let hub = env.switches.hub.clone();
         let model = match self.given() {
             Some(m) => {
-                super::hub_download::ensure_local(m, self.revision.as_deref(), &hub)?;
+                super::hub_download::ensure_local(
+                    m,
+                    self.revision.as_deref(),
+                    &hub,
+                    &env.hub_client,
+                )?;
                 m.to_string()
             }
-            None => default_model(&switches.model_dir)?,
+            None => default_model(&env.switches.model_dir, &env.fetch_script)?,
         };
         Ok(LoadOptions {
             model,
@@ -55,23 +60,22 @@ impl ModelArgs {
             dtype: self.dtype.clone(),
             device: device.to_string(),
             hub,
-            switches: switches.model.clone(),
+            switches: env.switches.model.clone(),
             quantization: self.quantization,
         })
     }
 }
 
-fn default_model(model_dir: &std::path::Path) -> anyhow::Result<String> {
+fn default_model(model_dir: &std::path::Path, script: &str) -> anyhow::Result<String> {
     let p = default_model_path(model_dir);
     if !p.exists() {
-        let script = super::env::fetch_script();
         anyhow::ensure!(
-            std::path::Path::new(&script).exists(),
+            std::path::Path::new(script).exists(),
             "no model given and the default model is not at {}: run models/fetch-default.sh or pass a model",
             p.display()
         );
         tracing::info!("default model missing; running {script}");
-        let status = std::process::Command::new(&script)
+        let status = std::process::Command::new(script)
             .status()
             .context("running the fetch script")?;
         anyhow::ensure!(status.success(), "{script} failed");

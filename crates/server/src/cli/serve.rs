@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::env::Environment;
 use anyhow::Context;
 use ferrolm_engine::config::{
     EngineConfig, MaskObserver, PartialPrefills, PrefillCap, StepObserver,
 };
 use ferrolm_engine::engine::EngineHandle;
-use ferrolm_engine::env::{EngineSwitches, Switches};
+use ferrolm_engine::env::EngineSwitches;
 use ferrolm_engine::loader::{LoadOptions, LoadedModel};
 use ferrolm_protocol::reasoning::ReasoningParser;
 use ferrolm_protocol::tool_parsers::ToolParser;
@@ -131,15 +132,15 @@ impl ServeArgs {
     }
 }
 
-pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
     // Checked before anything else, so a wrong --device fails at once.
-    ferrolm_engine::device::resolve_device(&args.device, switches.model.pool_keep)?;
-    let load = args.model.load_options(&args.device, switches)?;
+    ferrolm_engine::device::resolve_device(&args.device, env.switches.model.pool_keep)?;
+    let load = args.model.load_options(&args.device, env)?;
     let served = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| default_served_name(&load.model));
-    let api_keys = args.limits.api_keys()?;
+    let api_keys = args.limits.api_keys(env.api_key.as_deref())?;
     let metrics =
         Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
     let state = Arc::new(AppState {
@@ -172,7 +173,7 @@ pub fn run(args: ServeArgs, switches: &Switches) -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, load, switches.engine, state))
+    rt.block_on(serve(args, load, env.switches.engine, state))
 }
 
 async fn serve(

@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The test knobs, read here only: `FERROLM_TEST_MODEL`, the GGUF the started servers load
+/// (default: the server's own default model).
+pub fn test_model() -> Option<String> {
+    std::env::var("FERROLM_TEST_MODEL")
+        .ok()
+        .filter(|m| !m.is_empty())
+}
+
+/// `FERROLM_SOAK_SECS`: how long the soak loads the server (default 60).
+pub fn soak_secs() -> u64 {
+    std::env::var("FERROLM_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
 /// The `ferrolm` binary under test.
 pub fn ferrolm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferrolm"))
@@ -79,7 +95,7 @@ impl Server {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        if let Ok(m) = std::env::var("FERROLM_TEST_MODEL") {
+        if let Some(m) = test_model() {
             args.insert(1, m);
         }
         let mut cmd = match nofile {
