@@ -67,13 +67,17 @@ test: candle-patch model model-gemma3 test-tools layout
 	$(MAKE) test-platform
 
 # The platform, locally (docs/deploy.md's monitoring and autoscaling): every alert's
-# promtool unit tests, a real Prometheus scraping a real server with the rendered
-# ServiceMonitor, PrometheusRule and KEDA queries (scripts/test-platform.sh), and the kind
-# overlay's memory limit against the server run with its flags, idle and full.
+# promtool unit tests, a real Prometheus scraping a real server with the kind stack's rendered
+# ServiceMonitor, PrometheusRule and KEDA queries (scripts/test-platform.sh), the stacks'
+# scoping (scripts/test-stacks.py), the real LiteLLM proxy with the shipped config
+# (scripts/test-litellm.sh), and the kind overlay's memory limit against the server run with
+# its flags, idle and full.
 .PHONY: test-platform
 test-platform: build model test-tools
 	./scripts/test-alert-rules.sh
+	python3 scripts/test-stacks.py
 	./scripts/test-platform.sh $(BIN)
+	./scripts/test-litellm.sh $(BIN)
 	@if command -v kubectl >/dev/null; then \
 	  python3 scripts/test-overlay-memory.py $(BIN) $$(./models/fetch-default.sh); \
 	else echo "test-platform: SKIPPED the kind overlay's memory check (no kubectl to render it)" >&2; fi

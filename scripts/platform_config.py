@@ -3,10 +3,11 @@ ServiceMonitor makes prometheus-operator write (job = the Service's name, its pa
 timeout; the labels the operator adds), the PrometheusRule's groups as a rules file, and the
 KEDA ScaledObject's Prometheus trigger queries.
 
-    python3 scripts/platform_config.py RENDERED.yaml TARGET NAMESPACE OUTDIR
+    python3 scripts/platform_config.py RENDERED.yaml TARGET OUTDIR
 
-RENDERED.yaml: `kubectl kustomize` of k8s/monitoring and k8s/keda together. TARGET: host:port
-of the running server. The intervals are shortened to 1 s (the manifests say 15 s scrapes and
+RENDERED.yaml: `kubectl kustomize` of a stack (k8s/stacks/kind). TARGET: host:port of the
+running server. Prints the stack's namespace and served model name (the ferrolm-config
+ConfigMap's), which the scrape labels and the server then use. The intervals are shortened to 1 s (the manifests say 15 s scrapes and
 30 s rule groups) so that the test takes seconds; everything else is the manifests' own.
 """
 import json
@@ -15,12 +16,15 @@ import sys
 
 import yaml
 
-rendered, target, namespace, out = sys.argv[1:5]
+rendered, target, out = sys.argv[1:4]
 docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
 kinds = {}
 for d in docs:
     kinds.setdefault(d["kind"], []).append(d)
 
+(config,) = [c for c in kinds["ConfigMap"] if c["metadata"]["name"].startswith("ferrolm-config")]
+namespace = config["metadata"]["namespace"]
+served = config["data"]["SERVED_MODEL_NAME"]
 (monitor,) = kinds["ServiceMonitor"]
 (endpoint,) = monitor["spec"]["endpoints"]
 # prometheus-operator names the job after the Service the monitor selects (ours: ferrolm).
@@ -58,4 +62,5 @@ for so in kinds.get("ScaledObject", []):
 records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
 with open(os.path.join(out, "checks.json"), "w") as f:
     json.dump({"records": records, "keda": queries}, f, indent=1)
-print(f"{len(records)} recording rules, {len(queries)} KEDA queries")
+print(f"{len(records)} recording rules, {len(queries)} KEDA queries", file=sys.stderr)
+print(namespace, served)

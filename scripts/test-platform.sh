@@ -3,14 +3,15 @@
 # scrapes a real `ferrolm serve` with the scrape settings rendered from k8s/monitoring's
 # ServiceMonitor and loads the rendered PrometheusRule; after a short load (completions, a
 # request the engine fails, requests refused with 429) every recording rule and every KEDA
-# trigger query in k8s/keda returns a non-empty series, scoped to the namespace and model.
+# trigger query of the kind stack (k8s/stacks/kind: the overlay, k8s/keda and k8s/monitoring in
+# namespace ferrolm) returns a non-empty series, scoped to the stack's namespace and model; the
+# same query for another model returns nothing.
 #
 #   scripts/test-platform.sh [BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${FERROLM_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/ferrolm/target}/release/ferrolm}}
 MODEL=$(./models/fetch-default.sh)
-NS=ferrolm-test
 command -v prometheus >/dev/null || { echo "test-platform: prometheus is missing (scripts/ensure-test-tools.sh installs it)" >&2; exit 1; }
 TMP=$(mktemp -d)
 pids=()
@@ -19,22 +20,18 @@ trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_SRV=$(port); P_PROM=$(port)
 
-# Rendered as kubectl applies them; without kubectl, the files as written (the kustomizations
-# only add labels to them).
-if command -v kubectl >/dev/null; then
-  { kubectl kustomize k8s/monitoring; echo "---"; kubectl kustomize k8s/keda; } >"$TMP/rendered.yaml"
-else
-  for f in k8s/monitoring/servicemonitor.yaml k8s/monitoring/prometheusrule.yaml k8s/keda/scaledobject.yaml; do
-    cat "$f"; echo "---"
-  done >"$TMP/rendered.yaml"
-fi
-python3 scripts/platform_config.py "$TMP/rendered.yaml" "127.0.0.1:$P_SRV" "$NS" "$TMP"
+# Rendered as kubectl applies the stack (the KEDA queries' scope is filled in by its
+# replacements, so there is no test without kubectl).
+command -v kubectl >/dev/null || { echo "test-platform: kubectl is missing (it renders k8s/stacks/kind)" >&2; exit 1; }
+kubectl kustomize k8s/stacks/kind >"$TMP/rendered.yaml"
+python3 scripts/platform_config.py "$TMP/rendered.yaml" "127.0.0.1:$P_SRV" "$TMP" >"$TMP/scope"
+read -r NS SERVED <"$TMP/scope"
 promtool check config "$TMP/prometheus.yml" >/dev/null
 
 # One request in four fails in the engine (its seed is 13), and a queue of one makes a burst
 # get 429s: the error-rate rules have series to compute.
 RUST_BACKTRACE=0 FERROLM_LOG=error FERROLM_FAULT_INJECT=sample:13 "$BIN" serve "$MODEL" --port "$P_SRV" \
-  --max-model-len 512 --kv-cache-memory-bytes $((64 << 20)) --max-num-seqs 2 --max-queue-len 1 &
+  --served-model-name "$SERVED" --max-model-len 512 --kv-cache-memory-bytes $((64 << 20)) --max-num-seqs 2 --max-queue-len 1 &
 pids+=($!)
 prometheus --config.file="$TMP/prometheus.yml" --storage.tsdb.path="$TMP/tsdb" \
   --web.listen-address="127.0.0.1:$P_PROM" --log.level=warn >"$TMP/prometheus.log" 2>&1 &
@@ -90,6 +87,13 @@ for (kind, name), res in results.items():
             assert labels.get("namespace") == ns, (name, labels)
             if "model_name" in labels:
                 assert labels["model_name"] == model, (name, labels)
+# The KEDA queries select on the stack's namespace and model: the same query for another model
+# (or namespace) returns nothing.
+for k in checks["keda"]:
+    assert f'namespace="{ns}"' in k["query"] and f'model_name="{model}"' in k["query"], k
+    for other in (k["query"].replace(f'model_name="{model}"', 'model_name="another-model"'),
+                  k["query"].replace(f'namespace="{ns}"', 'namespace="another-namespace"')):
+        assert query(other) == [], (other, query(other))
 print(f"ok   platform: Prometheus scraped ferrolm with the ServiceMonitor's settings; "
       f"{len(checks['records'])} recording rules and {len(checks['keda'])} KEDA queries return series "
       f"(namespace {ns}, model {model}); statuses {sorted(set(statuses))}")
