@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
@@ -32,6 +33,7 @@ use ferrolm_protocol::reasoning::ReasoningParser;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (started, loaded, tok, req, n) = read_request::<ChatRequest>(&state, body)?;
@@ -132,8 +134,9 @@ pub async fn chat_completions(
         &params,
         &[("logprobs", "top_logprobs")],
     )?;
-    let (mut sub, rxs) = submit(&state, engine, &valid, n)?;
     let id = request_id("chatcmpl");
+    let trace = state.trace(&headers, &id, &params, n);
+    let (mut sub, rxs) = submit(&state, engine, &valid, n, trace)?;
     let created = unix_now();
     let model = state.served_model_name.clone();
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
@@ -27,6 +28,7 @@ use ferrolm_protocol::openai::{
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (started, loaded, tok, req, n) = read_request::<CompletionRequest>(&state, body)?;
@@ -84,8 +86,9 @@ pub async fn completions(
     };
     let params = sampling_params(&req.common, max_tokens, logprobs, prompt_logprobs)?;
     let valid = validate_prompts(&loaded.engine, &prompts, &params, &[])?;
-    let (mut sub, rxs) = submit(&state, &loaded.engine, &valid, n)?;
     let id = request_id("cmpl");
+    let trace = state.trace(&headers, &id, &params, n);
+    let (mut sub, rxs) = submit(&state, &loaded.engine, &valid, n, trace)?;
     let created = unix_now();
     let model = state.served_model_name.clone();
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();

@@ -3,9 +3,11 @@
 //! and the per-request timer that feeds the latency histograms.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use ferrolm_engine::engine::{EngineStats, RequestOutput};
+
+use super::request_trace::{FinishedTimings, RequestTrace};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
@@ -274,21 +276,24 @@ impl Metrics {
     }
 }
 
-/// Per engine request: timings for the latency histograms and a log line.
+/// Per engine request: timings for the latency histograms, a log line and its span.
 pub struct RequestTimer {
     pub started: Instant,
     first: Option<Instant>,
     last: Option<Instant>,
     queue_secs: Option<f64>,
+    /// The request's trace, this engine request's index and how many it has.
+    trace: Option<(Arc<RequestTrace>, usize, usize)>,
 }
 
 impl RequestTimer {
-    pub fn new(started: Instant) -> Self {
+    pub fn new(started: Instant, trace: Option<(Arc<RequestTrace>, usize, usize)>) -> Self {
         Self {
             started,
             first: None,
             last: None,
             queue_secs: None,
+            trace,
         }
     }
 
@@ -328,6 +333,22 @@ impl RequestTimer {
                 finish_reason = f.as_str(),
                 "request finished"
             );
+            if let Some((trace, index, count)) = &self.trace {
+                let e2e = self.started.elapsed();
+                trace.record(
+                    *index,
+                    *count,
+                    &FinishedTimings {
+                        arrived: SystemTime::now() - e2e,
+                        queue: self.queue_secs,
+                        ttft: self.first.map(|t| (t - self.started).as_secs_f64()),
+                        e2e: e2e.as_secs_f64(),
+                        prompt_tokens: o.usage.prompt_tokens,
+                        completion_tokens: o.usage.completion_tokens,
+                        finish_reason: f.as_str(),
+                    },
+                );
+            }
         }
     }
 }

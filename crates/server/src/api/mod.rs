@@ -15,6 +15,7 @@ mod headers;
 mod info;
 pub mod metrics;
 mod misc;
+pub mod request_trace;
 mod response_store;
 mod responses;
 mod state;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ferrolm_engine::engine::RequestOutput;
@@ -58,6 +59,7 @@ pub async fn get(
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
@@ -135,8 +137,9 @@ pub async fn create(
         &params,
         &[("prompt", "input"), ("max_tokens", "max_output_tokens")],
     )?;
-    let (mut sub, rxs) = submit(&state, engine, &valid, 1)?;
     let id = format!("resp_{}", request_id("").trim_start_matches('-'));
+    let trace = state.trace(&headers, &id, &params, 1);
+    let (mut sub, rxs) = submit(&state, engine, &valid, 1, trace)?;
     let msg_id = format!("msg_{}", request_id("").trim_start_matches('-'));
     let created_at = unix_now();
     let model = state.served_model_name.clone();

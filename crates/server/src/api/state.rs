@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::http::StatusCode;
 use ferrolm_engine::engine::{EngineHandle, RequestOutput};
@@ -12,7 +13,8 @@ use ferrolm_engine::tokenizer::ChatTemplate;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::{from_engine, ApiError};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RequestTimer};
+use super::request_trace::{RequestTrace, Tracer};
 
 /// What handlers need once the model is loaded.
 pub struct Loaded {
@@ -54,9 +56,31 @@ pub struct AppState {
     pub active_http: AtomicUsize,
     /// Set when the drain timeout expires: open streams end with an error event.
     pub drain_expired: tokio::sync::watch::Sender<bool>,
+    /// The span exporter (`--otlp-traces-endpoint`).
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 impl AppState {
+    /// The trace of one HTTP request when spans are exported: a child of the incoming
+    /// `traceparent`, saying `id` (the response's), the model and `params`.
+    pub fn trace(
+        &self,
+        headers: &axum::http::HeaderMap,
+        id: &str,
+        params: &ferrolm_engine::sampling::SamplingParams,
+        n: usize,
+    ) -> Option<RequestTrace> {
+        let tracer = self.tracer.clone()?;
+        Some(RequestTrace::new(
+            tracer,
+            headers,
+            id,
+            &self.served_model_name,
+            params,
+            n,
+        ))
+    }
+
     pub fn loaded(&self) -> Result<&Loaded, ApiError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(ApiError::unavailable("the server is shutting down"));
@@ -153,9 +177,17 @@ pub struct Submission {
     finished: Vec<bool>,
     state: Arc<AppState>,
     admission: Option<Admission>,
+    /// Where the engine requests' spans go (`--otlp-traces-endpoint`).
+    trace: Option<Arc<RequestTrace>>,
 }
 
 impl Submission {
+    /// The timer of engine request `i`, started with the HTTP request.
+    pub fn timer(&self, i: usize, started: Instant) -> RequestTimer {
+        let trace = self.trace.clone().map(|t| (t, i, self.engine_ids.len()));
+        RequestTimer::new(started, trace)
+    }
+
     pub fn mark_finished(&mut self, choice: usize) {
         if let Some(f) = self.finished.get_mut(choice) {
             *f = true;
@@ -192,6 +224,7 @@ pub fn submit(
     engine: &EngineHandle,
     requests: &[ValidRequest],
     n: usize,
+    trace: Option<RequestTrace>,
 ) -> Result<(Submission, Vec<UnboundedReceiver<RequestOutput>>), ApiError> {
     let admission = state.admit(requests.len() * n)?;
     let mut sub = Submission {
@@ -199,6 +232,7 @@ pub fn submit(
         finished: Vec::new(),
         state: state.clone(),
         admission: Some(admission),
+        trace: trace.map(Arc::new),
     };
     let mut rxs = Vec::new();
     for r in requests {
@@ -238,6 +272,7 @@ pub mod test_support {
             max_n: 4,
             active_http: AtomicUsize::new(0),
             drain_expired: tokio::sync::watch::channel(false).0,
+            tracer: None,
         })
     }
 
@@ -249,6 +284,7 @@ pub mod test_support {
             finished: vec![false; n],
             state: state.clone(),
             admission: Some(admission),
+            trace: None,
         }
     }
 }

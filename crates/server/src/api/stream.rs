@@ -47,10 +47,10 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(64);
     let n = rxs.len();
     let mut drain = state.drain_expired.subscribe();
+    let mut timers: Vec<_> = (0..n).map(|i| sub.timer(i, started)).collect();
     tokio::spawn(async move {
         let mut sub = Some(sub);
         let mut usage = usage;
-        let mut timers: Vec<RequestTimer> = (0..n).map(|_| RequestTimer::new(started)).collect();
         let mut seen = vec![false; n];
         let mut completion_tokens = vec![0usize; n];
         let mut streams = futures_util::stream::select_all(
@@ -192,10 +192,9 @@ pub struct Collected {
 pub async fn collect(
     state: &AppState,
     mut rx: UnboundedReceiver<RequestOutput>,
-    started: Instant,
+    mut timer: RequestTimer,
 ) -> Result<Collected, ApiError> {
     let mut c = Collected::default();
-    let mut timer = RequestTimer::new(started);
     while let Some(o) = rx.recv().await {
         timer.on_output(&state.metrics, &o);
         c.text.push_str(&o.text);
@@ -236,8 +235,13 @@ pub async fn collect_all(
     rxs: Vec<UnboundedReceiver<RequestOutput>>,
     started: Instant,
 ) -> Vec<Result<Collected, ApiError>> {
-    let results =
-        futures_util::future::join_all(rxs.into_iter().map(|rx| collect(state, rx, started))).await;
+    let timers: Vec<_> = (0..rxs.len()).map(|i| sub.timer(i, started)).collect();
+    let results = futures_util::future::join_all(
+        rxs.into_iter()
+            .zip(timers)
+            .map(|(rx, timer)| collect(state, rx, timer)),
+    )
+    .await;
     for i in 0..results.len() {
         sub.mark_finished(i);
     }

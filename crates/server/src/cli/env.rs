@@ -18,6 +18,10 @@ pub struct Environment {
     pub fetch_script: String,
     /// How hub downloads authenticate and where they go (`HF_TOKEN`, `HF_ENDPOINT`).
     pub hub_client: HubClient,
+    /// The service name of exported spans, `OTEL_SERVICE_NAME` (default `ferrolm`).
+    pub otel_service_name: String,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`: only `http/protobuf` is exported.
+    pub otlp_traces_protocol: Option<String>,
 }
 
 /// The Hugging Face hub client's settings, as huggingface_hub reads them.
@@ -47,6 +51,8 @@ impl std::fmt::Debug for Environment {
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("fetch_script", &self.fetch_script)
             .field("hub_client", &self.hub_client)
+            .field("otel_service_name", &self.otel_service_name)
+            .field("otlp_traces_protocol", &self.otlp_traces_protocol)
             .finish()
     }
 }
@@ -70,6 +76,8 @@ impl Environment {
                 token: non_empty("HF_TOKEN"),
                 endpoint: non_empty("HF_ENDPOINT"),
             },
+            otel_service_name: non_empty("OTEL_SERVICE_NAME").unwrap_or_else(|| "ferrolm".into()),
+            otlp_traces_protocol: non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
         }
     }
 }

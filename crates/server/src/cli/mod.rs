@@ -25,6 +25,10 @@ use env::Environment;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text or as one JSON object each (for log collectors). Colour codes only
+    /// on a terminal.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,13 +48,14 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // The server logs to stdout (one line per request); the other commands keep stdout for
-    // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
     // The environment, read once, here; passed down from now on.
     let env = Environment::from_env();
+    // The server logs to stdout (one line per request); the other commands keep stdout for
+    // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
     init_tracing(
         matches!(cli.command, Command::Serve(_)),
         env.log_filter.as_deref(),
+        cli.log_format == "json",
     );
     match cli.command {
         Command::Generate(a) => generate::run(a, &env),
@@ -62,16 +67,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(to_stdout: bool, log_filter: Option<&str>) {
+fn init_tracing(to_stdout: bool, log_filter: Option<&str>, json: bool) {
+    use std::io::IsTerminal;
     let filter = log_filter
         .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = if to_stdout {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
-    let _ = if to_stdout {
-        builder.try_init()
-    } else {
-        builder.with_writer(std::io::stderr).try_init()
+        .with_target(false)
+        .with_ansi(ansi && !json);
+    let _ = match (json, to_stdout) {
+        (false, true) => builder.try_init(),
+        (false, false) => builder.with_writer(std::io::stderr).try_init(),
+        (true, true) => builder.json().flatten_event(true).try_init(),
+        (true, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
 }

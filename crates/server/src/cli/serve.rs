@@ -21,6 +21,7 @@ use super::http::{fit_connections_to_descriptors, serve_http};
 use super::limits::LimitArgs;
 use super::model_args::{default_served_name, ModelArgs};
 use crate::api::metrics::Metrics;
+use crate::api::request_trace::Tracer;
 use crate::api::{probes_router, router, AppState, Loaded};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -117,6 +118,11 @@ pub struct ServeArgs {
     /// Tools in one request (400 beyond).
     #[arg(long, default_value_t = ToolLimits::default().max_tools)]
     pub max_tools: usize,
+    /// Sends a span per request (vLLM's `llm_request`, with its attributes) to this OTLP/HTTP
+    /// receiver (`http://collector:4318`; gRPC is not supported), child of the request's
+    /// `traceparent` (vLLM's flag). The service name is `OTEL_SERVICE_NAME` (default ferrolm).
+    #[arg(long)]
+    pub otlp_traces_endpoint: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -141,6 +147,21 @@ pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_served_name(&load.model));
     let api_keys = args.limits.api_keys(env.api_key.as_deref())?;
+    // Built before the async runtime: the exporter's HTTP client is a blocking one.
+    let tracer = match &args.otlp_traces_endpoint {
+        Some(endpoint) => {
+            anyhow::ensure!(
+                env.otlp_traces_protocol.as_deref().is_none_or(|p| p == "http/protobuf"),
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL={}: ferrolm exports traces over http/protobuf only (an OTLP/HTTP receiver, port 4318)",
+                env.otlp_traces_protocol.as_deref().unwrap_or_default()
+            );
+            Some(Arc::new(Tracer::otlp_http(
+                endpoint,
+                &env.otel_service_name,
+            )?))
+        }
+        None => None,
+    };
     let metrics =
         Metrics::new(&served, args.max_model_len.unwrap_or(8192)).context("metrics registry")?;
     let state = Arc::new(AppState {
@@ -166,6 +187,7 @@ pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
         max_n: args.max_n,
         active_http: AtomicUsize::new(0),
         drain_expired: tokio::sync::watch::channel(false).0,
+        tracer: tracer.clone(),
     });
     // Tokio gets a small share: the engine thread and its compute pool need the cores.
     let workers = ferrolm_engine::worker::available_cores().clamp(1, 2);
@@ -173,7 +195,12 @@ pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, load, env.switches.engine, state))
+    let served = rt.block_on(serve(args, load, env.switches.engine, state));
+    // The spans still buffered go out before the process ends.
+    if let Some(t) = tracer {
+        t.shutdown();
+    }
+    served
 }
 
 async fn serve(
