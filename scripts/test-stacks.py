@@ -86,6 +86,21 @@ def main():
         ns, model, _, _ = check_stack("gke in team-a", render(os.path.dirname(path)))
         assert ns == "team-a", ns
 
+    # Traces: the observability component sends ferrolm's spans to its Jaeger Service.
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(os.path.join(ROOT, "k8s"), os.path.join(tmp, "k8s"))
+        path = os.path.join(tmp, "k8s/stacks/gke/kustomization.yaml")
+        with open(path, "a") as f:
+            f.write("components:\n  - ../../observability\n")
+        docs = render(os.path.dirname(path))
+        check_stack("gke with traces", docs)
+        args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        url = args[args.index("--otlp-traces-endpoint") + 1]
+        jaeger = one(docs, "Service", "jaeger")
+        port = {p["name"]: p["port"] for p in jaeger["spec"]["ports"]}["otlp-http"]
+        assert url == f"http://{jaeger['metadata']['name']}:{port}", (url, jaeger)
+        assert args[args.index("--log-format") + 1] == "json", args
+
     for s in stacks:
         print(f"ok   stack {s}: namespace {seen[s][0]}, model {seen[s][1]}, "
               f"instance {seen[s][3]['app.kubernetes.io/instance']}")
