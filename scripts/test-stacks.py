@@ -101,6 +101,19 @@ def main():
         assert url == f"http://{jaeger['metadata']['name']}:{port}", (url, jaeger)
         assert args[args.index("--log-format") + 1] == "json", args
 
+    # GKE Autopilot: no node objects of ours, the accelerator asked for by nodeSelector, and
+    # requests inside Autopilot's ranges for one L4 (CPU <= 31, memory <= 115 GiB, memory
+    # limit = request).
+    docs = render(os.path.join(ROOT, "k8s/overlays/gke-autopilot"))
+    assert not [d for d in docs if d["kind"] in ("ComputeClass", "NodePool")], "Autopilot has none"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"], pod["nodeSelector"]
+    res = pod["containers"][0]["resources"]
+    gib = lambda q: float(q[:-2]) if q.endswith("Gi") else float(q) / 2**30
+    assert float(res["requests"]["cpu"]) <= 31 and gib(res["requests"]["memory"]) <= 115, res
+    assert res["limits"]["memory"] == res["requests"]["memory"], res
+    print("ok   gke-autopilot: accelerator by nodeSelector, requests within Autopilot's L4 ranges")
+
     for s in stacks:
         print(f"ok   stack {s}: namespace {seen[s][0]}, model {seen[s][1]}, "
               f"instance {seen[s][3]['app.kubernetes.io/instance']}")
