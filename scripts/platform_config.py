@@ -59,7 +59,9 @@ for so in kinds.get("ScaledObject", []):
     for t in so["spec"]["triggers"]:
         if t["type"] == "prometheus":
             queries.append({"trigger": t["name"], "query": t["metadata"]["query"]})
-records = [r["record"] for g in groups for r in g["rules"] if "record" in r]
+# ferrolm.cost needs OpenCost's series (none here): promtool unit-tests it
+# (tests/platform/alerts_test.yaml).
+records = [r["record"] for g in groups if g["name"] != "ferrolm.cost" for r in g["rules"] if "record" in r]
 with open(os.path.join(out, "checks.json"), "w") as f:
     json.dump({"records": records, "keda": queries}, f, indent=1)
 print(f"{len(records)} recording rules, {len(queries)} KEDA queries", file=sys.stderr)
