@@ -18,7 +18,8 @@ HTTP_ADDON_VERSION=0.15.0
 NS=ferrolm
 
 # 1. What would be applied, rendered and checked.
-command -v kubectl >/dev/null || { echo "make local: kubectl is missing (it renders the manifests)" >&2; exit 3; }
+command -v kubectl >/dev/null || { echo "make local: stopping; missing: kubectl (it renders the manifests)" >&2; exit 3; }
+python3 -c 'import yaml' 2>/dev/null || { echo "make local: stopping; missing: python3 with PyYAML (it checks the rendered stacks)" >&2; exit 3; }
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 kubectl kustomize k8s/stacks/kind >"$OUT/stack.yaml"
@@ -42,6 +43,7 @@ missing=()
 command -v kind >/dev/null || missing+=("kind (https://kind.sigs.k8s.io)")
 command -v helm >/dev/null || missing+=("helm")
 [ -n "$engine" ] || missing+=("a container engine that answers (docker info / podman info)")
+command -v openssl >/dev/null || missing+=("openssl (it makes the keys)")
 if [ ${#missing[@]} -gt 0 ]; then
   list=$(printf '%s; ' "${missing[@]}")
   echo "make local: stopping before the cluster; missing: ${list%; }" >&2
@@ -65,6 +67,8 @@ helm upgrade --install kps prometheus-community/kube-prometheus-stack -n monitor
 helm upgrade --install keda kedacore/keda -n keda --create-namespace --version "$KEDA_VERSION" --wait
 helm upgrade --install http-add-on kedacore/keda-add-ons-http -n keda --version "$HTTP_ADDON_VERSION" --wait
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl get secret ferrolm-api-key -n "$NS" >/dev/null 2>&1 \
+  || kubectl create secret generic ferrolm-api-key -n "$NS" --from-literal=api-key="$(openssl rand -hex 16)"
 kubectl get secret litellm-master-key -n "$NS" >/dev/null 2>&1 \
   || kubectl create secret generic litellm-master-key -n "$NS" --from-literal=master-key="sk-$(openssl rand -hex 16)"
 kubectl apply -f "$OUT/stack.yaml"
@@ -75,6 +79,7 @@ kubectl rollout status deploy/litellm -n "$NS" --timeout 10m
 cat <<EOF
 make local: ready (kind cluster $CLUSTER, namespace $NS).
   API:      kubectl port-forward -n $NS svc/ferrolm 8000:8000      -> http://localhost:8000/v1
+            key: kubectl get secret -n $NS ferrolm-api-key -o jsonpath='{.data.api-key}' | base64 -d
   LiteLLM:  kubectl port-forward -n $NS svc/litellm 4000:4000      -> http://localhost:4000/v1
             key: kubectl get secret -n $NS litellm-master-key -o jsonpath='{.data.master-key}' | base64 -d
   Grafana:  kubectl port-forward -n monitoring svc/kps-grafana 3000:80  (dashboard "ferrolm";

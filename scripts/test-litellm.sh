@@ -56,13 +56,15 @@ print(route["spec"]["rules"][0]["hosts"][0], cfg["data"]["SERVED_MODEL_NAME"])
 PY
 )
 
-FERROLM_LOG=warn "$BIN" serve "$MODEL" --port "$P_SRV" --served-model-name "$SERVED" \
+# ferrolm with an API key, as the stacks run it (Secret ferrolm-api-key): LiteLLM must send it.
+FERROLM_KEY="fk-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
+FERROLM_LOG=warn "$BIN" serve "$MODEL" --port "$P_SRV" --served-model-name "$SERVED" --api-key "$FERROLM_KEY" \
   --max-model-len 1024 --kv-cache-memory-bytes $((64 << 20)) >"$TMP/ferrolm.log" 2>&1 &
 pids+=($!)
 python3 scripts/interceptor_standin.py "$P_ICP" "$HOST" "127.0.0.1:$P_SRV" >"$TMP/interceptor.log" 2>&1 &
 pids+=($!)
 MASTER="sk-test-$(python3 -c 'import secrets; print(secrets.token_hex(8))')"
-( cd "$TMP" && unset PROMETHEUS_MULTIPROC_DIR && LITELLM_MASTER_KEY="$MASTER" FERROLM_API_KEY=unused \
+( cd "$TMP" && unset PROMETHEUS_MULTIPROC_DIR && LITELLM_MASTER_KEY="$MASTER" FERROLM_API_KEY="$FERROLM_KEY" \
     LITELLM_LOG=ERROR NO_DOCS=True "$VENV/bin/litellm" --config "$TMP/config.yaml" \
     --host 127.0.0.1 --port "$P_LLM" >"$TMP/litellm.log" 2>&1 ) &
 pids+=($!)
