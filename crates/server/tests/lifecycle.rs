@@ -304,8 +304,13 @@ async fn metrics_pass_promtool_exist_from_start_and_move() {
         "the second chat shares the system prompt"
     );
     assert!(metric_value(&m1, "vllm:iteration_tokens_total_count") >= 10.0);
+    // The served model on the HTTP counter too (the default model's file stem).
     assert!(
-        m1.contains("ferrolm_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2")
+        m1.lines().any(
+            |l| l.starts_with("ferrolm_http_requests_total{model_name=\"")
+                && l.ends_with(",route=\"/v1/chat/completions\",status=\"200\"} 2")
+        ),
+        "{m1}"
     );
 
     // promtool: the exposition is valid; only vLLM's naming lints are allowed.

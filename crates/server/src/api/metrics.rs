@@ -105,7 +105,10 @@ impl Metrics {
             Opts::new(
                 "ferrolm_http_requests_total",
                 "HTTP requests by route and status.",
-            ),
+            )
+            // The served model, as on vllm:* series: two deployments in one namespace
+            // stay apart in the error-rate rules too.
+            .const_labels(labels()),
             &["route", "status"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
