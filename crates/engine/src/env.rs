@@ -94,10 +94,16 @@ impl FaultInject {
     }
 }
 
+/// One variable of the process environment: the program's only read of it (the server's
+/// `Environment::from_env` and [`Switches::from_env`] both look up through this).
+pub fn process_var(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into())
+}
+
 impl Switches {
     /// Reads the process environment: the program calls this once, at start.
     pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into()))
+        Self::from_lookup(process_var)
     }
 
     /// Reads the switches from `var`.

@@ -314,7 +314,10 @@ impl RequestTimer {
             self.last = Some(now);
         }
         if let Some(f) = o.finished {
-            m.e2e.observe(self.started.elapsed().as_secs_f64());
+            // Measured once: the histogram, the log line and the span say the same.
+            let e2e = now - self.started;
+            let ttft = self.first.map(|t| (t - self.started).as_secs_f64());
+            m.e2e.observe(e2e.as_secs_f64());
             if let Some(q) = self.queue_secs {
                 m.queue_time.observe(q);
             }
@@ -328,23 +331,19 @@ impl RequestTimer {
                 prompt_tokens = o.usage.prompt_tokens,
                 generated_tokens = o.usage.completion_tokens,
                 cached_tokens = o.usage.cached_tokens,
-                ttft_s = self
-                    .first
-                    .map(|t| (t - self.started).as_secs_f64())
-                    .unwrap_or(0.0),
-                total_s = self.started.elapsed().as_secs_f64(),
+                ttft_s = ttft.unwrap_or(0.0),
+                total_s = e2e.as_secs_f64(),
                 finish_reason = f.as_str(),
                 "request finished"
             );
             if let Some((trace, index, count)) = &self.trace {
-                let e2e = self.started.elapsed();
                 trace.record(
                     *index,
                     *count,
                     &FinishedTimings {
                         arrived: SystemTime::now() - e2e,
                         queue: self.queue_secs,
-                        ttft: self.first.map(|t| (t - self.started).as_secs_f64()),
+                        ttft,
                         e2e: e2e.as_secs_f64(),
                         prompt_tokens: o.usage.prompt_tokens,
                         completion_tokens: o.usage.completion_tokens,

@@ -160,7 +160,7 @@ impl RequestTrace {
         }
         let start = t.arrived;
         let end = start + Duration::from_secs_f64(t.e2e);
-        let span = self
+        let mut span = self
             .tracer
             .tracer
             .span_builder("llm_request")
@@ -168,7 +168,6 @@ impl RequestTrace {
             .with_start_time(start)
             .with_attributes(attributes)
             .start_with_context(&self.tracer.tracer, &self.parent);
-        let mut span = span;
         opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
     }
 }

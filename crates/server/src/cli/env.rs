@@ -60,7 +60,7 @@ impl std::fmt::Debug for Environment {
 impl Environment {
     /// Reads the process environment: `cli::run` calls this once, at start.
     pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into()))
+        Self::from_lookup(ferrolm_engine::env::process_var)
     }
 
     /// Reads the variables from `var`.
