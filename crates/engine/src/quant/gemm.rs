@@ -21,7 +21,8 @@ use super::columns::COLUMN_GROUP as G;
 use super::isa::CpuIsa;
 use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use super::problem::{Problem, TaskKernels};
-use super::{tiles32, tiles_k};
+use super::tiles32_pairs::{pair_blocks, task_pairs};
+use super::{tiles32, tiles_k, tiles_k512};
 
 static ISA: OnceLock<CpuIsa> = OnceLock::new();
 
@@ -85,6 +86,7 @@ fn vnni_probe() -> bool {
             x: x.as_ptr(),
             xd: xd.as_ptr(),
             xs: xs.as_ptr(),
+            pairs: std::ptr::null(),
             out: out.as_mut_ptr(),
             m: 1,
             n: 1,
@@ -207,7 +209,14 @@ pub trait GemmWeight: Sized {
     const GROUPED: bool;
     #[doc(hidden)]
     const TASKS: TaskKernels<Problem<Self, Self::Act>>;
+    /// The 512-bit row-pair task (`tiles32_pairs.rs`) and the offset its activation pairs
+    /// are built for: the 32-value types.
+    #[doc(hidden)]
+    const PAIRS: Option<(PairTask<Self>, u8)>;
 }
+
+/// A column task of a weight type.
+type PairTask<W> = unsafe fn(&Problem<W, <W as GemmWeight>::Act>, usize, usize);
 
 macro_rules! block32_weight {
     ($W:ty, $X:ty, $min:expr) => {
@@ -217,6 +226,10 @@ macro_rules! block32_weight {
             const HAS_MIN: bool = $min;
             const GROUPED: bool = true;
             const TASKS: TaskKernels<Problem<Self, $X>> = tiles32::kernels::<$W, $X>();
+            const PAIRS: Option<(PairTask<Self>, u8)> = Some((
+                task_pairs::<$W, $X> as PairTask<Self>,
+                <$W as tiles32::Block32>::OFFSET,
+            ));
         }
     };
 }
@@ -234,7 +247,9 @@ macro_rules! k_weight {
             const GATHER_SCALES: bool = false;
             const HAS_MIN: bool = false;
             const GROUPED: bool = false;
-            const TASKS: TaskKernels<Problem<Self, BlockQ8K>> = tiles_k::kernels::<$W>();
+            const TASKS: TaskKernels<Problem<Self, BlockQ8K>> =
+                (tiles_k::task_avx2::<$W>, tiles_k512::task_vnni::<$W>);
+            const PAIRS: Option<(PairTask<Self>, u8)> = None;
         }
     };
 }
@@ -273,18 +288,32 @@ pub fn gemm<W: GemmWeight>(
         true => gather(W::Act::s),
         false => Vec::new(),
     };
+    // Two or more rows on AVX-512 VNNI: the 32-value types' row-pair tiles.
+    let (pairs, tasks) = match (isa, W::PAIRS) {
+        (CpuIsa::Avx512Vnni, Some((task, offset))) if m >= 2 => {
+            // SAFETY: `cpu_isa` probed VNNI; `x` holds m x kb blocks (checked above).
+            let pairs = unsafe { pair_blocks(x, m, kb, offset) };
+            (pairs, (W::TASKS.0, task))
+        }
+        _ => (Vec::new(), W::TASKS),
+    };
     let p = Problem {
         w: w.as_ptr(),
         x: x.as_ptr(),
         xd: xd.as_ptr(),
         xs: xs.as_ptr(),
+        pairs: match pairs.is_empty() {
+            true => std::ptr::null(),
+            false => pairs.as_ptr(),
+        },
         out: out.as_mut_ptr(),
         m,
         n,
         kb,
     };
-    // SAFETY: the sizes are checked above; the VNNI form runs only where `cpu_isa` probed it.
-    unsafe { run_tasks(&p, n, isa, W::TASKS) }
+    // SAFETY: the sizes are checked above; the VNNI forms run only where `cpu_isa` probed
+    // it, the pair task with its pairs.
+    unsafe { run_tasks(&p, n, isa, tasks) }
 }
 
 #[cfg(test)]

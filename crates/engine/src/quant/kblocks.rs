@@ -73,6 +73,20 @@ impl Default for BlockQ8K {
 /// Q4_K/Q5_K's 8 scales and 8 mins from their 12 packed bytes (ggml's `utmp` shuffle).
 #[inline]
 pub fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let u = scales_mins_k4_words(packed);
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    scales[..4].copy_from_slice(&u[0].to_le_bytes());
+    scales[4..].copy_from_slice(&u[1].to_le_bytes());
+    mins[..4].copy_from_slice(&u[2].to_le_bytes());
+    mins[4..].copy_from_slice(&u[3].to_le_bytes());
+    (scales, mins)
+}
+
+/// [`scales_mins_k4`] as ggml's four little-endian words (scales in words 0-1, mins in 2-3),
+/// with no copies: the kernels' form.
+#[inline(always)]
+pub fn scales_mins_k4_words(packed: &[u8; 12]) -> [u32; 4] {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
@@ -84,12 +98,7 @@ pub fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
     u[2] = uaux;
     u[0] &= KMASK1;
-    let b: Vec<u8> = u.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    scales.copy_from_slice(&b[..8]);
-    mins.copy_from_slice(&b[8..]);
-    (scales, mins)
+    u
 }
 
 /// ggml's `nearest_int`: round half to even through the f32 adder (exact for |x| < 2^22).

@@ -21,7 +21,11 @@ mod quantize;
 #[cfg(x86_v3)]
 mod tiles32;
 #[cfg(x86_v3)]
+mod tiles32_pairs;
+#[cfg(x86_v3)]
 mod tiles_k;
+#[cfg(x86_v3)]
+mod tiles_k512;
 
 /// The portable dot products (the reference the SIMD ones are tested against).
 pub mod portable {

@@ -36,6 +36,18 @@ pub(super) trait Block32: Copy {
     const HAS_MIN: bool;
     /// The 32 values (u8 or i8) and `[d, m, _, _]` (m only where `HAS_MIN`).
     unsafe fn unpack(b: *const Self) -> (__m256i, __m128);
+    /// What `unpack_unsigned` adds to a signed type's values (0 for the min types).
+    const OFFSET: u8;
+    /// The 32 values plus `OFFSET`, unsigned, and `[d, m, _, _]` (the 512-bit tiles' form;
+    /// AVX-512BW code, called only from AVX-512 tasks).
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128);
+}
+
+/// 0x10 added to the bytes (nibbles) whose bit in the 32 bits at `qh` is set (AVX-512BW).
+#[inline(always)]
+unsafe fn with_high_bits(q: __m256i, qh: *const u8) -> __m256i {
+    let k: __mmask32 = std::ptr::read_unaligned(qh as *const u32);
+    _mm256_mask_add_epi8(q, k, q, _mm256_set1_epi8(0x10))
 }
 
 /// `[d, m, 0, 0]` from two f16 at the block's start (exact conversions).
@@ -59,6 +71,11 @@ impl Block32 for BlockQ4_0 {
         let q = bytes_from_nibbles_32((*b).qs.as_ptr());
         (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), d_only(b))
     }
+    const OFFSET: u8 = 8;
+    #[inline(always)]
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
+        (bytes_from_nibbles_32((*b).qs.as_ptr()), d_only(b))
+    }
 }
 
 impl Block32 for BlockQ4_1 {
@@ -66,6 +83,11 @@ impl Block32 for BlockQ4_1 {
     #[inline(always)]
     unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
         (bytes_from_nibbles_32((*b).qs.as_ptr()), d_and_m(b))
+    }
+    const OFFSET: u8 = 0;
+    #[inline(always)]
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
+        Self::unpack(b)
     }
 }
 
@@ -81,6 +103,12 @@ impl Block32 for BlockQ5_0 {
         let q = _mm256_or_si256(bytes_from_nibbles_32((*b).qs.as_ptr()), hi);
         (q, d_only(b))
     }
+    const OFFSET: u8 = 16;
+    #[inline(always)]
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
+        let q = bytes_from_nibbles_32((*b).qs.as_ptr());
+        (with_high_bits(q, (*b).qh.as_ptr()), d_only(b))
+    }
 }
 
 impl Block32 for BlockQ5_1 {
@@ -90,6 +118,12 @@ impl Block32 for BlockQ5_1 {
         let hi = _mm256_and_si256(bytes_from_bits_32((*b).qh.as_ptr()), _mm256_set1_epi8(0x10));
         let q = _mm256_or_si256(bytes_from_nibbles_32((*b).qs.as_ptr()), hi);
         (q, d_and_m(b))
+    }
+    const OFFSET: u8 = 0;
+    #[inline(always)]
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
+        let q = bytes_from_nibbles_32((*b).qs.as_ptr());
+        (with_high_bits(q, (*b).qh.as_ptr()), d_and_m(b))
     }
 }
 
@@ -102,9 +136,16 @@ impl Block32 for BlockQ8_0 {
             d_only(b),
         )
     }
+    const OFFSET: u8 = 128;
+    #[inline(always)]
+    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
+        let q = _mm256_loadu_si256((*b).qs.as_ptr() as *const __m256i);
+        (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), d_only(b))
+    }
 }
 
-/// An R x C tile of outputs: rows `r0..r0+R`, columns `c0..c0+C`. The activation blocks are
+/// An R x C tile of outputs: rows `r0..r0+R` (within one lane group of four), columns
+/// `c0..c0+C`. The activation blocks are
 /// Q8_0 or Q8_1; both start with `d` and end with the 32 values, read through `x_qs`.
 #[allow(clippy::needless_range_loop)] // rows and columns index parallel register arrays
 #[inline(always)]
@@ -141,7 +182,7 @@ unsafe fn tile<W: Block32, X, I: Dot, const R: usize, const C: usize>(
         }
         for r in 0..R {
             let qy = _mm256_loadu_si256(x_qs(x.add(r * kb + b)) as *const __m256i);
-            let xdr = _mm256_set1_ps((*xd.add(b))[r]);
+            let xdr = _mm256_set1_ps((*xd.add(b))[r0 % 4 + r]);
             for c in 0..C {
                 let y = if W::HAS_MIN {
                     qy
@@ -157,7 +198,7 @@ unsafe fn tile<W: Block32, X, I: Dot, const R: usize, const C: usize>(
         let mut s = [0f32; 4];
         _mm_storeu_ps(s.as_mut_ptr(), summs[c]);
         for r in 0..R {
-            let min_term = if W::HAS_MIN { s[r] } else { 0.0 };
+            let min_term = if W::HAS_MIN { s[r0 % 4 + r] } else { 0.0 };
             let v = hsum8(acc[r][c]);
             *p.out.add((r0 + r) * p.n + c0 + c) = if W::HAS_MIN { v + min_term } else { v };
         }
@@ -166,7 +207,7 @@ unsafe fn tile<W: Block32, X, I: Dot, const R: usize, const C: usize>(
 
 /// Columns `c0..c1` of one row group: C-wide tiles, then single columns.
 #[inline(always)]
-unsafe fn row_group<W: Block32, X, I: Dot, const R: usize, const C: usize>(
+pub(super) unsafe fn row_group<W: Block32, X, I: Dot, const R: usize, const C: usize>(
     p: &Problem<W, X>,
     r0: usize,
     c0: usize,

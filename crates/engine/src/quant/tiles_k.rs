@@ -9,9 +9,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum8, Avx2, Dot, Vnni};
-use super::kblocks::{scales_mins_k4, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
-use super::problem::{Problem, TaskKernels};
+use super::avx2::{hsum8, Avx2, Dot};
+use super::kblocks::{scales_mins_k4_words, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::problem::Problem;
 
 /// How a K-quant's min term enters the result (ggml's three AVX2 forms).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,14 +43,29 @@ pub(super) trait KBlock: Copy {
     unsafe fn unpack(b: *const Self, u: &mut Unpacked);
 }
 
+/// Q4_K/Q5_K's 8 scales and 8 mins as 16 i16 lanes (scales first), from the packed 12 bytes.
+#[inline(always)]
+pub(super) unsafe fn k4_scales_mins(packed: &[u8; 12]) -> __m256i {
+    let u = scales_mins_k4_words(packed);
+    _mm256_cvtepu8_epi16(_mm_set_epi32(
+        u[3] as i32,
+        u[2] as i32,
+        u[1] as i32,
+        u[0] as i32,
+    ))
+}
+
 /// Q4_K/Q5_K's scales broadcast per chunk and mins widened, from the packed 12 bytes.
 #[inline(always)]
 unsafe fn k4_scales(packed: &[u8; 12], u: &mut Unpacked) {
-    let (sc, mn) = scales_mins_k4(packed);
-    for (s, v) in u.sc.iter_mut().zip(sc) {
-        *s = _mm256_set1_epi16(v as i16);
+    let sm = k4_scales_mins(packed);
+    let lo = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+    for (s, v) in u.sc.iter_mut().enumerate() {
+        // i16 lane s everywhere (bytes 2s, 2s + 1).
+        let pick = (2 * s as i16) | ((2 * s as i16 + 1) << 8);
+        *v = _mm256_shuffle_epi8(lo, _mm256_set1_epi16(pick));
     }
-    u.mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+    u.mins = _mm256_extracti128_si256::<1>(sm);
 }
 
 impl KBlock for BlockQ4K {
@@ -130,15 +145,92 @@ impl KBlock for BlockQ6K {
     }
 }
 
+/// A super-block's scale terms as the rows' epilogue reads them.
+#[derive(Clone, Copy)]
+pub(super) struct BlockScales {
+    pub d: f32,
+    pub dmin: f32,
+    /// The 8 sub-block mins as i16 (Q4_K, Q5_K).
+    pub mins: __m128i,
+    /// The 16 scales as i16 (Q6_K's offset term).
+    pub scales16: __m256i,
+}
+
+/// One row's running sums over the super-blocks.
+#[derive(Clone, Copy)]
+pub(super) struct RowAcc {
+    acc: __m256,
+    acc_m: __m128,
+    summs: f32,
+}
+
+impl RowAcc {
+    #[inline(always)]
+    pub(super) unsafe fn new() -> Self {
+        Self {
+            acc: _mm256_setzero_ps(),
+            acc_m: _mm_setzero_ps(),
+            summs: 0.0,
+        }
+    }
+
+    /// Adds one super-block: `sumi` holds its eight integer lanes (scaled chunk sums), `y`
+    /// its activation block; the offset or min term, then `d` as ggml's AVX2 code does.
+    #[inline(always)]
+    pub(super) unsafe fn add<W: KBlock>(
+        &mut self,
+        mut sumi: __m256i,
+        y: &BlockQ8K,
+        s: &BlockScales,
+    ) {
+        let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+        if W::MINS == Mins::None {
+            let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, s.scales16));
+            sumi = _mm256_sub_epi32(sumi, sub);
+        } else {
+            let q8s = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            );
+            let prod = _mm_madd_epi16(s.mins, q8s);
+            let dmin = -y.d * s.dmin;
+            if W::MINS == Mins::Lanes {
+                self.acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), self.acc_m);
+            } else {
+                let h = _mm_hadd_epi32(
+                    _mm_hadd_epi32(prod, _mm_setzero_si128()),
+                    _mm_setzero_si128(),
+                );
+                self.summs = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, self.summs);
+            }
+        }
+        let d = _mm256_set1_ps(y.d * s.d);
+        self.acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), self.acc);
+    }
+
+    /// The row's dot product (ggml's horizontal sums).
+    #[inline(always)]
+    pub(super) unsafe fn finish<W: KBlock>(&self) -> f32 {
+        let v = hsum8(self.acc);
+        match W::MINS {
+            Mins::None => v,
+            Mins::Scalar => v + self.summs,
+            Mins::Lanes => {
+                let m = _mm_add_ps(self.acc_m, _mm_movehl_ps(self.acc_m, self.acc_m));
+                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                v + _mm_cvtss_f32(m)
+            }
+        }
+    }
+}
+
 /// Rows `r0..r0+R` of column `c`.
 #[inline(always)]
 unsafe fn tile<W: KBlock, I: Dot, const R: usize>(p: &Problem<W, BlockQ8K>, r0: usize, c: usize) {
     let kb = p.kb;
     let w = p.w.add(c * kb);
     let x = p.x.add(r0 * kb);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut acc_m = [_mm_setzero_ps(); R];
-    let mut summs = [0f32; R];
+    let mut rows = [RowAcc::new(); R];
     let mut u = Unpacked {
         q: [_mm256_setzero_si256(); 8],
         sc: [_mm256_setzero_si256(); 8],
@@ -152,54 +244,28 @@ unsafe fn tile<W: KBlock, I: Dot, const R: usize>(p: &Problem<W, BlockQ8K>, r0: 
         _mm_prefetch::<_MM_HINT_T0>((w.wrapping_add(b + 2) as *const i8).wrapping_add(64));
         _mm_prefetch::<_MM_HINT_T0>((w.wrapping_add(b + 2) as *const i8).wrapping_add(128));
         W::unpack(w.add(b), &mut u);
-        for r in 0..R {
+        let scales = BlockScales {
+            d: u.d,
+            dmin: u.dmin,
+            mins: u.mins,
+            scales16: u.scales16,
+        };
+        for (r, row) in rows.iter_mut().enumerate() {
             let y = &*x.add(r * kb + b);
             let mut sumi = _mm256_setzero_si256();
             for s in 0..8 {
                 let qy = _mm256_loadu_si256(y.qs.as_ptr().add(32 * s) as *const __m256i);
                 sumi = I::scaled_dot_add(sumi, u.q[s], qy, u.sc[s]);
             }
-            let bsums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-            if W::MINS == Mins::None {
-                let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, u.scales16));
-                sumi = _mm256_sub_epi32(sumi, sub);
-            } else {
-                let q8s = _mm_hadd_epi16(
-                    _mm256_castsi256_si128(bsums),
-                    _mm256_extracti128_si256::<1>(bsums),
-                );
-                let prod = _mm_madd_epi16(u.mins, q8s);
-                let dmin = -y.d * u.dmin;
-                if W::MINS == Mins::Lanes {
-                    acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
-                } else {
-                    let h = _mm_hadd_epi32(
-                        _mm_hadd_epi32(prod, _mm_setzero_si128()),
-                        _mm_setzero_si128(),
-                    );
-                    summs[r] = dmin.mul_add(_mm_cvtsi128_si32(h) as f32, summs[r]);
-                }
-            }
-            let d = _mm256_set1_ps(y.d * u.d);
-            acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[r]);
+            row.add::<W>(sumi, y, &scales);
         }
     }
-    for r in 0..R {
-        let v = hsum8(acc[r]);
-        let out = match W::MINS {
-            Mins::None => v,
-            Mins::Scalar => v + summs[r],
-            Mins::Lanes => {
-                let m = _mm_add_ps(acc_m[r], _mm_movehl_ps(acc_m[r], acc_m[r]));
-                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-                v + _mm_cvtss_f32(m)
-            }
-        };
-        *p.out.add((r0 + r) * p.n + c) = out;
+    for (r, row) in rows.iter().enumerate() {
+        *p.out.add((r0 + r) * p.n + c) = row.finish::<W>();
     }
 }
 
-/// One task: columns `c0..c1` for every row, eight rows at a time (a super-block is
+/// One AVX2 task: columns `c0..c1` for every row, eight rows at a time (a super-block is
 /// unpacked once per eight rows; the unpacked chunks sit in L1).
 #[inline(always)]
 unsafe fn task<W: KBlock, I: Dot>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize) {
@@ -222,16 +288,6 @@ unsafe fn task<W: KBlock, I: Dot>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize
     }
 }
 
-unsafe fn task_avx2<W: KBlock>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize) {
+pub(super) unsafe fn task_avx2<W: KBlock>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize) {
     task::<W, Avx2>(p, c0, c1)
-}
-
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn task_vnni<W: KBlock>(p: &Problem<W, BlockQ8K>, c0: usize, c1: usize) {
-    task::<W, Vnni>(p, c0, c1)
-}
-
-/// The AVX2 and VNNI column tasks of a K-quant.
-pub(super) const fn kernels<W: KBlock>() -> TaskKernels<Problem<W, BlockQ8K>> {
-    (task_avx2::<W>, task_vnni::<W>)
 }
