@@ -20,7 +20,7 @@ use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, Block
 use super::columns::COLUMN_GROUP as G;
 use super::isa::CpuIsa;
 use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
-use super::problem::{Problem, TaskKernels};
+use super::problem::{ActScales, Problem, TaskKernels};
 use super::tiles32_pairs::{pair_blocks, task_pairs};
 use super::{tiles32, tiles_k, tiles_k512};
 
@@ -165,35 +165,6 @@ unsafe fn run_tasks<P: Sync>(p: &P, n: usize, isa: CpuIsa, (avx2, vnni): TaskKer
         .into_par_iter()
         // SAFETY: as the function's contract says.
         .for_each(|t| unsafe { task(p, t * tc, ((t + 1) * tc).min(n)) });
-}
-
-/// An activation block's scale `d` and Q8_1's `s = d * sum(q)` (0 for the others).
-pub trait ActScales {
-    fn d(&self) -> f32;
-    fn s(&self) -> f32 {
-        0.0
-    }
-}
-
-impl ActScales for BlockQ8_0 {
-    fn d(&self) -> f32 {
-        self.d.to_f32()
-    }
-}
-
-impl ActScales for BlockQ8_1 {
-    fn d(&self) -> f32 {
-        self.d.to_f32()
-    }
-    fn s(&self) -> f32 {
-        self.s.to_f32()
-    }
-}
-
-impl ActScales for BlockQ8K {
-    fn d(&self) -> f32 {
-        self.d
-    }
 }
 
 /// A weight block type our kernels multiply: the activation blocks it pairs with, how the

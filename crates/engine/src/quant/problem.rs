@@ -1,5 +1,8 @@
-//! One quantized matmul as the column tasks see it (`gemm.rs` builds it, `tiles32.rs` and
-//! `tiles_k.rs` run it).
+//! One quantized matmul as the column tasks see it (`gemm.rs` builds it, the `tiles*.rs`
+//! kernels run it) and the activation scales they read.
+
+use super::blocks::{BlockQ8_0, BlockQ8_1};
+use super::kblocks::BlockQ8K;
 
 /// One quantized matmul: raw views of the operands (a task reads its own columns).
 pub(super) struct Problem<W, X> {
@@ -38,3 +41,32 @@ unsafe impl<W, X> Sync for Problem<W, X> {}
 
 /// The column tasks of problem type `P`: the AVX2 kernel, then the VNNI one.
 pub(super) type TaskKernels<P> = (unsafe fn(&P, usize, usize), unsafe fn(&P, usize, usize));
+
+/// An activation block's scale `d` and Q8_1's `s = d * sum(q)` (0 for the others).
+pub trait ActScales {
+    fn d(&self) -> f32;
+    fn s(&self) -> f32 {
+        0.0
+    }
+}
+
+impl ActScales for BlockQ8_0 {
+    fn d(&self) -> f32 {
+        self.d.to_f32()
+    }
+}
+
+impl ActScales for BlockQ8_1 {
+    fn d(&self) -> f32 {
+        self.d.to_f32()
+    }
+    fn s(&self) -> f32 {
+        self.s.to_f32()
+    }
+}
+
+impl ActScales for BlockQ8K {
+    fn d(&self) -> f32 {
+        self.d
+    }
+}

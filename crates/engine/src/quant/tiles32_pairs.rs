@@ -13,8 +13,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::{hsum8, Vnni};
 use super::columns::COLUMN_GROUP as G;
-use super::gemm::ActScales;
-use super::problem::{PairBlock, Problem};
+use super::problem::{ActScales, PairBlock, Problem};
 use super::tiles32::{row_group, Block32};
 
 /// The activation pairs of a problem: `[m / 2, kb]` blocks (a last odd row is not paired).
