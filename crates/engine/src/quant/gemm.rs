@@ -259,9 +259,9 @@ pub fn gemm<W: GemmWeight>(
         true => gather(W::Act::s),
         false => Vec::new(),
     };
-    // Two or more rows on AVX-512 VNNI: the 32-value types' row-pair tiles.
+    // On AVX-512 VNNI, the 32-value types' row-pair tiles (and their single-row form).
     let (pairs, tasks) = match (isa, W::PAIRS) {
-        (CpuIsa::Avx512Vnni, Some((task, offset))) if m >= 2 => {
+        (CpuIsa::Avx512Vnni, Some((task, offset))) => {
             // SAFETY: `cpu_isa` probed VNNI; `x` holds m x kb blocks (checked above).
             let pairs = unsafe { pair_blocks(x, m, kb, offset) };
             (pairs, (W::TASKS.0, task))

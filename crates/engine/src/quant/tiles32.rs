@@ -207,7 +207,7 @@ unsafe fn tile<W: Block32, X, I: Dot, const R: usize, const C: usize>(
 
 /// Columns `c0..c1` of one row group: C-wide tiles, then single columns.
 #[inline(always)]
-pub(super) unsafe fn row_group<W: Block32, X, I: Dot, const R: usize, const C: usize>(
+unsafe fn row_group<W: Block32, X, I: Dot, const R: usize, const C: usize>(
     p: &Problem<W, X>,
     r0: usize,
     c0: usize,

@@ -11,10 +11,10 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum8, Vnni};
+use super::avx2::hsum8;
 use super::columns::COLUMN_GROUP as G;
 use super::problem::{ActScales, PairBlock, Problem};
-use super::tiles32::{row_group, Block32};
+use super::tiles32::Block32;
 
 /// The activation pairs of a problem: `[m / 2, kb]` blocks (a last odd row is not paired).
 ///
@@ -154,12 +154,72 @@ unsafe fn pair_group<W: Block32, X, const P: usize, const C: usize>(
     }
 }
 
-/// One VNNI task over the pairs: eight rows at a time, then a last odd row by `tiles32.rs`.
+/// One unpaired row `r` x columns `c0..c0+C` (a decode step's single row, or a last odd
+/// row): the same unsigned unpacking and corrected `vpdpbusd` in 256-bit lanes.
+#[allow(clippy::needless_range_loop)] // columns index parallel register arrays
+#[inline(always)]
+unsafe fn single_tile<W: Block32, X: ActScales, const C: usize>(
+    p: &Problem<W, X>,
+    r: usize,
+    c0: usize,
+) {
+    let kb = p.kb;
+    let w: [*const W; C] = std::array::from_fn(|c| column(p.w, kb, c0 + c));
+    let x = p.x.add(r * kb);
+    let ofs = _mm256_set1_epi8(W::OFFSET as i8);
+    let mut acc = [_mm256_setzero_ps(); C];
+    let mut summs = [0f32; C];
+    for b in 0..kb {
+        _mm_prefetch::<_MM_HINT_T0>((w[0].wrapping_add((b + 16) * G)) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(
+            (w[0].wrapping_add((b + 16) * G) as *const i8).wrapping_add(64),
+        );
+        let xb = &*x.add(b);
+        let y = _mm256_loadu_si256(x_qs(xb) as *const __m256i);
+        let start = match W::HAS_MIN {
+            true => _mm256_setzero_si256(),
+            false => _mm256_sub_epi32(
+                _mm256_setzero_si256(),
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ofs, y),
+            ),
+        };
+        let xd = _mm256_set1_ps(xb.d());
+        for c in 0..C {
+            let (q, dm) = W::unpack_unsigned(w[c].add(b * G));
+            if W::HAS_MIN {
+                summs[c] = _mm_cvtss_f32(_mm_movehdup_ps(dm)).mul_add(xb.s(), summs[c]);
+            }
+            let prod = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, q, y));
+            let wd = _mm256_broadcastss_ps(dm);
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(wd, xd), prod, acc[c]);
+        }
+    }
+    for c in 0..C {
+        let v = hsum8(acc[c]);
+        *p.out.add(r * p.n + c0 + c) = if W::HAS_MIN { v + summs[c] } else { v };
+    }
+}
+
+/// Columns `c0..c1` of the unpaired row `r`.
+#[inline(always)]
+unsafe fn single_row<W: Block32, X: ActScales>(p: &Problem<W, X>, r: usize, c0: usize, c1: usize) {
+    let mut c = c0;
+    while c + 4 <= c1 {
+        single_tile::<W, X, 4>(p, r, c);
+        c += 4;
+    }
+    while c < c1 {
+        single_tile::<W, X, 1>(p, r, c);
+        c += 1;
+    }
+}
+
+/// One VNNI task over the pairs: eight rows at a time, then a last odd row.
 ///
 /// # Safety
 /// As [`Problem`]'s kernels, with `p.pairs` built by [`pair_blocks`] for `W`'s offset.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
-pub(super) unsafe fn task_pairs<W: Block32, X>(p: &Problem<W, X>, c0: usize, c1: usize) {
+pub(super) unsafe fn task_pairs<W: Block32, X: ActScales>(p: &Problem<W, X>, c0: usize, c1: usize) {
     let np = p.m / 2;
     let mut pr = 0;
     while pr < np {
@@ -173,6 +233,6 @@ pub(super) unsafe fn task_pairs<W: Block32, X>(p: &Problem<W, X>, c0: usize, c1:
         pr += k;
     }
     if p.m % 2 == 1 {
-        row_group::<W, X, Vnni, 1, 4>(p, p.m - 1, c0, c1);
+        single_row(p, p.m - 1, c0, c1);
     }
 }
