@@ -12,6 +12,7 @@
 //! kernel and got the AVX2 kernel's bits (these VMs advertise AMX yet die on it, so a CPUID
 //! flag alone is not trusted). `FERROLM_CPU_ISA=avx2` forces AVX2.
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -149,28 +150,54 @@ fn by_four(m: usize, kb: usize, scale: impl Fn(usize, usize) -> f32) -> Vec<[f32
     v
 }
 
-/// A problem's column tasks, in parallel, with the task kernel of `isa`.
-///
-/// # Safety
-/// `p` holds sizes its kernels may trust (checked by the caller), each task writes only its
-/// own columns, and the VNNI kernel is passed only where [`cpu_isa`] probed it.
-unsafe fn run_tasks<P: Sync>(p: &P, n: usize, isa: CpuIsa, (avx2, vnni): TaskKernels<P>) {
-    let task = match isa {
-        // (Portable is never the probe's answer in an AVX2 build.)
-        CpuIsa::Portable | CpuIsa::Avx2 => avx2,
-        CpuIsa::Avx512Vnni => vnni,
-    };
-    let tc = task_cols(n);
-    (0..n.div_ceil(tc))
-        .into_par_iter()
-        // SAFETY: as the function's contract says.
-        .for_each(|t| unsafe { task(p, t * tc, ((t + 1) * tc).min(n)) });
+/// A prepared matmul's column tasks, run by [`run_many`].
+pub trait ColumnTasks: Sync {
+    fn count(&self) -> usize;
+    /// Task `t`: its own columns, every row.
+    fn run(&self, t: usize);
+}
+
+/// One matmul ready to run: its problem, the buffers it points into, its task kernel.
+pub struct Prepared<'a, W: GemmWeight> {
+    p: Problem<W, W::Act>,
+    task: unsafe fn(&Problem<W, W::Act>, usize, usize),
+    cols_per_task: usize,
+    // What `p` points into (heap blocks: moving the vectors moves no data).
+    _scales: (Vec<[f32; 4]>, Vec<[f32; 4]>),
+    _pairs: Vec<super::problem::PairBlock>,
+    _borrows: PhantomData<(&'a [W], &'a [W::Act], &'a mut [f32])>,
+}
+
+impl<W: GemmWeight> ColumnTasks for Prepared<'_, W> {
+    fn count(&self) -> usize {
+        self.p.n.div_ceil(self.cols_per_task)
+    }
+
+    fn run(&self, t: usize) {
+        let c0 = t * self.cols_per_task;
+        let c1 = (c0 + self.cols_per_task).min(self.p.n);
+        // SAFETY: `prepare` checked the sizes and chose a kernel the machine runs (with its
+        // pairs); each task writes only its own columns.
+        unsafe { (self.task)(&self.p, c0, c1) }
+    }
+}
+
+/// Every task of several prepared matmuls in one parallel loop: the layers that share an
+/// input (Q/K/V, gate/up) cost one fork-join, not one each (a decode step is hundreds of
+/// short loops, and each join waits for its slowest task).
+pub fn run_many(jobs: &[&dyn ColumnTasks]) {
+    let tasks: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.count()).map(move |t| (j, t)))
+        .collect();
+    tasks.into_par_iter().for_each(|(j, t)| jobs[j].run(t));
 }
 
 /// A weight block type our kernels multiply: the activation blocks it pairs with, how the
 /// tiles read their scales, its layout and its column tasks.
-pub trait GemmWeight: Sized {
-    type Act: ActScales;
+pub trait GemmWeight: Sized + Sync {
+    type Act: ActScales + Sync;
     /// Where the tiles want the activations' `d` (and `s`) gathered as lanes of four rows (the
     /// 32-value types); the K-quant tiles read them from the blocks.
     const GATHER_SCALES: bool;
@@ -231,7 +258,9 @@ k_weight!(BlockQ6K);
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` with the column tasks of `isa` (narrowed to what
 /// [`cpu_isa`] probed): weights in the layout `W::GROUPED` says, activations quantized as
-/// `W::Act`.
+/// `W::Act`. (The tests' entry; `matmul.rs` runs several through [`prepare`] and
+/// [`run_many`].)
+#[cfg(test)]
 pub fn gemm<W: GemmWeight>(
     isa: CpuIsa,
     w: &[W],
@@ -243,6 +272,20 @@ pub fn gemm<W: GemmWeight>(
     if m == 0 || n == 0 {
         return;
     }
+    run_many(&[&prepare(isa, w, x, m, n, out)]);
+}
+
+/// `out[m, n] = x[m, kb] . w[n, kb]^T` (see `gemm`), checked and ready for [`run_many`]
+/// (`m`, `n` not zero).
+pub fn prepare<'a, W: GemmWeight>(
+    isa: CpuIsa,
+    w: &'a [W],
+    x: &'a [W::Act],
+    m: usize,
+    n: usize,
+    out: &'a mut [f32],
+) -> Prepared<'a, W> {
+    assert!(m > 0 && n > 0);
     let isa = match cpu_isa() {
         CpuIsa::Avx512Vnni => isa,
         probed => probed,
@@ -282,9 +325,19 @@ pub fn gemm<W: GemmWeight>(
         n,
         kb,
     };
-    // SAFETY: the sizes are checked above; the VNNI forms run only where `cpu_isa` probed
-    // it, the pair task with its pairs.
-    unsafe { run_tasks(&p, n, isa, tasks) }
+    let task = match isa {
+        // (Portable is never the probe's answer in an AVX2 build.)
+        CpuIsa::Portable | CpuIsa::Avx2 => tasks.0,
+        CpuIsa::Avx512Vnni => tasks.1,
+    };
+    Prepared {
+        p,
+        task,
+        cols_per_task: task_cols(n),
+        _scales: (xd, xs),
+        _pairs: pairs,
+        _borrows: PhantomData,
+    }
 }
 
 #[cfg(test)]

@@ -143,9 +143,8 @@ impl QuantLinear {
                 kx,
                 [need(ActKind::Q8_0), need(ActKind::Q8_1), need(ActKind::Q8K)],
             );
-            own.iter()
-                .map(|(w, n, _)| rows.matmul(w, *n, isa))
-                .collect::<Vec<_>>()
+            let ws: Vec<(&QuantWeights, usize)> = own.iter().map(|(w, n, _)| (*w, *n)).collect();
+            rows.matmul_many(&ws, isa)
         })?;
         own.iter()
             .zip(outs)
@@ -193,7 +192,47 @@ impl QuantizedRows {
         }
     }
 
+    /// `[m, n]` outputs of each weight, all computed in one parallel loop.
+    #[cfg(x86_v3)]
+    fn matmul_many(&self, ws: &[(&QuantWeights, usize)], isa: CpuIsa) -> Vec<Vec<f32>> {
+        use super::gemm::{prepare, run_many, ColumnTasks};
+        let m = self.m;
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+        if m == 0 {
+            return outs;
+        }
+        let jobs: Vec<Box<dyn ColumnTasks + '_>> = ws
+            .iter()
+            .zip(outs.iter_mut())
+            .filter(|((_, n), _)| *n > 0)
+            .map(|((w, n), o)| -> Box<dyn ColumnTasks + '_> {
+                let n = *n;
+                match w {
+                    QuantWeights::Q4_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
+                    QuantWeights::Q4_1(wb) => Box::new(prepare(isa, wb, &self.q8_1, m, n, o)),
+                    QuantWeights::Q5_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
+                    QuantWeights::Q5_1(wb) => Box::new(prepare(isa, wb, &self.q8_1, m, n, o)),
+                    QuantWeights::Q8_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
+                    QuantWeights::Q4K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
+                    QuantWeights::Q5K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
+                    QuantWeights::Q6K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
+                }
+            })
+            .collect();
+        let refs: Vec<&dyn ColumnTasks> = jobs.iter().map(|j| j.as_ref()).collect();
+        run_many(&refs);
+        drop(jobs);
+        outs
+    }
+
+    /// `[m, n]` outputs of each weight, one after another.
+    #[cfg(not(x86_v3))]
+    fn matmul_many(&self, ws: &[(&QuantWeights, usize)], isa: CpuIsa) -> Vec<Vec<f32>> {
+        ws.iter().map(|(w, n)| self.matmul(w, *n, isa)).collect()
+    }
+
     /// `[m, n]` outputs of one weight.
+    #[cfg(not(x86_v3))]
     fn matmul(&self, w: &QuantWeights, n: usize, isa: CpuIsa) -> Vec<f32> {
         let mut out = vec![0f32; self.m * n];
         let (m, o) = (self.m, &mut out);
@@ -211,8 +250,6 @@ impl QuantizedRows {
     }
 }
 
-#[cfg(x86_v3)]
-use super::gemm::gemm;
 #[cfg(not(x86_v3))]
 use portable_gemm::gemm;
 
