@@ -67,7 +67,8 @@ unsafe fn column<T>(w: *const T, kb: usize, c: usize) -> *const T {
     w.add(c / G * kb * G + c % G)
 }
 
-/// Pairs `pr..pr+P` (rows `2pr..2pr+2P`, `2pr` a multiple of 8) x columns `c0..c0+C`.
+/// Pairs `pr..pr+P` (rows `2pr..2pr+2P`, `2pr` a multiple of 8, P at most 8) x columns
+/// `c0..c0+C`.
 #[allow(clippy::needless_range_loop)] // pairs and columns index parallel register arrays
 #[inline(always)]
 unsafe fn pair_tile<W: Block32, X, const P: usize, const C: usize>(
@@ -79,10 +80,10 @@ unsafe fn pair_tile<W: Block32, X, const P: usize, const C: usize>(
     let r0 = 2 * pr;
     let w: [*const W; C] = std::array::from_fn(|c| column(p.w, kb, c0 + c));
     let panel = p.pairs.add(pr * kb);
-    // The min term: rows r0..r0+4 and r0+4..r0+8 as lanes of four (`by_four`).
+    // The min term: rows r0..r0+2P as lanes of four (`by_four`).
     let xs = p.xs.wrapping_add(r0 / 4 * kb);
     let mut acc = [[_mm512_setzero_ps(); C]; P];
-    let mut summs = [[_mm_setzero_ps(); 2]; C];
+    let mut summs = [[_mm_setzero_ps(); 4]; C];
     for b in 0..kb {
         let mut u = [_mm512_setzero_si512(); C];
         let mut wd = [_mm512_setzero_ps(); C];
@@ -96,10 +97,9 @@ unsafe fn pair_tile<W: Block32, X, const P: usize, const C: usize>(
             wd[c] = _mm512_broadcastss_ps(dm);
             if W::HAS_MIN {
                 let m = _mm_shuffle_ps::<0b0101_0101>(dm, dm);
-                summs[c][0] = _mm_fmadd_ps(m, _mm_loadu_ps((*xs.add(b)).as_ptr()), summs[c][0]);
-                if 2 * P > 4 {
-                    let s4 = _mm_loadu_ps((*xs.add(kb + b)).as_ptr());
-                    summs[c][1] = _mm_fmadd_ps(m, s4, summs[c][1]);
+                for g in 0..(2 * P).div_ceil(4) {
+                    let s4 = _mm_loadu_ps((*xs.add(g * kb + b)).as_ptr());
+                    summs[c][g] = _mm_fmadd_ps(m, s4, summs[c][g]);
                 }
             }
         }
@@ -118,9 +118,10 @@ unsafe fn pair_tile<W: Block32, X, const P: usize, const C: usize>(
         }
     }
     for c in 0..C {
-        let mut s = [0f32; 8];
-        _mm_storeu_ps(s.as_mut_ptr(), summs[c][0]);
-        _mm_storeu_ps(s.as_mut_ptr().add(4), summs[c][1]);
+        let mut s = [0f32; 16];
+        for (g, sg) in summs[c].iter().enumerate() {
+            _mm_storeu_ps(s.as_mut_ptr().add(4 * g), *sg);
+        }
         for q in 0..P {
             let lo = hsum8(_mm512_castps512_ps256(acc[q][c]));
             let hi = hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
@@ -214,7 +215,8 @@ unsafe fn single_row<W: Block32, X: ActScales>(p: &Problem<W, X>, r: usize, c0: 
     }
 }
 
-/// One VNNI task over the pairs: eight rows at a time, then a last odd row.
+/// One VNNI task over the pairs: sixteen rows at a time (each weight block unpacked once for
+/// them), then eight or fewer, then a last odd row.
 ///
 /// # Safety
 /// As [`Problem`]'s kernels, with `p.pairs` built by [`pair_blocks`] for `W`'s offset.
@@ -223,8 +225,9 @@ pub(super) unsafe fn task_pairs<W: Block32, X: ActScales>(p: &Problem<W, X>, c0:
     let np = p.m / 2;
     let mut pr = 0;
     while pr < np {
-        let k = (np - pr).min(4);
+        let k = if np - pr >= 8 { 8 } else { (np - pr).min(4) };
         match k {
+            8 => pair_group::<W, X, 8, 2>(p, pr, c0, c1),
             4 => pair_group::<W, X, 4, 3>(p, pr, c0, c1),
             3 => pair_group::<W, X, 3, 4>(p, pr, c0, c1),
             2 => pair_group::<W, X, 2, 4>(p, pr, c0, c1),
