@@ -79,7 +79,7 @@ impl Dequantize for BlockQ4K {
     fn dequantize(&self, out: &mut [f32]) {
         let q = |s: usize, i: usize| {
             let b = self.qs[32 * (s / 2) + i];
-            if s % 2 == 0 {
+            if s.is_multiple_of(2) {
                 b & 0x0F
             } else {
                 b >> 4
@@ -93,7 +93,11 @@ impl Dequantize for BlockQ5K {
     fn dequantize(&self, out: &mut [f32]) {
         let q = |s: usize, i: usize| {
             let b = self.qs[32 * (s / 2) + i];
-            let low = if s % 2 == 0 { b & 0x0F } else { b >> 4 };
+            let low = if s.is_multiple_of(2) {
+                b & 0x0F
+            } else {
+                b >> 4
+            };
             low | ((self.qh[i] >> s) & 1) << 4
         };
         dequantize_k4(self.d.to_f32(), self.dmin.to_f32(), &self.scales, q, out);

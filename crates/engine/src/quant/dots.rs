@@ -123,7 +123,11 @@ pub fn dot_q4_k_q8_k(w: &[BlockQ4K], x: &[BlockQ8K]) -> f32 {
         }
         let q = |s: usize, i: usize| {
             let byte = wb.qs[32 * (s / 2) + i];
-            (if s % 2 == 0 { byte & 0x0F } else { byte >> 4 }) as i32
+            (if s.is_multiple_of(2) {
+                byte & 0x0F
+            } else {
+                byte >> 4
+            }) as i32
         };
         let lanes = lanes_k(q, |s| sc[s] as i32, &xb.qs);
         for (a, s) in acc.iter_mut().zip(lanes) {
@@ -145,7 +149,11 @@ pub fn dot_q5_k_q8_k(w: &[BlockQ5K], x: &[BlockQ8K]) -> f32 {
         summs = dmin.mul_add(((p[0] + p[1]) + (p[2] + p[3])) as f32, summs);
         let q = |s: usize, i: usize| {
             let byte = wb.qs[32 * (s / 2) + i];
-            let low = if s % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+            let low = if s.is_multiple_of(2) {
+                byte & 0x0F
+            } else {
+                byte >> 4
+            };
             (low | ((wb.qh[i] >> s) & 1) << 4) as i32
         };
         let lanes = lanes_k(q, |s| sc[s] as i32, &xb.qs);

@@ -157,6 +157,9 @@ pub trait ColumnTasks: Sync {
     fn run(&self, t: usize);
 }
 
+/// What a prepared matmul borrows: weights, activations, outputs.
+type Operands<'a, W> = (&'a [W], &'a [<W as GemmWeight>::Act], &'a mut [f32]);
+
 /// One matmul ready to run: its problem, the buffers it points into, its task kernel.
 pub struct Prepared<'a, W: GemmWeight> {
     p: Problem<W, W::Act>,
@@ -165,7 +168,7 @@ pub struct Prepared<'a, W: GemmWeight> {
     // What `p` points into (heap blocks: moving the vectors moves no data).
     _scales: (Vec<[f32; 4]>, Vec<[f32; 4]>),
     _pairs: Vec<super::problem::PairBlock>,
-    _borrows: PhantomData<(&'a [W], &'a [W::Act], &'a mut [f32])>,
+    _borrows: PhantomData<Operands<'a, W>>,
 }
 
 impl<W: GemmWeight> ColumnTasks for Prepared<'_, W> {

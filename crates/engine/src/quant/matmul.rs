@@ -37,8 +37,8 @@ impl QuantWeights {
     /// From GGUF's row-major `[n, k]` bytes of `dtype`; `None` for a type (or a width) our
     /// kernels do not take.
     pub fn from_gguf(dtype: GgmlDType, raw: &[u8], n: usize, k: usize) -> Option<Self> {
-        let grouped = k % QK == 0;
-        let whole_k = k % QK_K == 0;
+        let grouped = k.is_multiple_of(QK);
+        let whole_k = k.is_multiple_of(QK_K);
         let kb = k / QK;
         Some(match dtype {
             GgmlDType::Q4_0 if grouped => Self::Q4_0(interleave(cast_blocks(raw), n, kb)),

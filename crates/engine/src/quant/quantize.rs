@@ -228,7 +228,7 @@ impl super::QuantWeights {
     /// `[n, k]` f32 weights quantized as `ty` into our kernels' layout; `None` when `k` is
     /// not a multiple of the type's block.
     pub fn quantize(ty: InSituType, w: &[f32], n: usize, k: usize) -> Option<Self> {
-        if k == 0 || k % ty.block_len() != 0 || w.len() != n * k {
+        if k == 0 || !k.is_multiple_of(ty.block_len()) || w.len() != n * k {
             return None;
         }
         use super::columns::interleave;
