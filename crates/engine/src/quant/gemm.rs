@@ -297,7 +297,9 @@ pub fn prepare<'a, W: GemmWeight>(
     let padded = if W::GROUPED { n.div_ceil(G) * G } else { n };
     assert!(x.len() == m * kb && w.len() == padded * kb && out.len() == m * n);
     let gather = |f: fn(&W::Act) -> f32| by_four(m, kb, |r, b| f(&x[r * kb + b]));
-    let xd = match W::GATHER_SCALES {
+    // The pair tiles read `d` from their pairs and a single row's from its blocks.
+    let pair_tiles = isa == CpuIsa::Avx512Vnni && W::PAIRS.is_some();
+    let xd = match W::GATHER_SCALES && !pair_tiles {
         true => gather(W::Act::d),
         false => Vec::new(),
     };
