@@ -5,7 +5,8 @@
 // Grid (num_heads, num_seqs, num_partitions), 128 threads = 4 warps. Each warp walks keys
 // w, w + 4, ... of its partition; lane l holds dims [l*DPL, (l+1)*DPL) of q and of its
 // running output, so a key's dot product is one warp reduction and the K/V row reads are
-// coalesced. Warps are merged in shared memory at the end.
+// coalesced. Warps are merged in shared memory at the end. With a sliding window
+// (window > 0) a sequence's keys start at context - window.
 //
 // With one partition the kernel writes the normalised output. With several (split-K, for
 // long contexts) each partition writes its normalised partial output, its max logit and its
@@ -24,14 +25,16 @@ __device__ void paged_attention(T* __restrict__ out, float* __restrict__ part_ou
                                 const int32_t* __restrict__ block_tables,
                                 const int32_t* __restrict__ context_lens, int max_blocks_per_seq,
                                 int num_heads, int num_kv_heads, int block_size, float scale,
-                                int partition_size) {
+                                int partition_size, int window) {
   constexpr int HD = DPL * 32;
   const int head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
   const int num_parts = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kv_head = head / (num_heads / num_kv_heads);
   const int ctx = context_lens[seq];
-  const int start = part * partition_size;
+  // A sliding window (window > 0) sees the last `window` keys; partitions count from there.
+  const int first = window > 0 ? max(0, ctx - window) : 0;
+  const int start = first + part * partition_size;
   const int end = min(ctx, start + partition_size);
   const int64_t row = (int64_t)num_kv_heads * HD;  // elements per slot
 
@@ -124,13 +127,14 @@ __device__ void paged_attention_reduce(T* __restrict__ out, const float* __restr
       NAME(T* out, float* part_out, float* part_max, float* part_sum, const T* q,              \
            const T* k_cache, const T* v_cache, const int32_t* block_tables,                    \
            const int32_t* context_lens, int max_blocks_per_seq, int num_heads,                 \
-           int num_kv_heads, int block_size, float scale, int partition_size) {                \
+           int num_kv_heads, int block_size, float scale, int partition_size, int window) {    \
     paged_attention<T, DPL>(out, part_out, part_max, part_sum, q, k_cache, v_cache,            \
                             block_tables, context_lens, max_blocks_per_seq, num_heads,         \
-                            num_kv_heads, block_size, scale, partition_size);                  \
+                            num_kv_heads, block_size, scale, partition_size, window);          \
   }
 
 #define FOR_DIMS(T, SUFFIX)                               \
+  PAGED_ATTENTION(paged_attention_d32_##SUFFIX, T, 1)     \
   PAGED_ATTENTION(paged_attention_d64_##SUFFIX, T, 2)     \
   PAGED_ATTENTION(paged_attention_d128_##SUFFIX, T, 4)    \
   PAGED_ATTENTION(paged_attention_d256_##SUFFIX, T, 8)    \

@@ -47,7 +47,7 @@ __device__ void paged_attention_gqa(T* __restrict__ out, float* __restrict__ par
                                     const int32_t* __restrict__ block_tables,
                                     const int32_t* __restrict__ context_lens,
                                     int max_blocks_per_seq, int num_heads, int num_kv_heads,
-                                    int block_size, float scale, int partition_size) {
+                                    int block_size, float scale, int partition_size, int window) {
   constexpr int DPL = HD / GQ_LPK;
   constexpr int U = G <= 4 ? 4 : 2;
   const int kvh = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
@@ -56,7 +56,8 @@ __device__ void paged_attention_gqa(T* __restrict__ out, float* __restrict__ par
   const int sl = lane % GQ_LPK;
   const int vw = warp * (32 / GQ_LPK) + lane / GQ_LPK;
   const int ctx = context_lens[seq];
-  const int start = part * partition_size;
+  const int first = window > 0 ? max(0, ctx - window) : 0;  // sliding window
+  const int start = first + part * partition_size;
   const int end = min(ctx, start + partition_size);
   const int64_t row = (int64_t)num_kv_heads * HD;
 
@@ -172,17 +173,18 @@ __device__ void paged_attention_gqa(T* __restrict__ out, float* __restrict__ par
           T* out, float* part_out, float* part_max, float* part_sum, const T* q,               \
           const T* k_cache, const T* v_cache, const int32_t* block_tables,                     \
           const int32_t* context_lens, int max_blocks_per_seq, int num_heads,                  \
-          int num_kv_heads, int block_size, float scale, int partition_size) {                 \
+          int num_kv_heads, int block_size, float scale, int partition_size, int window) {     \
     paged_attention_gqa<T, HD, G>(out, part_out, part_max, part_sum, q, k_cache, v_cache,      \
                                   block_tables, context_lens, max_blocks_per_seq, num_heads,   \
-                                  num_kv_heads, block_size, scale, partition_size);            \
+                                  num_kv_heads, block_size, scale, partition_size, window);    \
   }
 
 #define GQA_GROUPS(T, SUFFIX, HD) \
   GQA(T, SUFFIX, HD, 1) GQA(T, SUFFIX, HD, 2) GQA(T, SUFFIX, HD, 3) GQA(T, SUFFIX, HD, 4) \
   GQA(T, SUFFIX, HD, 6) GQA(T, SUFFIX, HD, 8)
 
-#define GQA_TYPE(T, SUFFIX) GQA_GROUPS(T, SUFFIX, 64) GQA_GROUPS(T, SUFFIX, 128)
+#define GQA_TYPE(T, SUFFIX) \
+  GQA_GROUPS(T, SUFFIX, 32) GQA_GROUPS(T, SUFFIX, 64) GQA_GROUPS(T, SUFFIX, 128)
 
 GQA_TYPE(float, f32)
 GQA_TYPE(__half, f16)

@@ -8,7 +8,9 @@
 // float so lane j's reads of key j hit distinct banks) and reused by all 16 rows. Warp w
 // owns rows w, w+4, w+8, w+12; lane j scores key j of the chunk, the warp keeps an online
 // softmax per row, and lane l accumulates output dims l, l+32, ... Query at position p sees
-// keys 0..=p (position = context_len - query_len + index in the sequence's new tokens).
+// keys 0..=p (position = context_len - query_len + index in the sequence's new tokens); with
+// a sliding window (window > 0) only keys p - window + 1 ..= p, and the walk starts at the
+// first key the tile's first row sees.
 #include "common.cuh"
 #include <float.h>
 
@@ -24,7 +26,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
                                   const int32_t* __restrict__ context_lens,
                                   const int32_t* __restrict__ query_start_loc,
                                   const int32_t* __restrict__ tiles, int max_blocks_per_seq,
-                                  int num_heads, int num_kv_heads, int block_size, float scale) {
+                                  int num_heads, int num_kv_heads, int block_size, float scale,
+                                  int window) {
   constexpr int DPL = HD / 32;
   extern __shared__ float smem[];
   float* sq = smem;                   // [BQ][HD]
@@ -56,7 +59,8 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
     for (int dd = 0; dd < DPL; ++dd) acc[i][dd] = 0.f;
   }
 
-  for (int kb = 0; kb <= last_key; kb += PF_BK) {
+  const int first_key = window > 0 ? max(0, pos0 - window + 1) : 0;
+  for (int kb = first_key; kb <= last_key; kb += PF_BK) {
     __syncthreads();  // the previous chunk is consumed (and the queries are staged)
     for (int e = threadIdx.x; e < PF_BK * HD; e += blockDim.x) {
       const int j = e / HD, d = e % HD, t = kb + j;
@@ -78,7 +82,7 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
       const int pos = pos0 + r;
       if (kb > pos) continue;    // warp-uniform: no key of this chunk is visible
       const int t = kb + lane;
-      const bool visible = t <= pos;
+      const bool visible = t <= pos && (window <= 0 || t > pos - window);
       float s = -FLT_MAX;
       if (visible) {
         const float* qr = sq + r * HD;
@@ -119,15 +123,17 @@ __device__ void prefill_attention(T* __restrict__ out, const T* __restrict__ q,
       NAME(T* out, const T* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, \
            const int32_t* context_lens, const int32_t* query_start_loc, const int32_t* tiles,   \
            int max_blocks_per_seq, int num_heads, int num_kv_heads, int block_size,            \
-           float scale) {                                                                      \
+           float scale, int window) {                                                          \
     prefill_attention<T, HD>(out, q, k_cache, v_cache, block_tables, context_lens,             \
                              query_start_loc, tiles, max_blocks_per_seq, num_heads,            \
-                             num_kv_heads, block_size, scale);                                 \
+                             num_kv_heads, block_size, scale, window);                         \
   }
 
 #define PREFILL_DIMS(T, SUFFIX)                      \
+  PREFILL(prefill_attention_d32_##SUFFIX, T, 32)     \
   PREFILL(prefill_attention_d64_##SUFFIX, T, 64)     \
-  PREFILL(prefill_attention_d128_##SUFFIX, T, 128)
+  PREFILL(prefill_attention_d128_##SUFFIX, T, 128)   \
+  PREFILL(prefill_attention_d256_##SUFFIX, T, 256)
 
 PREFILL_DIMS(float, f32)
 PREFILL_DIMS(__half, f16)

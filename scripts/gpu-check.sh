@@ -9,9 +9,12 @@
 # per-head decode kernel), a per-stage profile of eager decode steps, GGUF weights on the
 # GPU (generate, serve), a PyTorch SDPA reference on the decode shape, HF transformers
 # generate() on the same card, and a compact table. About 5 minutes.
-# SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones; NOFUSED_RERUN=1 reruns failed
-# model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the
-# shapes ("N,IN,OUT ...").
+# SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones, SKIP_PROFILE=1 the profiles,
+# SKIP_TP_VARIANTS=1 the per-head/pool-keep throughput A/Bs; NOFUSED_RERUN=1 reruns failed
+# model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the shapes
+# ("N,IN,OUT ..."), MODES the bf16 batch-1 modes (graphs eager split cublas), QUANTS the
+# in-situ types of the quantized 8B runs (q4_k q8_0; "none" for none), PP_QUANTS and
+# TP_QUANTS those of them that also run pp512 and bench throughput.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BIN=${1:-.build/gpu/ferrolm}
@@ -41,15 +44,38 @@ while read -r l; do row "$(echo "$l" | cut -c1-44)" "$(echo "$l" | cut -c60- | c
   < <(grep -E '^(decode attention|attention / copy)' /tmp/ferrolm-gpu-check.txt)
 row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gpu-check.txt | sed 's/  */ /g' | cut -c1-80)"
 
+# Gemma 3 on the GPU (sliding windows, its attention scale, head size 32): the fixture's
+# shape with dummy weights through the end-to-end checks, then its real weights (safetensors
+# and GGUF) generating greedily on the GPU and the CPU, in f32.
+echo "== gpu-check: the Gemma 3 fixture's shape (models/fixtures/hf/gemma3)"
+timeout 120 "$BIN" gpu-check --model-only --model-config models/fixtures/hf/gemma3/config.json 2>&1 | tee /tmp/gemma-check.txt
+while read -r l; do row "gemma3 $(echo "$l" | cut -c7-40)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/gemma-check.txt)
+for G in models/fixtures/hf/gemma3 models/fixtures/gguf/gemma3.gguf; do
+  GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
+  GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-gemma.err)
+  tail -2 /tmp/gen-gemma.err
+  row "gemma3 generate cuda vs cpu $(basename "$G")" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
+done
+
 CFG8B=models/configs/llama-3.1-8b.json
 OUTD=${OUT:-/tmp}
+# "<ms/token> ms/token · floor <ms> (<GB> at <copy>) · <x> floor" from a bench latency JSON.
+floor_line() {
+  python3 - "$1" "${COPY:-0}" <<'PY' 2>&1
+import json, sys
+r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
+floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
+print(f"{r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
+      f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {r['decode_ms_per_step']/floor:.2f}x floor")
+PY
+}
 # The 8B timings first (what the GPU speed issue measures): batch-1 decode with CUDA graphs
 # (the default) and with --enforce-eager, beside the weight-read floor; then throughput.
 if [ -z "${SKIP_8B:-}" ]; then
   COPY=$(grep -o 'device-to-device copy 1 GiB *PASS *[0-9]*' /tmp/ferrolm-gpu-check.txt | head -1 | grep -o '[0-9]*$')
   # graphs: the defaults (CUDA graphs, stacked projections, skinny matmul); eager:
   # --enforce-eager; split: FERROLM_STACK_PROJ=0; cublas: FERROLM_GEMV=0.
-  for mode in graphs eager split cublas; do
+  for mode in ${MODES:-graphs eager split cublas}; do
     FLAG=""; [ "$mode" = eager ] && FLAG="--enforce-eager"
     STACK=1; [ "$mode" = split ] && STACK=0
     GEMV=1; [ "$mode" = cublas ] && GEMV=0
@@ -57,14 +83,23 @@ if [ -z "${SKIP_8B:-}" ]; then
     FERROLM_STACK_PROJ=$STACK FERROLM_GEMV=$GEMV timeout 120 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda $FLAG \
       --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
       --output-json "$OUTD/latency-8b-$mode.json" 2>&1 | tee /tmp/lat.txt
-    python3 - "$OUTD/latency-8b-$mode.json" "${COPY:-0}" <<'PY' 2>&1 | tee /tmp/floor.txt
-import json, sys
-r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
-floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
-print(f"8b decode batch 1: {r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
-      f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {r['decode_ms_per_step']/floor:.2f}x floor")
-PY
-    row "8B bf16 batch-1 decode ($mode)" "$(grep -o 'decode batch 1: .*' /tmp/floor.txt | cut -c17- || echo FAILED)"
+    row "8B bf16 batch-1 decode ($mode)" "$(floor_line "$OUTD/latency-8b-$mode.json" | tail -1)"
+  done
+  # Quantized 8B: random GGUF blocks of each type on the GPU (our kernels), bf16 activations:
+  # batch-1 decode beside the floor of the quantized bytes, and a 512-token prefill.
+  for q in ${QUANTS:-q4_k q8_0}; do
+    [ "$q" = none ] && continue
+    echo "== ferrolm bench latency: 8B shape, dummy $q blocks, batch 1, 128 in / 128 out"
+    timeout 150 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --quantization $q --device cuda \
+      --max-model-len 4096 --batch-size 1 --input-len 128 --output-len 128 --num-iters-warmup 1 --num-iters 3 \
+      --output-json "$OUTD/latency-8b-$q.json" 2>&1 | tee /tmp/lat.txt
+    row "8B $q batch-1 decode (graphs)" "$(floor_line "$OUTD/latency-8b-$q.json" | tail -1)"
+    case " ${PP_QUANTS:-${QUANTS:-q4_k q8_0}} " in *" $q "*) ;; *) continue ;; esac
+    echo "== ferrolm bench latency: 8B shape, dummy $q blocks, batch 1, 512 in / 1 out (pp512)"
+    timeout 150 "$BIN" bench latency --model $CFG8B --load-format dummy --dtype bfloat16 --quantization $q --device cuda \
+      --max-model-len 4096 --batch-size 1 --input-len 512 --output-len 1 --num-iters-warmup 1 --num-iters 3 \
+      --output-json "$OUTD/pp512-8b-$q.json" 2>&1 | tail -3
+    row "8B $q pp512 (prefill + first token)" "$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["prefill_secs"]; print(f"{512/p:.0f} tok/s ({p*1e3:.1f} ms)")' "$OUTD/pp512-8b-$q.json" 2>&1 | tail -1)"
   done
   for shape in ${TP_SHAPES:-1000,128,128 256,1024,256}; do
     set -- ${shape//,/ }
@@ -75,6 +110,15 @@ PY
     row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
     row "  steps" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
     grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
+    for q in ${TP_QUANTS:-${QUANTS:-q4_k q8_0}}; do
+      [ "$q" = none ] && continue
+      echo "== the same with dummy $q blocks"
+      timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --quantization $q --device cuda \
+        --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \
+        --output-json "$OUTD/throughput-$q-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+      row "ferrolm throughput $1x$2/$3 $q" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    done
+    [ -n "${SKIP_TP_VARIANTS:-}" ] && continue
     echo "== the same with the per-head decode kernel (FERROLM_DECODE_KERNEL=per-head)"
     FERROLM_DECODE_KERNEL=per-head timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 \
       --device cuda --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 \

@@ -288,7 +288,13 @@ pub fn load_bench_model(
         load_bench_model_unquantized(model, load_format, dtype, device, max_model_len, switches)?;
     model.set_switches(switches);
     if let Some(ty) = quantization {
-        model.quantize_in_situ(ty)?;
+        // Dummy weights on a GPU take random blocks (an 8B shape in seconds, not minutes of
+        // quantizing random floats); the CPU quantizes its dummy floats as before.
+        let source = match (load_format, model.device().is_cpu()) {
+            ("dummy", false) => crate::model::InSituSource::Random { seed: 0 },
+            _ => crate::model::InSituSource::Weights,
+        };
+        model.quantize_in_situ_from(ty, source)?;
     }
     Ok(model)
 }

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::attention::cuda::{check_kernels, time_decode_attention, CudaKernels, DecodeKernel};
+use crate::attention::cuda::{
+    check_kernels, check_layer_kernels, time_decode_attention, CudaKernels, DecodeKernel,
+};
 use crate::error::{EngineError, Result};
 use crate::instrument::CheckRow;
 use crate::model::LlamaConfig;
@@ -58,7 +60,10 @@ pub fn run_gpu_checks(
     }
     if !opts.model_only {
         match crate::cuda::model_device(0, false) {
-            Ok(dev) => add(crate::ops::gemv_checks(&dev)),
+            Ok(dev) => {
+                add(crate::ops::gemv_checks(&dev));
+                add(crate::quant::device::quant_matmul_checks(&dev));
+            }
             Err(e) => add(failed("gemv checks", &e)),
         }
     }
@@ -68,6 +73,9 @@ pub fn run_gpu_checks(
         add(check_kernels::<f32>(&k, 1e-4));
         add(check_kernels::<half::f16>(&k, 1e-2));
         add(check_kernels::<half::bf16>(&k, 1e-2));
+        // Sliding windows, custom scales, head sizes 32 and 256 (decode and prefill).
+        add(check_layer_kernels::<f32>(&k, 1e-4));
+        add(check_layer_kernels::<half::bf16>(&k, 1e-2));
     }
     for &kind in &kinds {
         k.decode_kernel = kind;

@@ -36,27 +36,94 @@ fn float_weight(w: &Weight) -> Option<&Tensor> {
     }
 }
 
-fn quantize_linear(l: &mut Linear, ty: InSituType, r: &mut InSituReport) -> Result<()> {
+/// Where quantized blocks come from: the float weights, or (dummy models on a GPU) random
+/// valid blocks seeded per layer, as vLLM's dummy loader fills quantized parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InSituSource {
+    Weights,
+    Random { seed: u64 },
+}
+
+fn quantize_linear(
+    l: &mut Linear,
+    ty: InSituType,
+    source: InSituSource,
+    r: &mut InSituReport,
+) -> Result<()> {
     let Some(t) = float_weight(&l.weight) else {
         r.kept += 1;
         return Ok(());
     };
     let (n, k) = t.dims2()?;
     let before = n * k * t.dtype().size_in_bytes();
-    let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     // A width that is not a multiple of 256 cannot be Q4_K: such rows take Q8_0, as
     // llama-quantize's K-quant mixes fall back to a 32-value type.
     let fallback = (ty == InSituType::Q4K && k % 256 != 0).then_some(InSituType::Q8_0);
-    let Some(w) = QuantWeights::quantize(fallback.unwrap_or(ty), &data, n, k) else {
+    let ty = fallback.unwrap_or(ty);
+    if !k.is_multiple_of(ty.block_len()) {
         r.kept += 1;
         return Ok(());
+    }
+    let (weight, after) = if t.device().is_cpu() {
+        let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let Some(w) = QuantWeights::quantize(ty, &data, n, k) else {
+            r.kept += 1;
+            return Ok(());
+        };
+        let after = w.size_bytes();
+        (QuantLinear::Own { w, n, k }, after)
+    } else {
+        device_blocks(t, ty, source, r.quantized as u64)?
     };
     r.fallbacks += usize::from(fallback.is_some());
     r.bytes_before += before;
-    r.bytes_after += w.size_bytes();
+    r.bytes_after += after;
     r.quantized += 1;
-    l.weight = Weight::Quant(QuantLinear::Own { w, n, k });
+    l.weight = Weight::Quant(weight);
     Ok(())
+}
+
+/// GGUF-order blocks of `ty` for a float weight on a GPU, uploaded for our CUDA kernels.
+#[cfg(feature = "cuda")]
+fn device_blocks(
+    t: &Tensor,
+    ty: InSituType,
+    source: InSituSource,
+    layer: u64,
+) -> Result<(QuantLinear, usize)> {
+    use crate::quant::device::{device_type, quantize_gguf, random_blocks, CudaQuantWeight};
+    let (n, k) = t.dims2()?;
+    let (dt, raw) = match source {
+        InSituSource::Random { seed } => {
+            let dt = device_type(ty);
+            // The dummy weights' own bound: uniform in ±sqrt(3 / fan_in).
+            let bound = (3.0 / k as f32).sqrt();
+            (
+                dt,
+                random_blocks(dt, n, k, seed ^ layer.wrapping_mul(0x51_7CC1), bound),
+            )
+        }
+        InSituSource::Weights => {
+            let data = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            quantize_gguf(ty, &data, n, k)
+                .ok_or_else(|| EngineError::Shape(format!("{ty:?}: [{n}, {k}]")))?
+        }
+    };
+    let w = CudaQuantWeight::upload(t.device(), dt, &raw, n, k)?;
+    let bytes = w.size_bytes();
+    Ok((QuantLinear::Device(w), bytes))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_blocks(
+    _: &Tensor,
+    _: InSituType,
+    _: InSituSource,
+    _: u64,
+) -> Result<(QuantLinear, usize)> {
+    Err(EngineError::Config(
+        "--quantization on a GPU needs a build with feature cuda".into(),
+    ))
 }
 
 /// A quantized layer's weight as an f32 dense matrix; returns the bytes (before, after).
@@ -115,16 +182,21 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// Quantizes every float linear layer into `ty` (CPU only: the GPU path has no kernels of
-    /// ours for these layouts yet; f32 models only, as quantized matmuls take f32 activations).
-    /// Errors when nothing could be quantized.
+    /// Quantizes every float linear layer into `ty` (on the CPU into our CPU kernels'
+    /// layouts, f32 models only, as those take f32 activations; on a GPU into GGUF blocks for
+    /// the CUDA kernels, any float type). Errors when nothing could be quantized.
     pub fn quantize_in_situ(&mut self, ty: InSituType) -> Result<InSituReport> {
-        if !self.device.is_cpu() {
-            return Err(EngineError::Config(
-                "--quantization: in-situ quantization runs on the CPU only so far".into(),
-            ));
-        }
-        if self.dtype != DType::F32 {
+        self.quantize_in_situ_from(ty, InSituSource::Weights)
+    }
+
+    /// [`Self::quantize_in_situ`] with the blocks' source (random ones for dummy models on a
+    /// GPU; the CPU always quantizes the weights).
+    pub fn quantize_in_situ_from(
+        &mut self,
+        ty: InSituType,
+        source: InSituSource,
+    ) -> Result<InSituReport> {
+        if self.device.is_cpu() && self.dtype != DType::F32 {
             return Err(EngineError::Config(format!(
                 "--quantization with {:?} weights: quantized layers take f32 activations; load with --dtype float32 (the CPU's auto)",
                 self.dtype
@@ -151,9 +223,9 @@ impl LlamaModel {
             .pop()
             .expect("the output head is the last linear layer");
         for l in linears {
-            quantize_linear(l, ty, &mut r)?;
+            quantize_linear(l, ty, source, &mut r)?;
         }
-        quantize_linear(head, head_ty, &mut r)?;
+        quantize_linear(head, head_ty, source, &mut r)?;
         if r.quantized == 0 {
             return Err(EngineError::Config(format!(
                 "--quantization {ty:?}: no float linear layer to quantize (a quantized GGUF keeps its own blocks)"

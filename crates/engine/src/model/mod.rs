@@ -14,5 +14,5 @@ mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
 pub use hf_config::SUPPORTED_MODEL_TYPES;
-pub use in_situ::InSituReport;
+pub use in_situ::{InSituReport, InSituSource};
 pub use llama::LlamaModel;

@@ -72,10 +72,16 @@ impl QuantWeights {
     }
 }
 
-/// A linear layer: our kernels for the types we have them for, candle's otherwise (on CUDA,
-/// and on the CPU only for types without our kernels: Q2_K, Q3_K, the IQ types).
+/// A linear layer: our kernels for the types we have them for (CPU layouts, or GGUF blocks
+/// on a CUDA device), candle's otherwise (Q2_K, Q3_K, the IQ types).
 pub enum QuantLinear {
-    Own { w: QuantWeights, n: usize, k: usize },
+    Own {
+        w: QuantWeights,
+        n: usize,
+        k: usize,
+    },
+    #[cfg(feature = "cuda")]
+    Device(super::device::CudaQuantWeight),
     Candle(QMatMul),
 }
 
@@ -83,6 +89,17 @@ impl QuantLinear {
     /// From raw GGUF bytes of a `[n, k]` weight.
     pub fn new(qt: QTensor, raw: &[u8], device: &Device) -> Result<Self> {
         let (n, k) = qt.shape().dims2()?;
+        #[cfg(feature = "cuda")]
+        if device.is_cuda() {
+            use super::device::{CudaQuantWeight, DeviceQuantType};
+            if let Some(ty) = DeviceQuantType::from_ggml(qt.dtype()) {
+                if k.is_multiple_of(ty.block_values()) {
+                    return Ok(Self::Device(CudaQuantWeight::upload(
+                        device, ty, raw, n, k,
+                    )?));
+                }
+            }
+        }
         let own = match device.is_cpu() {
             true => QuantWeights::from_gguf(qt.dtype(), raw, n, k),
             false => None,
@@ -117,7 +134,7 @@ impl QuantLinear {
             .iter()
             .map(|l| match l {
                 Self::Own { w, n, k } => Some((w, *n, *k)),
-                Self::Candle(_) => None,
+                _ => None,
             })
             .collect();
         let Some(own) = own else {
@@ -125,6 +142,8 @@ impl QuantLinear {
                 .iter()
                 .map(|l| match l {
                     Self::Candle(m) => Ok(m.forward(x)?),
+                    #[cfg(feature = "cuda")]
+                    Self::Device(w) => w.forward(x),
                     ours => ours.forward_on(x, isa),
                 })
                 .collect();

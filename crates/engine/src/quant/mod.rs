@@ -7,6 +7,7 @@ mod avx2;
 mod blocks;
 mod columns;
 mod dequantize;
+pub mod device;
 mod dots;
 #[cfg(x86_v3)]
 mod gemm;

@@ -193,7 +193,7 @@ impl std::str::FromStr for InSituType {
             "q4_0" => Ok(Self::Q4_0),
             "q4_k" => Ok(Self::Q4K),
             other => Err(format!(
-                "--quantization {other:?}: expected q8_0, q4_0 or q4_k (in-situ, CPU)"
+                "--quantization {other:?}: expected q8_0, q4_0 or q4_k (in-situ)"
             )),
         }
     }
@@ -210,7 +210,7 @@ impl InSituType {
 }
 
 /// `[n, k]` row-major f32 weights quantized row by row (in parallel) into `T` blocks.
-fn quantize_rows<T: Default + Clone + Send>(
+pub(crate) fn quantize_rows<T: Default + Clone + Send>(
     w: &[f32],
     k: usize,
     bk: usize,

@@ -59,20 +59,19 @@ impl<'m> ModelRunner<'m> {
                 let c = &model.config;
                 let nh = c.num_heads;
                 let dk = DecodeKernel::choose(model.switches().decode_kernel_per_head);
-                if c.layer_attention().iter().any(|l| *l != Default::default()) {
-                    return Err(EngineError::Unavailable(format!(
-                        "{}: sliding-window layers and a custom attention scale are not in the CUDA kernels yet (run it with --device cpu)",
-                        c.arch
-                    )));
-                }
+                let layers = c.layer_attention();
                 let attn: Box<dyn AttentionBackend + 'm> = match model.dtype() {
-                    DType::F32 => Box::new(CudaPagedAttention::<f32>::new(dev, layout, nh, dk)?),
-                    DType::F16 => {
-                        Box::new(CudaPagedAttention::<half::f16>::new(dev, layout, nh, dk)?)
-                    }
-                    DType::BF16 => {
-                        Box::new(CudaPagedAttention::<half::bf16>::new(dev, layout, nh, dk)?)
-                    }
+                    DType::F32 => Box::new(
+                        CudaPagedAttention::<f32>::new(dev, layout, nh, dk)?.with_layers(layers),
+                    ),
+                    DType::F16 => Box::new(
+                        CudaPagedAttention::<half::f16>::new(dev, layout, nh, dk)?
+                            .with_layers(layers),
+                    ),
+                    DType::BF16 => Box::new(
+                        CudaPagedAttention::<half::bf16>::new(dev, layout, nh, dk)?
+                            .with_layers(layers),
+                    ),
                     other => {
                         return Err(EngineError::Unavailable(format!(
                             "no CUDA KV cache for {other:?}"

@@ -25,8 +25,9 @@ pub struct ModelArgs {
     /// f16), float32, float16 or bfloat16. GGUF weights keep their quantized blocks.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// In-situ quantization of the float linear layers at load (CPU): q8_0, q4_0 or q4_k
-    /// (ggml's layouts and reference quantizers; a quantized GGUF keeps its own blocks).
+    /// In-situ quantization of the float linear layers at load: q8_0, q4_0 or q4_k (ggml's
+    /// reference quantizers; CPU kernels' layouts, or GGUF blocks for the CUDA kernels on a
+    /// GPU, where dummy weights take random blocks; a quantized GGUF keeps its own blocks).
     #[arg(long, short = 'q')]
     pub quantization: Option<ferrolm_engine::quant::InSituType>,
 }

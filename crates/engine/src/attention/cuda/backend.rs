@@ -9,7 +9,7 @@ use candle_core::{CustomOp1, Layout, Shape, Storage, Tensor};
 use cudarc::driver::CudaSlice;
 
 use super::kernels::{plan_prefill_tiles, CudaKernels, DecodeKernel, DecodeShape, PagedKv};
-use crate::attention::AttentionBackend;
+use crate::attention::{AttentionBackend, LayerAttention};
 use crate::batch::{FlatBatch, PaddedDecode};
 use crate::cuda::KernelType;
 use crate::cuda::{contiguous_view, cuda_err};
@@ -118,6 +118,8 @@ pub struct CudaPagedAttention<T> {
     scratch: RefCell<Scratch>,
     fixed: Option<FixedDecode>,
     fixed_active: bool,
+    /// Each layer's scale and sliding window (empty: the defaults).
+    layers: Vec<LayerAttention>,
 }
 
 impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
@@ -155,7 +157,14 @@ impl<T: KernelType + CudaDType> CudaPagedAttention<T> {
             scratch: RefCell::new(None),
             fixed: None,
             fixed_active: false,
+            layers: Vec::new(),
         })
+    }
+
+    /// Each layer's attention scale and sliding window (Gemma 3).
+    pub fn with_layers(mut self, layers: Vec<LayerAttention>) -> Self {
+        self.layers = layers;
+        self
     }
 
     fn check(&self, t: &Tensor, what: &str) -> Result<()> {
@@ -414,6 +423,7 @@ impl<T: KernelType + CudaDType> CustomOp1 for Attend<'_, T> {
             block_tables: step.tables,
             context_lens: step.context_lens,
             shape: step.shape,
+            layer: b.layers.get(self.layer).copied().unwrap_or_default(),
         };
         let mut out_view = out.as_view_mut();
         if step.all_decode {

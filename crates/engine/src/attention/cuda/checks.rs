@@ -10,7 +10,7 @@ use crate::cuda::{CudaResult, KernelType};
 use crate::instrument::CheckRow;
 
 /// Max relative error of `got` against `want` (normalised by want's max magnitude); NaN fails.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+pub(super) fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6) as f64;
     let mut worst = 0f64;
     for (a, b) in got.iter().zip(want) {

@@ -10,6 +10,7 @@ use cudarc::driver::{
 
 use crate::attention::split::choose_decode_launch;
 pub use crate::attention::split::{plan_prefill_tiles, PREFILL_TILE_ROWS};
+use crate::attention::LayerAttention;
 use crate::cuda::{
     cuda_driver_present, CudaResult, KernelType, PAGED_ATTENTION_FATBIN,
     PAGED_ATTENTION_GQA_FATBIN, PREFILL_ATTENTION_FATBIN, RESHAPE_AND_CACHE_FATBIN,
@@ -52,7 +53,7 @@ impl DecodeKernel {
 
 /// Whether the GQA decode kernel is built for this head size and group size.
 pub fn gqa_kernel_built(head_dim: usize, group: usize) -> bool {
-    matches!(head_dim, 64 | 128) && matches!(group, 1 | 2 | 3 | 4 | 6 | 8)
+    matches!(head_dim, 32 | 64 | 128) && matches!(group, 1 | 2 | 3 | 4 | 6 | 8)
 }
 
 /// Shapes of one decode attention call.
@@ -88,7 +89,8 @@ impl DecodeShape {
 }
 
 /// The paged KV that decode and prefill attention read: the caches, each sequence's block
-/// table (`[num_seqs, max_blocks_per_seq]`) and context length, and the call's shape.
+/// table (`[num_seqs, max_blocks_per_seq]`) and context length, the call's shape, and the
+/// layer's scale and sliding window.
 #[derive(Clone, Copy)]
 pub struct PagedKv<'a, T> {
     pub k_cache: &'a CudaSlice<T>,
@@ -96,6 +98,7 @@ pub struct PagedKv<'a, T> {
     pub block_tables: &'a CudaSlice<i32>,
     pub context_lens: &'a CudaSlice<i32>,
     pub shape: DecodeShape,
+    pub layer: LayerAttention,
 }
 
 impl<'a, T> PagedKv<'a, T> {
@@ -110,9 +113,30 @@ impl<'a, T> PagedKv<'a, T> {
             block_tables,
             context_lens,
             shape,
+            layer: LayerAttention::default(),
         }
     }
+
+    /// With a layer's own scale and sliding window.
+    pub fn for_layer(self, layer: LayerAttention) -> Self {
+        Self { layer, ..self }
+    }
+
+    /// The softmax scale (the layer's, or 1 / sqrt(head_dim)).
+    fn scale(&self) -> f32 {
+        self.layer
+            .scale
+            .unwrap_or(1.0 / (self.shape.head_dim as f32).sqrt())
+    }
+
+    /// The window as the kernels take it (0: none).
+    fn window(&self) -> i32 {
+        self.layer.window.map_or(0, |w| w.max(1) as i32)
+    }
 }
+
+/// Head sizes the prefill kernel is built for.
+const PREFILL_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
 impl CudaKernels {
     pub fn new(ordinal: usize) -> CudaResult<Self> {
@@ -152,9 +176,9 @@ impl CudaKernels {
         (tiles, num_tiles): (&CudaSlice<i32>, usize),
     ) -> CudaResult<()> {
         let s = kv.shape;
-        if !matches!(s.head_dim, 64 | 128) {
+        if !PREFILL_HEAD_DIMS.contains(&s.head_dim) {
             return Err(format!(
-                "prefill attention: head_dim {} (built: 64, 128)",
+                "prefill attention: head_dim {} (built: {PREFILL_HEAD_DIMS:?})",
                 s.head_dim
             )
             .into());
@@ -165,7 +189,15 @@ impl CudaKernels {
         )?;
         let hd = s.head_dim;
         let smem = (PREFILL_TILE_ROWS * hd + 32 * (hd + 1) + 32 * hd) * 4;
-        let scale = 1.0f32 / (hd as f32).sqrt();
+        // d256 stages 82 KB: past the 48 KB a launch gets without asking.
+        if smem > 48 * 1024 {
+            use cudarc::driver::sys::CUfunction_attribute_enum as A;
+            f.set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        let (scale, window) = (kv.scale(), kv.window());
         let (mb, nh, nkv, bs) = (
             s.max_blocks_per_seq as i32,
             s.num_heads as i32,
@@ -193,6 +225,7 @@ impl CudaKernels {
                 .arg(&nkv)
                 .arg(&bs)
                 .arg(&scale)
+                .arg(&window)
                 .launch(cfg)?
         };
         Ok(())
@@ -252,7 +285,12 @@ impl CudaKernels {
             && gqa_kernel_built(s.head_dim, group);
         // The grid's width in CTAs per sequence decides split-K, as in vLLM's rule.
         let ctas_per_seq = if gqa { s.num_kv_heads } else { s.num_heads };
-        let launch = choose_decode_launch(s.num_seqs, ctas_per_seq, s.max_context_len);
+        // A sliding window reads at most `window` keys of each sequence.
+        let keys = kv
+            .layer
+            .window
+            .map_or(s.max_context_len, |w| w.min(s.max_context_len));
+        let launch = choose_decode_launch(s.num_seqs, ctas_per_seq, keys);
         let parts = launch.num_partitions;
         let name = if gqa {
             format!("paged_attention_gqa_d{}_g{group}_{}", s.head_dim, T::SUFFIX)
@@ -285,7 +323,7 @@ impl CudaKernels {
         let Some((po, pm, ps)) = scratch.as_mut() else {
             unreachable!("scratch was just set")
         };
-        let scale = 1.0f32 / (s.head_dim as f32).sqrt();
+        let (scale, window) = (kv.scale(), kv.window());
         let (mb, nh, nkv, bs, psize) = (
             s.max_blocks_per_seq as i32,
             s.num_heads as i32,
@@ -316,6 +354,7 @@ impl CudaKernels {
                 .arg(&bs)
                 .arg(&scale)
                 .arg(&psize)
+                .arg(&window)
                 .launch(cfg)?
         };
         if parts > 1 {

@@ -1,0 +1,136 @@
+//! GGUF blocks on a CUDA device and their matmul (kernels/quant_matmul.cu): up to
+//! [`QMV_MAX_ROWS`] activation rows through the 8-bit dot-product kernel, more rows through
+//! the weight dequantized to the activation type and cuBLAS.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::{CudaDType, CudaStorage};
+use candle_core::{Device, Tensor};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::DeviceQuantType;
+use crate::cuda::{
+    by_float_type, contiguous_view, cuda_err, cuda_only_op, launch_config, launch_op, quant_module,
+    KernelType, OpInput, OpLaunch, OpResult,
+};
+use crate::error::{EngineError, Result};
+
+/// Activation rows the decode kernel takes (a step's rows beyond this go to cuBLAS).
+pub const QMV_MAX_ROWS: usize = 8;
+
+/// A `[n, k]` weight in GGUF blocks of `ty` on the device.
+pub struct CudaQuantWeight {
+    pub ty: DeviceQuantType,
+    data: CudaSlice<u8>,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl CudaQuantWeight {
+    /// Uploads GGUF bytes (row-major blocks) to `device`.
+    pub fn upload(
+        device: &Device,
+        ty: DeviceQuantType,
+        raw: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self> {
+        let Device::Cuda(dev) = device else {
+            return Err(EngineError::Config(
+                "CudaQuantWeight on a non-CUDA device".into(),
+            ));
+        };
+        if k == 0 || !k.is_multiple_of(ty.block_values()) || raw.len() != ty.weight_bytes(n, k) {
+            return Err(EngineError::Shape(format!(
+                "{ty:?} weight [{n}, {k}]: {} bytes, or a width that is not a multiple of {}",
+                raw.len(),
+                ty.block_values()
+            )));
+        }
+        let data = dev
+            .cuda_stream()
+            .clone_htod(raw)
+            .map_err(EngineError::cuda)?;
+        Ok(Self { ty, data, n, k })
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.ty.weight_bytes(self.n, self.k)
+    }
+
+    /// `x w^T` for `x` `[m, k]` (f32, f16 or bf16, on the weight's device).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            return Err(EngineError::Shape(format!(
+                "matmul: input width {k}, weight width {}",
+                self.k
+            )));
+        }
+        let x = x.contiguous()?;
+        if m <= QMV_MAX_ROWS {
+            return Ok(x.apply_op1_no_bwd(&QuantMatVec(self))?);
+        }
+        let w = self.dequantize(&x)?;
+        Ok(x.matmul(&w.t()?)?)
+    }
+
+    /// The weight as a dense `[n, k]` tensor of `like`'s type (on its device).
+    pub fn dequantize(&self, like: &Tensor) -> Result<Tensor> {
+        Ok(like.apply_op1_no_bwd(&Dequantize(self))?)
+    }
+}
+
+/// The decode matmul: `x` quantized to 8 bits, then one warp per output column.
+struct QuantMatVec<'a>(&'a CudaQuantWeight);
+
+impl QuantMatVec<'_> {
+    fn run<T: KernelType + CudaDType>(&self, (s, l): OpInput) -> OpResult {
+        let w = self.0;
+        let (m, k) = l.shape().dims2()?;
+        let x = contiguous_view::<T>(s, l)?;
+        let name = format!("qmv_{}_m{m}_{}", w.ty.kernel_name(), T::SUFFIX);
+        let mut launch = OpLaunch::<T>::new(s, quant_module, &name, m * w.n)?;
+        let st = launch.stream.clone();
+        let blocks = k / 32;
+        // SAFETY: quantize_q8_1 writes every element of both before qmv reads them.
+        let mut xq = unsafe { st.alloc::<i8>(m * k) }.map_err(cuda_err)?;
+        let mut xds = unsafe { st.alloc::<f32>(2 * m * blocks) }.map_err(cuda_err)?;
+        let qf = quant_module(&st)?
+            .load_function(&format!("quantize_q8_1_{}", T::SUFFIX))
+            .map_err(cuda_err)?;
+        let k_i = k as i32;
+        let mut qargs = st.launch_builder(&qf);
+        qargs.arg(&x).arg(&mut xq).arg(&mut xds).arg(&k_i);
+        // SAFETY: a warp per block of 32 values of each row, inside x, xq and xds.
+        unsafe { qargs.launch(launch_config((blocks.div_ceil(8) as u32, m as u32, 1), 256)) }
+            .map_err(cuda_err)?;
+        let n_i = w.n as i32;
+        let cfg = launch_config((w.n.div_ceil(4) as u32, 1, 1), 128);
+        launch_op!(launch, cfg, &w.data, &xq, &xds, &mut launch.out, &n_i, &k_i)?;
+        Ok(launch.finish((m, w.n)))
+    }
+}
+
+cuda_only_op!(CustomOp1 for QuantMatVec<'_>, "quant_matvec", |op, s, l| {
+    by_float_type!(s.dtype(), "quant_matvec", T => op.run::<T>((s, l)))
+});
+
+/// The weight dequantized to the input's type (the input only gives the type and device).
+struct Dequantize<'a>(&'a CudaQuantWeight);
+
+impl Dequantize<'_> {
+    fn run<T: KernelType + CudaDType>(&self, s: &CudaStorage) -> OpResult {
+        let w = self.0;
+        let name = format!("dequantize_{}_{}", w.ty.kernel_name(), T::SUFFIX);
+        let mut launch = OpLaunch::<T>::new(s, quant_module, &name, w.n * w.k)?;
+        let (n_i, k_i) = (w.n as i32, w.k as i32);
+        let chunks = w.n * w.k / 32;
+        let cfg = launch_config((chunks.div_ceil(128) as u32, 1, 1), 128);
+        launch_op!(launch, cfg, &w.data, &mut launch.out, &n_i, &k_i)?;
+        Ok(launch.finish((w.n, w.k)))
+    }
+}
+
+cuda_only_op!(CustomOp1 for Dequantize<'_>, "quant_dequantize", |op, s, _l| {
+    by_float_type!(s.dtype(), "quant_dequantize", T => op.run::<T>(s))
+});
