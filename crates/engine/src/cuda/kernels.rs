@@ -14,6 +14,8 @@ pub(crate) const PAGED_ATTENTION_GQA_FATBIN: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/paged_attention_gqa.fatbin"));
 pub(crate) const FUSED_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fused.fatbin"));
 pub(crate) const GEMV_FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gemv.fatbin"));
+pub(crate) const SAMPLING_FATBIN: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sampling.fatbin"));
 pub(crate) const QUANT_MATMUL_FATBIN: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/quant_matmul.fatbin"));
 

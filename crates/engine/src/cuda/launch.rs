@@ -7,7 +7,7 @@ use candle_core::cuda::{CudaDType, CudaStorage};
 use candle_core::Layout;
 use cudarc::driver::{CudaModule, CudaStream, CudaView};
 
-use super::kernels::{FUSED_FATBIN, GEMV_FATBIN, QUANT_MATMUL_FATBIN};
+use super::kernels::{FUSED_FATBIN, GEMV_FATBIN, QUANT_MATMUL_FATBIN, SAMPLING_FATBIN};
 
 /// candle's error for anything the CUDA driver says.
 pub(crate) fn cuda_err(e: impl std::fmt::Display) -> candle_core::Error {
@@ -45,6 +45,11 @@ pub(crate) fn gemv_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<C
 pub(crate) fn quant_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
     static MODULE: Mutex<Option<Arc<CudaModule>>> = Mutex::new(None);
     load_once(&MODULE, QUANT_MATMUL_FATBIN, stream)
+}
+
+pub(crate) fn sampling_module(stream: &Arc<CudaStream>) -> candle_core::Result<Arc<CudaModule>> {
+    static MODULE: Mutex<Option<Arc<CudaModule>>> = Mutex::new(None);
+    load_once(&MODULE, SAMPLING_FATBIN, stream)
 }
 
 /// The contiguous elements of a CUDA tensor's storage as laid out by `layout`.

@@ -15,7 +15,7 @@ pub(crate) use kernels::{
 };
 pub(crate) use launch::{
     by_float_type, contiguous_view, cuda_err, cuda_only_op, fused_module, gemv_module,
-    launch_config, launch_op, quant_module, OpInput, OpLaunch, OpResult,
+    launch_config, launch_op, quant_module, sampling_module, OpInput, OpLaunch, OpResult,
 };
 pub use pool::{set_pool_release_threshold, trim_pool};
 

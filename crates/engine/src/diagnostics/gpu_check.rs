@@ -63,6 +63,7 @@ pub fn run_gpu_checks(
             Ok(dev) => {
                 add(crate::ops::gemv_checks(&dev));
                 add(crate::quant::device::quant_matmul_checks(&dev));
+                add(crate::sampling::sampling_checks(&dev));
             }
             Err(e) => add(failed("gemv checks", &e)),
         }

@@ -1,0 +1,277 @@
+// Sampling on the device: the CPU sampler's processing, cuts and draw for a whole batch,
+// only the sampled ids crossing to the host. The algorithm is crates/engine/src/sampling/
+// select.rs (the CPU form, tested there against the CPU sampler):
+//
+// sampling_adjust: one thread per touched (row, token) entry, applied in the CPU's order
+//   (+ bias, repetition penalty, - frequency * count - presence, the min_tokens mask).
+// sampling_select: one CTA per row. Every best-first prefix the CPU sampler walks (top-k,
+//   top-p, min-p, the draw) is a threshold on a 64-bit order key (higher logit first, then
+//   lower id), found by a radix-16 search: each pass sums (count, probability) of the
+//   candidates in 16 buckets of the next 4 key bits, and the first bucket where the running
+//   sum meets the condition fixes them; a bucket of one candidate ends the search.
+//   Probabilities are f64, exp((l - max) / T) / z as the CPU computes them; sums run in
+//   parallel, so a draw differs from the CPU's only within ~1e-15 of a boundary.
+#include "common.cuh"
+#include <float.h>
+
+#define SEL_THREADS 512
+#define SEL_WARPS (SEL_THREADS / 32)
+
+typedef unsigned long long u64;
+
+__device__ __forceinline__ u64 order_key(float l, unsigned id) {
+  const unsigned b = __float_as_uint(l);
+  const unsigned asc = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return ((u64)(~asc) << 32) | id;
+}
+
+// Entry flags: which of the processing steps a token takes.
+#define ADJ_BIAS 1
+#define ADJ_REP 2
+#define ADJ_SUB 4
+#define ADJ_MASK 8
+
+extern "C" __global__ void sampling_adjust(float* __restrict__ logits, int vocab, int n,
+                                           const int* __restrict__ row, const int* __restrict__ token,
+                                           const int* __restrict__ flags, const float* __restrict__ bias,
+                                           const float* __restrict__ rep, const float* __restrict__ sub) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float* p = logits + (int64_t)row[i] * vocab + token[i];
+  float l = *p;
+  const int f = flags[i];
+  if (f & ADJ_BIAS) l += bias[i];
+  // IEEE division (the build's fast math would approximate `/`): the CPU's bits.
+  if (f & ADJ_REP) l = l > 0.f ? __fdiv_rn(l, rep[i]) : l * rep[i];
+  if (f & ADJ_SUB) l -= sub[i];
+  if (f & ADJ_MASK) l = -INFINITY;
+  *p = l;
+}
+
+// What thread 0 decided, shared with the CTA.
+struct SelShared {
+  u64 red_u[SEL_WARPS];
+  double red_d[SEL_WARPS];
+  u64 b_cnt[SEL_WARPS][16];
+  double b_mass[SEL_WARPS][16];
+  u64 b_min[SEL_WARPS][16];
+  u64 key;
+  u64 prefix;
+  int state;  // 0: go on, 1: found (key), 2: not found
+  double base_m;
+  u64 base_c;
+};
+
+__device__ u64 block_sum_u64(u64 v, SelShared& s) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) s.red_u[threadIdx.x / 32] = v;
+  __syncthreads();
+  u64 t = 0;
+  for (int w = 0; w < SEL_WARPS; ++w) t += s.red_u[w];
+  return t;
+}
+
+__device__ u64 block_min_u64(u64 v, SelShared& s) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
+    v = x < v ? x : v;
+  }
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) s.red_u[threadIdx.x / 32] = v;
+  __syncthreads();
+  u64 t = ~0ull;
+  for (int w = 0; w < SEL_WARPS; ++w) t = s.red_u[w] < t ? s.red_u[w] : t;
+  return t;
+}
+
+__device__ double block_sum_f64(double v, SelShared& s) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) s.red_d[threadIdx.x / 32] = v;
+  __syncthreads();
+  double t = 0.0;
+  for (int w = 0; w < SEL_WARPS; ++w) t += s.red_d[w];
+  return t;
+}
+
+// The softmax weight the CPU gives a logit: exp((l - max) / T) as exp((l - max) * (1 / T)).
+struct Softmax {
+  double max, inv_t, z;
+  __device__ double prob(float l) const { return exp(((double)l - max) * inv_t) / z; }
+};
+
+enum Pred { COUNT_GE = 0, MASS_GE = 1, MASS_GT = 2 };
+
+// The minimal candidate key t <= bound whose prefix's (count, mass) meets the predicate;
+// false when none does. `sm` null: count only (the mass is not read).
+__device__ bool search(const float* __restrict__ row, int vocab, const Softmax* sm, u64 bound,
+                       int pred, double target, u64* out, SelShared& s) {
+  if (threadIdx.x == 0) {
+    s.prefix = 0;
+    s.base_c = 0;
+    s.base_m = 0.0;
+    s.state = 0;
+  }
+  __syncthreads();
+  for (int shift = 60; shift >= 0; shift -= 4) {
+    const u64 prefix = s.prefix;
+    u64 cnt[16], mk[16];
+    double mass[16];
+#pragma unroll
+    for (int b = 0; b < 16; ++b) {
+      cnt[b] = 0;
+      mk[b] = ~0ull;
+      mass[b] = 0.0;
+    }
+    for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+      const float l = row[i];
+      if (!isfinite(l)) continue;
+      const u64 k = order_key(l, i);
+      if (k > bound || (shift < 60 && (k >> (shift + 4)) != prefix)) continue;
+      const int b = (int)((k >> shift) & 15);
+      cnt[b] += 1;
+      if (sm) mass[b] += sm->prob(l);
+      mk[b] = k < mk[b] ? k : mk[b];
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int b = 0; b < 16; ++b) {
+      u64 c = cnt[b], m = mk[b];
+      double w = mass[b];
+      for (int o = 16; o > 0; o >>= 1) {
+        c += __shfl_xor_sync(0xffffffffu, c, o);
+        w += __shfl_xor_sync(0xffffffffu, w, o);
+        const u64 x = __shfl_xor_sync(0xffffffffu, m, o);
+        m = x < m ? x : m;
+      }
+      if (lane == 0) {
+        s.b_cnt[warp][b] = c;
+        s.b_mass[warp][b] = w;
+        s.b_min[warp][b] = m;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int found = -1;
+      u64 fc = 0, fmin = ~0ull;
+      for (int b = 0; b < 16 && found < 0; ++b) {
+        u64 c = 0, m = ~0ull;
+        double w = 0.0;
+        for (int v = 0; v < SEL_WARPS; ++v) {
+          c += s.b_cnt[v][b];
+          w += s.b_mass[v][b];
+          m = s.b_min[v][b] < m ? s.b_min[v][b] : m;
+        }
+        if (c == 0) continue;
+        const u64 rc = s.base_c + c;
+        const double rm = s.base_m + w;
+        const bool ok = pred == COUNT_GE ? rc >= (u64)target : pred == MASS_GE ? rm >= target : rm > target;
+        if (ok) {
+          found = b;
+          fc = c;
+          fmin = m;
+        } else {
+          s.base_c = rc;
+          s.base_m = rm;
+        }
+      }
+      if (found < 0) {
+        s.state = 2;
+      } else if (fc == 1) {
+        s.state = 1;
+        s.key = fmin;
+      } else {
+        s.prefix = (prefix << 4) | (u64)found;
+        if (shift == 0) {
+          s.state = 1;
+          s.key = s.prefix;
+        }
+      }
+    }
+    __syncthreads();
+    if (s.state != 0) break;
+  }
+  const bool ok = s.state == 1;
+  *out = s.key;
+  __syncthreads();
+  return ok;
+}
+
+// One CTA per row: temperature (0: greedy), top-k (0: none), top-p, min-p and the row's
+// uniform draw; writes the chosen id.
+extern "C" __global__ void __launch_bounds__(SEL_THREADS)
+    sampling_select(const float* __restrict__ logits, int vocab, const float* __restrict__ temperature,
+                    const int* __restrict__ top_k, const float* __restrict__ top_p,
+                    const float* __restrict__ min_p, const double* __restrict__ u,
+                    int* __restrict__ out) {
+  __shared__ SelShared s;
+  const int r = blockIdx.x;
+  const float* row = logits + (int64_t)r * vocab;
+  // The best key of all non-NaN values (argmax: the first largest) and of the finite ones.
+  u64 best_all = ~0ull, best_fin = ~0ull, n_fin = 0;
+  for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+    const float l = row[i];
+    if (isnan(l)) continue;
+    const u64 k = order_key(l, i);
+    best_all = k < best_all ? k : best_all;
+    if (isfinite(l)) {
+      best_fin = k < best_fin ? k : best_fin;
+      n_fin += 1;
+    }
+  }
+  best_all = block_min_u64(best_all, s);
+  best_fin = block_min_u64(best_fin, s);
+  n_fin = block_sum_u64(n_fin, s);
+  const float t_row = temperature[r];
+  if (t_row == 0.f || n_fin == 0) {
+    if (threadIdx.x == 0) out[r] = best_all == ~0ull ? 0 : (int)(unsigned)best_all;
+    return;
+  }
+  u64 bound = ~0ull;
+  const u64 k = (u64)(unsigned)top_k[r];
+  if (k > 0 && k < n_fin) {
+    u64 t;
+    if (search(row, vocab, nullptr, ~0ull, COUNT_GE, (double)k, &t, s)) bound = t;
+  }
+  Softmax sm;
+  sm.max = (double)row[(unsigned)best_fin];
+  sm.inv_t = 1.0 / (double)t_row;
+  sm.z = 1.0;
+  double zp = 0.0;
+  for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+    const float l = row[i];
+    if (isfinite(l) && order_key(l, i) <= bound) zp += sm.prob(l);
+  }
+  sm.z = block_sum_f64(zp, s);
+  u64 cut = bound;
+  const float tp = top_p[r], mp = min_p[r];
+  if (tp < 1.f) {
+    u64 t;
+    if (search(row, vocab, &sm, bound, MASS_GE, (double)tp, &t, s)) cut = t;
+  }
+  if (mp > 0.f) {
+    const double floor = (1.0 / sm.z) * (double)mp;
+    u64 c = 0;
+    for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+      const float l = row[i];
+      if (isfinite(l) && order_key(l, i) <= bound && sm.prob(l) >= floor) c += 1;
+    }
+    c = block_sum_u64(c, s);
+    u64 t;
+    if (search(row, vocab, nullptr, bound, COUNT_GE, (double)(c > 0 ? c : 1), &t, s))
+      cut = t < cut ? t : cut;
+  }
+  double mass = 1.0;
+  if (tp < 1.f || mp > 0.f) {
+    double m = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+      const float l = row[i];
+      if (isfinite(l) && order_key(l, i) <= cut) m += sm.prob(l);
+    }
+    mass = block_sum_f64(m, s);
+  }
+  u64 t;
+  if (!search(row, vocab, &sm, cut, MASS_GT, u[r] * mass, &t, s)) t = cut;
+  if (threadIdx.x == 0) out[r] = (int)(unsigned)t;
+}
