@@ -46,7 +46,8 @@ row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gp
 
 # Gemma 3 on the GPU (sliding windows, its attention scale, head size 32): the fixture's
 # shape with dummy weights through the end-to-end checks, then its real weights (safetensors
-# and GGUF) generating greedily on the GPU and the CPU, in f32.
+# and GGUF) generating greedily on the GPU and the CPU, in f32 (informational: attention
+# sums in another order may break a near-tie of these random weights).
 echo "== gpu-check: the Gemma 3 fixture's shape (models/fixtures/hf/gemma3)"
 timeout 120 "$BIN" gpu-check --model-only --model-config models/fixtures/hf/gemma3/config.json 2>&1 | tee /tmp/gemma-check.txt
 while read -r l; do row "gemma3 $(echo "$l" | cut -c7-40)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/gemma-check.txt)
@@ -155,7 +156,9 @@ if [ -f "$TINY" ]; then
   GA=$(timeout 60 "$BIN" generate --device cpu --model "$TINY" --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
   GB=$(timeout 60 "$BIN" generate --device cuda --model "$TINY" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-cuda.err)
   tail -2 /tmp/gen-cuda.err
-  row "gguf generate cuda vs cpu (greedy text)" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:40} cuda=${GB:0:40}")"
+  # Informational: the GPU's quantized matmul rounds activations its own way (f32 scales,
+  # 32-value blocks for every type), so a near-tie on a random model may pick another token.
+  row "gguf generate cuda vs cpu (greedy, info)" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:40} cuda=${GB:0:40}")"
   "$BIN" serve "$TINY" --device cuda --port 8111 --gpu-memory-utilization 0.3 > /tmp/serve.log 2>&1 &
   SPID=$!
   timeout 120 python3 - <<'PY' 2>&1 | tee /tmp/serve-check.txt

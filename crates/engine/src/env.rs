@@ -71,6 +71,10 @@ pub struct EngineSwitches {
     /// FERROLM_FAULT_INJECT (tests only): `sample:SEED` panics while sampling a request with
     /// that seed, `step:SEED` panics in the step that schedules one (the engine thread dies).
     pub fault_inject: Option<FaultInject>,
+    /// FERROLM_DEVICE_SAMPLER=1: steps with sampled requests (no log-probs, no grammar) draw
+    /// their tokens on the GPU, only ids crossing to the host (opt-in until a GPU run has
+    /// checked the device sampler).
+    pub device_sampler: bool,
 }
 
 /// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).
@@ -133,6 +137,7 @@ impl Switches {
             engine: EngineSwitches {
                 enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
                 fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
+                device_sampler: is("FERROLM_DEVICE_SAMPLER", "1"),
             },
             model_dir,
             hub: HubSettings::from_vars(
@@ -158,7 +163,9 @@ mod tests {
         let set = Switches::from_lookup(|name| {
             Some(
                 match name {
-                    "FERROLM_ENFORCE_EAGER" | "FERROLM_STACK_PROJ" => "1",
+                    "FERROLM_ENFORCE_EAGER" | "FERROLM_STACK_PROJ" | "FERROLM_DEVICE_SAMPLER" => {
+                        "1"
+                    }
                     "FERROLM_GEMV" | "FERROLM_F32_RESIDUAL" => "0",
                     "FERROLM_DECODE_KERNEL" => "per-head",
                     "FERROLM_CPU_ISA" => "AVX2",
@@ -171,6 +178,7 @@ mod tests {
         });
         let m = &set.model;
         assert!(set.engine.enforce_eager && !m.gemv && !m.f32_residual && !m.fused_ops);
+        assert!(set.engine.device_sampler);
         assert!(m.decode_kernel_per_head && m.cpu_isa_avx2);
         assert_eq!(m.stack_projections, Some(true));
         assert_eq!(set.model_dir, PathBuf::from("/m"));

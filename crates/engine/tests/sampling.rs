@@ -252,3 +252,84 @@ fn invalid_sampling_parameters_are_refused() {
         );
     }
 }
+
+/// FERROLM_DEVICE_SAMPLER's path (on the CPU: the device sampler's algorithm over the step's
+/// rows, each request's processing as per-token entries) gives every seeded request the
+/// tokens the host path gives it: penalties, bias, min_tokens, every cut, greedy rows in the
+/// same steps, and a log-probs request that sends its steps back to the host path.
+#[test]
+fn the_device_sampler_path_draws_what_the_host_path_draws() {
+    let start_with = |device_sampler: bool| {
+        let mut cfg = EngineConfig {
+            max_model_len: Some(512),
+            ..Default::default()
+        };
+        cfg.switches.device_sampler = device_sampler;
+        start_engine(cfg)
+    };
+    let prompts = golden_prompts();
+    let params = |i: usize| -> SamplingParams {
+        let base = SamplingParams {
+            max_tokens: 14,
+            seed: Some(500 + i as u64),
+            ..Default::default()
+        };
+        match i % 6 {
+            0 => base,
+            1 => SamplingParams {
+                temperature: 0.9,
+                top_p: 0.9,
+                top_k: 40,
+                ..base
+            },
+            2 => SamplingParams {
+                temperature: 1.1,
+                repetition_penalty: 1.3,
+                logit_bias: vec![(28, 3.0), (30, -2.0)],
+                ..base
+            },
+            3 => SamplingParams {
+                temperature: 0.7,
+                min_p: 0.05,
+                frequency_penalty: 0.4,
+                presence_penalty: 0.3,
+                min_tokens: 6,
+                ..base
+            },
+            4 => SamplingParams {
+                temperature: 1.0,
+                top_p: 0.5,
+                ..base
+            },
+            // A short log-probs request: the steps it is in go to the host path, the later
+            // ones to the device sampler's.
+            _ if i == 5 => SamplingParams {
+                temperature: 0.8,
+                logprobs: Some(2),
+                max_tokens: 3,
+                ..base
+            },
+            _ => SamplingParams {
+                temperature: 0.8,
+                ..base
+            },
+        }
+    };
+    let run_all = |engine: &EngineHandle| -> Vec<Vec<u32>> {
+        let rxs: Vec<_> = (0..12)
+            .map(|i| {
+                engine
+                    .add_request(prompts[i % prompts.len()].clone(), params(i))
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        rxs.into_iter().map(|rx| collect(rx).tokens).collect()
+    };
+    let host = run_all(&start_with(false));
+    let device = run_all(&start_with(true));
+    for (i, (h, d)) in host.iter().zip(&device).enumerate() {
+        assert!(!h.is_empty());
+        assert_eq!(h, d, "request {i} ({:?})", params(i));
+    }
+}

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use super::output::{RequestOutput, Sink};
 use super::stats::EngineStats;
-use super::step::{execute_step, StepLogits};
+use super::step::{execute_step, StepLogits, StepMode};
 use crate::config::{MaskObserver, StepObserver};
 use crate::env::{EngineSwitches, FaultInject};
 use crate::error::Result;
 use crate::model::LlamaModel;
 use crate::request::{Request, RequestId};
+use crate::sampling::select::{device_samplable, SampleSpec};
 use crate::sampling::{sample_token, top_logprobs, TokenLogprob};
 use crate::scheduler::Scheduler;
 use crate::tokenizer::Tokenizer;
@@ -28,6 +29,8 @@ pub struct EngineCore<'m> {
     pub step_observer: Option<StepObserver>,
     pub mask_observer: Option<MaskObserver>,
     fault_inject: Option<FaultInject>,
+    /// FERROLM_DEVICE_SAMPLER=1: sampled steps drawn away from the host's logits rows.
+    device_sampler: bool,
 }
 
 impl<'m> EngineCore<'m> {
@@ -59,6 +62,7 @@ impl<'m> EngineCore<'m> {
             step_observer: None,
             mask_observer: None,
             fault_inject: switches.fault_inject,
+            device_sampler: switches.device_sampler,
         })
     }
 
@@ -113,6 +117,28 @@ impl<'m> EngineCore<'m> {
                 })
             });
         let eog = &self.tokenizer.eog_ids;
+        // With FERROLM_DEVICE_SAMPLER=1, a step whose every request can be drawn away from
+        // the host (no log-probs, no grammar) is sampled on the GPU: ids cross, not rows.
+        let device_sampled = !device_greedy
+            && self.device_sampler
+            && out.scheduled.iter().all(|s| {
+                self.scheduler
+                    .request(s.id)
+                    .is_none_or(|r| device_samplable(&r.params))
+            });
+        let vocab = self.runner.vocab_size();
+        let spec = |req: &Request| {
+            let (prompt, output) = req.tokens.split_at(req.prompt_len);
+            let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { eog };
+            SampleSpec::new(&req.params, (prompt, output), stop_ids, req.seed, vocab)
+        };
+        let mode = if device_greedy {
+            StepMode::Greedy
+        } else if device_sampled {
+            StepMode::Sampled(&spec)
+        } else {
+            StepMode::Host
+        };
         let fault = self.fault_inject;
         if let Some(FaultInject::Step(seed)) = fault {
             let hit = out.scheduled.iter().any(|s| {
@@ -129,10 +155,10 @@ impl<'m> EngineCore<'m> {
             &mut self.scheduler,
             &mut self.runner,
             &out,
-            !device_greedy,
+            mode,
             |req, s, range, logits| {
                 let StepLogits::Host(logits) = logits else {
-                    return logits.greedy_last(s, &range).map(Choice::token);
+                    return logits.last_token(s, &range).map(Choice::token);
                 };
                 let mut choice = Choice::default();
                 // Prompt log-probs: row for position p scores the prompt token at p + 1.

@@ -15,7 +15,7 @@ use crate::sampling::SamplingParams;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::worker::{compute_pool, ModelRunner};
 
-use super::step::execute_step;
+use super::step::{execute_step, StepMode};
 
 /// What an offline run did, with its wall time and each step's.
 #[derive(Debug, Clone, Default)]
@@ -266,8 +266,12 @@ fn run_greedy(
                 &mut sched,
                 &mut runner,
                 &out,
-                reference,
-                |_, s, range, l| l.greedy_last(s, &range),
+                if reference {
+                    StepMode::Host
+                } else {
+                    StepMode::Greedy
+                },
+                |_, s, range, l| l.last_token(s, &range),
                 |t| Some(*t),
             )?;
             for ev in events {

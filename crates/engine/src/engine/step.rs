@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use crate::error::Result;
 use crate::request::{Request, RequestId};
+use crate::sampling::select::SampleSpec;
 use crate::scheduler::{ScheduledRequest, Scheduler, SchedulerOutput, StepEvent};
 use crate::worker::ModelRunner;
 
@@ -16,23 +17,36 @@ pub(crate) enum StepLogits {
     Host(Vec<Vec<f32>>),
     /// Only the greedy token of each row (on a GPU the argmax runs there).
     Greedy(Vec<u32>),
+    /// Only each row's token, drawn by the device sampler (`StepMode::Sampled`).
+    Sampled(Vec<u32>),
 }
 
 impl StepLogits {
-    /// The greedy token of the last row of `range`, when this step samples it.
-    pub fn greedy_last(&self, s: &ScheduledRequest, range: &Range<usize>) -> Option<u32> {
+    /// The token of the last row of `range`, when this step samples it: the greedy one, or
+    /// the device sampler's draw.
+    pub fn last_token(&self, s: &ScheduledRequest, range: &Range<usize>) -> Option<u32> {
         if !s.samples || range.is_empty() {
             return None;
         }
         match self {
-            Self::Greedy(ids) => ids.get(range.end - 1).copied(),
+            Self::Greedy(ids) | Self::Sampled(ids) => ids.get(range.end - 1).copied(),
             Self::Host(rows) => rows.get(range.end - 1).map(|r| crate::sampling::argmax(r)),
         }
     }
 }
 
-/// Executes the scheduled step `out`: logits rows to the host when `host_logits`, else only
-/// greedy ids; `choose(request, scheduled, its rows, logits)` gives each request's choice (or
+/// Where a step's tokens are chosen.
+pub(crate) enum StepMode<'a> {
+    /// Logits rows to the host (each request chooses there).
+    Host,
+    /// Only greedy ids (plain greedy requests).
+    Greedy,
+    /// Each sampling row drawn away from the host as its request's spec says.
+    Sampled(&'a (dyn Fn(&Request) -> SampleSpec + Sync)),
+}
+
+/// Executes the scheduled step `out`: logits rows to the host, greedy ids or the device
+/// sampler's draws as `mode` says; `choose(request, scheduled, its rows, logits)` gives each request's choice (or
 /// none), `token` its token id (if it sampled one). With host logits the requests choose in parallel (rayon:
 /// each choice depends only on its own request, so the results do not depend on the
 /// threads). Returns the scheduler's events (new tokens, finishes) and the choices.
@@ -40,18 +54,31 @@ pub(crate) fn execute_step<C: Send>(
     scheduler: &mut Scheduler,
     runner: &mut ModelRunner<'_>,
     out: &SchedulerOutput,
-    host_logits: bool,
+    mode: StepMode<'_>,
     choose: impl Fn(&Request, &ScheduledRequest, Range<usize>, &StepLogits) -> Option<C> + Sync,
     token: impl Fn(&C) -> Option<u32>,
 ) -> Result<(Vec<StepEvent>, Vec<(RequestId, C)>)> {
     use rayon::prelude::*;
     let (batch, rows) = scheduler.build_batch(out);
-    let logits = if host_logits {
-        StepLogits::Host(runner.execute(&batch)?.to_vec2::<f32>()?)
-    } else {
-        StepLogits::Greedy(runner.execute_greedy(&batch)?)
-    };
     let sched = &*scheduler;
+    let logits = match mode {
+        StepMode::Host => StepLogits::Host(runner.execute(&batch)?.to_vec2::<f32>()?),
+        StepMode::Greedy => StepLogits::Greedy(runner.execute_greedy(&batch)?),
+        StepMode::Sampled(spec) => {
+            // One spec per logits row: a sampling request's last row, argmax elsewhere.
+            let mut specs = Vec::with_capacity(rows.last().map_or(0, |r| r.end));
+            for (s, range) in out.scheduled.iter().zip(&rows) {
+                for row in range.clone() {
+                    let last = s.samples && row + 1 == range.end;
+                    specs.push(match sched.request(s.id) {
+                        Some(req) if last => spec(req),
+                        _ => SampleSpec::unused(),
+                    });
+                }
+            }
+            StepLogits::Sampled(runner.execute_sampled(&batch, &specs)?)
+        }
+    };
     let one = |(s, range): (&ScheduledRequest, Range<usize>)| {
         sched
             .request(s.id)

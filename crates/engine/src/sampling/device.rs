@@ -5,20 +5,13 @@
 use candle_core::{DType, Storage, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::select::{RowDraw, TokenAdjust};
+use super::select::SampleSpec;
 use crate::cuda::{contiguous_view, launch_config, sampling_module};
 use crate::error::{EngineError, Result};
 
-/// One row to sample: its draw and its processing entries (`select::token_adjustments`).
-#[derive(Debug, Clone)]
-pub struct DeviceRow {
-    pub draw: RowDraw,
-    pub adjust: Vec<TokenAdjust>,
-}
-
 /// The chosen id of each row of `logits` (`[rows, vocab]`, any float type, on a CUDA
 /// device); `rows` has one entry per logits row.
-pub fn sample_on_device(logits: &Tensor, rows: &[DeviceRow]) -> Result<Vec<u32>> {
+pub fn sample_on_device(logits: &Tensor, rows: &[SampleSpec]) -> Result<Vec<u32>> {
     let (n, vocab) = logits.dims2()?;
     if rows.len() != n || n == 0 {
         return Err(EngineError::Shape(format!(

@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::device::{sample_on_device, DeviceRow};
-use super::select::{token_adjustments, RowDraw};
+use super::device::sample_on_device;
+use super::select::{RowDraw, SampleSpec};
 use super::{draw_uniform, sample_token, SamplingParams};
 use crate::error::Result;
 use crate::instrument::CheckRow;
@@ -72,16 +72,7 @@ fn compare(dev: &Device, dt: DType, alone: bool) -> Result<(bool, String)> {
             .collect();
         let seed = 1000 + i as u64;
         want.push(sample_token(&mut row.clone(), &p, &prompt, &output, &stop, seed).token);
-        specs.push(DeviceRow {
-            draw: RowDraw {
-                temperature: p.temperature,
-                top_k: p.top_k as u32,
-                top_p: p.top_p,
-                min_p: p.min_p,
-                u: draw_uniform(seed, output.len() as u64),
-            },
-            adjust: token_adjustments(&p, &prompt, &output, &stop, vocab),
-        });
+        specs.push(SampleSpec::new(&p, (&prompt, &output), &stop, seed, vocab));
     }
     let on_dev = host.to_device(dev)?;
     let got: Vec<u32> = if alone {
@@ -120,8 +111,8 @@ fn timing(dev: &Device, rows: usize, vocab: usize) -> Result<String> {
         dev,
     )?
     .affine(6.0, 0.0)?;
-    let specs: Vec<DeviceRow> = (0..rows)
-        .map(|i| DeviceRow {
+    let specs: Vec<SampleSpec> = (0..rows)
+        .map(|i| SampleSpec {
             draw: RowDraw {
                 temperature: 0.8,
                 top_k: 0,

@@ -14,7 +14,7 @@ pub mod select;
 mod stop;
 
 #[cfg(feature = "cuda")]
-pub use device::{sample_on_device, DeviceRow};
+pub use device::sample_on_device;
 #[cfg(feature = "cuda")]
 pub use device_checks::sampling_checks;
 pub use logits::{argmax, log_softmax_rows};

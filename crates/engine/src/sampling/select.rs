@@ -121,6 +121,66 @@ pub struct RowDraw {
     pub u: f64,
 }
 
+/// One logits row to sample away from the host's copy of it: its draw and its
+/// processing entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSpec {
+    pub draw: RowDraw,
+    pub adjust: Vec<TokenAdjust>,
+}
+
+impl SampleSpec {
+    /// What `sample_token(row, p, prompt, output, stop_ids, seed)` does to a row of `vocab`.
+    pub fn new(
+        p: &SamplingParams,
+        (prompt, output): (&[u32], &[u32]),
+        stop_ids: &[u32],
+        seed: u64,
+        vocab: usize,
+    ) -> Self {
+        Self {
+            draw: RowDraw {
+                temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+                top_k: p.top_k.min(u32::MAX as usize) as u32,
+                top_p: p.top_p,
+                min_p: p.min_p,
+                u: super::draw_uniform(seed, output.len() as u64),
+            },
+            adjust: token_adjustments(p, prompt, output, stop_ids, vocab),
+        }
+    }
+
+    /// A row nobody samples (a prompt row in the step): its argmax, unprocessed.
+    pub fn unused() -> Self {
+        Self {
+            draw: RowDraw {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                u: 0.0,
+            },
+            adjust: Vec::new(),
+        }
+    }
+
+    /// The row's token, computed here (the CPU form of the device sampler).
+    pub fn select(&self, logits: &mut [f32]) -> u32 {
+        for a in &self.adjust {
+            if let Some(l) = logits.get_mut(a.token as usize) {
+                *l = adjust_logit(*l, a);
+            }
+        }
+        select_token(logits, &self.draw)
+    }
+}
+
+/// Whether a request's tokens can be drawn away from the host (on the GPU): nothing in it
+/// reads the logits row on the host (log-probs, a grammar's mask).
+pub fn device_samplable(p: &SamplingParams) -> bool {
+    p.logprobs.is_none() && p.prompt_logprobs.is_none() && p.structured.is_none()
+}
+
 /// The minimal key `t <= bound` among `cands` (key, probability) whose best-first prefix
 /// (every candidate with key <= t) has a (count, mass) meeting `pred` (monotone in t);
 /// `None` when even the whole prefix up to `bound` does not.

@@ -112,6 +112,43 @@ impl<'m> ModelRunner<'m> {
         Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
     }
 
+    /// Each logits row's token drawn as `specs` say (one per row), away from the host's copy
+    /// of the rows: on a GPU by the device sampler (only ids cross to the host); on the CPU
+    /// by the same algorithm here.
+    pub fn execute_sampled(
+        &mut self,
+        batch: &FlatBatch,
+        specs: &[crate::sampling::select::SampleSpec],
+    ) -> Result<Vec<u32>> {
+        let logits = self.execute(batch)?;
+        if logits.device().is_cpu() {
+            let mut rows = logits.to_vec2::<f32>()?;
+            if rows.len() != specs.len() {
+                return Err(EngineError::Shape(format!(
+                    "{} sampling specs for {} logits rows",
+                    specs.len(),
+                    rows.len()
+                )));
+            }
+            return Ok(rows
+                .iter_mut()
+                .zip(specs)
+                .map(|(r, s)| s.select(r))
+                .collect());
+        }
+        #[cfg(feature = "cuda")]
+        return crate::sampling::sample_on_device(&logits, specs);
+        #[allow(unreachable_code)]
+        Err(EngineError::Unavailable(
+            "device sampling needs a build with feature cuda".into(),
+        ))
+    }
+
+    /// Logits per row.
+    pub fn vocab_size(&self) -> usize {
+        self.model.config.vocab_size
+    }
+
     pub fn block_size(&self) -> usize {
         self.attn.layout().block_size
     }

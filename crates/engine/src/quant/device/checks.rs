@@ -93,7 +93,7 @@ fn check_one(dev: &Device, ty: DeviceQuantType, dt: DType, m: usize) -> Result<(
     let dense = dense_reference(ty, &raw, &xs, (m, n, k))?;
     let e_dense = rel_err(&got, &dense);
     let out_tol = if dt == DType::F32 { 1e-4 } else { 1e-2 };
-    if m > super::QMV_MAX_ROWS {
+    if m > super::QMV_LOOP_ROWS {
         return Ok((
             e_dense <= out_tol,
             format!(
@@ -136,13 +136,13 @@ fn read_rate(dev: &Device, ty: DeviceQuantType, m: usize) -> Result<String> {
     ))
 }
 
-/// Every type × f32/bf16 × 1, 3, 8 (decode kernel) and 20 rows (dequantize + cuBLAS), then
-/// the decode kernel's read rate per type at 1 and 8 rows.
+/// Every type × f32/bf16/f16 × 1, 3, 8, 20 (decode kernel, in launches of 8 rows) and 40
+/// rows (dequantize + cuBLAS), then the decode kernel's read rate per type at 1 and 8 rows.
 pub fn quant_matmul_checks(dev: &Device) -> Vec<CheckRow> {
     let mut rows = Vec::new();
     for ty in DeviceQuantType::ALL {
-        for dt in [DType::F32, DType::BF16] {
-            for m in [1usize, 3, 8, 20] {
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            for m in [1usize, 3, 8, 20, 40] {
                 rows.push(CheckRow::from_result(
                     format!("quant matmul {} {dt:?} m{m} n1031 k2048", ty.kernel_name()),
                     check_one(dev, ty, dt, m),

@@ -1,6 +1,7 @@
 //! GGUF blocks on a CUDA device and their matmul (kernels/quant_matmul.cu): up to
-//! [`QMV_MAX_ROWS`] activation rows through the 8-bit dot-product kernel, more rows through
-//! the weight dequantized to the activation type and cuBLAS.
+//! [`QMV_LOOP_ROWS`] activation rows through the 8-bit dot-product kernel (launches of
+//! [`QMV_MAX_ROWS`]), more rows through slices of the weight dequantized to the activation
+//! type and cuBLAS (a prefill path until an int8 tensor-core kernel exists).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::{CudaDType, CudaStorage};
@@ -14,8 +15,17 @@ use crate::cuda::{
 };
 use crate::error::{EngineError, Result};
 
-/// Activation rows the decode kernel takes (a step's rows beyond this go to cuBLAS).
+/// Activation rows one decode kernel launch takes.
 pub const QMV_MAX_ROWS: usize = 8;
+
+/// Rows up to which the decode kernel runs in launches of [`QMV_MAX_ROWS`] (each reads the
+/// weight once); more rows dequantize the weight for cuBLAS's tensor cores.
+pub const QMV_LOOP_ROWS: usize = 32;
+
+/// Bytes of dequantized weight a matmul holds at once: the weight is dequantized and
+/// multiplied in slices of its rows (an 8B output head would otherwise need 1 GB of bf16
+/// inside a decode step, and inside a captured CUDA graph).
+const DEQUANT_SLICE_BYTES: usize = 64 << 20;
 
 /// A `[n, k]` weight in GGUF blocks of `ty` on the device.
 pub struct CudaQuantWeight {
@@ -66,17 +76,36 @@ impl CudaQuantWeight {
                 self.k
             )));
         }
-        let x = x.contiguous()?;
-        if m <= QMV_MAX_ROWS {
-            return Ok(x.apply_op1_no_bwd(&QuantMatVec(self))?);
+        if m == 0 {
+            return Ok(Tensor::zeros((0, self.n), x.dtype(), x.device())?);
         }
-        let w = self.dequantize(&x)?;
-        Ok(x.matmul(&w.t()?)?)
+        let x = x.contiguous()?;
+        if m <= QMV_LOOP_ROWS {
+            let parts = (0..m)
+                .step_by(QMV_MAX_ROWS)
+                .map(|r| {
+                    let rows = x.narrow(0, r, QMV_MAX_ROWS.min(m - r))?;
+                    Ok(rows.apply_op1_no_bwd(&QuantMatVec(self))?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&parts, 0)?);
+        }
+        let per_slice =
+            (DEQUANT_SLICE_BYTES / (self.k * x.dtype().size_in_bytes())).max(64) / 64 * 64;
+        let parts = (0..self.n)
+            .step_by(per_slice)
+            .map(|n0| {
+                let w = self.dequantize(&x, n0..self.n.min(n0 + per_slice))?;
+                Ok(x.matmul(&w.t()?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
-    /// The weight as a dense `[n, k]` tensor of `like`'s type (on its device).
-    pub fn dequantize(&self, like: &Tensor) -> Result<Tensor> {
-        Ok(like.apply_op1_no_bwd(&Dequantize(self))?)
+    /// Rows `rows` of the weight as a dense `[rows, k]` tensor of `like`'s type (on its
+    /// device).
+    pub fn dequantize(&self, like: &Tensor, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        Ok(like.apply_op1_no_bwd(&Dequantize(self, rows))?)
     }
 }
 
@@ -115,19 +144,26 @@ cuda_only_op!(CustomOp1 for QuantMatVec<'_>, "quant_matvec", |op, s, l| {
     by_float_type!(s.dtype(), "quant_matvec", T => op.run::<T>((s, l)))
 });
 
-/// The weight dequantized to the input's type (the input only gives the type and device).
-struct Dequantize<'a>(&'a CudaQuantWeight);
+/// Rows of the weight dequantized to the input's type (the input only gives the type and
+/// device).
+struct Dequantize<'a>(&'a CudaQuantWeight, std::ops::Range<usize>);
 
 impl Dequantize<'_> {
     fn run<T: KernelType + CudaDType>(&self, s: &CudaStorage) -> OpResult {
-        let w = self.0;
+        let (w, rows) = (self.0, &self.1);
+        if rows.start >= rows.end || rows.end > w.n {
+            return Err(cuda_err("dequantize: rows outside the weight"));
+        }
+        let n = rows.len();
         let name = format!("dequantize_{}_{}", w.ty.kernel_name(), T::SUFFIX);
-        let mut launch = OpLaunch::<T>::new(s, quant_module, &name, w.n * w.k)?;
-        let (n_i, k_i) = (w.n as i32, w.k as i32);
-        let chunks = w.n * w.k / 32;
+        let mut launch = OpLaunch::<T>::new(s, quant_module, &name, n * w.k)?;
+        let row_bytes = w.ty.weight_bytes(1, w.k);
+        let data = w.data.slice(rows.start * row_bytes..rows.end * row_bytes);
+        let (n_i, k_i) = (n as i32, w.k as i32);
+        let chunks = n * w.k / 32;
         let cfg = launch_config((chunks.div_ceil(128) as u32, 1, 1), 128);
-        launch_op!(launch, cfg, &w.data, &mut launch.out, &n_i, &k_i)?;
-        Ok(launch.finish((w.n, w.k)))
+        launch_op!(launch, cfg, &data, &mut launch.out, &n_i, &k_i)?;
+        Ok(launch.finish((n, w.k)))
     }
 }
 

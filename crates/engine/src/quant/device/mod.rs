@@ -17,4 +17,4 @@ pub use chunks::{dot as chunk_dot, quantize_q8_1, unpack as unpack_chunk};
 pub use from_floats::{device_type, quantize_gguf};
 pub use layout::{random_blocks, DeviceQuantType};
 #[cfg(feature = "cuda")]
-pub use matmul::{CudaQuantWeight, QMV_MAX_ROWS};
+pub use matmul::{CudaQuantWeight, QMV_LOOP_ROWS, QMV_MAX_ROWS};
