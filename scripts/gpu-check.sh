@@ -111,6 +111,15 @@ if [ -z "${SKIP_8B:-}" ]; then
     row "ferrolm throughput $1x$2/$3" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
     row "  steps" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
     grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
+    # Temperature 0.8 / top-p 0.95 on every request: drawn on the host (every logits row
+    # copied back), then by the device sampler (FERROLM_DEVICE_SAMPLER=1).
+    for ds in 0 1; do
+      echo "== the same, sampled (temperature 0.8, top-p 0.95), FERROLM_DEVICE_SAMPLER=$ds"
+      FERROLM_DEVICE_SAMPLER=$ds timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
+        --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 --temperature 0.8 --top-p 0.95 \
+        --output-json "$OUTD/throughput-sampled$ds-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
+      row "ferrolm throughput $1x$2/$3 t0.8 p0.95 dev$ds" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+    done
     for q in ${TP_QUANTS:-${QUANTS:-q4_k q8_0}}; do
       [ "$q" = none ] && continue
       echo "== the same with dummy $q blocks"

@@ -14,6 +14,8 @@ mod step;
 pub use self::core::EngineCore;
 pub use handle::EngineHandle;
 pub use kv_sizing::kv_blocks;
-pub use offline::{generate_offline, greedy_generate, random_prompts, Generation, OfflineReport};
+pub use offline::{
+    generate_offline, greedy_generate, random_prompts, Generation, OfflineReport, OfflineSampling,
+};
 pub use output::{RequestOutput, Usage};
 pub use stats::EngineStats;

@@ -11,11 +11,12 @@ use crate::kv_cache::KvCacheManager;
 use crate::lcg::lcg_next;
 use crate::model::LlamaModel;
 use crate::request::{FinishReason, Request};
-use crate::sampling::SamplingParams;
+use crate::sampling::select::SampleSpec;
+use crate::sampling::{sample_token, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::worker::{compute_pool, ModelRunner};
 
-use super::step::{execute_step, StepMode};
+use super::step::{execute_step, StepLogits, StepMode};
 
 /// What an offline run did, with its wall time and each step's.
 #[derive(Debug, Clone, Default)]
@@ -74,8 +75,22 @@ impl OfflineReport {
     }
 }
 
-/// Runs every prompt to `output_len` new tokens (CUDA graphs unless `enforce_eager`);
-/// returns the report and each request's generated ids (in prompt order).
+/// Sampling for an offline run (`bench throughput --temperature ...`): every request drawn
+/// with these cuts and its own seed (its index), on the host or by the device sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OfflineSampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    /// Draw on the GPU (the device sampler; on the CPU its algorithm), else on the host.
+    pub device_sampler: bool,
+}
+
+/// Runs every prompt to `output_len` new tokens (CUDA graphs unless `enforce_eager`),
+/// greedy or with `sampling`; returns the report and each request's generated ids (in
+/// prompt order).
+#[allow(clippy::too_many_arguments)]
 pub fn generate_offline(
     model: &LlamaModel,
     config: SchedulerConfig,
@@ -84,21 +99,35 @@ pub fn generate_offline(
     prompts: &[Vec<u32>],
     output_len: usize,
     enforce_eager: bool,
+    sampling: Option<OfflineSampling>,
 ) -> Result<(OfflineReport, Vec<Vec<u32>>)> {
     if output_len == 0 {
         return Err(EngineError::InvalidRequest(
             "output_len must be positive".into(),
         ));
     }
-    let params = SamplingParams {
+    let mut params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(output_len)
     };
+    if let Some(s) = sampling {
+        params = SamplingParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            min_p: s.min_p,
+            ..params
+        };
+        params.check(model.config.vocab_size)?;
+    }
     let cache = CacheShape {
         num_blocks,
         block_size,
     };
-    let mode = Mode::Bench { enforce_eager };
+    let mode = Mode::Bench {
+        enforce_eager,
+        device_sampler: sampling.is_some_and(|s| s.device_sampler),
+    };
     let run = run_greedy(model, (config, cache), prompts, &params, mode)?;
     let report = OfflineReport {
         num_requests: prompts.len(),
@@ -190,8 +219,12 @@ pub fn greedy_generate(
 #[derive(Debug, Clone, Copy)]
 enum Mode<'a> {
     /// As the benches measure: prefix caching on, the argmax where the logits are (the GPU's
-    /// on a GPU), CUDA graphs unless `enforce_eager`, no stop tokens.
-    Bench { enforce_eager: bool },
+    /// on a GPU), CUDA graphs unless `enforce_eager`, no stop tokens; sampled requests drawn
+    /// on the host, or by the device sampler when `device_sampler`.
+    Bench {
+        enforce_eager: bool,
+        device_sampler: bool,
+    },
     /// As the goldens' reference: no prefix caching, eager, the argmax on the host, each
     /// sequence stopped at one of `stop_ids`.
     Reference { stop_ids: &'a [u32] },
@@ -225,10 +258,15 @@ fn run_greedy(
     params: &SamplingParams,
     mode: Mode<'_>,
 ) -> Result<GreedyRun> {
-    let (enforce_eager, reference, stop_ids) = match mode {
-        Mode::Bench { enforce_eager } => (enforce_eager, false, &[][..]),
-        Mode::Reference { stop_ids } => (true, true, stop_ids),
+    let (enforce_eager, reference, stop_ids, device_sampler) = match mode {
+        Mode::Bench {
+            enforce_eager,
+            device_sampler,
+        } => (enforce_eager, false, &[][..], device_sampler),
+        Mode::Reference { stop_ids } => (true, true, stop_ids, false),
     };
+    let sampled = !params.is_greedy();
+    let vocab = model.config.vocab_size;
     compute_pool().install(|| {
         let mut runner = ModelRunner::new(model, cache.num_blocks, cache.block_size)?;
         let eager = enforce_eager;
@@ -244,8 +282,15 @@ fn run_greedy(
         model.device().synchronize()?;
         let started = Instant::now();
         for (i, p) in prompts.iter().enumerate() {
-            sched.add_request(Request::new(i as u64, p.clone(), params.clone()))?;
+            // Each request seeded by its index: a sampled run draws the same tokens each time.
+            let mut r = Request::new(i as u64, p.clone(), params.clone());
+            r.seed = i as u64;
+            sched.add_request(r)?;
         }
+        let spec = |req: &Request| {
+            let (prompt, output) = req.tokens.split_at(req.prompt_len);
+            SampleSpec::new(&req.params, (prompt, output), &[], req.seed, vocab)
+        };
         let mut run = GreedyRun {
             outputs: vec![Vec::with_capacity(params.max_tokens); prompts.len()],
             secs: 0.0,
@@ -266,12 +311,22 @@ fn run_greedy(
                 &mut sched,
                 &mut runner,
                 &out,
-                if reference {
-                    StepMode::Host
-                } else {
-                    StepMode::Greedy
+                match (reference, sampled, device_sampler) {
+                    (true, _, _) | (false, true, false) => StepMode::Host,
+                    (false, false, _) => StepMode::Greedy,
+                    (false, true, true) => StepMode::Sampled(&spec),
                 },
-                |_, s, range, l| l.last_token(s, &range),
+                |req, s, range, l| match l {
+                    StepLogits::Host(rows) if sampled && s.samples && !range.is_empty() => {
+                        let (prompt, output) = req.tokens.split_at(req.prompt_len);
+                        let mut row = rows[range.end - 1].clone();
+                        Some(
+                            sample_token(&mut row, &req.params, prompt, output, &[], req.seed)
+                                .token,
+                        )
+                    }
+                    _ => l.last_token(s, &range),
+                },
                 |t| Some(*t),
             )?;
             for ev in events {
@@ -328,7 +383,7 @@ mod tests {
         };
         // Together, with chunked prefill (budget 40 < 6 x 23 prompt tokens).
         let (rep, together) =
-            generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9, false).unwrap();
+            generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9, false, None).unwrap();
         assert_eq!(rep.output_tokens, 6 * 9);
         assert_eq!(rep.prompt_tokens, 6 * 23);
         assert!(together.iter().all(|o| o.len() == 9));
@@ -347,12 +402,27 @@ mod tests {
                 std::slice::from_ref(p),
                 9,
                 false,
+                None,
             )
             .unwrap();
             assert_eq!(&alone[0], want);
         }
         // Random weights still give a prompt-dependent answer (no constant output).
         assert!(together.iter().any(|o| o != &together[0]));
+        // Sampled (each request seeded by its index): the host sampler and the device
+        // sampler's algorithm draw the same tokens, not the greedy ones.
+        let sampling = |device_sampler| OfflineSampling {
+            temperature: 1.5,
+            top_p: 0.95,
+            top_k: 0,
+            min_p: 0.0,
+            device_sampler,
+        };
+        let run = |s| generate_offline(&model, cfg(6, 40), 64, 16, &prompts, 9, false, Some(s));
+        let (_, host) = run(sampling(false)).unwrap();
+        let (_, device) = run(sampling(true)).unwrap();
+        assert_eq!(host, device);
+        assert_ne!(host, together);
     }
 
     #[test]
@@ -392,8 +462,8 @@ mod tests {
             max_model_len: 128,
             max_batch_prefill_tokens: None,
         };
-        let (_, x) = generate_offline(&a, c.clone(), 8, 16, &p, 5, false).unwrap();
-        let (_, y) = generate_offline(&b, c, 8, 16, &p, 5, false).unwrap();
+        let (_, x) = generate_offline(&a, c.clone(), 8, 16, &p, 5, false, None).unwrap();
+        let (_, y) = generate_offline(&b, c, 8, 16, &p, 5, false, None).unwrap();
         assert_eq!(x, y);
     }
 }

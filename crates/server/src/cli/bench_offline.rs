@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ferrolm_engine::config::EngineConfig;
-use ferrolm_engine::engine::{generate_offline, kv_blocks, random_prompts, OfflineReport};
+use ferrolm_engine::engine::{
+    generate_offline, kv_blocks, random_prompts, OfflineReport, OfflineSampling,
+};
 use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::default_model_path;
 use ferrolm_engine::loader::load_bench_model;
@@ -70,6 +72,15 @@ pub struct ThroughputArgs {
     pub input_len: usize,
     #[arg(long, default_value_t = 128)]
     pub output_len: usize,
+    /// Sample every request at this temperature (each seeded by its index; 0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -223,6 +234,14 @@ pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> 
     );
     let s = setup(&a.model, a.input_len + a.output_len, switches)?;
     let vocab = s.model.config.vocab_size as u32;
+    // Drawn on the host, or by the device sampler with FERROLM_DEVICE_SAMPLER=1.
+    let sampling = (a.temperature > 0.0).then_some(OfflineSampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        min_p: a.min_p,
+        device_sampler: switches.engine.device_sampler,
+    });
     let prompts = random_prompts(
         a.num_prompts,
         a.input_len,
@@ -246,6 +265,7 @@ pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> 
         &warm,
         4,
         s.enforce_eager,
+        sampling,
     )?;
     let (r, _) = generate_offline(
         &s.model,
@@ -255,6 +275,7 @@ pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> 
         &prompts,
         a.output_len,
         s.enforce_eager,
+        sampling,
     )?;
     let res = ThroughputResult {
         device: s.device.clone(),
@@ -324,6 +345,7 @@ pub fn latency(a: LatencyArgs, switches: &Switches) -> anyhow::Result<()> {
             &prompts,
             a.output_len,
             s.enforce_eager,
+            None,
         )?
         .0)
     };
