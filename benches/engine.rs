@@ -110,7 +110,7 @@ fn quant_matmul(c: &mut Criterion) {
             // Weight bytes read per call (the figure a decode step is bound by).
             let bytes = match &w {
                 QuantLinear::Own { w, .. } => w.size_bytes(),
-                QuantLinear::Candle(_) => 0,
+                _ => 0,
             };
             g.throughput(Throughput::Bytes(bytes as u64));
             g.bench_with_input(BenchmarkId::new(name, rows), &x, |b, x| {

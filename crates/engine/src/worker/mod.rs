@@ -9,6 +9,6 @@ mod teacher_forced;
 
 #[cfg(feature = "cuda")]
 pub use graphs::DecodeGraphs;
-pub use pool::{available_cores, compute_pool};
+pub use pool::{available_cores, compute_pool, WarmWorkers};
 pub use runner::ModelRunner;
 pub use teacher_forced::teacher_forced_logprobs;

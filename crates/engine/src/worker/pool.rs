@@ -21,3 +21,61 @@ pub fn available_cores() -> usize {
         .map(|n| n.get())
         .unwrap_or(1)
 }
+
+/// While held, the compute pool's other workers poll for work instead of going to sleep: a
+/// parallel region that starts more than a few microseconds after the last one otherwise
+/// pays a futex wake-up (about 10 us on these VMs, measured: `rayon::join` of 2 x 1 us took
+/// 2 us after a 5 us gap and 13 us after a 50 us one), and a CPU decode step has ~150 such
+/// regions between its serial ops. Held for a step, as llama.cpp's threads spin between ops.
+pub struct WarmWorkers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WarmWorkers {
+    /// From inside the compute pool with other workers to keep; `None` otherwise, or when
+    /// they do not start polling within 200 us (busy elsewhere: a test's second engine).
+    ///
+    /// The pollers must be running before the step pushes any job: a poller that a worker
+    /// picked up while waiting inside one of the step's jobs would sit on top of that job
+    /// until the step ends, and the step would wait for the job (a deadlock, seen). So each
+    /// poller says when it runs, and one that starts after this returned (its stop already
+    /// set) exits at once.
+    pub fn start() -> Option<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let me = rayon::current_thread_index()?;
+        let others = rayon::current_num_threads()
+            .checked_sub(1)
+            .filter(|&n| n > 0)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicUsize::new(0));
+        let (s, st) = (stop.clone(), started.clone());
+        rayon::spawn_broadcast(move |ctx| {
+            if ctx.index() == me || s.load(Ordering::Acquire) {
+                return;
+            }
+            st.fetch_add(1, Ordering::AcqRel);
+            // Runs the jobs the step pushes (yield_now takes them), spins between them.
+            while !s.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let t = std::time::Instant::now();
+        while started.load(Ordering::Acquire) < others {
+            if t.elapsed() > std::time::Duration::from_micros(200) {
+                stop.store(true, Ordering::Release);
+                return None;
+            }
+            std::hint::spin_loop();
+        }
+        Some(Self { stop })
+    }
+}
+
+impl Drop for WarmWorkers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
