@@ -11,6 +11,9 @@
 //   sum meets the condition fixes them; a bucket of one candidate ends the search.
 //   Probabilities are f64, exp((l - max) / T) / z as the CPU computes them; sums run in
 //   parallel, so a draw differs from the CPU's only within ~1e-15 of a boundary.
+// sampling_logprobs: one CTA per row that asks for log-probs, on the raw logits (before any
+//   processing, as vLLM reports them): the chosen token's log-prob and rank, and the k best
+//   tokens (found by the same search), unordered (the host sorts at most k of them).
 #include "common.cuh"
 #include <float.h>
 
@@ -274,4 +277,63 @@ extern "C" __global__ void __launch_bounds__(SEL_THREADS)
   u64 t;
   if (!search(row, vocab, &sm, cut, MASS_GT, u[r] * mass, &t, s)) t = cut;
   if (threadIdx.x == 0) out[r] = (int)(unsigned)t;
+}
+
+// The raw row's log-probs: lp(x) = (x - lse) in f32 with lse = max + ln(sum exp(x - max)) (f64
+// normaliser, `x - max` in f32), as `log_softmax_in_place`. Rows with want_k < 0 are skipped.
+extern "C" __global__ void __launch_bounds__(SEL_THREADS)
+    sampling_logprobs(const float* __restrict__ raw, int vocab, const int* __restrict__ want_k,
+                      const int* __restrict__ chosen, int kmax, float* __restrict__ chosen_lp,
+                      int* __restrict__ rank, int* __restrict__ top_ids,
+                      float* __restrict__ top_lp, int* __restrict__ top_n) {
+  __shared__ SelShared s;
+  __shared__ int s_n;
+  const int r = blockIdx.x;
+  const int k = want_k[r];
+  if (k < 0) return;  // uniform for the CTA
+  const float* row = raw + (int64_t)r * vocab;
+  u64 best = ~0ull;
+  for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+    const float l = row[i];
+    if (!isnan(l)) {
+      const u64 key = order_key(l, i);
+      best = key < best ? key : best;
+    }
+  }
+  best = block_min_u64(best, s);
+  const float max = best == ~0ull ? -INFINITY : row[(unsigned)best];
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) sum += exp((double)(row[i] - max));
+  sum = block_sum_f64(sum, s);
+  const double lse = (double)max + log(sum);
+  const int c = chosen[r];
+  const float lpc = (c >= 0 && c < vocab) ? (float)((double)row[c] - lse) : -INFINITY;
+  u64 above = 0;
+  for (int i = threadIdx.x; i < vocab; i += SEL_THREADS)
+    if ((float)((double)row[i] - lse) > lpc) above += 1;
+  above = block_sum_u64(above, s);
+  if (threadIdx.x == 0) {
+    chosen_lp[r] = lpc;
+    rank[r] = (int)(1 + above);
+    s_n = 0;
+  }
+  __syncthreads();
+  const int want = min(k, kmax);
+  u64 t = ~0ull;
+  if (want > 0) {
+    // The want-th best finite key (all finite ones when there are fewer).
+    if (!search(row, vocab, nullptr, ~0ull, COUNT_GE, (double)want, &t, s)) t = ~0ull;
+    for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+      const float l = row[i];
+      if (isfinite(l) && order_key(l, i) <= t) {
+        const int slot = atomicAdd(&s_n, 1);
+        if (slot < kmax) {
+          top_ids[(int64_t)r * kmax + slot] = i;
+          top_lp[(int64_t)r * kmax + slot] = (float)((double)l - lse);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) top_n[r] = want > 0 ? min(s_n, kmax) : 0;
 }

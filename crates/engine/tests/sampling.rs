@@ -255,8 +255,9 @@ fn invalid_sampling_parameters_are_refused() {
 
 /// FERROLM_DEVICE_SAMPLER's path (on the CPU: the device sampler's algorithm over the step's
 /// rows, each request's processing as per-token entries) gives every seeded request the
-/// tokens the host path gives it: penalties, bias, min_tokens, every cut, greedy rows in the
-/// same steps, and a log-probs request that sends its steps back to the host path.
+/// tokens and log-probs the host path gives it: penalties, bias, min_tokens, every cut,
+/// log-probs, greedy rows in the same steps, and a prompt log-probs request that sends its
+/// steps back to the host path.
 #[test]
 fn the_device_sampler_path_draws_what_the_host_path_draws() {
     let start_with = |device_sampler: bool| {
@@ -301,21 +302,22 @@ fn the_device_sampler_path_draws_what_the_host_path_draws() {
                 top_p: 0.5,
                 ..base
             },
-            // A short log-probs request: the steps it is in go to the host path, the later
-            // ones to the device sampler's.
+            // A short prompt log-probs request: the steps it is in go to the host path, the
+            // later ones to the device sampler's.
             _ if i == 5 => SamplingParams {
                 temperature: 0.8,
-                logprobs: Some(2),
+                prompt_logprobs: Some(2),
                 max_tokens: 3,
                 ..base
             },
             _ => SamplingParams {
                 temperature: 0.8,
+                logprobs: Some(3),
                 ..base
             },
         }
     };
-    let run_all = |engine: &EngineHandle| -> Vec<Vec<u32>> {
+    let run_all = |engine: &EngineHandle| -> Vec<(Vec<u32>, String)> {
         let rxs: Vec<_> = (0..12)
             .map(|i| {
                 engine
@@ -324,12 +326,23 @@ fn the_device_sampler_path_draws_what_the_host_path_draws() {
                     .1
             })
             .collect();
-        rxs.into_iter().map(|rx| collect(rx).tokens).collect()
+        rxs.into_iter()
+            .map(|rx| {
+                let d = collect(rx);
+                let lps: Vec<_> = d.outputs.iter().map(|o| &o.logprobs).collect();
+                (d.tokens, format!("{lps:?}"))
+            })
+            .collect()
     };
     let host = run_all(&start_with(false));
     let device = run_all(&start_with(true));
     for (i, (h, d)) in host.iter().zip(&device).enumerate() {
-        assert!(!h.is_empty());
+        assert!(!h.0.is_empty());
         assert_eq!(h, d, "request {i} ({:?})", params(i));
     }
+    assert!(
+        host[11].1.contains("rank"),
+        "no log-probs came back: {}",
+        host[11].1
+    );
 }

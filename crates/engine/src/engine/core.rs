@@ -158,7 +158,10 @@ impl<'m> EngineCore<'m> {
             mode,
             |req, s, range, logits| {
                 let StepLogits::Host(logits) = logits else {
-                    return logits.last_token(s, &range).map(Choice::token);
+                    return logits.last_token(s, &range).map(|t| Choice {
+                        logprobs: logits.last_logprobs(&range),
+                        ..Choice::token(t)
+                    });
                 };
                 let mut choice = Choice::default();
                 // Prompt log-probs: row for position p scores the prompt token at p + 1.

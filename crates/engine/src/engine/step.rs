@@ -8,6 +8,7 @@ use std::ops::Range;
 use crate::error::Result;
 use crate::request::{Request, RequestId};
 use crate::sampling::select::SampleSpec;
+use crate::sampling::TokenLogprob;
 use crate::scheduler::{ScheduledRequest, Scheduler, SchedulerOutput, StepEvent};
 use crate::worker::ModelRunner;
 
@@ -17,8 +18,9 @@ pub(crate) enum StepLogits {
     Host(Vec<Vec<f32>>),
     /// Only the greedy token of each row (on a GPU the argmax runs there).
     Greedy(Vec<u32>),
-    /// Only each row's token, drawn by the device sampler (`StepMode::Sampled`).
-    Sampled(Vec<u32>),
+    /// Only each row's token (and its log-probs where asked), drawn by the device sampler
+    /// (`StepMode::Sampled`).
+    Sampled(Vec<(u32, Option<TokenLogprob>)>),
 }
 
 impl StepLogits {
@@ -29,8 +31,17 @@ impl StepLogits {
             return None;
         }
         match self {
-            Self::Greedy(ids) | Self::Sampled(ids) => ids.get(range.end - 1).copied(),
+            Self::Greedy(ids) => ids.get(range.end - 1).copied(),
+            Self::Sampled(rows) => rows.get(range.end - 1).map(|r| r.0),
             Self::Host(rows) => rows.get(range.end - 1).map(|r| crate::sampling::argmax(r)),
+        }
+    }
+
+    /// The device sampler's log-probs for the last row of `range`, if it computed them.
+    pub fn last_logprobs(&self, range: &Range<usize>) -> Option<TokenLogprob> {
+        match self {
+            Self::Sampled(rows) if !range.is_empty() => rows.get(range.end - 1)?.1.clone(),
+            _ => None,
         }
     }
 }

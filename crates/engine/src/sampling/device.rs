@@ -6,12 +6,16 @@ use candle_core::{DType, Storage, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::select::SampleSpec;
+use super::{TokenLogprob, MAX_LOGPROBS};
 use crate::cuda::{contiguous_view, launch_config, sampling_module};
 use crate::error::{EngineError, Result};
 
 /// The chosen id of each row of `logits` (`[rows, vocab]`, any float type, on a CUDA
-/// device); `rows` has one entry per logits row.
-pub fn sample_on_device(logits: &Tensor, rows: &[SampleSpec]) -> Result<Vec<u32>> {
+/// device), with its log-probs where the row's spec asks; `rows` has one entry per row.
+pub fn sample_on_device(
+    logits: &Tensor,
+    rows: &[SampleSpec],
+) -> Result<Vec<(u32, Option<TokenLogprob>)>> {
     let (n, vocab) = logits.dims2()?;
     if rows.len() != n || n == 0 {
         return Err(EngineError::Shape(format!(
@@ -104,6 +108,79 @@ pub fn sample_on_device(logits: &Tensor, rows: &[SampleSpec]) -> Result<Vec<u32>
         .arg(&mut out);
     // SAFETY: one CTA per row of `work`; every parameter array has `n` entries.
     unsafe { args.launch(launch_config((n as u32, 1, 1), 512)) }.map_err(e)?;
+    let logprobs = if rows.iter().any(|r| r.logprobs.is_some()) {
+        logprobs_on_device(&src, vocab, rows, &out)?
+    } else {
+        vec![None; n]
+    };
     let ids = stream.clone_dtoh(&out).map_err(e)?;
-    Ok(ids.into_iter().map(|i| i as u32).collect())
+    Ok(ids.into_iter().map(|i| i as u32).zip(logprobs).collect())
+}
+
+/// The raw rows' log-probs for the rows that ask (`sampling_logprobs`): the chosen token's
+/// log-prob and rank, and the best `k`, sorted here as `top_logprobs` sorts them.
+fn logprobs_on_device(
+    raw: &cudarc::driver::CudaView<'_, f32>,
+    vocab: usize,
+    rows: &[SampleSpec],
+    chosen: &CudaSlice<i32>,
+) -> Result<Vec<Option<TokenLogprob>>> {
+    let n = rows.len();
+    let stream = chosen.stream().clone();
+    let e = EngineError::cuda;
+    let kmax = MAX_LOGPROBS;
+    let want: Vec<i32> = rows
+        .iter()
+        .map(|r| r.logprobs.map_or(-1, |k| k.min(kmax) as i32))
+        .collect();
+    let dwant = stream.clone_htod(&want).map_err(e)?;
+    let mut clp: CudaSlice<f32> = stream.alloc_zeros(n).map_err(e)?;
+    let mut rank: CudaSlice<i32> = stream.alloc_zeros(n).map_err(e)?;
+    let mut ids: CudaSlice<i32> = stream.alloc_zeros(n * kmax).map_err(e)?;
+    let mut lps: CudaSlice<f32> = stream.alloc_zeros(n * kmax).map_err(e)?;
+    let mut count: CudaSlice<i32> = stream.alloc_zeros(n).map_err(e)?;
+    let f = sampling_module(&stream)?
+        .load_function("sampling_logprobs")
+        .map_err(e)?;
+    let (v_i, k_i) = (vocab as i32, kmax as i32);
+    let mut args = stream.launch_builder(&f);
+    args.arg(raw)
+        .arg(&v_i)
+        .arg(&dwant)
+        .arg(chosen)
+        .arg(&k_i)
+        .arg(&mut clp)
+        .arg(&mut rank)
+        .arg(&mut ids)
+        .arg(&mut lps)
+        .arg(&mut count);
+    // SAFETY: one CTA per row; the outputs hold `kmax` entries a row.
+    unsafe { args.launch(launch_config((n as u32, 1, 1), 512)) }.map_err(e)?;
+    let (tok, clp) = (
+        stream.clone_dtoh(chosen).map_err(e)?,
+        stream.clone_dtoh(&clp).map_err(e)?,
+    );
+    let rank = stream.clone_dtoh(&rank).map_err(e)?;
+    let (ids, lps) = (
+        stream.clone_dtoh(&ids).map_err(e)?,
+        stream.clone_dtoh(&lps).map_err(e)?,
+    );
+    let count = stream.clone_dtoh(&count).map_err(e)?;
+    Ok((0..n)
+        .map(|r| {
+            let k = rows[r].logprobs?;
+            let got = count[r].max(0) as usize;
+            let mut top: Vec<(u32, f32)> = (0..got)
+                .map(|j| (ids[r * kmax + j] as u32, lps[r * kmax + j]))
+                .collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            top.truncate(k);
+            Some(TokenLogprob {
+                token_id: tok[r] as u32,
+                logprob: clp[r],
+                rank: rank[r].max(1) as usize,
+                top,
+            })
+        })
+        .collect())
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::device::sample_on_device;
 use super::select::{RowDraw, SampleSpec};
-use super::{draw_uniform, sample_token, SamplingParams};
+use super::{draw_uniform, sample_token, top_logprobs, SamplingParams, TokenLogprob};
 use crate::error::Result;
 use crate::instrument::CheckRow;
 
@@ -71,11 +71,16 @@ fn compare(dev: &Device, dt: DType, alone: bool) -> Result<(bool, String)> {
             .map(|j| (j * 7 + i as u32) % 50)
             .collect();
         let seed = 1000 + i as u64;
-        want.push(sample_token(&mut row.clone(), &p, &prompt, &output, &stop, seed).token);
+        let p = SamplingParams {
+            logprobs: (i % 3 == 0).then_some(1 + i % 5),
+            ..p
+        };
+        let tok = sample_token(&mut row.clone(), &p, &prompt, &output, &stop, seed).token;
+        want.push((tok, p.logprobs.map(|k| top_logprobs(row, tok, k))));
         specs.push(SampleSpec::new(&p, (&prompt, &output), &stop, seed, vocab));
     }
     let on_dev = host.to_device(dev)?;
-    let got: Vec<u32> = if alone {
+    let got: Vec<(u32, Option<TokenLogprob>)> = if alone {
         let mut v = Vec::with_capacity(n);
         for (i, spec) in specs.iter().enumerate() {
             v.extend(sample_on_device(
@@ -87,14 +92,37 @@ fn compare(dev: &Device, dt: DType, alone: bool) -> Result<(bool, String)> {
     } else {
         sample_on_device(&on_dev, &specs)?
     };
-    let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
-    let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+    // Log-probs: the same tokens and ranks, values within 1e-5 (f64 normalisers summed in
+    // another order).
+    let lp_same = |a: &Option<TokenLogprob>, b: &Option<TokenLogprob>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.rank == b.rank
+                && (a.logprob - b.logprob).abs() <= 1e-5
+                && a.top.len() == b.top.len()
+                && a.top
+                    .iter()
+                    .zip(&b.top)
+                    .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= 1e-5)
+        }
+        _ => false,
+    };
+    let same = got.iter().zip(&want).filter(|(a, b)| a.0 == b.0).count();
+    let lp_ok = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| lp_same(&a.1, &b.1))
+        .count();
+    let first_diff = got
+        .iter()
+        .zip(&want)
+        .position(|(a, b)| a.0 != b.0 || !lp_same(&a.1, &b.1));
     Ok((
-        same == n,
+        same == n && lp_ok == n,
         format!(
-            "{same}/{n} draws equal the CPU sampler's{}",
+            "{same}/{n} draws and {lp_ok}/{n} log-probs equal the CPU's{}",
             first_diff.map_or(String::new(), |i| format!(
-                " (row {i}: gpu {} cpu {})",
+                " (row {i}: gpu {:?} cpu {:?})",
                 got[i], want[i]
             ))
         ),
@@ -121,6 +149,7 @@ fn timing(dev: &Device, rows: usize, vocab: usize) -> Result<String> {
                 u: draw_uniform(i as u64, 0),
             },
             adjust: Vec::new(),
+            logprobs: None,
         })
         .collect();
     let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {

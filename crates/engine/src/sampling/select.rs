@@ -13,6 +13,7 @@
 //! Sums run in any order (on a GPU, in parallel), so a draw can differ from the CPU
 //! sampler's only when it falls within ~1e-15 of a cut or a token boundary.
 
+use super::logprobs::{top_logprobs, TokenLogprob};
 use super::params::SamplingParams;
 
 /// A token's place in the sampler's order as one u64, smaller first: the logit's bits
@@ -127,6 +128,8 @@ pub struct RowDraw {
 pub struct SampleSpec {
     pub draw: RowDraw,
     pub adjust: Vec<TokenAdjust>,
+    /// Log-probs of the chosen token and this many alternatives, from the raw row.
+    pub logprobs: Option<usize>,
 }
 
 impl SampleSpec {
@@ -147,6 +150,7 @@ impl SampleSpec {
                 u: super::draw_uniform(seed, output.len() as u64),
             },
             adjust: token_adjustments(p, prompt, output, stop_ids, vocab),
+            logprobs: p.logprobs,
         }
     }
 
@@ -161,24 +165,31 @@ impl SampleSpec {
                 u: 0.0,
             },
             adjust: Vec::new(),
+            logprobs: None,
         }
     }
 
-    /// The row's token, computed here (the CPU form of the device sampler).
-    pub fn select(&self, logits: &mut [f32]) -> u32 {
+    /// The row's token (and its log-probs, if asked), computed here: the CPU form of the
+    /// device sampler.
+    pub fn select(&self, logits: &mut [f32]) -> (u32, Option<TokenLogprob>) {
+        let raw = self.logprobs.map(|_| logits.to_vec());
         for a in &self.adjust {
             if let Some(l) = logits.get_mut(a.token as usize) {
                 *l = adjust_logit(*l, a);
             }
         }
-        select_token(logits, &self.draw)
+        let tok = select_token(logits, &self.draw);
+        let lp = raw
+            .zip(self.logprobs)
+            .map(|(r, k)| top_logprobs(&r, tok, k));
+        (tok, lp)
     }
 }
 
 /// Whether a request's tokens can be drawn away from the host (on the GPU): nothing in it
-/// reads the logits row on the host (log-probs, a grammar's mask).
+/// needs the logits rows there (prompt log-probs, a grammar's mask).
 pub fn device_samplable(p: &SamplingParams) -> bool {
-    p.logprobs.is_none() && p.prompt_logprobs.is_none() && p.structured.is_none()
+    p.prompt_logprobs.is_none() && p.structured.is_none()
 }
 
 /// The minimal key `t <= bound` among `cands` (key, probability) whose best-first prefix

@@ -119,7 +119,7 @@ impl<'m> ModelRunner<'m> {
         &mut self,
         batch: &FlatBatch,
         specs: &[crate::sampling::select::SampleSpec],
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Vec<(u32, Option<crate::sampling::TokenLogprob>)>> {
         let logits = self.execute(batch)?;
         if logits.device().is_cpu() {
             let mut rows = logits.to_vec2::<f32>()?;
