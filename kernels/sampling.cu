@@ -43,10 +43,11 @@ extern "C" __global__ void sampling_adjust(float* __restrict__ logits, int vocab
   float* p = logits + (int64_t)row[i] * vocab + token[i];
   float l = *p;
   const int f = flags[i];
-  if (f & ADJ_BIAS) l += bias[i];
-  // IEEE division (the build's fast math would approximate `/`): the CPU's bits.
-  if (f & ADJ_REP) l = l > 0.f ? __fdiv_rn(l, rep[i]) : l * rep[i];
-  if (f & ADJ_SUB) l -= sub[i];
+  // Round-to-nearest intrinsics: the build's fast math would approximate `/` and could fuse
+  // a multiply with the next subtraction; the CPU does neither.
+  if (f & ADJ_BIAS) l = __fadd_rn(l, bias[i]);
+  if (f & ADJ_REP) l = l > 0.f ? __fdiv_rn(l, rep[i]) : __fmul_rn(l, rep[i]);
+  if (f & ADJ_SUB) l = __fsub_rn(l, sub[i]);
   if (f & ADJ_MASK) l = -INFINITY;
   *p = l;
 }
@@ -85,6 +86,19 @@ __device__ u64 block_min_u64(u64 v, SelShared& s) {
   __syncthreads();
   u64 t = ~0ull;
   for (int w = 0; w < SEL_WARPS; ++w) t = s.red_u[w] < t ? s.red_u[w] : t;
+  return t;
+}
+
+__device__ u64 block_max_u64(u64 v, SelShared& s) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
+    v = x > v ? x : v;
+  }
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) s.red_u[threadIdx.x / 32] = v;
+  __syncthreads();
+  u64 t = 0;
+  for (int w = 0; w < SEL_WARPS; ++w) t = s.red_u[w] > t ? s.red_u[w] : t;
   return t;
 }
 
@@ -275,7 +289,18 @@ extern "C" __global__ void __launch_bounds__(SEL_THREADS)
     mass = block_sum_f64(m, s);
   }
   u64 t;
-  if (!search(row, vocab, &sm, cut, MASS_GT, u[r] * mass, &t, s)) t = cut;
+  if (!search(row, vocab, &sm, cut, MASS_GT, u[r] * mass, &t, s)) {
+    // The sums fell a few ulps short of the draw: the last kept candidate, as the CPU takes.
+    u64 last = 0;
+    for (int i = threadIdx.x; i < vocab; i += SEL_THREADS) {
+      const float l = row[i];
+      if (isfinite(l)) {
+        const u64 key = order_key(l, i);
+        if (key <= cut && key > last) last = key;
+      }
+    }
+    t = block_max_u64(last, s);
+  }
   if (threadIdx.x == 0) out[r] = (int)(unsigned)t;
 }
 

@@ -17,7 +17,11 @@ pub fn sample_on_device(
     rows: &[SampleSpec],
 ) -> Result<Vec<(u32, Option<TokenLogprob>)>> {
     let (n, vocab) = logits.dims2()?;
-    if rows.len() != n || n == 0 {
+    if rows.len() == n && n == 0 {
+        // A step of prefill chunks that end before their prompts: no row to sample.
+        return Ok(Vec::new());
+    }
+    if rows.len() != n {
         return Err(EngineError::Shape(format!(
             "device sampling: {} rows of parameters for {n} logits rows",
             rows.len()

@@ -67,7 +67,8 @@ pub fn token_adjustments(
     let mut m: BTreeMap<u32, TokenAdjust> = BTreeMap::new();
     for &(t, b) in &p.logit_bias {
         let e = entry(&mut m, t);
-        // Several biases for one token add up in order, as the CPU adds them one by one.
+        // Several biases for one token (only from keys like "7" and "07" of one JSON map)
+        // are summed first: the CPU adds them one by one, which may differ in the last bit.
         e.bias = Some(e.bias.map_or(b, |x| x + b));
     }
     if p.repetition_penalty != 1.0 {
@@ -299,7 +300,16 @@ pub fn select_token(logits: &[f32], d: &RowDraw) -> u32 {
         probs.iter().filter(|x| x.0 <= t).map(|x| x.1).sum()
     };
     let target = d.u * mass;
-    key_id(search(&probs, t, |_, m| m > target).unwrap_or(t))
+    // Sums a few ulps short of the draw: the last kept candidate, as the CPU sampler takes.
+    let last = || {
+        probs
+            .iter()
+            .map(|x| x.0)
+            .filter(|&k| k <= t)
+            .max()
+            .unwrap_or(t)
+    };
+    key_id(search(&probs, t, |_, m| m > target).unwrap_or_else(last))
 }
 
 #[cfg(test)]
