@@ -76,31 +76,21 @@ __device__ u64 block_sum_u64(u64 v, SelShared& s) {
   return t;
 }
 
-__device__ u64 block_min_u64(u64 v, SelShared& s) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
-    v = x < v ? x : v;
-  }
+// The CTA's smallest (or, MAX, largest) value.
+template <bool MAX>
+__device__ u64 block_extreme_u64(u64 v, SelShared& s) {
+  const auto pick = [](u64 a, u64 b) { return (MAX ? a > b : a < b) ? a : b; };
+  for (int o = 16; o > 0; o >>= 1) v = pick(v, __shfl_xor_sync(0xffffffffu, v, o));
   __syncthreads();
   if (threadIdx.x % 32 == 0) s.red_u[threadIdx.x / 32] = v;
   __syncthreads();
-  u64 t = ~0ull;
-  for (int w = 0; w < SEL_WARPS; ++w) t = s.red_u[w] < t ? s.red_u[w] : t;
+  u64 t = s.red_u[0];
+  for (int w = 1; w < SEL_WARPS; ++w) t = pick(t, s.red_u[w]);
   return t;
 }
 
-__device__ u64 block_max_u64(u64 v, SelShared& s) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const u64 x = __shfl_xor_sync(0xffffffffu, v, o);
-    v = x > v ? x : v;
-  }
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) s.red_u[threadIdx.x / 32] = v;
-  __syncthreads();
-  u64 t = 0;
-  for (int w = 0; w < SEL_WARPS; ++w) t = s.red_u[w] > t ? s.red_u[w] : t;
-  return t;
-}
+__device__ u64 block_min_u64(u64 v, SelShared& s) { return block_extreme_u64<false>(v, s); }
+__device__ u64 block_max_u64(u64 v, SelShared& s) { return block_extreme_u64<true>(v, s); }
 
 __device__ double block_sum_f64(double v, SelShared& s) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -42,10 +42,20 @@ impl WarmWorkers {
     /// picked up while waiting inside one of the step's jobs would sit on top of that job
     /// until the step ends, and the step would wait for the job (a deadlock, seen). So each
     /// poller says when it runs, and one that starts after this returned (its stop already
-    /// set) exits at once.
+    /// set) exits at once. A poller idle for 1 ms leaves (nothing waits for one: a step that
+    /// stalls, e.g. on a test's second engine, must not keep a core spinning), and after a
+    /// handshake that timed out the next 64 steps do without pollers.
     pub fn start() -> Option<Self> {
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
         use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        static COOLDOWN: AtomicU32 = AtomicU32::new(0);
+        if COOLDOWN
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
+            .is_ok()
+        {
+            return None;
+        }
         let me = rayon::current_thread_index()?;
         let others = rayon::current_num_threads()
             .checked_sub(1)
@@ -60,19 +70,31 @@ impl WarmWorkers {
             st.fetch_add(1, Ordering::AcqRel);
             // Runs the jobs the step pushes (rayon's yield_now takes them); between them the
             // core goes to any other runnable thread, else straight back here.
+            let mut idle_since = Instant::now();
             while !s.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() > Duration::from_millis(1) {
+                    return;
+                } else {
                     std::thread::yield_now();
                 }
             }
         });
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         while started.load(Ordering::Acquire) < others {
-            if t.elapsed() > std::time::Duration::from_micros(200) {
+            let waited = t.elapsed();
+            if waited > Duration::from_micros(200) {
                 stop.store(true, Ordering::Release);
+                COOLDOWN.store(64, Ordering::Relaxed);
                 return None;
             }
-            std::hint::spin_loop();
+            // Spin briefly, then let a woken worker queued on this core run.
+            if waited > Duration::from_micros(20) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         Some(Self { stop })
     }
