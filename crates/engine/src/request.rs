@@ -7,6 +7,7 @@ use crate::kv_cache::BlockId;
 
 pub type RequestId = u64;
 
+use crate::sampling::select::SampleSpec;
 use crate::sampling::SamplingParams;
 use crate::structured::GrammarMatcher;
 
@@ -114,6 +115,13 @@ impl Request {
 
     pub fn num_output(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// This step's draw for the device sampler: what `sample_token` would do with its
+    /// prompt, output, `stop_ids` and seed to a row of `vocab` logits.
+    pub fn sample_spec(&self, stop_ids: &[u32], vocab: usize) -> SampleSpec {
+        let (prompt, output) = self.tokens.split_at(self.prompt_len);
+        SampleSpec::new(&self.params, (prompt, output), stop_ids, self.seed, vocab)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::env::{EngineSwitches, FaultInject};
 use crate::error::Result;
 use crate::model::LlamaModel;
 use crate::request::{Request, RequestId};
-use crate::sampling::select::{device_samplable, SampleSpec};
+use crate::sampling::select::device_samplable;
 use crate::sampling::{sample_token, top_logprobs, TokenLogprob};
 use crate::scheduler::Scheduler;
 use crate::tokenizer::Tokenizer;
@@ -127,11 +127,8 @@ impl<'m> EngineCore<'m> {
                     .is_none_or(|r| device_samplable(&r.params))
             });
         let vocab = self.runner.vocab_size();
-        let spec = |req: &Request| {
-            let (prompt, output) = req.tokens.split_at(req.prompt_len);
-            let stop_ids: &[u32] = if req.params.ignore_eos { &[] } else { eog };
-            SampleSpec::new(&req.params, (prompt, output), stop_ids, req.seed, vocab)
-        };
+        let spec =
+            |req: &Request| req.sample_spec(if req.params.ignore_eos { &[] } else { eog }, vocab);
         let mode = if device_greedy {
             StepMode::Greedy
         } else if device_sampled {

@@ -11,7 +11,6 @@ use crate::kv_cache::KvCacheManager;
 use crate::lcg::lcg_next;
 use crate::model::LlamaModel;
 use crate::request::{FinishReason, Request};
-use crate::sampling::select::SampleSpec;
 use crate::sampling::{sample_token, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::worker::{compute_pool, ModelRunner};
@@ -287,10 +286,7 @@ fn run_greedy(
             r.seed = i as u64;
             sched.add_request(r)?;
         }
-        let spec = |req: &Request| {
-            let (prompt, output) = req.tokens.split_at(req.prompt_len);
-            SampleSpec::new(&req.params, (prompt, output), &[], req.seed, vocab)
-        };
+        let spec = |req: &Request| req.sample_spec(&[], vocab);
         let mut run = GreedyRun {
             outputs: vec![Vec::with_capacity(params.max_tokens); prompts.len()],
             secs: 0.0,
