@@ -112,7 +112,7 @@ if [ -z "${SKIP_8B:-}" ]; then
     row "  steps" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
     grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
     # Temperature 0.8 / top-p 0.95 on every request: drawn on the host (every logits row
-    # copied back), then by the device sampler (FERROLM_DEVICE_SAMPLER=1).
+    # copied back, FERROLM_DEVICE_SAMPLER=0), then by the device sampler (the default on a GPU).
     for ds in 0 1; do
       echo "== the same, sampled (temperature 0.8, top-p 0.95), FERROLM_DEVICE_SAMPLER=$ds"
       FERROLM_DEVICE_SAMPLER=$ds timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \

@@ -71,10 +71,11 @@ pub struct EngineSwitches {
     /// FERROLM_FAULT_INJECT (tests only): `sample:SEED` panics while sampling a request with
     /// that seed, `step:SEED` panics in the step that schedules one (the engine thread dies).
     pub fault_inject: Option<FaultInject>,
-    /// FERROLM_DEVICE_SAMPLER=1: steps with sampled requests (no log-probs, no grammar) draw
-    /// their tokens on the GPU, only ids crossing to the host (opt-in until a GPU run has
-    /// checked the device sampler).
-    pub device_sampler: bool,
+    /// FERROLM_DEVICE_SAMPLER: steps with sampled requests (no log-probs, no grammar) draw
+    /// their tokens on the device, only ids crossing to the host. Unset: on a GPU (checked
+    /// against the CPU sampler on an H200, 2026-12-04), off on the CPU; `1` also on the CPU
+    /// (the same algorithm over the step's rows), `0` never.
+    pub device_sampler: Option<bool>,
 }
 
 /// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).
@@ -137,7 +138,7 @@ impl Switches {
             engine: EngineSwitches {
                 enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
                 fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
-                device_sampler: is("FERROLM_DEVICE_SAMPLER", "1"),
+                device_sampler: var("FERROLM_DEVICE_SAMPLER").map(|v| v == "1"),
             },
             model_dir,
             hub: HubSettings::from_vars(
@@ -178,7 +179,7 @@ mod tests {
         });
         let m = &set.model;
         assert!(set.engine.enforce_eager && !m.gemv && !m.f32_residual && !m.fused_ops);
-        assert!(set.engine.device_sampler);
+        assert_eq!(set.engine.device_sampler, Some(true));
         assert!(m.decode_kernel_per_head && m.cpu_isa_avx2);
         assert_eq!(m.stack_projections, Some(true));
         assert_eq!(set.model_dir, PathBuf::from("/m"));

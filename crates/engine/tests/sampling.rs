@@ -265,7 +265,7 @@ fn the_device_sampler_path_draws_what_the_host_path_draws() {
             max_model_len: Some(512),
             ..Default::default()
         };
-        cfg.switches.device_sampler = device_sampler;
+        cfg.switches.device_sampler = Some(device_sampler);
         start_engine(cfg)
     };
     let prompts = golden_prompts();

@@ -29,7 +29,8 @@ pub struct EngineCore<'m> {
     pub step_observer: Option<StepObserver>,
     pub mask_observer: Option<MaskObserver>,
     fault_inject: Option<FaultInject>,
-    /// FERROLM_DEVICE_SAMPLER=1: sampled steps drawn away from the host's logits rows.
+    /// Sampled steps drawn away from the host's logits rows (FERROLM_DEVICE_SAMPLER; unset:
+    /// on a GPU).
     device_sampler: bool,
 }
 
@@ -53,6 +54,7 @@ impl<'m> EngineCore<'m> {
         )? {
             tracing::info!("{line}");
         }
+        let on_gpu = runner.on_gpu();
         Ok(Self {
             scheduler,
             runner,
@@ -62,7 +64,7 @@ impl<'m> EngineCore<'m> {
             step_observer: None,
             mask_observer: None,
             fault_inject: switches.fault_inject,
-            device_sampler: switches.device_sampler,
+            device_sampler: switches.device_sampler.unwrap_or(on_gpu),
         })
     }
 
@@ -117,7 +119,7 @@ impl<'m> EngineCore<'m> {
                 })
             });
         let eog = &self.tokenizer.eog_ids;
-        // With FERROLM_DEVICE_SAMPLER=1, a step whose every request can be drawn away from
+        // With the device sampler on, a step whose every request can be drawn away from
         // the host (no log-probs, no grammar) is sampled on the GPU: ids cross, not rows.
         let device_sampled = !device_greedy
             && self.device_sampler

@@ -234,13 +234,16 @@ pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> 
     );
     let s = setup(&a.model, a.input_len + a.output_len, switches)?;
     let vocab = s.model.config.vocab_size as u32;
-    // Drawn on the host, or by the device sampler with FERROLM_DEVICE_SAMPLER=1.
+    // Drawn by the device sampler on a GPU (FERROLM_DEVICE_SAMPLER=0: on the host).
     let sampling = (a.temperature > 0.0).then_some(OfflineSampling {
         temperature: a.temperature,
         top_p: a.top_p,
         top_k: a.top_k,
         min_p: a.min_p,
-        device_sampler: switches.engine.device_sampler,
+        device_sampler: switches
+            .engine
+            .device_sampler
+            .unwrap_or(!s.model.device().is_cpu()),
     });
     let prompts = random_prompts(
         a.num_prompts,
