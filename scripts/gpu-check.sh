@@ -10,7 +10,8 @@
 # GPU (generate, serve), a PyTorch SDPA reference on the decode shape, HF transformers
 # generate() on the same card, and a compact table. About 5 minutes.
 # SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones, SKIP_PROFILE=1 the profiles,
-# SKIP_TP_VARIANTS=1 the per-head/pool-keep throughput A/Bs; NOFUSED_RERUN=1 reruns failed
+# SKIP_TP_VARIANTS=1 the per-head/pool-keep throughput A/Bs; SAMPLERS the sampled throughput
+# runs (0: the host sampler, 1: the device sampler; default both); NOFUSED_RERUN=1 reruns failed
 # model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the shapes
 # ("N,IN,OUT ..."), MODES the bf16 batch-1 modes (graphs eager split cublas), QUANTS the
 # in-situ types of the quantized 8B runs (q4_k q8_0; "none" for none), PP_QUANTS and
@@ -56,6 +57,16 @@ for G in models/fixtures/hf/gemma3 models/fixtures/gguf/gemma3.gguf; do
   GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-gemma.err)
   tail -2 /tmp/gen-gemma.err
   row "gemma3 generate cuda vs cpu $(basename "$G")" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
+done
+
+# Quantized linear layers end to end on real (fixture) weights: the Llama fixture quantized at
+# load to Q8_0 / Q4_0 (the layers whose width is a multiple of 32), greedy on both devices
+# (informational: the GPU quantizes activations to 8 bits as llama.cpp's MMVQ, the CPU as ggml).
+for q in q8_0 q4_0; do
+  GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model models/fixtures/hf/llama2 -q $q --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
+  GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model models/fixtures/hf/llama2 -q $q --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-q.err)
+  tail -2 /tmp/gen-q.err
+  row "llama2 fixture $q generate cuda vs cpu" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
 done
 
 CFG8B=models/configs/llama-3.1-8b.json
@@ -113,12 +124,13 @@ if [ -z "${SKIP_8B:-}" ]; then
     grep -o 'cuda graphs: .*' /tmp/tp.txt | head -1
     # Temperature 0.8 / top-p 0.95 on every request: drawn on the host (every logits row
     # copied back, FERROLM_DEVICE_SAMPLER=0), then by the device sampler (the default on a GPU).
-    for ds in 0 1; do
+    for ds in ${SAMPLERS:-0 1}; do
       echo "== the same, sampled (temperature 0.8, top-p 0.95), FERROLM_DEVICE_SAMPLER=$ds"
       FERROLM_DEVICE_SAMPLER=$ds timeout 150 "$BIN" bench throughput --model $CFG8B --load-format dummy --dtype bfloat16 --device cuda \
         --max-model-len 4096 --num-prompts $1 --input-len $2 --output-len $3 --temperature 0.8 --top-p 0.95 \
         --output-json "$OUTD/throughput-sampled$ds-$1x$2-$3.json" 2>&1 | tee /tmp/tp.txt
       row "ferrolm throughput $1x$2/$3 t0.8 p0.95 dev$ds" "$(grep -o 'Throughput: .*' /tmp/tp.txt | cut -c13- | cut -c1-90 || echo FAILED)"
+      row "  steps" "$(grep -o 'Steps: .*' /tmp/tp.txt | cut -c8- | cut -c1-120)"
     done
     for q in ${TP_QUANTS:-${QUANTS:-q4_k q8_0}}; do
       [ "$q" = none ] && continue
