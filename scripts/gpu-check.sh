@@ -10,6 +10,8 @@
 # GPU (generate, serve), a PyTorch SDPA reference on the decode shape, HF transformers
 # generate() on the same card, and a compact table. About 5 minutes.
 # SKIP_HF=1 leaves out the HF runs, SKIP_8B=1 the 8B ones, SKIP_PROFILE=1 the profiles,
+# SKIP_GEMMA=1 the Gemma 3 rows, CHECK_ONLY=group,... only those groups of `ferrolm
+# gpu-check` (model gemv quant sampling attention timings);
 # SKIP_TP_VARIANTS=1 the per-head/pool-keep throughput A/Bs; SAMPLERS the sampled throughput
 # runs (0: the host sampler, 1: the device sampler; default both); NOFUSED_RERUN=1 reruns failed
 # model checks without the fused kernels; TP_SHAPES / HF_SHAPES pick the shapes
@@ -33,7 +35,7 @@ LIBDIRS=$(find / \( -path /proc -o -path /sys \) -prune -o \( -name 'libcublas.s
 export LD_LIBRARY_PATH="${LIBDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== ferrolm gpu-check"
-timeout 150 "$BIN" gpu-check 2>&1 | tee /tmp/ferrolm-gpu-check.txt
+timeout 150 "$BIN" gpu-check ${CHECK_ONLY:+--only "$CHECK_ONLY"} 2>&1 | tee /tmp/ferrolm-gpu-check.txt
 row "ferrolm gpu-check" "$(grep -o '[0-9]* passed, [0-9]* failed' /tmp/ferrolm-gpu-check.txt | tail -1)"
 while read -r l; do row "$(echo "$l" | cut -c1-44)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/ferrolm-gpu-check.txt)
 if [ -n "${NOFUSED_RERUN:-}" ] && grep '^model ' /tmp/ferrolm-gpu-check.txt | grep -v 'cuda graphs' | grep -q FAIL; then
@@ -49,24 +51,27 @@ row "device-to-device copy" "$(grep -o 'device-to-device copy.*' /tmp/ferrolm-gp
 # shape with dummy weights through the end-to-end checks, then its real weights (safetensors
 # and GGUF) generating greedily on the GPU and the CPU, in f32 (informational: attention
 # sums in another order may break a near-tie of these random weights).
-echo "== gpu-check: the Gemma 3 fixture's shape (models/fixtures/hf/gemma3)"
-timeout 120 "$BIN" gpu-check --model-only --model-config models/fixtures/hf/gemma3/config.json 2>&1 | tee /tmp/gemma-check.txt
-while read -r l; do row "gemma3 $(echo "$l" | cut -c7-40)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/gemma-check.txt)
-for G in models/fixtures/hf/gemma3 models/fixtures/gguf/gemma3.gguf; do
-  GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
-  GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-gemma.err)
-  tail -2 /tmp/gen-gemma.err
-  row "gemma3 generate cuda vs cpu $(basename "$G")" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
-done
+if [ -z "${SKIP_GEMMA:-}" ]; then
+  echo "== gpu-check: the Gemma 3 fixture's shape (models/fixtures/hf/gemma3)"
+  timeout 120 "$BIN" gpu-check --model-only --model-config models/fixtures/hf/gemma3/config.json 2>&1 | tee /tmp/gemma-check.txt
+  while read -r l; do row "gemma3 $(echo "$l" | cut -c7-40)" "$(echo "$l" | cut -c60- | cut -c1-90)"; done < <(grep '^model ' /tmp/gemma-check.txt)
+  for G in models/fixtures/hf/gemma3 models/fixtures/gguf/gemma3.gguf; do
+    GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
+    GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model "$G" --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-gemma.err)
+    tail -2 /tmp/gen-gemma.err
+    row "gemma3 generate cuda vs cpu $(basename "$G")" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
+  done
+fi
 
-# Quantized linear layers end to end on real (fixture) weights: the Llama fixture quantized at
-# load to Q8_0 / Q4_0 (the layers whose width is a multiple of 32), greedy on both devices
-# (informational: the GPU quantizes activations to 8 bits as llama.cpp's MMVQ, the CPU as ggml).
+# Quantized linear layers end to end on real (fixture) weights: the Qwen3 fixture (head size
+# 32; the Llama fixture's 16 has no CUDA kernels) quantized at load to Q8_0 / Q4_0 (the layers
+# whose width is a multiple of 32), greedy on both devices (informational: the GPU quantizes
+# activations to 8 bits as llama.cpp's MMVQ, the CPU as ggml).
 for q in q8_0 q4_0; do
-  GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model models/fixtures/hf/llama2 -q $q --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
-  GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model models/fixtures/hf/llama2 -q $q --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-q.err)
+  GA=$(timeout 60 "$BIN" generate --device cpu --dtype float32 --model models/fixtures/hf/qwen3 -q $q --prompt "The capital of France is" --max-tokens 24 2>/dev/null)
+  GB=$(timeout 60 "$BIN" generate --device cuda --dtype float32 --model models/fixtures/hf/qwen3 -q $q --prompt "The capital of France is" --max-tokens 24 2>/tmp/gen-q.err)
   tail -2 /tmp/gen-q.err
-  row "llama2 fixture $q generate cuda vs cpu" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
+  row "qwen3 fixture $q generate cuda vs cpu" "$([ -n "$GB" ] && [ "$GA" == "$GB" ] && echo same || echo "DIFFERENT: cpu=${GA:0:30} cuda=${GB:0:30}")"
 done
 
 CFG8B=models/configs/llama-3.1-8b.json

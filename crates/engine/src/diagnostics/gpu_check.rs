@@ -20,7 +20,12 @@ pub struct GpuCheckOptions {
     pub model_only: bool,
     /// Decode kernels to check and time: `per-head`, `gqa` or `both`.
     pub decode_kernel: String,
+    /// Only these groups (empty: all): model, gemv, quant, sampling, attention, timings.
+    pub only: Vec<String>,
 }
+
+/// The groups `--only` names.
+pub const CHECK_GROUPS: [&str; 6] = ["model", "gemv", "quant", "sampling", "attention", "timings"];
 
 /// Runs the checks; returns every row.
 pub fn run_gpu_checks(
@@ -38,6 +43,12 @@ pub fn run_gpu_checks(
             )))
         }
     };
+    if let Some(bad) = opts.only.iter().find(|g| !CHECK_GROUPS.contains(&g.as_str())) {
+        return Err(EngineError::Config(format!(
+            "--only {bad:?}: one of {CHECK_GROUPS:?}"
+        )));
+    }
+    let group = |g: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == g);
     let mut rows: Vec<CheckRow> = Vec::new();
     let mut add = |new: Vec<CheckRow>| {
         for r in new {
@@ -51,7 +62,7 @@ pub fn run_gpu_checks(
             Err(e),
         )]
     };
-    if !opts.kernels_only {
+    if !opts.kernels_only && group("model") {
         // The engine's decode kernel in the model checks is FERROLM_DECODE_KERNEL's.
         match LlamaConfig::from_hf_json(&opts.model_config) {
             Ok(cfg) => add(super::model_check::model_checks(&cfg)),
@@ -61,15 +72,22 @@ pub fn run_gpu_checks(
     if !opts.model_only {
         match crate::cuda::model_device(0, false) {
             Ok(dev) => {
-                add(crate::ops::gemv_checks(&dev));
-                add(crate::quant::device::quant_matmul_checks(&dev));
-                add(crate::sampling::sampling_checks(&dev));
+                if group("gemv") {
+                    add(crate::ops::gemv_checks(&dev));
+                }
+                if group("quant") {
+                    add(crate::quant::device::quant_matmul_checks(&dev));
+                }
+                if group("sampling") {
+                    add(crate::sampling::sampling_checks(&dev));
+                }
             }
             Err(e) => add(failed("gemv checks", &e)),
         }
     }
     let kinds = if opts.model_only { Vec::new() } else { kinds };
-    for &kind in &kinds {
+    let checked = if group("attention") { &kinds[..] } else { &[] };
+    for &kind in checked {
         k.decode_kernel = kind;
         add(check_kernels::<f32>(&k, 1e-4));
         add(check_kernels::<half::f16>(&k, 1e-2));
@@ -78,7 +96,8 @@ pub fn run_gpu_checks(
         add(check_layer_kernels::<f32>(&k, 1e-4));
         add(check_layer_kernels::<half::bf16>(&k, 1e-2));
     }
-    for &kind in &kinds {
+    let timed = if group("timings") { &kinds[..] } else { &[] };
+    for &kind in timed {
         k.decode_kernel = kind;
         match time_decode_attention(&k) {
             Ok(r) => add(r),

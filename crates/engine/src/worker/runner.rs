@@ -57,6 +57,14 @@ impl<'m> ModelRunner<'m> {
                 use crate::attention::{CudaPagedAttention, DecodeKernel};
                 let layout = model.config.kv_layout(num_blocks, block_size);
                 let c = &model.config;
+                // Said at load, not as a missing kernel symbol in the first step.
+                if !crate::attention::cuda::HEAD_DIMS.contains(&c.head_dim) {
+                    return Err(EngineError::Unavailable(format!(
+                        "head size {}: the CUDA attention kernels are built for head sizes {:?}",
+                        c.head_dim,
+                        crate::attention::cuda::HEAD_DIMS
+                    )));
+                }
                 let nh = c.num_heads;
                 let dk = DecodeKernel::choose(model.switches().decode_kernel_per_head);
                 let layers = c.layer_attention();

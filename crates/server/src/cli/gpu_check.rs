@@ -17,6 +17,9 @@ pub struct GpuCheckArgs {
     /// Decode kernels to check and time: per-head, gqa or both.
     #[arg(long, default_value = "both")]
     pub decode_kernel: String,
+    /// Only these groups, comma-separated: model, gemv, quant, sampling, attention, timings.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
@@ -26,6 +29,7 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
         kernels_only: args.kernels_only,
         model_only: args.model_only,
         decode_kernel: args.decode_kernel,
+        only: args.only,
     };
     // Each row is printed as soon as it is known (a run cut short keeps what it printed).
     let rows = run_gpu_checks(&opts, |r| {

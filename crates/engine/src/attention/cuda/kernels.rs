@@ -135,8 +135,9 @@ impl<'a, T> PagedKv<'a, T> {
     }
 }
 
-/// Head sizes the prefill kernel is built for.
-const PREFILL_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
+/// Head sizes the prefill and per-head decode kernels are built for (the GQA decode kernel:
+/// 32, 64 and 128; other sizes take the per-head one).
+pub const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
 impl CudaKernels {
     pub fn new(ordinal: usize) -> CudaResult<Self> {
@@ -176,9 +177,9 @@ impl CudaKernels {
         (tiles, num_tiles): (&CudaSlice<i32>, usize),
     ) -> CudaResult<()> {
         let s = kv.shape;
-        if !PREFILL_HEAD_DIMS.contains(&s.head_dim) {
+        if !HEAD_DIMS.contains(&s.head_dim) {
             return Err(format!(
-                "prefill attention: head_dim {} (built: {PREFILL_HEAD_DIMS:?})",
+                "prefill attention: head_dim {} (built: {HEAD_DIMS:?})",
                 s.head_dim
             )
             .into());

@@ -8,4 +8,4 @@ pub mod kernels;
 pub use backend::CudaPagedAttention;
 pub use checks::{check_kernels, time_decode_attention};
 pub use checks_layers::check_layer_kernels;
-pub use kernels::{gqa_kernel_built, CudaKernels, DecodeKernel, DecodeShape};
+pub use kernels::{gqa_kernel_built, CudaKernels, DecodeKernel, DecodeShape, HEAD_DIMS};
