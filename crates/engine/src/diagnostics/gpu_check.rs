@@ -43,7 +43,11 @@ pub fn run_gpu_checks(
             )))
         }
     };
-    if let Some(bad) = opts.only.iter().find(|g| !CHECK_GROUPS.contains(&g.as_str())) {
+    if let Some(bad) = opts
+        .only
+        .iter()
+        .find(|g| !CHECK_GROUPS.contains(&g.as_str()))
+    {
         return Err(EngineError::Config(format!(
             "--only {bad:?}: one of {CHECK_GROUPS:?}"
         )));

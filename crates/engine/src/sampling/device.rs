@@ -37,10 +37,7 @@ pub fn sample_on_device(
     let stream = cs.device.cuda_stream();
     let module = sampling_module(&stream)?;
     let e = EngineError::cuda;
-    // A copy the processing may change (the logits tensor stays as it was).
     let src = contiguous_view::<f32>(cs, layout)?;
-    let mut work: CudaSlice<f32> = unsafe { stream.alloc(n * vocab) }.map_err(e)?;
-    stream.memcpy_dtod(&src, &mut work).map_err(e)?;
     // Processing entries, flattened over rows.
     let mut cols: (Vec<i32>, Vec<i32>, Vec<i32>) = Default::default();
     let mut vals: (Vec<f32>, Vec<f32>, Vec<f32>) = Default::default();
@@ -60,7 +57,15 @@ pub fn sample_on_device(
         }
     }
     let entries = cols.0.len();
+    // Rows with entries are processed in a copy (the logits tensor stays as it was, for the
+    // raw log-probs); without entries the draw reads the logits themselves: no 4-bytes-a-
+    // logit allocation and copy (513 MB at 1000 rows of 128k).
+    let mut work: Option<CudaSlice<f32>> = None;
     if entries > 0 {
+        // SAFETY: every element is written by the copy below before any read.
+        let mut copy: CudaSlice<f32> = unsafe { stream.alloc(n * vocab) }.map_err(e)?;
+        stream.memcpy_dtod(&src, &mut copy).map_err(e)?;
+        let work = work.insert(copy);
         let up_i = |v: &[i32]| stream.clone_htod(v).map_err(e);
         let up_f = |v: &[f32]| stream.clone_htod(v).map_err(e);
         let (dr, dt, df) = (up_i(&cols.0)?, up_i(&cols.1)?, up_i(&cols.2)?);
@@ -68,7 +73,7 @@ pub fn sample_on_device(
         let f = module.load_function("sampling_adjust").map_err(e)?;
         let (v_i, n_i) = (vocab as i32, entries as i32);
         let mut args = stream.launch_builder(&f);
-        args.arg(&mut work)
+        args.arg(work)
             .arg(&v_i)
             .arg(&n_i)
             .arg(&dr)
@@ -102,8 +107,11 @@ pub fn sample_on_device(
     let f = module.load_function("sampling_select").map_err(e)?;
     let v_i = vocab as i32;
     let mut args = stream.launch_builder(&f);
-    args.arg(&work)
-        .arg(&v_i)
+    match &work {
+        Some(w) => args.arg(w),
+        None => args.arg(&src),
+    };
+    args.arg(&v_i)
         .arg(&dtemp)
         .arg(&dk)
         .arg(&dp)
