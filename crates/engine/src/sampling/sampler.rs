@@ -5,6 +5,7 @@
 use super::logits::argmax;
 use super::params::SamplingParams;
 use super::rng::draw_uniform;
+use super::select::{key_id, order_key};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
@@ -77,26 +78,29 @@ pub fn sample_token(
             token: argmax(logits),
         };
     }
-    // Candidates best first (ties: lower id first), cut by top-k.
-    let idx = top_k_candidates(logits, p.top_k);
-    if idx.is_empty() {
+    // Candidates as order keys (best first: higher logit, then lower id), cut by top-k.
+    let (keys, cut) = top_k_candidates(logits, p.top_k);
+    if keys.is_empty() {
         return Sampled {
             token: argmax(logits),
         };
     }
-    let by_logit = by_logit(logits);
     // Softmax at temperature T over the candidates (f64; the normaliser summed in id order).
     let inv_t = 1.0 / p.temperature as f64;
-    let max = idx
-        .iter()
-        .map(|&i| logits[i as usize])
-        .fold(f32::NEG_INFINITY, f32::max) as f64;
-    let weight = |i: u32| ((logits[i as usize] as f64 - max) * inv_t).exp();
-    let z: f64 = idx.iter().map(|&i| weight(i)).sum();
+    let max = logits[key_id(keys.iter().copied().min().unwrap_or(0)) as usize] as f64;
+    let weight = |k: u64| ((logits[key_id(k) as usize] as f64 - max) * inv_t).exp();
+    let z: f64 = if cut {
+        let mut by_id = keys.clone();
+        by_id.sort_unstable_by_key(|&k| key_id(k));
+        by_id.iter().map(|&k| weight(k)).sum()
+    } else {
+        keys.iter().map(|&k| weight(k)).sum()
+    };
     // Only as much of the candidates is sorted as the cuts and the draw reach (a full sort
-    // of a 49k vocabulary cost ~2 ms a token): `head` grows best first in chunks.
+    // of a 49k vocabulary cost ~2 ms a token): `head` grows best first in chunks, sorted as
+    // plain u64 keys (a comparator reading the logits through the ids cost 3x as much).
     let mut head = SortedHead {
-        idx,
+        idx: keys,
         sorted: 0,
         probs: Vec::new(),
     };
@@ -107,7 +111,7 @@ pub fn sample_token(
         let mut cum = 0.0;
         let mut i = 0;
         'grow: loop {
-            head.extend(i + 1, &by_logit, &weight, z);
+            head.extend(i + 1, &weight, z);
             while i < head.sorted {
                 cum += head.probs[i];
                 i += 1;
@@ -123,11 +127,11 @@ pub fn sample_token(
     }
     // min-p: drop tokens below min_p times the best one.
     if p.min_p > 0.0 {
-        head.extend(1, &by_logit, &weight, z);
+        head.extend(1, &weight, z);
         let floor = head.probs[0] * p.min_p as f64;
         let mut count = 0;
         while count < keep {
-            head.extend(count + 1, &by_logit, &weight, z);
+            head.extend(count + 1, &weight, z);
             if head.probs[count] < floor {
                 break;
             }
@@ -139,29 +143,32 @@ pub fn sample_token(
     let mass: f64 = if keep == n && p.top_p >= 1.0 && p.min_p <= 0.0 {
         1.0
     } else {
-        head.extend(keep, &by_logit, &weight, z);
+        head.extend(keep, &weight, z);
         head.probs[..keep].iter().sum()
     };
     let u = draw_uniform(seed, output.len() as u64) * mass;
     let mut cum = 0.0;
     let mut i = 0;
     while i < keep {
-        head.extend(i + 1, &by_logit, &weight, z);
+        head.extend(i + 1, &weight, z);
         cum += head.probs[i];
         if u < cum {
-            return Sampled { token: head.idx[i] };
+            return Sampled {
+                token: key_id(head.idx[i]),
+            };
         }
         i += 1;
     }
-    head.extend(keep, &by_logit, &weight, z);
+    head.extend(keep, &weight, z);
     Sampled {
-        token: head.idx[keep - 1],
+        token: key_id(head.idx[keep - 1]),
     }
 }
 
-/// Candidates of which the first `sorted` are the best, in order, with their probabilities.
+/// Candidates (order keys) of which the first `sorted` are the best, in order, with their
+/// probabilities.
 struct SortedHead {
-    idx: Vec<u32>,
+    idx: Vec<u64>,
     sorted: usize,
     probs: Vec<f64>,
 }
@@ -169,21 +176,15 @@ struct SortedHead {
 impl SortedHead {
     /// Makes at least the first `want` sorted: the next chunk (64, then growing 4×) is
     /// selected from the unsorted rest and sorted.
-    fn extend(
-        &mut self,
-        want: usize,
-        by: &impl Fn(&u32, &u32) -> std::cmp::Ordering,
-        weight: &impl Fn(u32) -> f64,
-        z: f64,
-    ) {
+    fn extend(&mut self, want: usize, weight: &impl Fn(u64) -> f64, z: f64) {
         let n = self.idx.len();
         while self.sorted < want.min(n) {
             let chunk = (self.sorted.max(16) * 4).min(n - self.sorted);
             let rest = &mut self.idx[self.sorted..];
             if chunk < rest.len() {
-                rest.select_nth_unstable_by(chunk - 1, by);
+                rest.select_nth_unstable(chunk - 1);
             }
-            rest[..chunk].sort_unstable_by(by);
+            rest[..chunk].sort_unstable();
             self.probs
                 .extend(rest[..chunk].iter().map(|&i| weight(i) / z));
             self.sorted += chunk;
@@ -191,25 +192,21 @@ impl SortedHead {
     }
 }
 
-/// Best first by logit, ties to the lower id.
-fn by_logit(logits: &[f32]) -> impl Fn(&u32, &u32) -> std::cmp::Ordering + '_ {
-    |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    }
-}
-
-/// The finite logits' ids, cut to the `top_k` best (0: no cut; unordered within the cut).
-fn top_k_candidates(logits: &[f32], top_k: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| logits[i as usize].is_finite())
+/// The finite logits' order keys in id order, or cut to the `top_k` best (unordered within
+/// the cut); whether the cut was made.
+fn top_k_candidates(logits: &[f32], top_k: usize) -> (Vec<u64>, bool) {
+    let mut keys: Vec<u64> = logits
+        .iter()
+        .zip(0u32..)
+        .filter(|(l, _)| l.is_finite())
+        .map(|(&l, i)| order_key(l, i))
         .collect();
-    if top_k > 0 && top_k < idx.len() {
-        idx.select_nth_unstable_by(top_k - 1, by_logit(logits));
-        idx.truncate(top_k);
+    let cut = top_k > 0 && top_k < keys.len();
+    if cut {
+        keys.select_nth_unstable(top_k - 1);
+        keys.truncate(top_k);
     }
-    idx
+    (keys, cut)
 }
 
 #[cfg(test)]
@@ -258,8 +255,9 @@ mod tests {
 
     /// The sampler as it was with a full sort of the candidates (the reference).
     fn sample_full_sort(logits: &[f32], p: &SamplingParams, seed: u64, out_len: usize) -> u32 {
-        let mut idx = top_k_candidates(logits, p.top_k);
-        idx.sort_unstable_by(by_logit(logits));
+        let (mut keys, _) = top_k_candidates(logits, p.top_k);
+        keys.sort_unstable();
+        let idx: Vec<u32> = keys.iter().map(|&k| key_id(k)).collect();
         let inv_t = 1.0 / p.temperature as f64;
         let max = logits[idx[0] as usize] as f64;
         let mut probs: Vec<f64> = idx

@@ -5,7 +5,7 @@
 //!   and presence, the min_tokens mask), applied in the CPU sampler's order: the same f32
 //!   operations, so the processed row is bit for bit the CPU's.
 //! - Every best-first prefix the CPU sampler walks (top-k, top-p, min-p, the draw) is a
-//!   threshold on one 64-bit order key (higher logit first, then lower id: `by_logit`'s
+//!   threshold on one 64-bit order key (higher logit first, then lower id: the CPU sampler's
 //!   order), found by a radix-16 search: each pass sums (count, probability) of the
 //!   candidates in 16 buckets of the next 4 key bits, and the first bucket where the running
 //!   sum meets the condition fixes those bits; a bucket holding one candidate ends it.
