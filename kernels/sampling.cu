@@ -95,7 +95,7 @@ struct SelShared {
   double b_mass[SEL_WARPS][16];
   u64 key;
   u64 prefix;
-  int state;  // 0: go on, 1: found (key), 2: not found
+  int state;  // 0: go on, 1: found (key), 2: not found, 3: found a one-candidate bucket (key looked up)
   double base_m;
   u64 base_c;
 };

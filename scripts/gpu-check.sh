@@ -81,7 +81,10 @@ floor_line() {
   python3 - "$1" "${COPY:-0}" <<'PY' 2>&1
 import json, sys
 r = json.load(open(sys.argv[1])); copy = float(sys.argv[2])
-floor = r["weight_bytes"] / (copy * 1e9) * 1e3 if copy else float("nan")
+if not copy:  # no copy-rate row (CHECK_ONLY without timings): no floor to show
+    print(f"{r['decode_ms_per_step']:.2f} ms/token · {r['weight_bytes']/1e9:.2f} GB of weights")
+    sys.exit(0)
+floor = r["weight_bytes"] / (copy * 1e9) * 1e3
 print(f"{r['decode_ms_per_step']:.2f} ms/token · weight-read floor {floor:.2f} ms "
       f"({r['weight_bytes']/1e9:.2f} GB at {copy:.0f} GB/s) · {r['decode_ms_per_step']/floor:.2f}x floor")
 PY

@@ -90,9 +90,13 @@ pub fn sample_token(
     let max = logits[key_id(keys.iter().copied().min().unwrap_or(0)) as usize] as f64;
     let weight = |k: u64| ((logits[key_id(k) as usize] as f64 - max) * inv_t).exp();
     let z: f64 = if cut {
-        let mut by_id = keys.clone();
-        by_id.sort_unstable_by_key(|&k| key_id(k));
-        by_id.iter().map(|&k| weight(k)).sum()
+        // The kept ones are exactly the finite logits keyed at most the k-th key.
+        let kth = keys.iter().copied().max().unwrap_or(0);
+        (0u32..)
+            .zip(logits.iter())
+            .filter(|&(i, &l)| l.is_finite() && order_key(l, i) <= kth)
+            .map(|(i, &l)| weight(order_key(l, i)))
+            .sum()
     } else {
         keys.iter().map(|&k| weight(k)).sum()
     };
