@@ -1,7 +1,8 @@
-//! Every run-time switch the engine reads from the environment, read once, here (as vLLM's
-//! `envs.py`). Flags belong in [`crate::config::EngineConfig`]; these are for A/B runs,
-//! debugging and fallbacks. The server's CLI reads them with its own variables (FERROLM_LOG,
-//! VLLM_API_KEY, FERROLM_FETCH_SCRIPT, HF_TOKEN: `cli/env.rs`) and README lists them all.
+//! Every variable the program reads from its environment, read once, here (as vLLM's
+//! `envs.py`): the engine's run-time switches, and the server's own variables
+//! ([`ServerSwitches`]), which the server takes from [`Switches::server`]. Flags belong in
+//! [`crate::config::EngineConfig`]; these are for A/B runs, debugging and fallbacks. README
+//! lists them all. The build's one (FERROLM_CUDA_ARCHS) arrives as [`CUDA_ARCHS_BUILT`].
 use std::path::PathBuf;
 
 pub use ferrolm_formats::hf::hub::HubSettings;
@@ -10,11 +11,13 @@ use ferrolm_formats::model_dir::model_dir_from_vars;
 /// The engine's environment switches, read once by the program ([`Switches::from_env`]) and
 /// passed down: the model and its device take [`ModelSwitches`] (in
 /// [`crate::loader::LoadOptions`]), the engine loop [`EngineSwitches`] (in
-/// [`crate::config::EngineConfig`]). Nothing below reads the environment.
+/// [`crate::config::EngineConfig`]), the server [`ServerSwitches`]. Nothing else reads the
+/// environment.
 #[derive(Debug, Clone)]
 pub struct Switches {
     pub model: ModelSwitches,
     pub engine: EngineSwitches,
+    pub server: ServerSwitches,
     /// FERROLM_MODEL_DIR (else $XDG_CACHE_HOME/ferrolm/models, else ~/.cache/ferrolm/models):
     /// where the default model is.
     pub model_dir: PathBuf,
@@ -99,8 +102,64 @@ impl FaultInject {
     }
 }
 
-/// One variable of the process environment: the program's only read of it (the server's
-/// `Environment::from_env` and [`Switches::from_env`] both look up through this).
+/// The CUDA architectures this build's kernels were compiled for (`"80;89;90"`): the build
+/// script's reading of FERROLM_CUDA_ARCHS.
+#[cfg(feature = "cuda")]
+pub const CUDA_ARCHS_BUILT: &str = env!("FERROLM_CUDA_ARCHS_BUILT");
+
+/// The server's own variables.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerSwitches {
+    /// The log filter, `FERROLM_LOG` (`info` when unset or unparsable; e.g. `debug`).
+    pub log_filter: Option<String>,
+    /// The API key when no `--api-key` flag names one: `VLLM_API_KEY`, else `FERROLM_API_KEY`.
+    pub api_key: Option<String>,
+    /// The script `serve` runs to fetch the default model when it is missing
+    /// (`FERROLM_FETCH_SCRIPT`, default `models/fetch-default.sh`).
+    pub fetch_script: String,
+    /// How hub downloads authenticate and where they go (`HF_TOKEN`, `HF_ENDPOINT`).
+    pub hub_client: HubClient,
+    /// The service name of exported spans, `OTEL_SERVICE_NAME` (default `ferrolm`).
+    pub otel_service_name: String,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`: only `http/protobuf` is exported.
+    pub otlp_traces_protocol: Option<String>,
+}
+
+// The key never reaches a log line.
+impl std::fmt::Debug for ServerSwitches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSwitches")
+            .field("log_filter", &self.log_filter)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("fetch_script", &self.fetch_script)
+            .field("hub_client", &self.hub_client)
+            .field("otel_service_name", &self.otel_service_name)
+            .field("otlp_traces_protocol", &self.otlp_traces_protocol)
+            .finish()
+    }
+}
+
+/// The Hugging Face hub client's settings, as huggingface_hub reads them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HubClient {
+    /// `HF_TOKEN` (empty = none).
+    pub token: Option<String>,
+    /// `HF_ENDPOINT`, another hub (e.g. a mirror; empty = the default).
+    pub endpoint: Option<String>,
+}
+
+// The token never reaches a log line.
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// One variable of the process environment: the program's only read of it
+/// ([`Switches::from_env`] looks up through this).
 pub fn process_var(name: &str) -> Option<String> {
     std::env::var_os(name).map(|v| v.to_string_lossy().into())
 }
@@ -114,6 +173,7 @@ impl Switches {
     /// Reads the switches from `var`.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let is = |name: &str, v: &str| var(name).is_some_and(|x| x == v);
+        let non_empty = |name: &str| var(name).filter(|v| !v.is_empty());
         let model_dir = model_dir_from_vars(
             var("FERROLM_MODEL_DIR").as_deref(),
             var("XDG_CACHE_HOME").as_deref(),
@@ -139,6 +199,19 @@ impl Switches {
                 enforce_eager: is("FERROLM_ENFORCE_EAGER", "1"),
                 fault_inject: var("FERROLM_FAULT_INJECT").and_then(|v| FaultInject::parse(&v)),
                 device_sampler: var("FERROLM_DEVICE_SAMPLER").map(|v| v == "1"),
+            },
+            server: ServerSwitches {
+                log_filter: non_empty("FERROLM_LOG"),
+                api_key: var("VLLM_API_KEY").or_else(|| var("FERROLM_API_KEY")),
+                fetch_script: var("FERROLM_FETCH_SCRIPT")
+                    .unwrap_or_else(|| "models/fetch-default.sh".into()),
+                hub_client: HubClient {
+                    token: non_empty("HF_TOKEN"),
+                    endpoint: non_empty("HF_ENDPOINT"),
+                },
+                otel_service_name: non_empty("OTEL_SERVICE_NAME")
+                    .unwrap_or_else(|| "ferrolm".into()),
+                otlp_traces_protocol: non_empty("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
             },
             model_dir,
             hub: HubSettings::from_vars(
@@ -183,5 +256,59 @@ mod tests {
         assert!(m.decode_kernel_per_head && m.cpu_isa_avx2);
         assert_eq!(m.stack_projections, Some(true));
         assert_eq!(set.model_dir, PathBuf::from("/m"));
+    }
+
+    fn server(vars: &[(&str, &str)]) -> ServerSwitches {
+        Switches::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .server
+    }
+
+    #[test]
+    fn server_defaults() {
+        let e = server(&[]);
+        assert_eq!(e.log_filter, None);
+        assert_eq!(e.api_key, None);
+        assert_eq!(e.fetch_script, "models/fetch-default.sh");
+        assert_eq!(e.hub_client, HubClient::default());
+    }
+
+    #[test]
+    fn vllm_api_key_wins_and_empty_hub_values_are_unset() {
+        let e = server(&[
+            ("VLLM_API_KEY", "a"),
+            ("FERROLM_API_KEY", "b"),
+            ("HF_TOKEN", ""),
+            ("HF_ENDPOINT", "https://mirror.example"),
+            ("FERROLM_LOG", "debug"),
+            ("FERROLM_FETCH_SCRIPT", "/x.sh"),
+        ]);
+        assert_eq!(e.api_key.as_deref(), Some("a"));
+        assert_eq!(e.hub_client.token, None);
+        assert_eq!(
+            e.hub_client.endpoint.as_deref(),
+            Some("https://mirror.example")
+        );
+        assert_eq!(e.log_filter.as_deref(), Some("debug"));
+        assert_eq!(e.fetch_script, "/x.sh");
+        assert_eq!(
+            server(&[("FERROLM_API_KEY", "b")]).api_key.as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let vars = [("VLLM_API_KEY", "sk-secret"), ("HF_TOKEN", "hf_secret")];
+        let all = Switches::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        });
+        let shown = format!("{all:?}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

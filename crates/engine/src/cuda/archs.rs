@@ -3,8 +3,8 @@
 //! CUDA_COMPUTE_CAP), and a GPU's compute capability, for the start-up check in
 //! `crate::device`.
 
-/// `"80;89;90"`.
-pub const BUILT_ARCHS: &str = env!("FERROLM_CUDA_ARCHS_BUILT");
+/// `"80;89;90"` (read at build time, in `crate::env`).
+pub const BUILT_ARCHS: &str = crate::env::CUDA_ARCHS_BUILT;
 
 /// The compute capability (major, minor) of a candle CUDA device.
 pub fn compute_capability(d: &candle_core::cuda::CudaDevice) -> Result<(i32, i32), String> {

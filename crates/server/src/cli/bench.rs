@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::env::Environment;
 use anyhow::Context;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::gguf::GgufFile;
 use ferrolm_engine::loader::default_model_path;
 use ferrolm_engine::tokenizer::Tokenizer;
@@ -288,16 +288,16 @@ async fn one_request(
     r
 }
 
-pub fn run(cmd: BenchCommand, env: &Environment) -> anyhow::Result<()> {
+pub fn run(cmd: BenchCommand, env: &Switches) -> anyhow::Result<()> {
     let args = match cmd {
         BenchCommand::Serve(a) => a,
-        BenchCommand::Throughput(a) => return super::bench_offline::throughput(a, &env.switches),
-        BenchCommand::Latency(a) => return super::bench_offline::latency(a, &env.switches),
+        BenchCommand::Throughput(a) => return super::bench_offline::throughput(a, env),
+        BenchCommand::Latency(a) => return super::bench_offline::latency(a, env),
     };
     let path = args
         .tokenizer
         .clone()
-        .unwrap_or_else(|| default_model_path(&env.switches.model_dir));
+        .unwrap_or_else(|| default_model_path(&env.model_dir));
     let gguf =
         GgufFile::open(&path).with_context(|| format!("tokenizer from {}", path.display()))?;
     let tok = Tokenizer::from_gguf(&gguf)?;

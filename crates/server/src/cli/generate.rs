@@ -4,10 +4,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::env::Environment;
 use anyhow::Context;
 use ferrolm_engine::config::EngineConfig;
 use ferrolm_engine::engine::EngineHandle;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::LoadedModel;
 
 use super::model_args::ModelArgs;
@@ -59,7 +59,7 @@ pub struct GenerateArgs {
     pub logprobs: Option<usize>,
 }
 
-pub fn run(args: GenerateArgs, env: &Environment) -> anyhow::Result<()> {
+pub fn run(args: GenerateArgs, env: &Switches) -> anyhow::Result<()> {
     let load = args.model.load_options(&args.device, env)?;
     let t_load = Instant::now();
     let lm = LoadedModel::load_with(&load).with_context(|| format!("loading {}", load.model))?;
@@ -101,7 +101,7 @@ pub fn run(args: GenerateArgs, env: &Environment) -> anyhow::Result<()> {
             max_model_len: Some(max_model_len.max(16)),
             // One sequence: a pool just big enough for it.
             num_blocks_override: Some(max_model_len.max(16).div_ceil(16) + 1),
-            switches: env.switches.engine,
+            switches: env.engine,
             ..Default::default()
         },
     )?;

@@ -3,8 +3,8 @@
 //! needs, through `hf-hub` into the same cache layout the loader then reads. A thin path: no
 //! hub is reachable from our test machines.
 
-use super::env::HubClient;
 use anyhow::Context;
+use ferrolm_engine::env::HubClient;
 use ferrolm_engine::env::HubSettings;
 use ferrolm_engine::loader::needs_download;
 use hf_hub::api::sync::ApiBuilder;

@@ -11,8 +11,8 @@ pub struct InspectArgs {
     pub revision: Option<String>,
 }
 
-pub fn run(args: InspectArgs, env: &super::env::Environment) -> anyhow::Result<()> {
-    let hub = &env.switches.hub;
+pub fn run(args: InspectArgs, env: &ferrolm_engine::env::Switches) -> anyhow::Result<()> {
+    let hub = &env.hub;
     let report = ferrolm_engine::inspect::inspect(&args.model, args.revision.as_deref(), hub)?;
     print!("{report}");
     Ok(())

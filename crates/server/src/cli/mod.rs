@@ -2,7 +2,6 @@
 
 mod bench;
 mod bench_offline;
-mod env;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_check;
@@ -14,7 +13,7 @@ mod model_args;
 mod serve;
 
 use clap::{Parser, Subcommand};
-use env::Environment;
+use ferrolm_engine::env::Switches;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,12 +48,12 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The environment, read once, here; passed down from now on.
-    let env = Environment::from_env();
+    let env = Switches::from_env();
     // The server logs to stdout (one line per request); the other commands keep stdout for
     // their results and log the engine's lines (CUDA graphs, KV cache sizing) to stderr.
     init_tracing(
         matches!(cli.command, Command::Serve(_)),
-        env.log_filter.as_deref(),
+        env.server.log_filter.as_deref(),
         cli.log_format == "json",
     );
     match cli.command {

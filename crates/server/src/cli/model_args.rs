@@ -2,8 +2,8 @@
 //! Hugging Face checkpoint folder or a hub id in the local cache; `--revision`,
 //! `--tokenizer`, `--dtype`. Shared by `serve` and `generate`.
 
-use super::env::Environment;
 use anyhow::Context;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::{default_model_path, LoadOptions};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -40,19 +40,19 @@ impl ModelArgs {
 
     /// What to load on `device`; without a model argument, the default model (fetched the
     /// way `make model` does when the script is at hand).
-    pub fn load_options(&self, device: &str, env: &Environment) -> anyhow::Result<LoadOptions> {
-        let hub = env.switches.hub.clone();
+    pub fn load_options(&self, device: &str, env: &Switches) -> anyhow::Result<LoadOptions> {
+        let hub = env.hub.clone();
         let model = match self.given() {
             Some(m) => {
                 super::hub_download::ensure_local(
                     m,
                     self.revision.as_deref(),
                     &hub,
-                    &env.hub_client,
+                    &env.server.hub_client,
                 )?;
                 m.to_string()
             }
-            None => default_model(&env.switches.model_dir, &env.fetch_script)?,
+            None => default_model(&env.model_dir, &env.server.fetch_script)?,
         };
         Ok(LoadOptions {
             model,
@@ -61,7 +61,7 @@ impl ModelArgs {
             dtype: self.dtype.clone(),
             device: device.to_string(),
             hub,
-            switches: env.switches.model.clone(),
+            switches: env.model.clone(),
             quantization: self.quantization,
         })
     }

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::env::Environment;
 use anyhow::Context;
 use ferrolm_engine::config::{
     EngineConfig, MaskObserver, PartialPrefills, PrefillCap, StepObserver,
 };
 use ferrolm_engine::engine::EngineHandle;
 use ferrolm_engine::env::EngineSwitches;
+use ferrolm_engine::env::Switches;
 use ferrolm_engine::loader::{LoadOptions, LoadedModel};
 use ferrolm_protocol::reasoning::ReasoningParser;
 use ferrolm_protocol::tool_parsers::ToolParser;
@@ -138,26 +138,26 @@ impl ServeArgs {
     }
 }
 
-pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, env: &Switches) -> anyhow::Result<()> {
     // Checked before anything else, so a wrong --device fails at once.
-    ferrolm_engine::device::resolve_device(&args.device, env.switches.model.pool_keep)?;
+    ferrolm_engine::device::resolve_device(&args.device, env.model.pool_keep)?;
     let load = args.model.load_options(&args.device, env)?;
     let served = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| default_served_name(&load.model));
-    let api_keys = args.limits.api_keys(env.api_key.as_deref())?;
+    let api_keys = args.limits.api_keys(env.server.api_key.as_deref())?;
     // Built before the async runtime: the exporter's HTTP client is a blocking one.
     let tracer = match &args.otlp_traces_endpoint {
         Some(endpoint) => {
             anyhow::ensure!(
-                env.otlp_traces_protocol.as_deref().is_none_or(|p| p == "http/protobuf"),
+                env.server.otlp_traces_protocol.as_deref().is_none_or(|p| p == "http/protobuf"),
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL={}: ferrolm exports traces over http/protobuf only (an OTLP/HTTP receiver, port 4318)",
-                env.otlp_traces_protocol.as_deref().unwrap_or_default()
+                env.server.otlp_traces_protocol.as_deref().unwrap_or_default()
             );
             Some(Arc::new(Tracer::otlp_http(
                 endpoint,
-                &env.otel_service_name,
+                &env.server.otel_service_name,
             )?))
         }
         None => None,
@@ -195,7 +195,7 @@ pub fn run(args: ServeArgs, env: &Environment) -> anyhow::Result<()> {
         .worker_threads(workers)
         .enable_all()
         .build()?;
-    let served = rt.block_on(serve(args, load, env.switches.engine, state));
+    let served = rt.block_on(serve(args, load, env.engine, state));
     // The spans still buffered go out before the process ends.
     if let Some(t) = tracer {
         t.shutdown();
