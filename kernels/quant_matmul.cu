@@ -41,19 +41,6 @@ __device__ __forceinline__ int ld32_a4(const uint8_t* p) {
 __device__ __forceinline__ float ld_f16(const uint8_t* p) {
   return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
 }
-// 32 bytes at p as eight words: two 16-byte loads where p is 16-byte aligned (Q4_K's and
-// Q5_K's quants are, in blocks of 144 and 176 bytes), else eight 4-byte loads.
-__device__ __forceinline__ void ld32x8(const uint8_t* p, int (&q)[8]) {
-  if ((reinterpret_cast<uintptr_t>(p) & 15) == 0) {
-    const int4 u0 = __ldg(reinterpret_cast<const int4*>(p));
-    const int4 u1 = __ldg(reinterpret_cast<const int4*>(p) + 1);
-    q[0] = u0.x, q[1] = u0.y, q[2] = u0.z, q[3] = u0.w;
-    q[4] = u1.x, q[5] = u1.y, q[6] = u1.z, q[7] = u1.w;
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) q[i] = ld32_a4(p + 4 * i);
-  }
-}
 // Bits 0-3 of b to bit 4 of bytes 0-3 (a fifth bit of four 4-bit quants).
 __device__ __forceinline__ int spread4(int b) {
   return ((b & 1) << 4) | ((b & 2) << 11) | ((b & 4) << 18) | ((b & 8) << 25);
@@ -113,15 +100,10 @@ __device__ __forceinline__ Chunk unpack(const uint8_t* __restrict__ row, int c) 
     constexpr int QS = TY == Q4_K ? 16 : 48;
     const uint8_t* qs = b + QS + 32 * (j >> 1);
     const int shift = 4 * (j & 1);
-    int q[8];
-    ld32x8(qs, q);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) ch.w[i] = (q[i] >> shift) & 0x0F0F0F0F;
-    if constexpr (TY == Q5_K) {
-      int h[8];
-      ld32x8(b + 16, h);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) ch.w[i] |= ((h[i] >> j) & 0x01010101) << 4;
+    for (int i = 0; i < 8; ++i) {
+      ch.w[i] = (ld32_a4(qs + 4 * i) >> shift) & 0x0F0F0F0F;
+      if constexpr (TY == Q5_K) ch.w[i] |= ((ld32_a4(b + 16 + 4 * i) >> j) & 0x01010101) << 4;
     }
     ch.fa = ch.fb = d * (float)sc;
     ch.fm = -dmin * (float)mn;
@@ -175,8 +157,7 @@ __device__ void qmv(const uint8_t* __restrict__ w, const int8_t* __restrict__ xq
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  // Four chunks' loads in flight a lane at one or two rows (k = 4096 is four chunks a lane).
-#pragma unroll(M <= 2 ? 4 : 2)
+#pragma unroll 2
   for (int c = lane; c < chunks; c += 32) {
     const Chunk ch = unpack<TY>(row, c);
 #pragma unroll

@@ -74,11 +74,18 @@ pub struct EngineSwitches {
     /// FERROLM_FAULT_INJECT (tests only): `sample:SEED` panics while sampling a request with
     /// that seed, `step:SEED` panics in the step that schedules one (the engine thread dies).
     pub fault_inject: Option<FaultInject>,
-    /// FERROLM_DEVICE_SAMPLER: steps with sampled requests (no log-probs, no grammar) draw
-    /// their tokens on the device, only ids crossing to the host. Unset: on a GPU (checked
-    /// against the CPU sampler on an H200, 2026-12-04), off on the CPU; `1` also on the CPU
-    /// (the same algorithm over the step's rows), `0` never.
+    /// FERROLM_DEVICE_SAMPLER: steps with sampled requests (no prompt log-probs, no grammar)
+    /// draw their tokens on the device, only ids crossing to the host. Unset: on a GPU
+    /// (checked against the CPU sampler on an H200, 2026-12-04), off on the CPU; `1` also on
+    /// the CPU (the same algorithm over the step's rows), `0` never.
     pub device_sampler: Option<bool>,
+}
+
+impl EngineSwitches {
+    /// Whether sampled steps use the device sampler on a model `on_gpu` or not.
+    pub fn device_sampler_on(&self, on_gpu: bool) -> bool {
+        self.device_sampler.unwrap_or(on_gpu)
+    }
 }
 
 /// A fault the engine injects for the tests of its fault handling (`FERROLM_FAULT_INJECT`).

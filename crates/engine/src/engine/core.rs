@@ -54,7 +54,7 @@ impl<'m> EngineCore<'m> {
         )? {
             tracing::info!("{line}");
         }
-        let on_gpu = runner.on_gpu();
+        let device_sampler = switches.device_sampler_on(runner.on_gpu());
         Ok(Self {
             scheduler,
             runner,
@@ -64,7 +64,7 @@ impl<'m> EngineCore<'m> {
             step_observer: None,
             mask_observer: None,
             fault_inject: switches.fault_inject,
-            device_sampler: switches.device_sampler.unwrap_or(on_gpu),
+            device_sampler,
         })
     }
 
@@ -120,7 +120,7 @@ impl<'m> EngineCore<'m> {
             });
         let eog = &self.tokenizer.eog_ids;
         // With the device sampler on, a step whose every request can be drawn away from
-        // the host (no log-probs, no grammar) is sampled on the GPU: ids cross, not rows.
+        // the host (no prompt log-probs, no grammar) is sampled there: ids cross, not rows.
         let device_sampled = !device_greedy
             && self.device_sampler
             && out.scheduled.iter().all(|s| {

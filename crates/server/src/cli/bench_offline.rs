@@ -242,8 +242,7 @@ pub fn throughput(a: ThroughputArgs, switches: &Switches) -> anyhow::Result<()> 
         min_p: a.min_p,
         device_sampler: switches
             .engine
-            .device_sampler
-            .unwrap_or(!s.model.device().is_cpu()),
+            .device_sampler_on(!s.model.device().is_cpu()),
     });
     let prompts = random_prompts(
         a.num_prompts,
