@@ -124,11 +124,10 @@ fn quant_matmul(c: &mut Criterion) {
 fn paged_attention(c: &mut Criterion) {
     let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
     let shape = PagedAttentionShape::new(nh, nkv, hd, bs);
-    let mut g = c.benchmark_group("paged_attention_cpu decode x16");
     let mut seed = 2;
-    for ctx in [128usize, 512, 2048] {
-        // 16 sequences, one new token each, ctx tokens of context in their own blocks.
-        let seqs = 16;
+    for (seqs, ctx) in [(16, 128usize), (16, 512), (16, 2048), (1, 512)] {
+        // `seqs` sequences, one new token each, ctx tokens of context in their own blocks.
+        let mut g = c.benchmark_group(format!("paged_attention_cpu decode x{seqs}"));
         let blocks_per = ctx.div_ceil(bs);
         let num_blocks = seqs * blocks_per;
         let f16s =
@@ -144,6 +143,35 @@ fn paged_attention(c: &mut Criterion) {
         let mut out = vec![0f32; q.len()];
         let prompt_lens = vec![0; seqs]; // decode rows
         g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 2) as u64));
+        g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
+            b.iter(|| {
+                let step = StepRows {
+                    query_start_loc: &qsl,
+                    context_lens: &ctxs,
+                    prompt_lens: &prompt_lens,
+                    block_tables: &tables,
+                };
+                paged_attention_cpu_f16(shape, (&q, &kv, &vv), step, &mut out);
+                black_box(&out);
+            })
+        });
+        g.finish();
+    }
+
+    // One prompt of `ctx` tokens in one step (llama.cpp's prompt order): the prefill side.
+    let mut g = c.benchmark_group("paged_attention_cpu prompt");
+    g.sample_size(10);
+    for ctx in [128usize, 512] {
+        let blocks = ctx.div_ceil(bs);
+        let f16s =
+            |v: Vec<f32>| -> Vec<half::f16> { v.into_iter().map(half::f16::from_f32).collect() };
+        let kv = f16s(lcg_uniform(blocks * bs * nkv * hd, &mut seed));
+        let vv = f16s(lcg_uniform(blocks * bs * nkv * hd, &mut seed));
+        let q = lcg_uniform(ctx * nh * hd, &mut seed);
+        let tables = vec![(0..blocks as u32).collect::<Vec<u32>>()];
+        let (qsl, ctxs, prompt_lens) = (vec![0, ctx], vec![ctx], vec![ctx]);
+        let mut out = vec![0f32; q.len()];
+        g.throughput(Throughput::Elements(ctx as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
                 let step = StepRows {

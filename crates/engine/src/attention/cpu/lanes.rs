@@ -1,238 +1,335 @@
 //! The vector lanes of the llama.cpp-order kernel: 8 keys' scores at once, and the values'
-//! 16-lane chains, each lane the same sequential sum as llama.cpp's (AVX2 where built for it,
-//! a portable form that the `-C target-cpu=x86-64` build runs).
+//! 16-lane chains, each lane the same sequential sum as llama.cpp's, for up to four query
+//! heads of a KV group at once (AVX2 where built for it; otherwise the scalar forms of
+//! [`crate::ops::ggml_arith`]).
 
-#[cfg(x86_v3)]
 use half::f16;
 
-/// The 16 values per dim that [`crate::ops::ggml_arith::reduce16`]'s tree takes, for dims
-/// `d0..d0 + 8 W`, into `tree[l][d]`: each lane's chain of positions held in W registers
-/// (from its first product: llama.cpp's chains start from +0, which differs only in the sign
-/// of an all-zero sum; a lane no position reaches is +0).
+/// Most query heads that one pass of the lanes below serves: each K or V vector is loaded
+/// (and converted) once for all of them.
+pub(super) const MAX_HEADS: usize = 4;
+
+/// Dims `d0..d0 + 8 W` of `H` heads' outputs (`p: [H, n]` probabilities, `out: [H, hd]`):
+/// each dim the f16 dot product of a head's probabilities with V's column over the positions,
+/// in llama.cpp's lanes (a lane's chain of positions held in `H x W` registers, each V vector
+/// converted once for the `H` heads) and [`crate::ops::ggml_arith::reduce16`]'s tree, taken
+/// in the tree's order so that few partial sums are live. A chain starts from its first
+/// product (llama.cpp's start from +0, which differs only in the sign of an all-zero sum; a
+/// lane no position reaches is +0) and adds the others by FMA, which is llama.cpp's
+/// multiply-then-add here: a product of two f16 values (a probability rounded to f16, a V
+/// entry) is exact in f32.
 #[cfg(x86_v3)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn values_lanes_avx2<const W: usize>(
+pub(super) unsafe fn values_lanes_avx2<const H: usize, const W: usize>(
     p: &[f32],
     rows: &[usize],
     v: &[f16],
     d0: usize,
     prompt: bool,
-    tree: &mut [f32],
+    out: &mut [f32],
     hd: usize,
 ) {
     use std::arch::x86_64::*;
-    let n = p.len();
     let step = if prompt { 16 } else { 64 };
-    let vp = v.as_ptr().add(d0);
-    let chain = |lane: usize| -> [__m256; W] {
-        let mut acc = [_mm256_setzero_ps(); W];
-        let mut i = lane;
-        let mut first = true;
-        while i < n {
-            let pv = _mm256_set1_ps(*p.get_unchecked(i));
-            let row = vp.add(*rows.get_unchecked(i));
-            for (w, a) in acc.iter_mut().enumerate() {
-                let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * w) as *const __m128i));
-                let t = _mm256_mul_ps(x, pv);
-                *a = if first { t } else { _mm256_add_ps(*a, t) };
-            }
-            first = false;
-            i += step;
-        }
-        acc
-    };
-    let tp = tree.as_mut_ptr().add(d0);
-    for l in 0..16 {
-        let dst = tp.add(l * hd);
-        if prompt {
-            for (w, a) in chain(l).iter().enumerate() {
-                _mm256_storeu_ps(dst.add(8 * w), *a);
-            }
-        } else {
-            let (a0, a2) = (chain(l), chain(32 + l));
-            for w in 0..W {
-                _mm256_storeu_ps(dst.add(8 * w), _mm256_add_ps(a0[w], a2[w]));
-            }
-            let (a1, a3) = (chain(16 + l), chain(48 + l));
-            for w in 0..W {
-                let x = _mm256_loadu_ps(dst.add(8 * w));
-                _mm256_storeu_ps(
-                    dst.add(8 * w),
-                    _mm256_add_ps(x, _mm256_add_ps(a1[w], a3[w])),
-                );
-            }
+    let src = (p.as_ptr(), rows, v.as_ptr().add(d0), step);
+    let a = add_hw(value_t6::<H, W>(src, 0), value_t6::<H, W>(src, 2));
+    let r = add_hw(
+        a,
+        add_hw(value_t6::<H, W>(src, 1), value_t6::<H, W>(src, 3)),
+    );
+    let op = out.as_mut_ptr().add(d0);
+    for (h, rh) in r.iter().enumerate() {
+        for (w, x) in rh.iter().enumerate() {
+            _mm256_storeu_ps(op.add(h * hd + 8 * w), *x);
         }
     }
 }
 
-/// [`crate::ops::ggml_arith::reduce16`] of `tree: [16, head_dim]` for every dim at once (vector
-/// lanes over `d`): halves, then quarters, then pairs.
-#[allow(dead_code)] // the portable build reduces per dim
-pub(super) fn tree_reduce(tree: &mut [f32], out: &mut [f32]) {
-    let hd = out.len();
-    for width in [8, 4] {
-        for i in 0..width {
-            let (lo, hi) = tree.split_at_mut((i + width) * hd);
-            let (dst, src) = (&mut lo[i * hd..][..hd], &hi[..hd]);
-            for d in 0..hd {
-                dst[d] += src[d];
-            }
-        }
-    }
-    let t = |i: usize| &tree[i * hd..][..hd];
-    let (t0, t1, t2, t3) = (t(0), t(1), t(2), t(3));
-    for d in 0..hd {
-        out[d] = (t0[d] + t2[d]) + (t1[d] + t3[d]);
-    }
+#[cfg(x86_v3)]
+type Acc<const H: usize, const W: usize> = [[std::arch::x86_64::__m256; W]; H];
+
+/// `t6[i] = (s[i + 12] + s[i + 4]) + (s[i + 8] + s[i])` of the tree's 16 inputs.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn value_t6<const H: usize, const W: usize>(src: ValueSource<'_>, i: usize) -> Acc<H, W> {
+    let a = add_hw(
+        value_input::<H, W>(src, i + 12),
+        value_input::<H, W>(src, i + 4),
+    );
+    add_hw(
+        a,
+        add_hw(value_input::<H, W>(src, i + 8), value_input::<H, W>(src, i)),
+    )
 }
 
-/// `out[j] = dot_f16(q, key j)` (or `dot_f16_tiled` in prompt order) for the first
-/// `out.len()` keys of a block held as f32 `kb: [head_dim, block_size]`, unscaled; 8 keys per
-/// pass as vector lanes when the head dimension is whole SIMD steps.
-pub(super) fn key_scores(q: &[f32], kb: &[f32], bs: usize, out: &mut [f32], prompt: bool) {
-    let (hd, len) = (q.len(), out.len());
-    if bs.is_multiple_of(8) && hd.is_multiple_of(if prompt { 16 } else { 64 }) {
-        for j in (0..len).step_by(8) {
-            let lanes = if prompt {
-                dot8::<true>(q, kb, bs, j)
-            } else {
-                dot8::<false>(q, kb, bs, j)
-            };
-            if j + 8 <= len {
-                out[j..j + 8].copy_from_slice(&lanes);
-            } else {
-                out[j..len].copy_from_slice(&lanes[..len - j]);
-            }
-        }
+/// Input `l` of the tree: lane `l`'s chain in prompt order (16 lanes); in decode order (64
+/// lanes) `(c[l] + c[32 + l]) + (c[16 + l] + c[48 + l])`.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn value_input<const H: usize, const W: usize>(src: ValueSource<'_>, l: usize) -> Acc<H, W> {
+    if src.3 == 16 {
+        value_chain::<H, W>(src, l)
     } else {
-        let mut k = vec![0f32; hd];
-        for (j, o) in out.iter_mut().enumerate().take(len) {
-            for (d, kd) in k.iter_mut().enumerate() {
-                *kd = kb[d * bs + j];
+        let a = add_hw(
+            value_chain::<H, W>(src, l),
+            value_chain::<H, W>(src, 32 + l),
+        );
+        add_hw(
+            a,
+            add_hw(
+                value_chain::<H, W>(src, 16 + l),
+                value_chain::<H, W>(src, 48 + l),
+            ),
+        )
+    }
+}
+
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn add_hw<const H: usize, const W: usize>(a: Acc<H, W>, b: Acc<H, W>) -> Acc<H, W> {
+    use std::arch::x86_64::*;
+    let mut r = a;
+    for h in 0..H {
+        for w in 0..W {
+            r[h][w] = _mm256_add_ps(a[h][w], b[h][w]);
+        }
+    }
+    r
+}
+
+/// What a value chain reads: probabilities `[H, n]`, each position's V row, the V cache from
+/// the pass's first dim, and the lane width (16 or 64).
+#[cfg(x86_v3)]
+type ValueSource<'a> = (*const f32, &'a [usize], *const f16, usize);
+
+/// One lane's chain over positions `lane, lane + step, ...` for `H` heads and `8 W` dims.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn value_chain<const H: usize, const W: usize>(
+    (pp, rows, vp, step): ValueSource<'_>,
+    lane: usize,
+) -> [[std::arch::x86_64::__m256; W]; H] {
+    use std::arch::x86_64::*;
+    let n = rows.len();
+    let mut acc = [[_mm256_setzero_ps(); W]; H];
+    if lane >= n {
+        return acc;
+    }
+    let mut pv = [_mm256_setzero_ps(); H];
+    for (h, x) in pv.iter_mut().enumerate() {
+        *x = _mm256_set1_ps(*pp.add(h * n + lane));
+    }
+    let row = vp.add(*rows.get_unchecked(lane));
+    for w in 0..W {
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * w) as *const __m128i));
+        for h in 0..H {
+            acc[h][w] = _mm256_mul_ps(x, pv[h]);
+        }
+    }
+    let mut i = lane + step;
+    while i < n {
+        for (h, x) in pv.iter_mut().enumerate() {
+            *x = _mm256_set1_ps(*pp.add(h * n + i));
+        }
+        let row = vp.add(*rows.get_unchecked(i));
+        for w in 0..W {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * w) as *const __m128i));
+            for h in 0..H {
+                acc[h][w] = _mm256_fmadd_ps(x, pv[h], acc[h][w]);
             }
-            *o = if prompt {
-                crate::ops::ggml_arith::dot_f16_tiled(q, &k)
+        }
+        i += step;
+    }
+    acc
+}
+
+/// Unscaled scores of `heads` query heads (`q: [heads, head_dim]`) with the first `len` keys
+/// of a block of the f16 cache `kb: [head_dim, block_size]`: `dot_f16(q_h, key j)` (or
+/// `dot_f16_tiled` in prompt order) into `p[h * n + start + j]`. Eight keys per pass as
+/// vector lanes, up to [`MAX_HEADS`] heads sharing each key load, when the head dimension is
+/// whole SIMD steps.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn key_scores(
+    q: &[f32],
+    hd: usize,
+    (kb, bs): (&[f16], usize),
+    p: &mut [f32],
+    (n, start, len): (usize, usize, usize),
+    prompt: bool,
+) {
+    let heads = q.len() / hd;
+    let width = if prompt { 16 } else { 64 };
+    assert!(p.len() >= heads * n && start + len <= n && kb.len() >= hd * bs);
+    #[cfg(x86_v3)]
+    if bs.is_multiple_of(8) && hd.is_multiple_of(width) && hd > 0 {
+        for h0 in (0..heads).step_by(MAX_HEADS) {
+            let qh = &q[h0 * hd..(h0 + MAX_HEADS).min(heads) * hd];
+            let out = (&mut *p, h0, n, start, len);
+            // SAFETY: AVX2 and FMA are in the build's target; every load is inside `kb`
+            // (j + 8 <= bs, kb holds hd x bs) and `qh` (whole heads).
+            unsafe {
+                match (qh.len() / hd, prompt) {
+                    (1, false) => scores_avx2::<false, 1>(qh, hd, (kb, bs), out),
+                    (2, false) => scores_avx2::<false, 2>(qh, hd, (kb, bs), out),
+                    (3, false) => scores_avx2::<false, 3>(qh, hd, (kb, bs), out),
+                    (_, false) => scores_avx2::<false, 4>(qh, hd, (kb, bs), out),
+                    (1, true) => scores_avx2::<true, 1>(qh, hd, (kb, bs), out),
+                    (2, true) => scores_avx2::<true, 2>(qh, hd, (kb, bs), out),
+                    (3, true) => scores_avx2::<true, 3>(qh, hd, (kb, bs), out),
+                    (_, true) => scores_avx2::<true, 4>(qh, hd, (kb, bs), out),
+                }
+            }
+        }
+        return;
+    }
+    // The portable build, or shapes without whole SIMD steps: the same arithmetic per key.
+    let mut k = vec![0f32; hd];
+    for j in 0..len {
+        for (d, kd) in k.iter_mut().enumerate() {
+            *kd = kb[d * bs + j].to_f32();
+        }
+        for h in 0..heads {
+            let qh = &q[h * hd..][..hd];
+            p[h * n + start + j] = if prompt {
+                crate::ops::ggml_arith::dot_f16_tiled(qh, &k)
             } else {
-                crate::ops::ggml_arith::dot_f16(q, &k)
+                crate::ops::ggml_arith::dot_f16(qh, &k)
             };
+        }
+    }
+}
+
+/// The scores of `H` heads (from head `h0`) with a block's first `len` keys, eight at a time,
+/// into `p[(h0 + h) * n + start..]`.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn scores_avx2<const PROMPT: bool, const H: usize>(
+    q: &[f32],
+    hd: usize,
+    (kb, bs): (&[f16], usize),
+    (p, h0, n, start, len): (&mut [f32], usize, usize, usize, usize),
+) {
+    for j in (0..len).step_by(8) {
+        let s = dot8_avx2::<PROMPT, H>(q, hd, (kb, bs, j));
+        let m = (len - j).min(8);
+        for (h, lanes) in s.iter().enumerate() {
+            p[(h0 + h) * n + start + j..][..m].copy_from_slice(&lanes[..m]);
         }
     }
 }
 
 pub(super) type Lanes = [f32; 8];
 
-/// Eight keys of a block held as f32 `[head_dim, block_size]`: the block, its size, and the
-/// first key.
-pub(super) type KeyLanes<'a> = (&'a [f32], usize, usize);
+/// Eight keys of a block of the f16 cache `[head_dim, block_size]`: the block, its size, and
+/// the first key.
+#[cfg(x86_v3)]
+pub(super) type KeyLanes<'a> = (&'a [f16], usize, usize);
 
-#[inline(always)]
-pub(super) fn add(a: Lanes, b: Lanes) -> Lanes {
-    std::array::from_fn(|x| a[x] + b[x])
-}
-
-/// [`crate::ops::ggml_arith::dot_f16`] (`PROMPT`: `dot_f16_tiled`) of `q` with keys `j..j + 8`
-/// of `kb` (each vector lane one key), for a head dimension of whole 64-wide (16) steps.
-#[inline(always)]
-pub(super) fn dot8<const PROMPT: bool>(q: &[f32], kb: &[f32], bs: usize, j: usize) -> Lanes {
-    #[cfg(x86_v3)]
-    {
-        let width = if PROMPT { 16 } else { 64 };
-        assert!(q.len().is_multiple_of(width) && !q.is_empty());
-        assert!(j + 8 <= bs && kb.len() >= q.len() * bs);
-        // SAFETY: AVX2 is in the build's target; every load is inside `kb` / `q` (asserted).
-        // The usual head dims get their chain lengths as constants (fully unrolled).
-        return unsafe {
-            match q.len() / width {
-                1 => dot8_avx2::<PROMPT, 1>(q, (kb, bs, j)),
-                2 => dot8_avx2::<PROMPT, 2>(q, (kb, bs, j)),
-                4 => dot8_avx2::<PROMPT, 4>(q, (kb, bs, j)),
-                8 => dot8_avx2::<PROMPT, 8>(q, (kb, bs, j)),
-                _ => dot8_avx2::<PROMPT, 0>(q, (kb, bs, j)),
-            }
-        };
-    }
-    #[allow(unreachable_code)]
-    dot8_portable::<PROMPT>(q, (kb, bs, j))
-}
-
-/// [`dot8`] in AVX2 vectors (one key per lane; the same adds in the same order).
+/// `dot_f16` (`PROMPT`: `dot_f16_tiled`) of each of `H` heads (`q: [H, hd]`, hd a whole
+/// number of 64-wide (16) steps) with keys `j..j + 8` of `kb` in AVX2 vectors, one key per
+/// lane: the same lanes and tree as llama.cpp, each key vector loaded once for the `H` heads.
+/// A lane's chain starts from its first product and adds the next by FMA (exact products of
+/// f16 values: llama.cpp's multiply-then-add; its chains start from +0, which differs only in
+/// the sign of an all-zero sum, which no score can tell).
 #[cfg(x86_v3)]
 #[inline(always)]
-pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const STEPS: usize>(
+pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const H: usize>(
     q: &[f32],
+    hd: usize,
     (kb, bs, j): KeyLanes<'_>,
-) -> Lanes {
+) -> [Lanes; H] {
     use std::arch::x86_64::*;
     let width = if PROMPT { 16 } else { 64 };
-    // STEPS = 0: not a constant.
-    let steps = if STEPS > 0 { STEPS } else { q.len() / width };
-    let (qp, kp) = (q.as_ptr(), kb.as_ptr().add(j));
-    // A lane's chain from its first product (llama.cpp's starts from +0: that differs only
-    // in the sign of an all-zero sum, which no score can tell).
-    #[inline(always)]
-    unsafe fn lane(
-        qp: *const f32,
-        kp: *const f32,
-        bs: usize,
-        l: usize,
-        width: usize,
-        steps: usize,
-    ) -> __m256 {
-        let prod =
-            |d: usize| _mm256_mul_ps(_mm256_set1_ps(*qp.add(d)), _mm256_loadu_ps(kp.add(d * bs)));
-        let mut s = prod(l);
-        for c in 1..steps {
-            s = _mm256_add_ps(s, prod(width * c + l));
-        }
-        s
+    let k = (q.as_ptr(), kb.as_ptr().add(j), bs, hd, width);
+    // Each of the 16 values the final tree reduces, taken in the tree's order so that few
+    // are live: t3[i] = s[i + 8] + s[i], t6[i] = t3[i + 4] + t3[i], then the last three.
+    let a = add_h(t6_h::<PROMPT, H>(k, 0), t6_h::<PROMPT, H>(k, 2));
+    let r = add_h(a, add_h(t6_h::<PROMPT, H>(k, 1), t6_h::<PROMPT, H>(k, 3)));
+    let mut out = [[0f32; 8]; H];
+    for h in 0..H {
+        _mm256_storeu_ps(out[h].as_mut_ptr(), r[h]);
     }
-    let mut sv = [_mm256_setzero_ps(); 16];
-    for (l, sl) in sv.iter_mut().enumerate() {
-        let lane = |x: usize| lane(qp, kp, bs, x, width, steps);
-        *sl = if PROMPT {
-            lane(l)
-        } else {
-            _mm256_add_ps(
-                _mm256_add_ps(lane(l), lane(32 + l)),
-                _mm256_add_ps(lane(16 + l), lane(48 + l)),
-            )
-        };
-    }
-    let t3: [__m256; 8] = std::array::from_fn(|i| _mm256_add_ps(sv[i + 8], sv[i]));
-    let t6: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(t3[i + 4], t3[i]));
-    let r = _mm256_add_ps(_mm256_add_ps(t6[0], t6[2]), _mm256_add_ps(t6[1], t6[3]));
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), r);
     out
 }
 
+/// `t6[i] = t3[i + 4] + t3[i]` with `t3[i] = s[i + 8] + s[i]` of the tree's 16 inputs.
+#[cfg(x86_v3)]
 #[inline(always)]
-#[allow(dead_code)] // the portable build's path (its tests run it: -C target-cpu=x86-64)
-pub(super) fn dot8_portable<const PROMPT: bool>(q: &[f32], (kb, bs, j): KeyLanes<'_>) -> Lanes {
-    let width = if PROMPT { 16 } else { 64 };
-    let steps = q.len() / width;
-    // Lane l of llama.cpp's accumulators: the products of dims l, l + width, ... in order.
-    let lane = |l: usize| -> Lanes {
-        let mut s = [0f32; 8];
-        for c in 0..steps {
-            let d = width * c + l;
-            let (qd, k) = (q[d], &kb[d * bs + j..][..8]);
-            for x in 0..8 {
-                s[x] += qd * k[x];
-            }
+unsafe fn t6_h<const PROMPT: bool, const H: usize>(
+    k: ScoreLanes,
+    i: usize,
+) -> [std::arch::x86_64::__m256; H] {
+    let a = add_h(
+        tree_input::<PROMPT, H>(k, i + 12),
+        tree_input::<PROMPT, H>(k, i + 4),
+    );
+    add_h(
+        a,
+        add_h(
+            tree_input::<PROMPT, H>(k, i + 8),
+            tree_input::<PROMPT, H>(k, i),
+        ),
+    )
+}
+
+/// Where the score lanes read: q, the block's keys from the first of eight, the block size,
+/// the head dim, and the lane width (16 or 64).
+#[cfg(x86_v3)]
+type ScoreLanes = (*const f32, *const f16, usize, usize, usize);
+
+/// Lane `x` of every head's dot product with eight keys: the products of dims x, x + width,
+/// ... in order, from the first product, then by FMA.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn lane_h<const H: usize>(
+    (qp, kp, bs, hd, width): ScoreLanes,
+    x: usize,
+) -> [std::arch::x86_64::__m256; H] {
+    use std::arch::x86_64::*;
+    let load = |d: usize| _mm256_cvtph_ps(_mm_loadu_si128(kp.add(d * bs) as *const __m128i));
+    let k = load(x);
+    let mut s = [_mm256_setzero_ps(); H];
+    for (h, sh) in s.iter_mut().enumerate() {
+        *sh = _mm256_mul_ps(_mm256_set1_ps(*qp.add(h * hd + x)), k);
+    }
+    let mut d = x + width;
+    while d < hd {
+        let k = load(d);
+        for (h, sh) in s.iter_mut().enumerate() {
+            *sh = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(h * hd + d)), k, *sh);
         }
-        s
-    };
-    // The 16 values the final tree reduces.
-    let s = |l: usize| {
-        if PROMPT {
-            lane(l)
-        } else {
-            add(add(lane(l), lane(32 + l)), add(lane(16 + l), lane(48 + l)))
-        }
-    };
-    let t3: [Lanes; 8] = std::array::from_fn(|i| add(s(i + 8), s(i)));
-    let t6: [Lanes; 4] = std::array::from_fn(|i| add(t3[i + 4], t3[i]));
-    add(add(t6[0], t6[2]), add(t6[1], t6[3]))
+        d += width;
+    }
+    s
+}
+
+/// Value `l` (of 16) of the tree: lane `l` in prompt order, `(l + 32l) + (16 + l + 48 + l)`
+/// lanes in decode order.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn tree_input<const PROMPT: bool, const H: usize>(
+    k: ScoreLanes,
+    l: usize,
+) -> [std::arch::x86_64::__m256; H] {
+    if PROMPT {
+        lane_h::<H>(k, l)
+    } else {
+        let a = add_h(lane_h::<H>(k, l), lane_h::<H>(k, 32 + l));
+        add_h(a, add_h(lane_h::<H>(k, 16 + l), lane_h::<H>(k, 48 + l)))
+    }
+}
+
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn add_h<const H: usize>(
+    a: [std::arch::x86_64::__m256; H],
+    b: [std::arch::x86_64::__m256; H],
+) -> [std::arch::x86_64::__m256; H] {
+    use std::arch::x86_64::*;
+    let mut r = a;
+    for h in 0..H {
+        r[h] = _mm256_add_ps(a[h], b[h]);
+    }
+    r
 }

@@ -6,7 +6,6 @@ use rayon::prelude::*;
 
 use super::lanes::*;
 use super::reference::{PagedAttentionShape, QueryKv, StepRows};
-use crate::ops::ggml_arith::f16_to_f32;
 
 /// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
 /// V, flash attention off, single-token decode; see [`crate::ops::ggml_arith`]) so that outputs
@@ -128,26 +127,16 @@ impl Keys<'_> {
         } = self.shape;
         let (n, kvh) = (self.n_keys, self.kvh);
         let heads = q.len() / hd;
-        let Scratch {
-            qh,
-            p,
-            kb,
-            rows,
-            tree,
-        } = sc;
+        let Scratch { qh, p, rows } = sc;
         // q as llama.cpp's matmul converts it to the K cache's type.
         let qh = sized(qh, q.len());
         qh.copy_from_slice(q);
         crate::ops::ggml_arith::round_to_f16(qh);
         // Scores, then probabilities: [heads, n].
         let p = sized(p, heads * n);
-        let kb = sized(kb, hd * bs);
         for (start, block, len) in self.segments() {
-            f16_to_f32(&self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs], kb);
-            for h in 0..heads {
-                let out = &mut p[h * n + start..][..len];
-                key_scores(&qh[h * hd..][..hd], kb, bs, out, self.prompt_order);
-            }
+            let kb = &self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs];
+            key_scores(qh, hd, (kb, bs), p, (n, start, len), self.prompt_order);
         }
         for h in 0..heads {
             p[h * n..][..self.first_key].fill(f32::NEG_INFINITY);
@@ -158,8 +147,7 @@ impl Keys<'_> {
         for (_, block, len) in self.segments() {
             rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
         }
-        let tree = sized(tree, 16 * hd);
-        values_dot(p, rows, self.v_cache, self.prompt_order, tree, hd, out);
+        values_dot(p, rows, self.v_cache, self.prompt_order, hd, out);
     }
 }
 
@@ -167,43 +155,46 @@ impl Keys<'_> {
 /// (`p: [heads, n]`) with V's column `d` over the positions (V row of position `i` at
 /// `v[rows[i]..]`) in `ggml_vec_dot_f16`'s order (lane = position % 64, `(a0 + a2) + (a1 +
 /// a3)`, then [`crate::ops::ggml_arith::reduce16`]) or, in prompt order, tinyBLAS's (lane =
-/// position % 16, then the tree), into `out: [heads, hd]`. `tree` is `[16, hd]` scratch.
-#[allow(clippy::too_many_arguments)]
-fn values_dot(
-    p: &[f32],
-    rows: &[usize],
-    v: &[f16],
-    prompt: bool,
-    tree: &mut [f32],
-    hd: usize,
-    out: &mut [f32],
-) {
+/// position % 16, then the tree), into `out: [heads, hd]`.
+fn values_dot(p: &[f32], rows: &[usize], v: &[f16], prompt: bool, hd: usize, out: &mut [f32]) {
     let n = rows.len();
     // Checked once for all heads: every V row read below lies inside `v`.
     assert!(p.len() * hd == n * out.len() && rows.iter().all(|&r| r + hd <= v.len()));
-    assert!(tree.len() >= 16 * hd);
-    for (p, out) in p.chunks(n.max(1)).zip(out.chunks_mut(hd)) {
-        #[cfg(x86_v3)]
-        if hd.is_multiple_of(8) {
-            for d0 in (0..hd).step_by(64) {
-                // SAFETY: AVX2 and F16C are in the build's target; every V row read is
-                // inside `v` (asserted above) and every store inside `tree`.
+    let heads = out.len() / hd.max(1);
+    #[cfg(x86_v3)]
+    if hd.is_multiple_of(8) && hd > 0 {
+        for h0 in (0..heads).step_by(MAX_HEADS) {
+            let h1 = (h0 + MAX_HEADS).min(heads);
+            let ph = &p[h0 * n..h1 * n];
+            let oh = &mut out[h0 * hd..h1 * hd];
+            // A pass covers 64 dims for one head (8 accumulators), 32 for two to four (H x 4
+            // or 4 x 2 accumulators), so that accumulators, broadcasts and one V vector fit
+            // in 16 registers.
+            let span = if h1 - h0 == 1 { 64 } else { 32 };
+            for d0 in (0..hd).step_by(span) {
+                let d1 = (d0 + span).min(hd);
+                let args = (ph, rows, v, (d0, d1), prompt, &mut *oh, hd);
+                // SAFETY: AVX2, FMA and F16C are in the build's target; every V row read is
+                // inside `v` (asserted above), every probability inside `ph` ([heads, n]) and
+                // every store inside `oh` ([heads, hd]).
                 unsafe {
-                    match (hd - d0).min(64) / 8 {
-                        8 => values_lanes_avx2::<8>(p, rows, v, d0, prompt, tree, hd),
-                        4 => values_lanes_avx2::<4>(p, rows, v, d0, prompt, tree, hd),
-                        w => {
-                            for k in 0..w {
-                                values_lanes_avx2::<1>(p, rows, v, d0 + 8 * k, prompt, tree, hd)
-                            }
-                        }
+                    match (h1 - h0, d1 - d0 == span) {
+                        (1, true) => values_in_lanes::<1, 8>(args),
+                        (2, true) => values_in_lanes::<2, 4>(args),
+                        (3, true) => values_in_lanes::<3, 4>(args),
+                        (_, true) => values_in_lanes::<4, 2>(args),
+                        (1, false) => values_in_lanes::<1, 1>(args),
+                        (2, false) => values_in_lanes::<2, 1>(args),
+                        (3, false) => values_in_lanes::<3, 1>(args),
+                        (_, false) => values_in_lanes::<4, 1>(args),
                     }
                 }
             }
-            tree_reduce(tree, out);
-            continue;
         }
-        let lanes = if prompt { 16 } else { 64 };
+        return;
+    }
+    let lanes = if prompt { 16 } else { 64 };
+    for (p, out) in p.chunks(n.max(1)).zip(out.chunks_mut(hd.max(1))) {
         for (d, o) in out.iter_mut().enumerate() {
             let mut acc = [0f32; 64];
             for (i, (&pv, &r)) in p.iter().zip(rows).enumerate() {
@@ -218,15 +209,37 @@ fn values_dot(
     }
 }
 
+/// [`values_lanes_avx2`] over `H` heads' probabilities for dims `d0..d1`, `8 W` at a time.
+#[cfg(x86_v3)]
+#[inline(always)]
+unsafe fn values_in_lanes<const H: usize, const W: usize>(
+    (p, rows, v, (d0, d1), prompt, out, hd): ValueLanes<'_>,
+) {
+    for d in (d0..d1).step_by(8 * W) {
+        values_lanes_avx2::<H, W>(p, rows, v, d, prompt, out, hd);
+    }
+}
+
+/// What [`values_in_lanes`] reads and writes: probabilities `[H, n]`, V rows, the V cache, a
+/// range of dims, the order, the outputs `[H, hd]` and the head dim.
+#[cfg(x86_v3)]
+type ValueLanes<'a> = (
+    &'a [f32],
+    &'a [usize],
+    &'a [f16],
+    (usize, usize),
+    bool,
+    &'a mut [f32],
+    usize,
+);
+
 /// Per-thread buffers of [`Keys::attend`] (one task per (token, KV head) would otherwise
 /// allocate them each time).
 #[derive(Default)]
 struct Scratch {
     qh: Vec<f32>,
     p: Vec<f32>,
-    kb: Vec<f32>,
     rows: Vec<usize>,
-    tree: Vec<f32>,
 }
 
 thread_local! {
@@ -245,13 +258,33 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// the probabilities that llama.cpp's next matmul applies.
 fn softmax_to_f16(w: &mut [f32], scale: f32) {
     use crate::ops::ggml_arith::{expf8, reduce16};
-    let mut max = f32::NEG_INFINITY;
-    for x in w.iter_mut() {
-        *x *= scale;
-        max = if max > *x { max } else { *x };
-    }
+    let max = scale_and_max(w, scale);
     let mut sum = 0f64;
-    for chunk in w.chunks_mut(16) {
+    // Whole chunks of 16 in AVX2 vectors, the rest (or everything, without AVX2) below.
+    #[cfg(x86_v3)]
+    let whole = w.len() / 16 * 16;
+    #[cfg(not(x86_v3))]
+    let whole = 0;
+    #[cfg(x86_v3)]
+    // SAFETY: AVX2 and FMA are in the build's target; loads and stores stay inside `w`.
+    unsafe {
+        use crate::ops::ggml_arith::expf8_avx2;
+        use std::arch::x86_64::*;
+        let m = _mm256_set1_ps(max);
+        for chunk in w[..whole].chunks_exact_mut(16) {
+            let at = chunk.as_mut_ptr();
+            let lo = expf8_avx2(_mm256_sub_ps(_mm256_loadu_ps(at), m));
+            let hi = expf8_avx2(_mm256_sub_ps(_mm256_loadu_ps(at.add(8)), m));
+            _mm256_storeu_ps(at, lo);
+            _mm256_storeu_ps(at.add(8), hi);
+            // reduce16: the halves (t3), their halves (t6), then (t6[0] + t6[2]) + (t6[1] + t6[3]).
+            let t3 = _mm256_add_ps(hi, lo);
+            let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+            let t = _mm_add_ps(t6, _mm_movehl_ps(t6, t6)); // [t6[0] + t6[2], t6[1] + t6[3], ..]
+            sum += _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t))) as f64;
+        }
+    }
+    for chunk in w[whole..].chunks_mut(16) {
         // Past the row, llama.cpp's padded cache holds masked keys: exp(-inf) = 0.
         let x: [f32; 16] =
             std::array::from_fn(|i| chunk.get(i).map_or(f32::NEG_INFINITY, |x| x - max));
@@ -268,4 +301,31 @@ fn softmax_to_f16(w: &mut [f32], scale: f32) {
         *x *= inv;
     }
     crate::ops::ggml_arith::round_to_f16(w);
+}
+
+/// Scales `w` in place and returns its maximum (the order of a max does not matter).
+fn scale_and_max(w: &mut [f32], scale: f32) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    #[allow(unused_mut)] // advanced only by the AVX2 loop
+    let mut i = 0;
+    #[cfg(x86_v3)]
+    // SAFETY: AVX2 is in the build's target; loads and stores stay inside `w`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let (s, mut m) = (_mm256_set1_ps(scale), _mm256_set1_ps(f32::NEG_INFINITY));
+        while i + 8 <= w.len() {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(w.as_ptr().add(i)), s);
+            _mm256_storeu_ps(w.as_mut_ptr().add(i), x);
+            m = _mm256_max_ps(m, x);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        max = lanes.iter().fold(max, |a, &b| if a > b { a } else { b });
+    }
+    for x in &mut w[i..] {
+        *x *= scale;
+        max = if max > *x { max } else { *x };
+    }
+    max
 }
