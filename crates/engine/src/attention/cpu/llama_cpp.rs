@@ -167,10 +167,17 @@ fn values_dot(p: &[f32], rows: &[usize], v: &[f16], prompt: bool, hd: usize, out
             let h1 = (h0 + MAX_HEADS).min(heads);
             let ph = &p[h0 * n..h1 * n];
             let oh = &mut out[h0 * hd..h1 * hd];
-            // A pass covers 64 dims for one head (8 accumulators), 32 for two to four (H x 4
-            // or 4 x 2 accumulators), so that accumulators, broadcasts and one V vector fit
-            // in 16 registers.
-            let span = if h1 - h0 == 1 { 64 } else { 32 };
+            // Dims per pass: in prompt order (a lane's chain is one sum) 64 for one head, 32
+            // for two to four; in decode order a tree input sums four chains, so passes are
+            // half as wide. Accumulators, broadcasts and one V vector then fit in the 16
+            // registers (or nearly).
+            let heads = h1 - h0;
+            let span = match (heads, prompt) {
+                (1, true) => 64,
+                (_, true) | (1, false) => 32,
+                (2 | 3, false) => 16,
+                _ => 8,
+            };
             for d0 in (0..hd).step_by(span) {
                 let d1 = (d0 + span).min(hd);
                 let args = (ph, rows, v, (d0, d1), prompt, &mut *oh, hd);
@@ -178,15 +185,18 @@ fn values_dot(p: &[f32], rows: &[usize], v: &[f16], prompt: bool, hd: usize, out
                 // inside `v` (asserted above), every probability inside `ph` ([heads, n]) and
                 // every store inside `oh` ([heads, hd]).
                 unsafe {
-                    match (h1 - h0, d1 - d0 == span) {
-                        (1, true) => values_in_lanes::<1, 8>(args),
-                        (2, true) => values_in_lanes::<2, 4>(args),
-                        (3, true) => values_in_lanes::<3, 4>(args),
-                        (_, true) => values_in_lanes::<4, 2>(args),
-                        (1, false) => values_in_lanes::<1, 1>(args),
-                        (2, false) => values_in_lanes::<2, 1>(args),
-                        (3, false) => values_in_lanes::<3, 1>(args),
-                        (_, false) => values_in_lanes::<4, 1>(args),
+                    match (heads, d1 - d0 == span, span) {
+                        (1, true, 64) => values_in_lanes::<1, 8>(args),
+                        (1, true, _) => values_in_lanes::<1, 4>(args),
+                        (2, true, 32) => values_in_lanes::<2, 4>(args),
+                        (3, true, 32) => values_in_lanes::<3, 4>(args),
+                        (4.., true, 32) => values_in_lanes::<4, 2>(args),
+                        (2, true, _) => values_in_lanes::<2, 2>(args),
+                        (3, true, _) => values_in_lanes::<3, 2>(args),
+                        (1, ..) => values_in_lanes::<1, 1>(args),
+                        (2, ..) => values_in_lanes::<2, 1>(args),
+                        (3, ..) => values_in_lanes::<3, 1>(args),
+                        _ => values_in_lanes::<4, 1>(args),
                     }
                 }
             }
