@@ -121,37 +121,74 @@ fn quant_matmul(c: &mut Criterion) {
     g.finish();
 }
 
+/// One attention step's inputs: `seqs` sequences of `ctx` tokens in their own blocks, with
+/// either one new token each (decode rows) or, for one sequence, its whole prompt.
+struct AttentionCase {
+    q: Vec<f32>,
+    k: Vec<half::f16>,
+    v: Vec<half::f16>,
+    tables: Vec<Vec<u32>>,
+    qsl: Vec<usize>,
+    ctxs: Vec<usize>,
+    prompt_lens: Vec<usize>,
+}
+
+impl AttentionCase {
+    fn new(
+        shape: PagedAttentionShape,
+        seqs: usize,
+        ctx: usize,
+        prompt: bool,
+        seed: &mut u64,
+    ) -> Self {
+        let (nh, nkv, hd, bs) = (
+            shape.num_heads,
+            shape.num_kv_heads,
+            shape.head_dim,
+            shape.block_size,
+        );
+        let blocks_per = ctx.div_ceil(bs);
+        let num_blocks = seqs * blocks_per;
+        let f16s = |v: Vec<f32>| -> Vec<half::f16> { v.into_iter().map(f16).collect() };
+        let k = f16s(lcg_uniform(num_blocks * bs * nkv * hd, seed));
+        let v = f16s(lcg_uniform(num_blocks * bs * nkv * hd, seed));
+        let rows_per = if prompt { ctx } else { 1 };
+        Self {
+            q: lcg_uniform(seqs * rows_per * nh * hd, seed),
+            k,
+            v,
+            tables: (0..seqs)
+                .map(|s| ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect())
+                .collect(),
+            qsl: (0..=seqs).map(|s| s * rows_per).collect(),
+            ctxs: vec![ctx; seqs],
+            prompt_lens: vec![if prompt { ctx } else { 0 }; seqs],
+        }
+    }
+
+    fn run(&self, shape: PagedAttentionShape, out: &mut [f32]) {
+        let step = StepRows {
+            query_start_loc: &self.qsl,
+            context_lens: &self.ctxs,
+            prompt_lens: &self.prompt_lens,
+            block_tables: &self.tables,
+        };
+        paged_attention_cpu_f16(shape, (&self.q, &self.k, &self.v), step, out);
+    }
+}
+
 fn paged_attention(c: &mut Criterion) {
     let (nh, nkv, hd, bs) = (9usize, 3usize, 64usize, 16usize);
     let shape = PagedAttentionShape::new(nh, nkv, hd, bs);
     let mut seed = 2;
     for (seqs, ctx) in [(16, 128usize), (16, 512), (16, 2048), (1, 512)] {
-        // `seqs` sequences, one new token each, ctx tokens of context in their own blocks.
         let mut g = c.benchmark_group(format!("paged_attention_cpu decode x{seqs}"));
-        let blocks_per = ctx.div_ceil(bs);
-        let num_blocks = seqs * blocks_per;
-        let f16s =
-            |v: Vec<f32>| -> Vec<half::f16> { v.into_iter().map(half::f16::from_f32).collect() };
-        let kv = f16s(lcg_uniform(num_blocks * bs * nkv * hd, &mut seed));
-        let vv = f16s(lcg_uniform(num_blocks * bs * nkv * hd, &mut seed));
-        let q = lcg_uniform(seqs * nh * hd, &mut seed);
-        let tables: Vec<Vec<u32>> = (0..seqs)
-            .map(|s| ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect())
-            .collect();
-        let qsl: Vec<usize> = (0..=seqs).collect();
-        let ctxs = vec![ctx; seqs];
-        let mut out = vec![0f32; q.len()];
-        let prompt_lens = vec![0; seqs]; // decode rows
+        let case = AttentionCase::new(shape, seqs, ctx, false, &mut seed);
+        let mut out = vec![0f32; case.q.len()];
         g.throughput(Throughput::Bytes((2 * seqs * ctx * nkv * hd * 2) as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
-                let step = StepRows {
-                    query_start_loc: &qsl,
-                    context_lens: &ctxs,
-                    prompt_lens: &prompt_lens,
-                    block_tables: &tables,
-                };
-                paged_attention_cpu_f16(shape, (&q, &kv, &vv), step, &mut out);
+                case.run(shape, &mut out);
                 black_box(&out);
             })
         });
@@ -162,25 +199,12 @@ fn paged_attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("paged_attention_cpu prompt");
     g.sample_size(10);
     for ctx in [128usize, 512] {
-        let blocks = ctx.div_ceil(bs);
-        let f16s =
-            |v: Vec<f32>| -> Vec<half::f16> { v.into_iter().map(half::f16::from_f32).collect() };
-        let kv = f16s(lcg_uniform(blocks * bs * nkv * hd, &mut seed));
-        let vv = f16s(lcg_uniform(blocks * bs * nkv * hd, &mut seed));
-        let q = lcg_uniform(ctx * nh * hd, &mut seed);
-        let tables = vec![(0..blocks as u32).collect::<Vec<u32>>()];
-        let (qsl, ctxs, prompt_lens) = (vec![0, ctx], vec![ctx], vec![ctx]);
-        let mut out = vec![0f32; q.len()];
+        let case = AttentionCase::new(shape, 1, ctx, true, &mut seed);
+        let mut out = vec![0f32; case.q.len()];
         g.throughput(Throughput::Elements(ctx as u64));
         g.bench_function(BenchmarkId::from_parameter(ctx), |b| {
             b.iter(|| {
-                let step = StepRows {
-                    query_start_loc: &qsl,
-                    context_lens: &ctxs,
-                    prompt_lens: &prompt_lens,
-                    block_tables: &tables,
-                };
-                paged_attention_cpu_f16(shape, (&q, &kv, &vv), step, &mut out);
+                case.run(shape, &mut out);
                 black_box(&out);
             })
         });

@@ -106,6 +106,7 @@ type ValueSource<'a> = (*const f32, &'a [usize], *const f16, usize);
 /// One lane's chain over positions `lane, lane + step, ...` for `H` heads and `8 W` dims.
 #[cfg(x86_v3)]
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // acc[h][w]: two indices read plainer than zips
 unsafe fn value_chain<const H: usize, const W: usize>(
     (pp, rows, vp, step): ValueSource<'_>,
     lane: usize,
