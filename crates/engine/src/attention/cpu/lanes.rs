@@ -7,6 +7,7 @@ use half::f16;
 
 /// Most query heads that one pass of the lanes below serves: each K or V vector is loaded
 /// (and converted) once for all of them.
+#[cfg_attr(not(x86_v3), allow(dead_code))] // the portable build's paths are per head
 pub(super) const MAX_HEADS: usize = 4;
 
 /// Dims `d0..d0 + 8 W` of `H` heads' outputs (`p: [H, n]` probabilities, `out: [H, hd]`):
@@ -148,8 +149,11 @@ unsafe fn value_chain<const H: usize, const W: usize>(
 /// Unscaled scores of `heads` query heads (`q: [heads, head_dim]`) with the first `len` keys
 /// of a block of the f16 cache `kb: [head_dim, block_size]`: `dot_f16(q_h, key j)` (or
 /// `dot_f16_tiled` in prompt order) into `p[h * n + start + j]`. Eight keys per pass as
-/// vector lanes, up to [`MAX_HEADS`] heads sharing each key load, when the head dimension is
-/// whole SIMD steps.
+/// vector lanes, up to [`MAX_HEADS`] heads sharing each key load, when the block size is a
+/// multiple of 8 and the head dimension whole SIMD steps (64 wide in decode order, 16 in
+/// prompt order). `q` must hold f16 values (rounded as llama.cpp converts q to the cache's
+/// type): the lanes' FMAs equal llama.cpp's multiply-then-add only because a product of two
+/// f16 values is exact in f32.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn key_scores(
     q: &[f32],
@@ -160,15 +164,18 @@ pub(super) fn key_scores(
     prompt: bool,
 ) {
     let heads = q.len() / hd;
-    let width = if prompt { 16 } else { 64 };
-    assert!(p.len() >= heads * n && start + len <= n && kb.len() >= hd * bs);
+    assert!(p.len() >= heads * n && start + len <= n && len <= bs && kb.len() >= hd * bs);
+    debug_assert!(q
+        .iter()
+        .all(|&x| f16::from_f32(x).to_f32() == x || x.is_nan()));
     #[cfg(x86_v3)]
-    if bs.is_multiple_of(8) && hd.is_multiple_of(width) && hd > 0 {
+    if bs.is_multiple_of(8) && hd.is_multiple_of(if prompt { 16 } else { 64 }) {
         for h0 in (0..heads).step_by(MAX_HEADS) {
             let qh = &q[h0 * hd..(h0 + MAX_HEADS).min(heads) * hd];
             let out = (&mut *p, h0, n, start, len);
             // SAFETY: AVX2 and FMA are in the build's target; every load is inside `kb`
-            // (j + 8 <= bs, kb holds hd x bs) and `qh` (whole heads).
+            // (j + 8 <= bs since len <= bs and bs is a multiple of 8; kb holds hd x bs) and
+            // `qh` (whole heads).
             unsafe {
                 match (qh.len() / hd, prompt) {
                     (1, false) => scores_avx2::<false, 1>(qh, hd, (kb, bs), out),
@@ -220,6 +227,7 @@ unsafe fn scores_avx2<const PROMPT: bool, const H: usize>(
     }
 }
 
+#[cfg(x86_v3)]
 pub(super) type Lanes = [f32; 8];
 
 /// Eight keys of a block of the f16 cache `[head_dim, block_size]`: the block, its size, and
@@ -233,9 +241,13 @@ pub(super) type KeyLanes<'a> = (&'a [f16], usize, usize);
 /// A lane's chain starts from its first product and adds the next by FMA (exact products of
 /// f16 values: llama.cpp's multiply-then-add; its chains start from +0, which differs only in
 /// the sign of an all-zero sum, which no score can tell).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `j + 8 <= bs`, `kb.len() >= hd * bs`, `q.len() >= H * hd`, `hd` a
+/// positive multiple of the lane width (64, or 16 in prompt order).
 #[cfg(x86_v3)]
 #[inline(always)]
-pub(super) unsafe fn dot8_avx2<const PROMPT: bool, const H: usize>(
+unsafe fn dot8_avx2<const PROMPT: bool, const H: usize>(
     q: &[f32],
     hd: usize,
     (kb, bs, j): KeyLanes<'_>,
@@ -305,8 +317,8 @@ unsafe fn lane_h<const H: usize>(
     s
 }
 
-/// Value `l` (of 16) of the tree: lane `l` in prompt order, `(l + 32l) + (16 + l + 48 + l)`
-/// lanes in decode order.
+/// Value `l` (of 16) of the tree: lane `l` in prompt order, `(c[l] + c[32 + l]) + (c[16 + l] +
+/// c[48 + l])` of lanes `c` in decode order.
 #[cfg(x86_v3)]
 #[inline(always)]
 unsafe fn tree_input<const PROMPT: bool, const H: usize>(

@@ -160,17 +160,17 @@ fn values_dot(p: &[f32], rows: &[usize], v: &[f16], prompt: bool, hd: usize, out
     let n = rows.len();
     // Checked once for all heads: every V row read below lies inside `v`.
     assert!(p.len() * hd == n * out.len() && rows.iter().all(|&r| r + hd <= v.len()));
-    let heads = out.len() / hd.max(1);
     #[cfg(x86_v3)]
     if hd.is_multiple_of(8) && hd > 0 {
+        let heads = out.len() / hd;
         for h0 in (0..heads).step_by(MAX_HEADS) {
             let h1 = (h0 + MAX_HEADS).min(heads);
             let ph = &p[h0 * n..h1 * n];
             let oh = &mut out[h0 * hd..h1 * hd];
-            // Dims per pass: in prompt order (a lane's chain is one sum) 64 for one head, 32
-            // for two to four; in decode order a tree input sums four chains, so passes are
-            // half as wide. Accumulators, broadcasts and one V vector then fit in the 16
-            // registers (or nearly).
+            // Dims per pass: in prompt order (a lane's chain is one tree input) 64 for one
+            // head, 32 for two to four (four heads in two 16-wide calls); in decode order a
+            // tree input sums four chains, so passes are half as wide. Accumulators,
+            // broadcasts and one V vector then fit in the 16 registers (or nearly).
             let heads = h1 - h0;
             let span = match (heads, prompt) {
                 (1, true) => 64,
@@ -225,6 +225,9 @@ fn values_dot(p: &[f32], rows: &[usize], v: &[f16], prompt: bool, hd: usize, out
 unsafe fn values_in_lanes<const H: usize, const W: usize>(
     (p, rows, v, (d0, d1), prompt, out, hd): ValueLanes<'_>,
 ) {
+    // What the unchecked reads and writes below rely on.
+    assert!((d1 - d0) % (8 * W) == 0 && d1 <= hd);
+    assert!(p.len() == H * rows.len() && out.len() == H * hd);
     for d in (d0..d1).step_by(8 * W) {
         values_lanes_avx2::<H, W>(p, rows, v, d, prompt, out, hd);
     }

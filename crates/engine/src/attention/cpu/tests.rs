@@ -160,6 +160,8 @@ fn f16_attention_equals_llama_cpps_arithmetic_bit_for_bit() {
         (6, 6, 16, 4),
         (12, 2, 80, 32),
         (10, 2, 64, 16), // groups of 5: heads in passes of 4 and 1
+        (4, 2, 64, 8),   // groups of 2 in decode order
+        (6, 2, 48, 16),  // groups of 3 with a partial value pass
         (4, 2, 12, 4),   // no whole SIMD steps: the scalar paths
     ] {
         let num_blocks = 24;
