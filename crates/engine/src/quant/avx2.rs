@@ -109,20 +109,6 @@ impl Dot for Avx2 {
     }
 }
 
-/// AVX-512 VNNI's fused forms (`vpdpbusd`, `vpdpwssd`): the same integers in fewer
-/// instructions.
-pub(super) struct Vnni;
-impl Dot for Vnni {
-    #[inline(always)]
-    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-    }
-    #[inline(always)]
-    unsafe fn scaled_dot_add(sumi: __m256i, u: __m256i, s: __m256i, scale: __m256i) -> __m256i {
-        _mm256_dpwssd_epi32(sumi, scale, _mm256_maddubs_epi16(u, s))
-    }
-}
-
 /// ggml's `bytes_from_bits_32`: byte `i` is 0xFF where bit `i` of the 32 bits is set.
 #[inline(always)]
 pub(super) unsafe fn bytes_from_bits_32(bits: *const u8) -> __m256i {
@@ -136,14 +122,4 @@ pub(super) unsafe fn bytes_from_bits_32(bits: *const u8) -> __m256i {
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x32), shuf);
     let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
-}
-
-/// 16 bytes of packed nibbles as 32 bytes: the low nibbles, then the high ones.
-#[inline(always)]
-pub(super) unsafe fn bytes_from_nibbles_32(qs: *const u8) -> __m256i {
-    let tmp = _mm_loadu_si128(qs as *const __m128i);
-    _mm256_and_si256(
-        _mm256_set1_epi8(0x0F),
-        _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp),
-    )
 }

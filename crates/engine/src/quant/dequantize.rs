@@ -2,8 +2,8 @@
 //! against the same weights unquantized (`LlamaModel::dequantize_linears`).
 
 use super::blocks::{high_bit, nibble, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QK};
-use super::columns::COLUMN_GROUP;
 use super::dots::q6_k_value;
+use super::groups::{column_blocks, Grouped};
 use super::kblocks::{scales_mins_k4, BlockQ4K, BlockQ5K, BlockQ6K, QK_K};
 use super::QuantWeights;
 
@@ -116,32 +116,38 @@ impl Dequantize for BlockQ6K {
     }
 }
 
-/// `[n, k]` rows from blocks of `bk` values, stored grouped by `group` columns.
-fn rows<B: Dequantize>(blocks: &[B], n: usize, k: usize, bk: usize, group: usize) -> Vec<f32> {
-    let kb = k / bk;
+/// `[n, k]` rows from `[n, kb]` blocks of `bk` values.
+fn rows<B: Dequantize>(blocks: &[B], n: usize, k: usize, bk: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * k];
-    for c in 0..n {
-        for b in 0..kb {
-            let blk = &blocks[c / group * kb * group + b * group + c % group];
-            blk.dequantize(&mut out[c * k + b * bk..c * k + (b + 1) * bk]);
+    for (row, blocks) in out.chunks_exact_mut(k).zip(blocks.chunks_exact(k / bk)) {
+        for (o, blk) in row.chunks_exact_mut(bk).zip(blocks) {
+            blk.dequantize(o);
         }
     }
     out
 }
 
+/// `[n, k]` rows from column groups of 32-value blocks.
+fn grouped<B: Dequantize + Grouped>(groups: &[B::Group], n: usize, k: usize) -> Vec<f32> {
+    let kb = k / QK;
+    let blocks: Vec<B> = (0..n)
+        .flat_map(|c| column_blocks::<B>(groups, kb, c))
+        .collect();
+    rows(&blocks, n, k, QK)
+}
+
 impl QuantWeights {
     /// The `[n, k]` weights as f32, row-major.
     pub fn dequantize(&self, n: usize, k: usize) -> Vec<f32> {
-        let g = COLUMN_GROUP;
         match self {
-            Self::Q4_0(b) => rows(b, n, k, QK, g),
-            Self::Q4_1(b) => rows(b, n, k, QK, g),
-            Self::Q5_0(b) => rows(b, n, k, QK, g),
-            Self::Q5_1(b) => rows(b, n, k, QK, g),
-            Self::Q8_0(b) => rows(b, n, k, QK, g),
-            Self::Q4K(b) => rows(b, n, k, QK_K, 1),
-            Self::Q5K(b) => rows(b, n, k, QK_K, 1),
-            Self::Q6K(b) => rows(b, n, k, QK_K, 1),
+            Self::Q4_0(g) => grouped::<BlockQ4_0>(g, n, k),
+            Self::Q4_1(g) => grouped::<BlockQ4_1>(g, n, k),
+            Self::Q5_0(g) => grouped::<BlockQ5_0>(g, n, k),
+            Self::Q5_1(g) => grouped::<BlockQ5_1>(g, n, k),
+            Self::Q8_0(g) => grouped::<BlockQ8_0>(g, n, k),
+            Self::Q4K(b) => rows(b, n, k, QK_K),
+            Self::Q5K(b) => rows(b, n, k, QK_K),
+            Self::Q6K(b) => rows(b, n, k, QK_K),
         }
     }
 }

@@ -18,12 +18,12 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
-use super::columns::COLUMN_GROUP as G;
+use super::groups::{Grouped, GROUP as G};
 use super::isa::CpuIsa;
 use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 use super::problem::{ActScales, Problem, TaskKernels};
-use super::tiles32_pairs::{pair_blocks, task_pairs};
-use super::{tiles32, tiles_k, tiles_k512};
+use super::tiles32::{x_qs, Group32};
+use super::{tiles32, tiles32_512, tiles_k, tiles_k512};
 
 static ISA: OnceLock<CpuIsa> = OnceLock::new();
 
@@ -70,8 +70,8 @@ fn vnni_probe() -> bool {
             *q = ((i * 13 + j * 29) % 255) as i8;
         }
     }
-    // One column in the grouped layout: block b of the group's G columns at b * G.
-    let wg: [BlockQ4_1; 2 * G] = std::array::from_fn(|i| w[i / G]);
+    // One column group (all four columns the same): block b at b.
+    let wg = [BlockQ4_1::group([w[0]; G]), BlockQ4_1::group([w[1]; G])];
     let xd = [
         [x[0].d.to_f32(), 0.0, 0.0, 0.0],
         [x[1].d.to_f32(), 0.0, 0.0, 0.0],
@@ -82,12 +82,12 @@ fn vnni_probe() -> bool {
     ];
     let run = |vnni: bool| {
         let mut out = [0f32; 1];
-        let p = Problem::<BlockQ4_1, BlockQ8_1> {
+        let p = Problem::<_, BlockQ8_1> {
             w: wg.as_ptr(),
             x: x.as_ptr(),
             xd: xd.as_ptr(),
             xs: xs.as_ptr(),
-            pairs: std::ptr::null(),
+            xc: std::ptr::null(),
             out: out.as_mut_ptr(),
             m: 1,
             n: 1,
@@ -158,16 +158,20 @@ pub trait ColumnTasks: Sync {
 }
 
 /// What a prepared matmul borrows: weights, activations, outputs.
-type Operands<'a, W> = (&'a [W], &'a [<W as GemmWeight>::Act], &'a mut [f32]);
+type Operands<'a, W> = (
+    &'a [<W as GemmWeight>::Stored],
+    &'a [<W as GemmWeight>::Act],
+    &'a mut [f32],
+);
 
 /// One matmul ready to run: its problem, the buffers it points into, its task kernel.
 pub struct Prepared<'a, W: GemmWeight> {
-    p: Problem<W, W::Act>,
-    task: unsafe fn(&Problem<W, W::Act>, usize, usize),
+    p: Problem<W::Stored, W::Act>,
+    task: unsafe fn(&Problem<W::Stored, W::Act>, usize, usize),
     cols_per_task: usize,
     // What `p` points into (heap blocks: moving the vectors moves no data).
     _scales: (Vec<[f32; 4]>, Vec<[f32; 4]>),
-    _pairs: Vec<super::problem::PairBlock>,
+    _corrections: Vec<[i32; 8]>,
     _borrows: PhantomData<Operands<'a, W>>,
 }
 
@@ -201,56 +205,67 @@ pub fn run_many(jobs: &[&dyn ColumnTasks]) {
 /// tiles read their scales, its layout and its column tasks.
 pub trait GemmWeight: Sized + Sync {
     type Act: ActScales + Sync;
+    /// What the kernels read: groups of four columns (the 32-value types) or GGUF's blocks.
+    type Stored: Sync;
     /// Where the tiles want the activations' `d` (and `s`) gathered as lanes of four rows (the
     /// 32-value types); the K-quant tiles read them from the blocks.
     const GATHER_SCALES: bool;
     /// Whether the weight has a min term (then the activations' `s` is gathered too).
     const HAS_MIN: bool;
-    /// Whether the columns are interleaved in groups of `COLUMN_GROUP` (else GGUF's rows).
+    /// The offset of the unsigned values the tiles multiply (`Problem::xc`); 0: none.
+    const OFFSET: u8;
+    /// Whether the weights are stored as column groups (`groups.rs`), else GGUF's rows.
     const GROUPED: bool;
     #[doc(hidden)]
-    const TASKS: TaskKernels<Problem<Self, Self::Act>>;
-    /// The 512-bit row-pair task (`tiles32_pairs.rs`) and the offset its activation pairs
-    /// are built for: the 32-value types.
-    #[doc(hidden)]
-    const PAIRS: Option<(PairTask<Self>, u8)>;
+    const TASKS: TaskKernels<Problem<Self::Stored, Self::Act>>;
+    /// GGUF's row-major `[n, kb]` blocks as the kernels store them (`matmul.rs` builds them
+    /// per type; the tests generically).
+    #[cfg(test)]
+    fn store(rows: &[Self], n: usize, kb: usize) -> Vec<Self::Stored>;
 }
 
-/// A column task of a weight type.
-type PairTask<W> = unsafe fn(&Problem<W, <W as GemmWeight>::Act>, usize, usize);
-
 macro_rules! block32_weight {
-    ($W:ty, $X:ty, $min:expr) => {
+    ($W:ty, $X:ty) => {
         impl GemmWeight for $W {
             type Act = $X;
+            type Stored = <$W as Grouped>::Group;
             const GATHER_SCALES: bool = true;
-            const HAS_MIN: bool = $min;
+            const HAS_MIN: bool = <$W as Group32>::HAS_MIN;
+            const OFFSET: u8 = <$W as Group32>::OFFSET;
             const GROUPED: bool = true;
-            const TASKS: TaskKernels<Problem<Self, $X>> = tiles32::kernels::<$W, $X>();
-            const PAIRS: Option<(PairTask<Self>, u8)> = Some((
-                task_pairs::<$W, $X> as PairTask<Self>,
-                <$W as tiles32::Block32>::OFFSET,
-            ));
+            const TASKS: TaskKernels<Problem<Self::Stored, $X>> = (
+                tiles32::task_avx2::<$W, $X>,
+                tiles32_512::task_vnni::<$W, $X>,
+            );
+            #[cfg(test)]
+            fn store(rows: &[Self], n: usize, kb: usize) -> Vec<Self::Stored> {
+                super::groups::group_columns(rows, n, kb)
+            }
         }
     };
 }
 
-block32_weight!(BlockQ4_0, BlockQ8_0, false);
-block32_weight!(BlockQ4_1, BlockQ8_1, true);
-block32_weight!(BlockQ5_0, BlockQ8_0, false);
-block32_weight!(BlockQ5_1, BlockQ8_1, true);
-block32_weight!(BlockQ8_0, BlockQ8_0, false);
+block32_weight!(BlockQ4_0, BlockQ8_0);
+block32_weight!(BlockQ4_1, BlockQ8_1);
+block32_weight!(BlockQ5_0, BlockQ8_0);
+block32_weight!(BlockQ5_1, BlockQ8_1);
+block32_weight!(BlockQ8_0, BlockQ8_0);
 
 macro_rules! k_weight {
     ($W:ty) => {
         impl GemmWeight for $W {
             type Act = BlockQ8K;
+            type Stored = $W;
             const GATHER_SCALES: bool = false;
             const HAS_MIN: bool = false;
+            const OFFSET: u8 = 0;
             const GROUPED: bool = false;
             const TASKS: TaskKernels<Problem<Self, BlockQ8K>> =
                 (tiles_k::task_avx2::<$W>, tiles_k512::task_vnni::<$W>);
-            const PAIRS: Option<(PairTask<Self>, u8)> = None;
+            #[cfg(test)]
+            fn store(rows: &[Self], _n: usize, _kb: usize) -> Vec<Self> {
+                rows.to_vec()
+            }
         }
     };
 }
@@ -266,7 +281,7 @@ k_weight!(BlockQ6K);
 #[cfg(test)]
 pub fn gemm<W: GemmWeight>(
     isa: CpuIsa,
-    w: &[W],
+    w: &[W::Stored],
     x: &[W::Act],
     m: usize,
     n: usize,
@@ -275,14 +290,47 @@ pub fn gemm<W: GemmWeight>(
     if m == 0 || n == 0 {
         return;
     }
-    run_many(&[&prepare(isa, w, x, m, n, out)]);
+    run_many(&[&prepare::<W>(isa, w, x, m, n, out)]);
+}
+
+/// [`gemm`] as one column task over every column: the tiles' widest forms (a parallel run's
+/// tasks may be too narrow to reach them).
+#[cfg(test)]
+pub fn gemm_one_task<W: GemmWeight>(
+    isa: CpuIsa,
+    w: &[W::Stored],
+    x: &[W::Act],
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let prep = prepare::<W>(isa, w, x, m, n, out);
+    // SAFETY: as `Prepared::run`, one task over all columns.
+    unsafe { (prep.task)(&prep.p, 0, n) }
+}
+
+/// Each activation block's eight lanes' `-o * (sum of the lane's four values)`.
+fn corrections<X>(x: &[X], offset: u8) -> Vec<[i32; 8]> {
+    x.iter()
+        .map(|blk| {
+            // SAFETY: the 32-value types' activation blocks (Q8_0, Q8_1) end with their 32
+            // values.
+            let qs = unsafe { std::slice::from_raw_parts(x_qs(blk) as *const i8, 32) };
+            std::array::from_fn(|l| {
+                -(offset as i32) * qs[4 * l..4 * l + 4].iter().map(|&q| q as i32).sum::<i32>()
+            })
+        })
+        .collect()
 }
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` (see `gemm`), checked and ready for [`run_many`]
 /// (`m`, `n` not zero).
 pub fn prepare<'a, W: GemmWeight>(
     isa: CpuIsa,
-    w: &'a [W],
+    w: &'a [W::Stored],
     x: &'a [W::Act],
     m: usize,
     n: usize,
@@ -294,12 +342,10 @@ pub fn prepare<'a, W: GemmWeight>(
         probed => probed,
     };
     let kb = x.len() / m;
-    let padded = if W::GROUPED { n.div_ceil(G) * G } else { n };
-    assert!(x.len() == m * kb && w.len() == padded * kb && out.len() == m * n);
+    let stored = if W::GROUPED { n.div_ceil(G) } else { n };
+    assert!(x.len() == m * kb && w.len() == stored * kb && out.len() == m * n);
     let gather = |f: fn(&W::Act) -> f32| by_four(m, kb, |r, b| f(&x[r * kb + b]));
-    // The pair tiles read `d` from their pairs and a single row's from its blocks.
-    let pair_tiles = isa == CpuIsa::Avx512Vnni && W::PAIRS.is_some();
-    let xd = match W::GATHER_SCALES && !pair_tiles {
+    let xd = match W::GATHER_SCALES {
         true => gather(W::Act::d),
         false => Vec::new(),
     };
@@ -307,23 +353,18 @@ pub fn prepare<'a, W: GemmWeight>(
         true => gather(W::Act::s),
         false => Vec::new(),
     };
-    // On AVX-512 VNNI, the 32-value types' row-pair tiles (and their single-row form).
-    let (pairs, tasks) = match (isa, W::PAIRS) {
-        (CpuIsa::Avx512Vnni, Some((task, offset))) => {
-            // SAFETY: `cpu_isa` probed VNNI; `x` holds m x kb blocks (checked above).
-            let pairs = unsafe { pair_blocks(x, m, kb, offset) };
-            (pairs, (W::TASKS.0, task))
-        }
-        _ => (Vec::new(), W::TASKS),
+    let xc = match W::OFFSET {
+        0 => Vec::new(),
+        o => corrections(x, o),
     };
     let p = Problem {
         w: w.as_ptr(),
         x: x.as_ptr(),
         xd: xd.as_ptr(),
         xs: xs.as_ptr(),
-        pairs: match pairs.is_empty() {
+        xc: match xc.is_empty() {
             true => std::ptr::null(),
-            false => pairs.as_ptr(),
+            false => xc.as_ptr(),
         },
         out: out.as_mut_ptr(),
         m,
@@ -332,15 +373,15 @@ pub fn prepare<'a, W: GemmWeight>(
     };
     let task = match isa {
         // (Portable is never the probe's answer in an AVX2 build.)
-        CpuIsa::Portable | CpuIsa::Avx2 => tasks.0,
-        CpuIsa::Avx512Vnni => tasks.1,
+        CpuIsa::Portable | CpuIsa::Avx2 => W::TASKS.0,
+        CpuIsa::Avx512Vnni => W::TASKS.1,
     };
     Prepared {
         p,
         task,
         cols_per_task: task_cols(n),
         _scales: (xd, xs),
-        _pairs: pairs,
+        _corrections: xc,
         _borrows: PhantomData,
     }
 }
@@ -349,7 +390,6 @@ pub fn prepare<'a, W: GemmWeight>(
 mod tests {
     use super::*;
     use crate::quant::blocks::{cast_blocks, PlainBlock, QK};
-    use crate::quant::columns::interleave;
     use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
     use crate::quant::ggml_fixture;
     use crate::quant::quantize_row_q8;
@@ -379,6 +419,9 @@ mod tests {
             (9, 70, 18),
             (17, 24, 7),
             (1, 5, 48),
+            (1, 37, 2),
+            (2, 45, 3),
+            (6, 29, 2),
         ] {
             let k = kb * QK;
             let xf = rand_f32(m * k, &mut seed);
@@ -409,12 +452,20 @@ mod tests {
                     }
                 })
                 .collect();
-            for isa in isas() {
+            for (isa, whole) in isas().into_iter().flat_map(|i| [(i, false), (i, true)]) {
                 let mut o4 = vec![0f32; m * n];
                 let mut o8 = vec![0f32; m * n];
-                let (g4, g8) = (interleave(w4.clone(), n, kb), interleave(w8.clone(), n, kb));
-                gemm(isa, &g4, &x1, m, n, &mut o4);
-                gemm(isa, &g8, &x8, m, n, &mut o8);
+                let (g4, g8) = (BlockQ4_1::store(&w4, n, kb), BlockQ8_0::store(&w8, n, kb));
+                match whole {
+                    false => {
+                        gemm::<BlockQ4_1>(isa, &g4, &x1, m, n, &mut o4);
+                        gemm::<BlockQ8_0>(isa, &g8, &x8, m, n, &mut o8);
+                    }
+                    true => {
+                        gemm_one_task::<BlockQ4_1>(isa, &g4, &x1, m, n, &mut o4);
+                        gemm_one_task::<BlockQ8_0>(isa, &g8, &x8, m, n, &mut o8);
+                    }
+                }
                 for r in 0..m {
                     for c in 0..n {
                         let xr = r * kb..(r + 1) * kb;
@@ -422,12 +473,12 @@ mod tests {
                         assert_eq!(
                             o4[r * n + c].to_bits(),
                             dot_q4_1_q8_1(&w4[wc.clone()], &x1[xr.clone()]).to_bits(),
-                            "q4_1 {isa:?} m={m} n={n} kb={kb} ({r}, {c})"
+                            "q4_1 {isa:?} whole={whole} m={m} n={n} kb={kb} ({r}, {c})"
                         );
                         assert_eq!(
                             o8[r * n + c].to_bits(),
                             dot_q8_0_q8_0(&w8[wc], &x8[xr]).to_bits(),
-                            "q8_0 {isa:?} m={m} n={n} kb={kb} ({r}, {c})"
+                            "q8_0 {isa:?} whole={whole} m={m} n={n} kb={kb} ({r}, {c})"
                         );
                     }
                 }
@@ -452,14 +503,15 @@ mod tests {
         let rows: Vec<W> = cast_blocks(case.weights);
         let x = f.quantized::<W::Act>(bk, q);
         for n in [f.n, f.n - 1] {
-            let w = match W::GROUPED {
-                true => interleave(rows[..n * kb].to_vec(), n, kb),
-                false => rows[..n * kb].to_vec(),
-            };
+            let w = W::store(&rows[..n * kb], n, kb);
             for m in [1, 4, 16, 33, 64] {
                 for isa in isas() {
                     let mut out = vec![0f32; m * n];
-                    gemm(isa, &w, &x[..m * kb], m, n, &mut out);
+                    let run = match m % 2 {
+                        0 => gemm::<W>,
+                        _ => gemm_one_task::<W>,
+                    };
+                    run(isa, &w, &x[..m * kb], m, n, &mut out);
                     for r in 0..m {
                         for c in 0..n {
                             let want = case.out[r * f.n + c];

@@ -6,20 +6,20 @@ use candle_core::{Device, Module, Tensor};
 use super::blocks::{
     cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK,
 };
-use super::columns::interleave;
+use super::groups::{group_columns, GroupQ4_0, GroupQ4_1, GroupQ5_0, GroupQ5_1, GroupQ8_0};
 use super::kblocks::{quantize_row_q8_k, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use super::{cpu_isa, quantize_row_q8, CpuIsa};
 use crate::error::{EngineError, Result};
 use crate::ops::with_f32;
 
-/// Weights in a layout our kernels read: GGUF's blocks, the 32-value types' columns (output
-/// features) interleaved in groups of `COLUMN_GROUP`, the K-quants' in GGUF's row order.
+/// Weights in a layout our kernels read: the 32-value types' blocks in groups of four
+/// columns (output features, `groups.rs`), the K-quants' blocks in GGUF's row order.
 pub enum QuantWeights {
-    Q4_0(Vec<BlockQ4_0>),
-    Q4_1(Vec<BlockQ4_1>),
-    Q5_0(Vec<BlockQ5_0>),
-    Q5_1(Vec<BlockQ5_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    Q4_0(Vec<GroupQ4_0>),
+    Q4_1(Vec<GroupQ4_1>),
+    Q5_0(Vec<GroupQ5_0>),
+    Q5_1(Vec<GroupQ5_1>),
+    Q8_0(Vec<GroupQ8_0>),
     Q4K(Vec<BlockQ4K>),
     Q5K(Vec<BlockQ5K>),
     Q6K(Vec<BlockQ6K>),
@@ -41,11 +41,21 @@ impl QuantWeights {
         let whole_k = k.is_multiple_of(QK_K);
         let kb = k / QK;
         Some(match dtype {
-            GgmlDType::Q4_0 if grouped => Self::Q4_0(interleave(cast_blocks(raw), n, kb)),
-            GgmlDType::Q4_1 if grouped => Self::Q4_1(interleave(cast_blocks(raw), n, kb)),
-            GgmlDType::Q5_0 if grouped => Self::Q5_0(interleave(cast_blocks(raw), n, kb)),
-            GgmlDType::Q5_1 if grouped => Self::Q5_1(interleave(cast_blocks(raw), n, kb)),
-            GgmlDType::Q8_0 if grouped => Self::Q8_0(interleave(cast_blocks(raw), n, kb)),
+            GgmlDType::Q4_0 if grouped => {
+                Self::Q4_0(group_columns::<BlockQ4_0>(&cast_blocks(raw), n, kb))
+            }
+            GgmlDType::Q4_1 if grouped => {
+                Self::Q4_1(group_columns::<BlockQ4_1>(&cast_blocks(raw), n, kb))
+            }
+            GgmlDType::Q5_0 if grouped => {
+                Self::Q5_0(group_columns::<BlockQ5_0>(&cast_blocks(raw), n, kb))
+            }
+            GgmlDType::Q5_1 if grouped => {
+                Self::Q5_1(group_columns::<BlockQ5_1>(&cast_blocks(raw), n, kb))
+            }
+            GgmlDType::Q8_0 if grouped => {
+                Self::Q8_0(group_columns::<BlockQ8_0>(&cast_blocks(raw), n, kb))
+            }
             GgmlDType::Q4K if whole_k => Self::Q4K(cast_blocks(raw)),
             GgmlDType::Q5K if whole_k => Self::Q5K(cast_blocks(raw)),
             GgmlDType::Q6K if whole_k => Self::Q6K(cast_blocks(raw)),
@@ -55,12 +65,12 @@ impl QuantWeights {
 
     /// From GGUF's row-major `[n, k / 32]` Q4_1 blocks.
     pub fn q4_1(blocks: Vec<BlockQ4_1>, n: usize, k: usize) -> Self {
-        Self::Q4_1(interleave(blocks, n, k / QK))
+        Self::Q4_1(group_columns(&blocks, n, k / QK))
     }
 
     /// From GGUF's row-major `[n, k / 32]` Q8_0 blocks.
     pub fn q8_0(blocks: Vec<BlockQ8_0>, n: usize, k: usize) -> Self {
-        Self::Q8_0(interleave(blocks, n, k / QK))
+        Self::Q8_0(group_columns(&blocks, n, k / QK))
     }
 
     fn act_kind(&self) -> ActKind {
@@ -227,14 +237,30 @@ impl QuantizedRows {
             .map(|((w, n), o)| -> Box<dyn ColumnTasks + '_> {
                 let n = *n;
                 match w {
-                    QuantWeights::Q4_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
-                    QuantWeights::Q4_1(wb) => Box::new(prepare(isa, wb, &self.q8_1, m, n, o)),
-                    QuantWeights::Q5_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
-                    QuantWeights::Q5_1(wb) => Box::new(prepare(isa, wb, &self.q8_1, m, n, o)),
-                    QuantWeights::Q8_0(wb) => Box::new(prepare(isa, wb, &self.q8_0, m, n, o)),
-                    QuantWeights::Q4K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
-                    QuantWeights::Q5K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
-                    QuantWeights::Q6K(wb) => Box::new(prepare(isa, wb, &self.q8_k, m, n, o)),
+                    QuantWeights::Q4_0(wb) => {
+                        Box::new(prepare::<BlockQ4_0>(isa, wb, &self.q8_0, m, n, o))
+                    }
+                    QuantWeights::Q4_1(wb) => {
+                        Box::new(prepare::<BlockQ4_1>(isa, wb, &self.q8_1, m, n, o))
+                    }
+                    QuantWeights::Q5_0(wb) => {
+                        Box::new(prepare::<BlockQ5_0>(isa, wb, &self.q8_0, m, n, o))
+                    }
+                    QuantWeights::Q5_1(wb) => {
+                        Box::new(prepare::<BlockQ5_1>(isa, wb, &self.q8_1, m, n, o))
+                    }
+                    QuantWeights::Q8_0(wb) => {
+                        Box::new(prepare::<BlockQ8_0>(isa, wb, &self.q8_0, m, n, o))
+                    }
+                    QuantWeights::Q4K(wb) => {
+                        Box::new(prepare::<BlockQ4K>(isa, wb, &self.q8_k, m, n, o))
+                    }
+                    QuantWeights::Q5K(wb) => {
+                        Box::new(prepare::<BlockQ5K>(isa, wb, &self.q8_k, m, n, o))
+                    }
+                    QuantWeights::Q6K(wb) => {
+                        Box::new(prepare::<BlockQ6K>(isa, wb, &self.q8_k, m, n, o))
+                    }
                 }
             })
             .collect();
@@ -256,14 +282,14 @@ impl QuantizedRows {
         let mut out = vec![0f32; self.m * n];
         let (m, o) = (self.m, &mut out);
         match w {
-            QuantWeights::Q4_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
-            QuantWeights::Q4_1(wb) => gemm(isa, wb, &self.q8_1, m, n, o),
-            QuantWeights::Q5_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
-            QuantWeights::Q5_1(wb) => gemm(isa, wb, &self.q8_1, m, n, o),
-            QuantWeights::Q8_0(wb) => gemm(isa, wb, &self.q8_0, m, n, o),
-            QuantWeights::Q4K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
-            QuantWeights::Q5K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
-            QuantWeights::Q6K(wb) => gemm(isa, wb, &self.q8_k, m, n, o),
+            QuantWeights::Q4_0(wb) => gemm::<BlockQ4_0>(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4_1(wb) => gemm::<BlockQ4_1>(isa, wb, &self.q8_1, m, n, o),
+            QuantWeights::Q5_0(wb) => gemm::<BlockQ5_0>(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q5_1(wb) => gemm::<BlockQ5_1>(isa, wb, &self.q8_1, m, n, o),
+            QuantWeights::Q8_0(wb) => gemm::<BlockQ8_0>(isa, wb, &self.q8_0, m, n, o),
+            QuantWeights::Q4K(wb) => gemm::<BlockQ4K>(isa, wb, &self.q8_k, m, n, o),
+            QuantWeights::Q5K(wb) => gemm::<BlockQ5K>(isa, wb, &self.q8_k, m, n, o),
+            QuantWeights::Q6K(wb) => gemm::<BlockQ6K>(isa, wb, &self.q8_k, m, n, o),
         }
         out
     }
@@ -279,38 +305,55 @@ mod portable_gemm {
 
     use crate::quant::blocks::*;
     use crate::quant::dots::*;
+    use crate::quant::groups::{column_blocks, Grouped};
     use crate::quant::kblocks::*;
     use crate::quant::CpuIsa;
 
-    /// A weight type's portable dot product with its activation blocks.
+    /// A weight type's portable dot product with its activation blocks, and one column's
+    /// blocks out of its stored form.
     pub trait PortableDot: Sized + Sync {
         type Act: Sync;
+        type Stored: Sync;
         fn dot(w: &[Self], x: &[Self::Act]) -> f32;
+        fn column(w: &[Self::Stored], kb: usize, c: usize) -> Vec<Self>;
     }
 
     macro_rules! portable {
-        ($W:ty, $X:ty, $dot:ident) => {
+        ($W:ty, $X:ty, $dot:ident, grouped) => {
+            portable!($W, $X, $dot, <$W as Grouped>::Group, |w, kb, c| {
+                column_blocks::<$W>(w, kb, c)
+            });
+        };
+        ($W:ty, $X:ty, $dot:ident, rows) => {
+            portable!($W, $X, $dot, $W, |w: &[$W], kb, c| w[c * kb..(c + 1) * kb]
+                .to_vec());
+        };
+        ($W:ty, $X:ty, $dot:ident, $S:ty, $column:expr) => {
             impl PortableDot for $W {
                 type Act = $X;
+                type Stored = $S;
                 fn dot(w: &[Self], x: &[$X]) -> f32 {
                     $dot(w, x)
+                }
+                fn column(w: &[$S], kb: usize, c: usize) -> Vec<Self> {
+                    ($column)(w, kb, c)
                 }
             }
         };
     }
-    portable!(BlockQ4_0, BlockQ8_0, dot_q4_0_q8_0);
-    portable!(BlockQ4_1, BlockQ8_1, dot_q4_1_q8_1);
-    portable!(BlockQ5_0, BlockQ8_0, dot_q5_0_q8_0);
-    portable!(BlockQ5_1, BlockQ8_1, dot_q5_1_q8_1);
-    portable!(BlockQ8_0, BlockQ8_0, dot_q8_0_q8_0);
-    portable!(BlockQ4K, BlockQ8K, dot_q4_k_q8_k);
-    portable!(BlockQ5K, BlockQ8K, dot_q5_k_q8_k);
-    portable!(BlockQ6K, BlockQ8K, dot_q6_k_q8_k);
+    portable!(BlockQ4_0, BlockQ8_0, dot_q4_0_q8_0, grouped);
+    portable!(BlockQ4_1, BlockQ8_1, dot_q4_1_q8_1, grouped);
+    portable!(BlockQ5_0, BlockQ8_0, dot_q5_0_q8_0, grouped);
+    portable!(BlockQ5_1, BlockQ8_1, dot_q5_1_q8_1, grouped);
+    portable!(BlockQ8_0, BlockQ8_0, dot_q8_0_q8_0, grouped);
+    portable!(BlockQ4K, BlockQ8K, dot_q4_k_q8_k, rows);
+    portable!(BlockQ5K, BlockQ8K, dot_q5_k_q8_k, rows);
+    portable!(BlockQ6K, BlockQ8K, dot_q6_k_q8_k, rows);
 
     /// (`_isa`: this build has one instruction set.)
     pub fn gemm<W: PortableDot>(
         _isa: CpuIsa,
-        w: &[W],
+        w: &[W::Stored],
         x: &[W::Act],
         m: usize,
         n: usize,
@@ -322,8 +365,9 @@ mod portable_gemm {
         let kb = x.len() / m;
         let mut t = vec![0f32; n * m];
         t.par_chunks_mut(m).enumerate().for_each(|(c, col)| {
+            let wc = W::column(w, kb, c);
             for (r, o) in col.iter_mut().enumerate() {
-                *o = W::dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
+                *o = W::dot(&wc, &x[r * kb..(r + 1) * kb]);
             }
         });
         for r in 0..m {

@@ -5,7 +5,6 @@
 #[cfg(x86_v3)]
 mod avx2;
 mod blocks;
-mod columns;
 mod dequantize;
 pub mod device;
 mod dots;
@@ -13,6 +12,7 @@ mod dots;
 mod gemm;
 #[cfg(test)]
 mod ggml_fixture;
+mod groups;
 mod isa;
 mod kblocks;
 mod matmul;
@@ -22,7 +22,7 @@ mod quantize;
 #[cfg(x86_v3)]
 mod tiles32;
 #[cfg(x86_v3)]
-mod tiles32_pairs;
+mod tiles32_512;
 #[cfg(x86_v3)]
 mod tiles_k;
 #[cfg(x86_v3)]

@@ -6,7 +6,8 @@ use super::kblocks::BlockQ8K;
 
 /// One quantized matmul: raw views of the operands (a task reads its own columns).
 pub(super) struct Problem<W, X> {
-    /// `[n, kb]` weight blocks (columns grouped for the 32-value types, see `COLUMN_GROUP`).
+    /// The weights: `[n, kb]` blocks (K-quants), or `[n / 4 (rounded up), kb]` groups of four
+    /// columns (the 32-value types, `groups.rs`).
     pub w: *const W,
     /// `[m, kb]` activation blocks.
     pub x: *const X,
@@ -14,26 +15,14 @@ pub(super) struct Problem<W, X> {
     /// up), kb]` lanes of 4 rows; empty where the tiles read them from the blocks.
     pub xd: *const [f32; 4],
     pub xs: *const [f32; 4],
-    /// Activation rows in pairs for the 512-bit tiles (`tiles32_pairs.rs`): `[m / 2, kb]`;
-    /// null where the task does not read them.
-    pub pairs: *const PairBlock,
+    /// `[m, kb]`: `-o` times the sum of each of a block's eight lanes of four activation
+    /// values (`o`: the weight type's offset, `tiles32.rs`); null where no kernel reads it.
+    pub xc: *const [i32; 8],
     /// `[m, n]` outputs.
     pub out: *mut f32,
     pub m: usize,
     pub n: usize,
     pub kb: usize,
-}
-
-/// Rows `2p` and `2p + 1` of one activation block, as the pair tiles read them.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub(super) struct PairBlock {
-    /// Row `2p`'s 32 values, then row `2p + 1`'s.
-    pub qs: [i8; 64],
-    /// `-o` times the sum of each lane's four values (the weight type's offset `o`).
-    pub corr: [i32; 16],
-    /// Each row's scale `d`, eight times.
-    pub d: [f32; 16],
 }
 
 // SAFETY: tasks read the shared inputs and write disjoint output columns.

@@ -231,16 +231,16 @@ impl super::QuantWeights {
         if k == 0 || !k.is_multiple_of(ty.block_len()) || w.len() != n * k {
             return None;
         }
-        use super::columns::interleave;
+        use super::groups::group_columns;
         let kb = k / QK;
         Some(match ty {
-            InSituType::Q8_0 => Self::Q8_0(interleave(
-                quantize_rows(w, k, QK, quantize_row_q8_0_ref),
+            InSituType::Q8_0 => Self::Q8_0(group_columns(
+                &quantize_rows(w, k, QK, quantize_row_q8_0_ref),
                 n,
                 kb,
             )),
-            InSituType::Q4_0 => Self::Q4_0(interleave(
-                quantize_rows(w, k, QK, quantize_row_q4_0_ref),
+            InSituType::Q4_0 => Self::Q4_0(group_columns(
+                &quantize_rows(w, k, QK, quantize_row_q4_0_ref),
                 n,
                 kb,
             )),

@@ -1,255 +1,315 @@
-//! Register tiles for the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): R activation
-//! rows x C weight columns per pass over the K blocks, so each weight block is unpacked once
-//! per R rows and each activation block loaded once per C columns. Each output element is
-//! exactly `dots.rs`' product: the same eight integer lanes per block, the same `d_w * d_x`
-//! and fused multiply-add in block order, the min term apart, the same horizontal sum.
+//! Register tiles for the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) over their
+//! column groups (`groups.rs`): how each type's four columns unpack, and the AVX2 kernel (the
+//! AVX-512 VNNI one is `tiles32_512.rs`). Each output element is exactly `dots.rs`' product:
+//! the same eight integer lanes per block, the same `d_w * d_x` and fused multiply-add in
+//! block order, the min term apart, the same horizontal sum.
+//!
+//! Values unpack *unsigned*: a signed type's `w + o` (`o` = 8 for Q4_0, 16 for Q5_0, 128 for
+//! Q8_0 on VNNI), and a lane adds `-o * (its four activation values' sum)` (`Problem::xc`), so
+//! each integer lane is the exact integer of ggml's sign-folded `maddubs`/`madd` pair (integer
+//! sums do not depend on their order). Q8_0 on AVX2 keeps ggml's sign folding: `maddubs` of
+//! `w + 128` would saturate.
 
 use std::arch::x86_64::*;
 
-use super::avx2::{bytes_from_bits_32, bytes_from_nibbles_32, hsum8, Avx2, Dot, Vnni};
+use super::avx2::{bytes_from_bits_32, hsum8, Avx2, Dot};
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
-use super::columns::COLUMN_GROUP as G;
-use super::problem::{Problem, TaskKernels};
+use super::groups::{Grouped, GROUP};
+use super::problem::Problem;
 
 /// Blocks ahead that a tile asks the memory system for: a decode step streams every weight
 /// from DRAM once, and the hardware prefetcher alone left the tiles waiting on it.
-const PREFETCH_BLOCKS: usize = 16;
+pub(super) const PREFETCH_BLOCKS: usize = 8;
 
-/// Prefetches the weight bytes `PREFETCH_BLOCKS` group-blocks ahead of block `b` (two cache
-/// lines: a group-block is 4 x 18..34 bytes). Prefetching past the end is harmless.
+/// Prefetches group-block `b + PREFETCH_BLOCKS` of a column group (two cache lines: a
+/// group-block is 72..136 bytes). Prefetching past the end is harmless.
 #[inline(always)]
-unsafe fn prefetch_ahead<T>(w: *const T, b: usize) {
-    let p = w.wrapping_add((b + PREFETCH_BLOCKS) * G) as *const i8;
+pub(super) unsafe fn prefetch_ahead<T>(w: *const T, b: usize) {
+    let p = w.wrapping_add(b + PREFETCH_BLOCKS) as *const i8;
     _mm_prefetch::<_MM_HINT_T0>(p);
     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
 }
 
-/// Column `c`'s first block in the grouped layout; its block `b` is `G * b` further.
+/// An activation block's 32 values: Q8_0 and Q8_1 both end with them.
 #[inline(always)]
-unsafe fn column<T>(w: *const T, kb: usize, c: usize) -> *const T {
-    w.add(c / G * kb * G + c % G)
+pub(super) unsafe fn x_qs<X>(blk: *const X) -> *const u8 {
+    (blk as *const u8).add(std::mem::size_of::<X>() - 32)
 }
 
-/// A 32-value weight block as the tiles read it.
-pub(super) trait Block32: Copy {
-    /// Unsigned values with a min term (paired with Q8_1's `s`), else signed values.
+/// Four f16 at `p` as `[f32; 4]` (exact conversions).
+#[inline(always)]
+unsafe fn four_f16(p: *const half::f16) -> __m128 {
+    _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i))
+}
+
+/// A 32-value type's column group as the tiles read it.
+pub(super) trait Group32: Grouped {
+    /// Unsigned values with a min term (paired with Q8_1's `s`).
     const HAS_MIN: bool;
-    /// The 32 values (u8 or i8) and `[d, m, _, _]` (m only where `HAS_MIN`).
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128);
-    /// What `unpack_unsigned` adds to a signed type's values (0 for the min types).
+    /// What the unsigned values carry above the signed ones (0 for the min types).
     const OFFSET: u8;
-    /// The 32 values plus `OFFSET`, unsigned, and `[d, m, _, _]` (the 512-bit tiles' form;
-    /// AVX-512BW code, called only from AVX-512 tasks).
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128);
+    /// AVX2 multiplies signed values, sign-folded (Q8_0).
+    const SIGNED_AVX2: bool = false;
+    /// Columns `2h` and `2h + 1`: their values 0-15 (16 bytes each), then their values 16-31
+    /// (unsigned plus `OFFSET`, or signed where `SIGNED_AVX2`).
+    unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i);
+    /// The four columns' values 0-15 (128-bit lane `j`: column `j`), then 16-31, unsigned plus
+    /// `OFFSET` (AVX-512BW code, called only from AVX-512 tasks).
+    unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i);
+    /// The four columns' scales `d`.
+    unsafe fn d4(g: *const Self::Group) -> __m128;
+    /// The four columns' mins `m` (the min types).
+    unsafe fn m4(_g: *const Self::Group) -> __m128 {
+        _mm_setzero_ps()
+    }
 }
 
-/// 0x10 added to the bytes (nibbles) whose bit in the 32 bits at `qh` is set (AVX-512BW).
+/// 32 bytes of packed nibbles (two columns) as their low nibbles and their high ones.
 #[inline(always)]
-unsafe fn with_high_bits(q: __m256i, qh: *const u8) -> __m256i {
-    let k: __mmask32 = std::ptr::read_unaligned(qh as *const u32);
-    _mm256_mask_add_epi8(q, k, q, _mm256_set1_epi8(0x10))
+unsafe fn nibbles256(qs: *const u8) -> (__m256i, __m256i) {
+    let q = _mm256_loadu_si256(qs as *const __m256i);
+    let m = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(q, m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), m),
+    )
 }
 
-/// `[d, m, 0, 0]` from two f16 at the block's start (exact conversions).
+/// 64 bytes of packed nibbles (four columns) as their low nibbles and their high ones.
 #[inline(always)]
-unsafe fn d_and_m<T>(b: *const T) -> __m128 {
-    _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(b as *const i32)))
+unsafe fn nibbles512(qs: *const u8) -> (__m512i, __m512i) {
+    let q = _mm512_loadu_si512(qs as *const __m512i);
+    let m = _mm512_set1_epi8(0x0F);
+    (
+        _mm512_and_si512(q, m),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(q), m),
+    )
 }
 
-/// `[d, 0, 0, 0]` from the f16 at the block's start.
+/// 0x10 added to the bytes whose bit in the 32 bits at `qh` is set (AVX2).
 #[inline(always)]
-unsafe fn d_only<T>(b: *const T) -> __m128 {
-    _mm_cvtph_ps(_mm_cvtsi32_si128(
-        std::ptr::read_unaligned(b as *const u16) as i32
-    ))
+unsafe fn high_bits256(q: __m256i, qh: *const u64, h: usize) -> __m256i {
+    let bits = bytes_from_bits_32((qh as *const u8).add(4 * h));
+    _mm256_or_si256(q, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)))
 }
 
-impl Block32 for BlockQ4_0 {
+/// 0x10 added to the bytes whose bit in the mask at `qh` is set (AVX-512BW).
+#[inline(always)]
+unsafe fn high_bits512(q: __m512i, qh: *const u64) -> __m512i {
+    _mm512_mask_add_epi8(q, std::ptr::read_unaligned(qh), q, _mm512_set1_epi8(0x10))
+}
+
+/// The methods every nibble type shares: scales, and mins where it has them.
+macro_rules! scales {
+    (true) => {
+        scales!(false);
+        #[inline(always)]
+        unsafe fn m4(g: *const Self::Group) -> __m128 {
+            four_f16((*g).m.as_ptr())
+        }
+    };
+    (false) => {
+        #[inline(always)]
+        unsafe fn d4(g: *const Self::Group) -> __m128 {
+            four_f16((*g).d.as_ptr())
+        }
+    };
+}
+
+/// Q4_0, Q4_1: the nibbles alone.
+macro_rules! group_4bit {
+    ($W:ty, $min:tt, $offset:expr) => {
+        impl Group32 for $W {
+            const HAS_MIN: bool = $min;
+            const OFFSET: u8 = $offset;
+            #[inline(always)]
+            unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
+                nibbles256((*g).qs[2 * h].as_ptr())
+            }
+            #[inline(always)]
+            unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
+                nibbles512((*g).qs.as_ptr() as *const u8)
+            }
+            scales!($min);
+        }
+    };
+}
+
+/// Q5_0, Q5_1: the nibbles plus 16 where a value's high bit is set.
+macro_rules! group_5bit {
+    ($W:ty, $min:tt, $offset:expr) => {
+        impl Group32 for $W {
+            const HAS_MIN: bool = $min;
+            const OFFSET: u8 = $offset;
+            #[inline(always)]
+            unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
+                let (lo, hi) = nibbles256((*g).qs[2 * h].as_ptr());
+                (
+                    high_bits256(lo, std::ptr::addr_of!((*g).qh_lo), h),
+                    high_bits256(hi, std::ptr::addr_of!((*g).qh_hi), h),
+                )
+            }
+            #[inline(always)]
+            unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
+                let (lo, hi) = nibbles512((*g).qs.as_ptr() as *const u8);
+                (
+                    high_bits512(lo, std::ptr::addr_of!((*g).qh_lo)),
+                    high_bits512(hi, std::ptr::addr_of!((*g).qh_hi)),
+                )
+            }
+            scales!($min);
+        }
+    };
+}
+
+group_4bit!(BlockQ4_0, false, 8);
+group_4bit!(BlockQ4_1, true, 0);
+group_5bit!(BlockQ5_0, false, 16);
+group_5bit!(BlockQ5_1, true, 0);
+
+impl Group32 for BlockQ8_0 {
     const HAS_MIN: bool = false;
+    const OFFSET: u8 = 128;
+    const SIGNED_AVX2: bool = true;
     #[inline(always)]
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
-        let q = bytes_from_nibbles_32((*b).qs.as_ptr());
-        (_mm256_sub_epi8(q, _mm256_set1_epi8(8)), d_only(b))
-    }
-    const OFFSET: u8 = 8;
-    #[inline(always)]
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
-        (bytes_from_nibbles_32((*b).qs.as_ptr()), d_only(b))
-    }
-}
-
-impl Block32 for BlockQ4_1 {
-    const HAS_MIN: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
-        (bytes_from_nibbles_32((*b).qs.as_ptr()), d_and_m(b))
-    }
-    const OFFSET: u8 = 0;
-    #[inline(always)]
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
-        Self::unpack(b)
-    }
-}
-
-impl Block32 for BlockQ5_0 {
-    const HAS_MIN: bool = false;
-    #[inline(always)]
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
-        // 0xF0 where the high bit is clear: (q | h << 4) - 16 as i8.
-        let hi = _mm256_andnot_si256(
-            bytes_from_bits_32((*b).qh.as_ptr()),
-            _mm256_set1_epi8(0xF0u8 as i8),
-        );
-        let q = _mm256_or_si256(bytes_from_nibbles_32((*b).qs.as_ptr()), hi);
-        (q, d_only(b))
-    }
-    const OFFSET: u8 = 16;
-    #[inline(always)]
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
-        let q = bytes_from_nibbles_32((*b).qs.as_ptr());
-        (with_high_bits(q, (*b).qh.as_ptr()), d_only(b))
-    }
-}
-
-impl Block32 for BlockQ5_1 {
-    const HAS_MIN: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
-        let hi = _mm256_and_si256(bytes_from_bits_32((*b).qh.as_ptr()), _mm256_set1_epi8(0x10));
-        let q = _mm256_or_si256(bytes_from_nibbles_32((*b).qs.as_ptr()), hi);
-        (q, d_and_m(b))
-    }
-    const OFFSET: u8 = 0;
-    #[inline(always)]
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
-        let q = bytes_from_nibbles_32((*b).qs.as_ptr());
-        (with_high_bits(q, (*b).qh.as_ptr()), d_and_m(b))
-    }
-}
-
-impl Block32 for BlockQ8_0 {
-    const HAS_MIN: bool = false;
-    #[inline(always)]
-    unsafe fn unpack(b: *const Self) -> (__m256i, __m128) {
+    unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
         (
-            _mm256_loadu_si256((*b).qs.as_ptr() as *const __m256i),
-            d_only(b),
+            _mm256_loadu_si256((*g).lo[2 * h].as_ptr() as *const __m256i),
+            _mm256_loadu_si256((*g).hi[2 * h].as_ptr() as *const __m256i),
         )
     }
-    const OFFSET: u8 = 128;
     #[inline(always)]
-    unsafe fn unpack_unsigned(b: *const Self) -> (__m256i, __m128) {
-        let q = _mm256_loadu_si256((*b).qs.as_ptr() as *const __m256i);
-        (_mm256_xor_si256(q, _mm256_set1_epi8(-128)), d_only(b))
+    unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
+        let flip = _mm512_set1_epi8(-128);
+        (
+            _mm512_xor_si512(_mm512_loadu_si512((*g).lo.as_ptr() as *const __m512i), flip),
+            _mm512_xor_si512(_mm512_loadu_si512((*g).hi.as_ptr() as *const __m512i), flip),
+        )
+    }
+    #[inline(always)]
+    unsafe fn d4(g: *const Self::Group) -> __m128 {
+        four_f16((*g).d.as_ptr())
     }
 }
 
-/// An R x C tile of outputs: rows `r0..r0+R` (within one lane group of four), columns
-/// `c0..c0+C`. The activation blocks are
-/// Q8_0 or Q8_1; both start with `d` and end with the 32 values, read through `x_qs`.
-#[allow(clippy::needless_range_loop)] // rows and columns index parallel register arrays
+/// Row `r`'s activation scale `d` (or `s`) in block `b`, from the lanes of four rows.
 #[inline(always)]
-unsafe fn tile<W: Block32, X, I: Dot, const R: usize, const C: usize>(
-    p: &Problem<W, X>,
-    r0: usize,
-    c0: usize,
-) {
+pub(super) unsafe fn row_scale(v: *const [f32; 4], kb: usize, r: usize, b: usize) -> f32 {
+    (*v.add(r / 4 * kb + b))[r % 4]
+}
+
+/// The eight lanes `[lo; hi]` of one column: 128-bit lane `j` of each.
+#[inline(always)]
+pub(super) unsafe fn column_lanes(lo: &[f32], hi: &[f32], j: usize) -> __m256 {
+    _mm256_set_m128(
+        _mm_loadu_ps(hi.as_ptr().add(4 * j)),
+        _mm_loadu_ps(lo.as_ptr().add(4 * j)),
+    )
+}
+
+/// Rows `r0..r0+R` x the two columns `c0, c0 + 1` (`c0` even): each weight block unpacked
+/// once for the R rows, each row's activation halves broadcast to both columns.
+#[allow(clippy::needless_range_loop)] // rows index parallel register arrays
+#[inline(always)]
+unsafe fn tile<W: Group32, X, const R: usize>(p: &Problem<W::Group, X>, r0: usize, c0: usize) {
     let kb = p.kb;
-    let w: [*const W; C] = std::array::from_fn(|c| column(p.w, kb, c0 + c));
-    let x = p.x.add(r0 * kb);
-    let (xd, xs) = (p.xd.add(r0 / 4 * kb), p.xs.add(r0 / 4 * kb));
-    let x_qs = |blk: *const X| (blk as *const u8).add(std::mem::size_of::<X>() - 32);
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    let mut summs = [_mm_setzero_ps(); C];
+    let h = c0 % GROUP / 2;
+    let w = p.w.add(c0 / GROUP * kb);
+    let pick = _mm256_setr_epi32(
+        2 * h as i32,
+        2 * h as i32,
+        2 * h as i32,
+        2 * h as i32,
+        2 * h as i32 + 1,
+        2 * h as i32 + 1,
+        2 * h as i32 + 1,
+        2 * h as i32 + 1,
+    );
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    let mut summs = [_mm_setzero_ps(); R];
     for b in 0..kb {
-        let mut u = [_mm256_setzero_si256(); C];
-        let mut sign = [_mm256_setzero_si256(); C];
-        let mut wd = [_mm256_setzero_ps(); C];
-        prefetch_ahead(w[0], b);
-        for c in 0..C {
-            let (q, dm) = W::unpack(w[c].add(b * G));
-            wd[c] = _mm256_broadcastss_ps(dm);
-            if W::HAS_MIN {
-                // Lane r: m * s_r + summs (fused), the min term of row r in block order.
-                let s4 = _mm_loadu_ps((*xs.add(b)).as_ptr());
-                summs[c] = _mm_fmadd_ps(_mm_shuffle_ps::<0b0101_0101>(dm, dm), s4, summs[c]);
-                u[c] = q;
+        prefetch_ahead(w, b);
+        let g = w.add(b);
+        let (vl, vh) = W::values256(g, h);
+        let (ul, uh) = match W::SIGNED_AVX2 {
+            true => (_mm256_sign_epi8(vl, vl), _mm256_sign_epi8(vh, vh)),
+            false => (vl, vh),
+        };
+        let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(W::d4(g)), pick);
+        let mw = match (W::HAS_MIN, h) {
+            (false, _) => _mm_setzero_ps(),
+            (true, 0) => W::m4(g),
+            (true, _) => {
+                let m = W::m4(g);
+                _mm_movehl_ps(m, m)
+            }
+        };
+        for r in 0..R {
+            let row = r0 + r;
+            let q = x_qs(p.x.add(row * kb + b));
+            let yl = _mm256_broadcastsi128_si256(_mm_loadu_si128(q as *const __m128i));
+            let yh = _mm256_broadcastsi128_si256(_mm_loadu_si128(q.add(16) as *const __m128i));
+            let (il, ih) = if W::SIGNED_AVX2 {
+                (
+                    Avx2::dot(ul, _mm256_sign_epi8(yl, vl)),
+                    Avx2::dot(uh, _mm256_sign_epi8(yh, vh)),
+                )
+            } else if W::OFFSET != 0 {
+                let c = p.xc.add(row * kb + b) as *const __m128i;
+                (
+                    _mm256_add_epi32(
+                        Avx2::dot(vl, yl),
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(c)),
+                    ),
+                    _mm256_add_epi32(
+                        Avx2::dot(vh, yh),
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(c.add(1))),
+                    ),
+                )
             } else {
-                // ggml's sign folding: |w| as unsigned, x takes w's sign.
-                u[c] = _mm256_sign_epi8(q, q);
-                sign[c] = q;
-            }
-        }
-        for r in 0..R {
-            let qy = _mm256_loadu_si256(x_qs(x.add(r * kb + b)) as *const __m256i);
-            let xdr = _mm256_set1_ps((*xd.add(b))[r0 % 4 + r]);
-            for c in 0..C {
-                let y = if W::HAS_MIN {
-                    qy
-                } else {
-                    _mm256_sign_epi8(qy, sign[c])
-                };
-                let prod = _mm256_cvtepi32_ps(I::dot(u[c], y));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(wd[c], xdr), prod, acc[r][c]);
+                (Avx2::dot(vl, yl), Avx2::dot(vh, yh))
+            };
+            let s = _mm256_mul_ps(dw, _mm256_set1_ps(row_scale(p.xd, kb, row, b)));
+            lo[r] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(il), lo[r]);
+            hi[r] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(ih), hi[r]);
+            if W::HAS_MIN {
+                let xs = _mm_set1_ps(row_scale(p.xs, kb, row, b));
+                summs[r] = _mm_fmadd_ps(mw, xs, summs[r]);
             }
         }
     }
-    for c in 0..C {
-        let mut s = [0f32; 4];
-        _mm_storeu_ps(s.as_mut_ptr(), summs[c]);
-        for r in 0..R {
-            let min_term = if W::HAS_MIN { s[r0 % 4 + r] } else { 0.0 };
-            let v = hsum8(acc[r][c]);
-            *p.out.add((r0 + r) * p.n + c0 + c) = if W::HAS_MIN { v + min_term } else { v };
+    for r in 0..R {
+        let (mut l, mut hh, mut s) = ([0f32; 8], [0f32; 8], [0f32; 4]);
+        _mm256_storeu_ps(l.as_mut_ptr(), lo[r]);
+        _mm256_storeu_ps(hh.as_mut_ptr(), hi[r]);
+        _mm_storeu_ps(s.as_mut_ptr(), summs[r]);
+        for j in 0..2 {
+            let c = c0 + j;
+            if c < p.n {
+                let v = hsum8(column_lanes(&l, &hh, j));
+                *p.out.add((r0 + r) * p.n + c) = if W::HAS_MIN { v + s[j] } else { v };
+            }
         }
     }
 }
 
-/// Columns `c0..c1` of one row group: C-wide tiles, then single columns.
-#[inline(always)]
-unsafe fn row_group<W: Block32, X, I: Dot, const R: usize, const C: usize>(
-    p: &Problem<W, X>,
-    r0: usize,
-    c0: usize,
-    c1: usize,
-) {
-    let mut c = c0;
-    while c + C <= c1 {
-        tile::<W, X, I, R, C>(p, r0, c);
-        c += C;
-    }
-    while c < c1 {
-        tile::<W, X, I, R, 1>(p, r0, c);
-        c += 1;
-    }
-}
-
-/// One task: columns `c0..c1` for every row, four rows at a time. AVX2 has 16 vector
-/// registers: 4 x 2 tiles for 4 rows; VNNI's EVEX encoding has 32: 4 x 4.
-#[inline(always)]
-unsafe fn task<W: Block32, X, I: Dot, const WIDE: usize>(p: &Problem<W, X>, c0: usize, c1: usize) {
+/// One AVX2 task: columns `c0..c1` (`c0` a multiple of 4) for every row, two columns and up
+/// to four rows at a time.
+pub(super) unsafe fn task_avx2<W: Group32, X>(p: &Problem<W::Group, X>, c0: usize, c1: usize) {
     let mut r0 = 0;
     while r0 < p.m {
-        match (p.m - r0).min(4) {
-            4 => row_group::<W, X, I, 4, WIDE>(p, r0, c0, c1),
-            3 => row_group::<W, X, I, 3, WIDE>(p, r0, c0, c1),
-            2 => row_group::<W, X, I, 2, 4>(p, r0, c0, c1),
-            _ => row_group::<W, X, I, 1, 4>(p, r0, c0, c1),
+        let rows = (p.m - r0).min(4);
+        let mut c = c0;
+        while c < c1 {
+            match rows {
+                4 => tile::<W, X, 4>(p, r0, c),
+                3 => tile::<W, X, 3>(p, r0, c),
+                2 => tile::<W, X, 2>(p, r0, c),
+                _ => tile::<W, X, 1>(p, r0, c),
+            }
+            c += 2;
         }
-        r0 += 4;
+        r0 += rows;
     }
-}
-
-unsafe fn task_avx2<W: Block32, X>(p: &Problem<W, X>, c0: usize, c1: usize) {
-    task::<W, X, Avx2, 2>(p, c0, c1)
-}
-
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni")]
-unsafe fn task_vnni<W: Block32, X>(p: &Problem<W, X>, c0: usize, c1: usize) {
-    task::<W, X, Vnni, 4>(p, c0, c1)
-}
-
-/// The AVX2 and VNNI column tasks of a 32-value type.
-pub(super) const fn kernels<W: Block32, X>() -> TaskKernels<Problem<W, X>> {
-    (task_avx2::<W, X>, task_vnni::<W, X>)
 }
