@@ -7,7 +7,7 @@
 //! set: results never depend on how many requests share a step.
 //!
 //! Instruction sets: AVX2 (the build's baseline) or AVX-512 VNNI (`vpdpbusd`/`vpdpwssd` fuse
-//! the `maddubs` + `madd` pairs; 32 vector registers allow 4 x 4 tiles). VNNI is used only
+//! the `maddubs` + `madd` pairs; 32 vector registers allow wider tiles). VNNI is used only
 //! where the CPU reports it, the OS has enabled the AVX-512 state, and a forked child ran the
 //! kernel and got the AVX2 kernel's bits (these VMs advertise AMX yet die on it, so a CPUID
 //! flag alone is not trusted). `FERROLM_CPU_ISA=avx2` forces AVX2.
@@ -93,8 +93,8 @@ fn vnni_probe() -> bool {
             n: 1,
             kb: 2,
         };
-        // SAFETY: the pointers cover m x kb activation blocks, n x kb weight blocks, m x n
-        // outputs; the VNNI form runs only in the child below.
+        // SAFETY: the pointers cover m x kb activation blocks, one column group of kb blocks,
+        // m x n outputs; the VNNI form runs only in the child below.
         let (avx2, vnni_task) = BlockQ4_1::TASKS;
         unsafe {
             if vnni {
@@ -164,10 +164,13 @@ type Operands<'a, W> = (
     &'a mut [f32],
 );
 
+/// A weight type's column task.
+type Task<W> = unsafe fn(&Problem<<W as GemmWeight>::Stored, <W as GemmWeight>::Act>, usize, usize);
+
 /// One matmul ready to run: its problem, the buffers it points into, its task kernel.
 pub struct Prepared<'a, W: GemmWeight> {
     p: Problem<W::Stored, W::Act>,
-    task: unsafe fn(&Problem<W::Stored, W::Act>, usize, usize),
+    task: Task<W>,
     cols_per_task: usize,
     // What `p` points into (heap blocks: moving the vectors moves no data).
     _scales: (Vec<[f32; 4]>, Vec<[f32; 4]>),
@@ -183,8 +186,8 @@ impl<W: GemmWeight> ColumnTasks for Prepared<'_, W> {
     fn run(&self, t: usize) {
         let c0 = t * self.cols_per_task;
         let c1 = (c0 + self.cols_per_task).min(self.p.n);
-        // SAFETY: `prepare` checked the sizes and chose a kernel the machine runs (with its
-        // pairs); each task writes only its own columns.
+        // SAFETY: `prepare` checked the sizes and chose a kernel the machine runs; each task
+        // writes only its own columns.
         unsafe { (self.task)(&self.p, c0, c1) }
     }
 }
@@ -214,6 +217,8 @@ pub trait GemmWeight: Sized + Sync {
     const HAS_MIN: bool;
     /// The offset of the unsigned values the tiles multiply (`Problem::xc`); 0: none.
     const OFFSET: u8;
+    /// The AVX2 tiles multiply signed values (no offset, no `xc`).
+    const SIGNED_AVX2: bool;
     /// Whether the weights are stored as column groups (`groups.rs`), else GGUF's rows.
     const GROUPED: bool;
     #[doc(hidden)]
@@ -232,6 +237,7 @@ macro_rules! block32_weight {
             const GATHER_SCALES: bool = true;
             const HAS_MIN: bool = <$W as Group32>::HAS_MIN;
             const OFFSET: u8 = <$W as Group32>::OFFSET;
+            const SIGNED_AVX2: bool = <$W as Group32>::SIGNED_AVX2;
             const GROUPED: bool = true;
             const TASKS: TaskKernels<Problem<Self::Stored, $X>> = (
                 tiles32::task_avx2::<$W, $X>,
@@ -259,6 +265,7 @@ macro_rules! k_weight {
             const GATHER_SCALES: bool = false;
             const HAS_MIN: bool = false;
             const OFFSET: u8 = 0;
+            const SIGNED_AVX2: bool = false;
             const GROUPED: bool = false;
             const TASKS: TaskKernels<Problem<Self, BlockQ8K>> =
                 (tiles_k::task_avx2::<$W>, tiles_k512::task_vnni::<$W>);
@@ -275,7 +282,7 @@ k_weight!(BlockQ5K);
 k_weight!(BlockQ6K);
 
 /// `out[m, n] = x[m, kb] . w[n, kb]^T` with the column tasks of `isa` (narrowed to what
-/// [`cpu_isa`] probed): weights in the layout `W::GROUPED` says, activations quantized as
+/// [`cpu_isa`] probed), in parallel or as one task: weights in the layout `W::GROUPED` says, activations quantized as
 /// `W::Act`. (The tests' entry; `matmul.rs` runs several through [`prepare`] and
 /// [`run_many`].)
 #[cfg(test)]
@@ -283,33 +290,20 @@ pub fn gemm<W: GemmWeight>(
     isa: CpuIsa,
     w: &[W::Stored],
     x: &[W::Act],
-    m: usize,
-    n: usize,
+    (m, n): (usize, usize),
     out: &mut [f32],
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    run_many(&[&prepare::<W>(isa, w, x, m, n, out)]);
-}
-
-/// [`gemm`] as one column task over every column: the tiles' widest forms (a parallel run's
-/// tasks may be too narrow to reach them).
-#[cfg(test)]
-pub fn gemm_one_task<W: GemmWeight>(
-    isa: CpuIsa,
-    w: &[W::Stored],
-    x: &[W::Act],
-    m: usize,
-    n: usize,
-    out: &mut [f32],
+    one_task: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     let prep = prepare::<W>(isa, w, x, m, n, out);
-    // SAFETY: as `Prepared::run`, one task over all columns.
-    unsafe { (prep.task)(&prep.p, 0, n) }
+    match one_task {
+        // One task over every column: the tiles' widest forms (a parallel run's tasks may be
+        // too narrow to reach them). SAFETY: as `Prepared::run`.
+        true => unsafe { (prep.task)(&prep.p, 0, n) },
+        false => run_many(&[&prep]),
+    }
 }
 
 /// Each activation block's eight lanes' `-o * (sum of the lane's four values)`.
@@ -353,9 +347,10 @@ pub fn prepare<'a, W: GemmWeight>(
         true => gather(W::Act::s),
         false => Vec::new(),
     };
-    let xc = match W::OFFSET {
-        0 => Vec::new(),
-        o => corrections(x, o),
+    let xc = match (W::OFFSET, isa) {
+        (0, _) => Vec::new(),
+        (_, CpuIsa::Portable | CpuIsa::Avx2) if W::SIGNED_AVX2 => Vec::new(),
+        (o, _) => corrections(x, o),
     };
     let p = Problem {
         w: w.as_ptr(),
@@ -390,7 +385,7 @@ pub fn prepare<'a, W: GemmWeight>(
 mod tests {
     use super::*;
     use crate::quant::blocks::{cast_blocks, PlainBlock, QK};
-    use crate::quant::dots::{dot_q4_1_q8_1, dot_q8_0_q8_0};
+    use crate::quant::dots::{dot_q4_1_q8_1, dot_q5_0_q8_0, dot_q8_0_q8_0};
     use crate::quant::ggml_fixture;
     use crate::quant::quantize_row_q8;
     use half::f16;
@@ -452,35 +447,42 @@ mod tests {
                     }
                 })
                 .collect();
-            for (isa, whole) in isas().into_iter().flat_map(|i| [(i, false), (i, true)]) {
-                let mut o4 = vec![0f32; m * n];
-                let mut o8 = vec![0f32; m * n];
-                let (g4, g8) = (BlockQ4_1::store(&w4, n, kb), BlockQ8_0::store(&w8, n, kb));
-                match whole {
-                    false => {
-                        gemm::<BlockQ4_1>(isa, &g4, &x1, m, n, &mut o4);
-                        gemm::<BlockQ8_0>(isa, &g8, &x8, m, n, &mut o8);
-                    }
-                    true => {
-                        gemm_one_task::<BlockQ4_1>(isa, &g4, &x1, m, n, &mut o4);
-                        gemm_one_task::<BlockQ8_0>(isa, &g8, &x8, m, n, &mut o8);
-                    }
-                }
-                for r in 0..m {
-                    for c in 0..n {
-                        let xr = r * kb..(r + 1) * kb;
-                        let wc = c * kb..(c + 1) * kb;
-                        assert_eq!(
-                            o4[r * n + c].to_bits(),
-                            dot_q4_1_q8_1(&w4[wc.clone()], &x1[xr.clone()]).to_bits(),
-                            "q4_1 {isa:?} whole={whole} m={m} n={n} kb={kb} ({r}, {c})"
-                        );
-                        assert_eq!(
-                            o8[r * n + c].to_bits(),
-                            dot_q8_0_q8_0(&w8[wc], &x8[xr]).to_bits(),
-                            "q8_0 {isa:?} whole={whole} m={m} n={n} kb={kb} ({r}, {c})"
-                        );
-                    }
+            let w5: Vec<BlockQ5_0> = (0..n * kb)
+                .map(|i| BlockQ5_0 {
+                    d: f16::from_f32(0.003 + (i % 5) as f32 * 0.001),
+                    qh: ((i as u32).wrapping_mul(2654435761)).to_le_bytes(),
+                    qs: std::array::from_fn(|j| ((i * 29 + j * 13) % 256) as u8),
+                })
+                .collect();
+            let shape = format!("m={m} n={n} kb={kb}");
+            check_tiles(&w4, &x1, (m, n), dot_q4_1_q8_1, &format!("q4_1 {shape}"));
+            check_tiles(&w8, &x8, (m, n), dot_q8_0_q8_0, &format!("q8_0 {shape}"));
+            check_tiles(&w5, &x8, (m, n), dot_q5_0_q8_0, &format!("q5_0 {shape}"));
+        }
+    }
+
+    /// `[n, kb]` weight rows times `[m, kb]` activation rows through the tiles, in parallel
+    /// and as one task, on each instruction set: every element the lone dot product's bits.
+    fn check_tiles<W: GemmWeight>(
+        w: &[W],
+        x: &[W::Act],
+        (m, n): (usize, usize),
+        dot: fn(&[W], &[W::Act]) -> f32,
+        what: &str,
+    ) {
+        let kb = x.len() / m;
+        let stored = W::store(w, n, kb);
+        for (isa, one_task) in isas().into_iter().flat_map(|i| [(i, false), (i, true)]) {
+            let mut out = vec![0f32; m * n];
+            gemm::<W>(isa, &stored, x, (m, n), &mut out, one_task);
+            for r in 0..m {
+                for c in 0..n {
+                    let want = dot(&w[c * kb..(c + 1) * kb], &x[r * kb..(r + 1) * kb]);
+                    assert_eq!(
+                        out[r * n + c].to_bits(),
+                        want.to_bits(),
+                        "{what} {isa:?} one_task={one_task} ({r}, {c})"
+                    );
                 }
             }
         }
@@ -507,11 +509,7 @@ mod tests {
             for m in [1, 4, 16, 33, 64] {
                 for isa in isas() {
                     let mut out = vec![0f32; m * n];
-                    let run = match m % 2 {
-                        0 => gemm::<W>,
-                        _ => gemm_one_task::<W>,
-                    };
-                    run(isa, &w, &x[..m * kb], m, n, &mut out);
+                    gemm::<W>(isa, &w, &x[..m * kb], (m, n), &mut out, m % 2 == 1);
                     for r in 0..m {
                         for c in 0..n {
                             let want = case.out[r * f.n + c];

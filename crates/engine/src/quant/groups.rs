@@ -1,14 +1,14 @@
 //! The 32-value types' weights as the CPU kernels store them: block `b` of four adjacent
 //! output columns (features) in one *group*, each field of the four blocks side by side.
-//! The four columns' packed values fill one 64-byte line (Q8_0: two), so a 512-bit kernel
-//! unpacks four columns with one load, mask and shift; 5-bit types keep their high bits as
+//! The four columns' packed values are 64 contiguous bytes (Q8_0: twice that), so a 512-bit
+//! kernel unpacks four columns with one load, mask and shift; 5-bit types keep their high bits as
 //! two 64-bit masks (values 0-15 of the four columns, then values 16-31) and every type its
 //! four scales together. Lossless: each group holds exactly its four blocks' bytes, and
 //! [`Grouped::block`] gives a block back.
 //!
 //! A matrix is `[n / 4 (rounded up), kb]` groups: group `g`'s blocks in K order, then group
-//! `g + 1`'s. A last partial group repeats its last column (computed by no one: kernels stop
-//! at `n`).
+//! `g + 1`'s. A last partial group repeats its last column (computed, never stored: kernels
+//! store columns below `n` only).
 
 use half::f16;
 

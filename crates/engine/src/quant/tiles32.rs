@@ -36,6 +36,13 @@ pub(super) unsafe fn x_qs<X>(blk: *const X) -> *const u8 {
     (blk as *const u8).add(std::mem::size_of::<X>() - 32)
 }
 
+/// Column `j`'s first byte in a group field of four 16-byte columns: a pointer derived from
+/// the whole field, so loads of two columns stay within what it points into.
+#[inline(always)]
+unsafe fn column_bytes<T>(field: *const [[T; 16]; 4], j: usize) -> *const u8 {
+    (field as *const u8).add(16 * j)
+}
+
 /// Four f16 at `p` as `[f32; 4]` (exact conversions).
 #[inline(always)]
 unsafe fn four_f16(p: *const half::f16) -> __m128 {
@@ -124,11 +131,11 @@ macro_rules! group_4bit {
             const OFFSET: u8 = $offset;
             #[inline(always)]
             unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
-                nibbles256((*g).qs[2 * h].as_ptr())
+                nibbles256(column_bytes(std::ptr::addr_of!((*g).qs), 2 * h))
             }
             #[inline(always)]
             unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
-                nibbles512((*g).qs.as_ptr() as *const u8)
+                nibbles512(std::ptr::addr_of!((*g).qs) as *const u8)
             }
             scales!($min);
         }
@@ -143,7 +150,7 @@ macro_rules! group_5bit {
             const OFFSET: u8 = $offset;
             #[inline(always)]
             unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
-                let (lo, hi) = nibbles256((*g).qs[2 * h].as_ptr());
+                let (lo, hi) = nibbles256(column_bytes(std::ptr::addr_of!((*g).qs), 2 * h));
                 (
                     high_bits256(lo, std::ptr::addr_of!((*g).qh_lo), h),
                     high_bits256(hi, std::ptr::addr_of!((*g).qh_hi), h),
@@ -151,7 +158,7 @@ macro_rules! group_5bit {
             }
             #[inline(always)]
             unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
-                let (lo, hi) = nibbles512((*g).qs.as_ptr() as *const u8);
+                let (lo, hi) = nibbles512(std::ptr::addr_of!((*g).qs) as *const u8);
                 (
                     high_bits512(lo, std::ptr::addr_of!((*g).qh_lo)),
                     high_bits512(hi, std::ptr::addr_of!((*g).qh_hi)),
@@ -174,16 +181,22 @@ impl Group32 for BlockQ8_0 {
     #[inline(always)]
     unsafe fn values256(g: *const Self::Group, h: usize) -> (__m256i, __m256i) {
         (
-            _mm256_loadu_si256((*g).lo[2 * h].as_ptr() as *const __m256i),
-            _mm256_loadu_si256((*g).hi[2 * h].as_ptr() as *const __m256i),
+            _mm256_loadu_si256(column_bytes(std::ptr::addr_of!((*g).lo), 2 * h) as *const __m256i),
+            _mm256_loadu_si256(column_bytes(std::ptr::addr_of!((*g).hi), 2 * h) as *const __m256i),
         )
     }
     #[inline(always)]
     unsafe fn values512(g: *const Self::Group) -> (__m512i, __m512i) {
         let flip = _mm512_set1_epi8(-128);
         (
-            _mm512_xor_si512(_mm512_loadu_si512((*g).lo.as_ptr() as *const __m512i), flip),
-            _mm512_xor_si512(_mm512_loadu_si512((*g).hi.as_ptr() as *const __m512i), flip),
+            _mm512_xor_si512(
+                _mm512_loadu_si512(std::ptr::addr_of!((*g).lo) as *const __m512i),
+                flip,
+            ),
+            _mm512_xor_si512(
+                _mm512_loadu_si512(std::ptr::addr_of!((*g).hi) as *const __m512i),
+                flip,
+            ),
         )
     }
     #[inline(always)]
