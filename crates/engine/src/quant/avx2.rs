@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::blocks::Q8Block;
+use super::kblocks::{BlockQ8K, QK_K};
 
 /// ggml's AVX2 horizontal sum of eight lanes (`blocks::hsum8` is its portable twin).
 #[inline]
@@ -84,6 +85,42 @@ pub fn quantize_row_q8<B: Q8Block>(x: &[f32], out: &mut [B]) {
         // SAFETY: as above.
         let (qs, sum) = unsafe { quantize_block(xs, max) };
         b.store(max / 127.0, qs, sum);
+    }
+}
+
+/// [`super::kblocks::quantize_row_q8_k`] in AVX2 vectors: the same bits. The largest |x|
+/// is found eight lanes at a time and its first holder gives the sign; the values are then
+/// quantized as [`quantize_block`] does (`127 / -max` is ggml's `-127 / max` exactly: IEEE
+/// division is symmetric in sign; packing saturates at 127 as ggml's `MIN(127, ...)` caps).
+pub fn quantize_row_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    for (xs, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        // SAFETY: AVX2 is in the build's target; each chunk holds 32 values.
+        let amax = xs
+            .chunks_exact(32)
+            .map(|c| unsafe { block_amax(c) })
+            .fold(0f32, |m, a| {
+                if a.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(a)
+                }
+            });
+        // NaN, infinities, subnormal maxima and all-zero blocks: the scalar code's bits.
+        if amax == 0.0 || !vector_safe(amax) {
+            super::kblocks::quantize_row_q8_k(xs, std::slice::from_mut(b));
+            continue;
+        }
+        // ggml keeps the first value of largest magnitude (its sign sets the scale's).
+        let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
+        for (c, qs) in xs.chunks_exact(32).zip(b.qs.chunks_exact_mut(32)) {
+            // SAFETY: as above.
+            let (q, _) = unsafe { quantize_block(c, -max) };
+            qs.copy_from_slice(&q);
+        }
+        for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+        b.d = 1.0 / (-127.0 / max);
     }
 }
 

@@ -7,8 +7,8 @@ use super::blocks::{
     cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, QK,
 };
 use super::groups::{group_columns, GroupQ4_0, GroupQ4_1, GroupQ5_0, GroupQ5_1, GroupQ8_0};
-use super::kblocks::{quantize_row_q8_k, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
-use super::{cpu_isa, quantize_row_q8, CpuIsa};
+use super::kblocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
+use super::{cpu_isa, quantize_row_q8, quantize_row_q8_k, CpuIsa};
 use crate::error::{EngineError, Result};
 use crate::ops::with_f32;
 

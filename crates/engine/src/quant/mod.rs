@@ -36,7 +36,7 @@ pub mod portable {
 }
 // The fastest activation quantization this build has; bit-identical to `blocks.rs`'.
 #[cfg(x86_v3)]
-pub use avx2::quantize_row_q8;
+pub use avx2::{quantize_row_q8, quantize_row_q8_k};
 #[cfg(not(x86_v3))]
 pub use blocks::quantize_row_q8;
 pub use blocks::{BlockQ4_1, BlockQ8_0, BlockQ8_1, Q8Block};
@@ -45,6 +45,8 @@ pub use gemm::cpu_isa;
 #[cfg(not(x86_v3))]
 pub use isa::cpu_isa;
 pub use isa::CpuIsa;
+#[cfg(not(x86_v3))]
+pub use kblocks::quantize_row_q8_k;
 pub use kblocks::QK_K;
 pub use matmul::{QuantLinear, QuantWeights};
 pub use quantize::InSituType;
@@ -95,6 +97,42 @@ mod tests {
                 (a0[i].d.to_bits(), a0[i].qs),
                 (b0[i].d.to_bits(), b0[i].qs),
                 "q8_0 block {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn simd_q8_k_quantization_equals_portable_bit_for_bit() {
+        use super::kblocks::{quantize_row_q8_k, BlockQ8K, QK_K};
+        let blocks = 12;
+        let mut seed = 17;
+        let mut x = rand_f32(QK_K * blocks, &mut seed);
+        let b = |i: usize| i * QK_K;
+        x[b(0)..b(1)].fill(0.0);
+        // Largest magnitude held with both signs: the first holder's sign wins.
+        x[b(1) + 40] = 3.0;
+        x[b(1) + 200] = -3.0;
+        x[b(2) + 10] = -3.0;
+        x[b(2) + 250] = 3.0;
+        // Ties at .5 after scaling.
+        for (i, v) in x[b(3)..b(4)].iter_mut().enumerate() {
+            *v = (i as f32 - 127.5) / 127.0;
+        }
+        x[b(4) + 3] = 1e-30;
+        x[b(5) + 7] = -3e30;
+        x[b(6)..b(7)].fill(1e-40); // subnormal: -127 / max overflows
+        x[b(7) + 100] = f32::INFINITY;
+        x[b(8) + 200] = f32::NAN;
+        x[b(9)..b(10)].fill(f32::NAN);
+        let mut want = vec![BlockQ8K::default(); blocks];
+        let mut got = want.clone();
+        quantize_row_q8_k(&x, &mut want);
+        super::quantize_row_q8_k(&x, &mut got);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                (w.d.to_bits(), w.qs, w.bsums),
+                (g.d.to_bits(), g.qs, g.bsums),
+                "q8_k block {i}"
             );
         }
     }

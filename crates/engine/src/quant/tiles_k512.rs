@@ -154,11 +154,13 @@ unsafe fn tile<W: KBlock512, const R: usize>(p: &Problem<W, BlockQ8K>, r0: usize
         W::unpack512(w.add(b), &mut u);
         for (r, row) in rows.iter_mut().enumerate() {
             let y = &*x.add(r * kb + b);
-            let mut s = _mm512_setzero_si512();
+            // Two chains of two `vpdpwssd` rather than one of four (integer sums: any order).
+            let mut s = [_mm512_setzero_si512(); 2];
             for t in 0..4 {
                 let qy = _mm512_loadu_si512(y.qs.as_ptr().add(64 * t) as *const __m512i);
-                s = _mm512_dpwssd_epi32(s, u.sc[t], _mm512_maddubs_epi16(u.q[t], qy));
+                s[t % 2] = _mm512_dpwssd_epi32(s[t % 2], u.sc[t], _mm512_maddubs_epi16(u.q[t], qy));
             }
+            let s = _mm512_add_epi32(s[0], s[1]);
             let sumi =
                 _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
             row.add::<W>(sumi, y, &u.scales);

@@ -112,6 +112,38 @@ impl Keys<'_> {
         })
     }
 
+    /// Asks for this task's K blocks and V rows ahead of use: the blocks lie wherever the
+    /// block table puts them, so the hardware prefetcher finds each one only after a miss.
+    fn prefetch(&self, v_rows: &[usize]) {
+        #[cfg(x86_v3)]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let (nkv, hd, bs) = (
+                self.shape.num_kv_heads,
+                self.shape.head_dim,
+                self.shape.block_size,
+            );
+            // f16 elements per 64-byte line.
+            const LINE: usize = 32;
+            for (_, block, _) in self.segments() {
+                let kb = &self.k_t[(block * nkv + self.kvh) * hd * bs..][..hd * bs];
+                for i in (0..kb.len()).step_by(LINE) {
+                    // SAFETY: a prefetch reads nothing the program sees; the address is in `kb`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(kb.as_ptr().add(i).cast()) };
+                }
+            }
+            for &r in v_rows {
+                let row = &self.v_cache[r..][..hd];
+                for i in (0..hd).step_by(LINE) {
+                    // SAFETY: as above; the address is in the V row.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i).cast()) };
+                }
+            }
+        }
+        #[cfg(not(x86_v3))]
+        let _ = v_rows;
+    }
+
     /// Query heads of this KV head: `q`, `out` are `[heads, head_dim]`.
     fn attend(&self, q: &[f32], out: &mut [f32]) {
         SCRATCH.with(|s| self.attend_with(q, out, &mut s.borrow_mut()))
@@ -128,6 +160,12 @@ impl Keys<'_> {
         let (n, kvh) = (self.n_keys, self.kvh);
         let heads = q.len() / hd;
         let Scratch { qh, p, rows } = sc;
+        // Each position's V row in the cache.
+        rows.clear();
+        for (_, block, len) in self.segments() {
+            rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
+        }
+        self.prefetch(rows);
         // q as llama.cpp's matmul converts it to the K cache's type.
         let qh = sized(qh, q.len());
         qh.copy_from_slice(q);
@@ -141,11 +179,6 @@ impl Keys<'_> {
         for h in 0..heads {
             p[h * n..][..self.first_key].fill(f32::NEG_INFINITY);
             softmax_to_f16(&mut p[h * n..][..n], scale);
-        }
-        // Each position's V row in the cache.
-        rows.clear();
-        for (_, block, len) in self.segments() {
-            rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
         }
         values_dot(p, rows, self.v_cache, self.prompt_order, hd, out);
     }
