@@ -40,11 +40,6 @@ impl LlamaModel {
         self.switches = ForwardSwitches::new(switches);
     }
 
-    /// The CPU kernels' instruction set (the probed one unless the switch narrows it).
-    pub fn cpu_isa(&self) -> crate::quant::CpuIsa {
-        self.switches.kernels.isa
-    }
-
     /// The environment's switches the model was given.
     pub fn switches(&self) -> &ModelSwitches {
         &self.switches.env

@@ -25,8 +25,7 @@ impl<'m> ModelRunner<'m> {
     pub fn new_cpu(model: &'m LlamaModel, num_blocks: usize, block_size: usize) -> Self {
         let layout = model.config.kv_layout(num_blocks, block_size);
         let attn = CpuPagedAttention::new(layout, model.config.num_heads)
-            .with_layers(model.config.layer_attention())
-            .with_isa(model.cpu_isa());
+            .with_layers(model.config.layer_attention());
         Self::with_backend(model, Box::new(attn))
     }
 

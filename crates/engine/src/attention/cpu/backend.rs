@@ -15,11 +15,9 @@ use crate::batch::FlatBatch;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCacheLayout;
 use crate::ops::with_f32;
-use crate::quant::{cpu_isa, CpuIsa};
 
-/// A CPU attention kernel over a paged cache of `T`: `(shape, q, k, v, step, isa, out)`.
-pub type AttentionKernel<T> =
-    fn(PagedAttentionShape, QueryKv<'_, T>, StepRows<'_>, CpuIsa, &mut [f32]);
+/// A CPU attention kernel over a paged cache of `T`: `(shape, q, k, v, step, out)`.
+pub type AttentionKernel<T> = fn(PagedAttentionShape, QueryKv<'_, T>, StepRows<'_>, &mut [f32]);
 
 /// What a CPU cache holds: how a step's K and V rows are stored, and the kernel that reads
 /// them.
@@ -68,9 +66,7 @@ impl CpuCacheElem for f32 {
         write_rows(cache, data, slots, layout.num_kv_heads * layout.head_dim)
     }
 
-    // The reference is plain Rust: no instruction set to choose.
-    const ATTEND: AttentionKernel<Self> =
-        |shape, qkv, step, _isa, out| paged_attention_cpu(shape, qkv, step, out);
+    const ATTEND: AttentionKernel<Self> = paged_attention_cpu;
 
     fn from_f32(x: f32) -> Self {
         x
@@ -103,8 +99,6 @@ pub struct CpuAttention<T> {
     layers: Vec<LayerAttention>,
     k: Vec<Vec<T>>,
     v: Vec<Vec<T>>,
-    /// The kernel's instruction set (the probed one unless narrowed by the switch).
-    isa: CpuIsa,
 }
 
 /// llama.cpp's f16 cache and kernel: what serving on the CPU runs.
@@ -126,14 +120,7 @@ impl<T: CpuCacheElem> CpuAttention<T> {
             layers: Vec::new(),
             k: zeros(),
             v: zeros(),
-            isa: cpu_isa(),
         }
-    }
-
-    /// With this instruction set (`FERROLM_CPU_ISA=avx2` narrows the probed one).
-    pub fn with_isa(mut self, isa: CpuIsa) -> Self {
-        self.isa = isa;
-        self
     }
 
     /// With each layer's scale and window (one entry per layer).
@@ -173,7 +160,7 @@ impl<T: CpuCacheElem> AttentionBackend for CpuAttention<T> {
         let mut out = vec![0f32; n * width];
         let (k, v) = (&self.k[layer], &self.v[layer]);
         with_f32(q, |qd| {
-            (T::ATTEND)(shape, (qd, k, v), StepRows::of(batch), self.isa, &mut out)
+            (T::ATTEND)(shape, (qd, k, v), StepRows::of(batch), &mut out)
         })?;
         Ok(Tensor::from_vec(out, (n, width), &Device::Cpu)?.to_dtype(q.dtype())?)
     }

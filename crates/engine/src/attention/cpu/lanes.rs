@@ -149,19 +149,19 @@ unsafe fn value_chain<const H: usize, const W: usize>(
 /// Unscaled scores of `heads` query heads (`q: [heads, head_dim]`) with the first `len` keys
 /// of a block of the f16 cache `kb: [head_dim, block_size]`: `dot_f16(q_h, key j)` (or
 /// `dot_f16_tiled` in prompt order) into `p[h * n + start + j]`. Eight keys per pass as
-/// vector lanes (sixteen where `wide`: the machine runs AVX-512, probed), up to
-/// [`MAX_HEADS`] heads sharing each key load, when the block size is a multiple of the keys
-/// per pass and the head dimension whole SIMD steps (64 wide in decode order, 16 in prompt
-/// order). `q` must hold f16 values (rounded as llama.cpp converts q to the cache's type):
-/// the lanes' FMAs equal llama.cpp's multiply-then-add only because a product of two f16
-/// values is exact in f32.
+/// vector lanes, up to [`MAX_HEADS`] heads sharing each key load, when the block size is a
+/// multiple of 8 and the head dimension whole SIMD steps (64 wide in decode order, 16 in
+/// prompt order). `q` must hold f16 values (rounded as llama.cpp converts q to the cache's
+/// type): the lanes' FMAs equal llama.cpp's multiply-then-add only because a product of two
+/// f16 values is exact in f32.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn key_scores(
     q: &[f32],
     hd: usize,
     (kb, bs): (&[f16], usize),
     p: &mut [f32],
     (n, start, len): (usize, usize, usize),
-    (prompt, wide): (bool, bool),
+    prompt: bool,
 ) {
     let heads = q.len() / hd;
     assert!(p.len() >= heads * n && start + len <= n && len <= bs && kb.len() >= hd * bs);
@@ -170,38 +170,27 @@ pub(super) fn key_scores(
         .all(|&x| f16::from_f32(x).to_f32() == x || x.is_nan()));
     #[cfg(x86_v3)]
     if bs.is_multiple_of(8) && hd.is_multiple_of(if prompt { 16 } else { 64 }) {
-        let wide = wide && bs.is_multiple_of(16);
         for h0 in (0..heads).step_by(MAX_HEADS) {
             let qh = &q[h0 * hd..(h0 + MAX_HEADS).min(heads) * hd];
             let out = (&mut *p, h0, n, start, len);
-            let k = (kb, bs);
-            // SAFETY: AVX2 and FMA are in the build's target, AVX-512F where `wide` (the
-            // caller's probe); every load is inside `kb` (j + lanes <= bs since len <= bs and
-            // bs is a multiple of the lanes; kb holds hd x bs) and `qh` (whole heads).
+            // SAFETY: AVX2 and FMA are in the build's target; every load is inside `kb`
+            // (j + 8 <= bs since len <= bs and bs is a multiple of 8; kb holds hd x bs) and
+            // `qh` (whole heads).
             unsafe {
-                match (qh.len() / hd, prompt, wide) {
-                    (1, false, false) => scores_avx2::<false, 1>(qh, hd, k, out),
-                    (2, false, false) => scores_avx2::<false, 2>(qh, hd, k, out),
-                    (3, false, false) => scores_avx2::<false, 3>(qh, hd, k, out),
-                    (_, false, false) => scores_avx2::<false, 4>(qh, hd, k, out),
-                    (1, true, false) => scores_avx2::<true, 1>(qh, hd, k, out),
-                    (2, true, false) => scores_avx2::<true, 2>(qh, hd, k, out),
-                    (3, true, false) => scores_avx2::<true, 3>(qh, hd, k, out),
-                    (_, true, false) => scores_avx2::<true, 4>(qh, hd, k, out),
-                    (1, false, true) => scores_avx512::<false, 1>(qh, hd, k, out),
-                    (2, false, true) => scores_avx512::<false, 2>(qh, hd, k, out),
-                    (3, false, true) => scores_avx512::<false, 3>(qh, hd, k, out),
-                    (_, false, true) => scores_avx512::<false, 4>(qh, hd, k, out),
-                    (1, true, true) => scores_avx512::<true, 1>(qh, hd, k, out),
-                    (2, true, true) => scores_avx512::<true, 2>(qh, hd, k, out),
-                    (3, true, true) => scores_avx512::<true, 3>(qh, hd, k, out),
-                    (_, true, true) => scores_avx512::<true, 4>(qh, hd, k, out),
+                match (qh.len() / hd, prompt) {
+                    (1, false) => scores_avx2::<false, 1>(qh, hd, (kb, bs), out),
+                    (2, false) => scores_avx2::<false, 2>(qh, hd, (kb, bs), out),
+                    (3, false) => scores_avx2::<false, 3>(qh, hd, (kb, bs), out),
+                    (_, false) => scores_avx2::<false, 4>(qh, hd, (kb, bs), out),
+                    (1, true) => scores_avx2::<true, 1>(qh, hd, (kb, bs), out),
+                    (2, true) => scores_avx2::<true, 2>(qh, hd, (kb, bs), out),
+                    (3, true) => scores_avx2::<true, 3>(qh, hd, (kb, bs), out),
+                    (_, true) => scores_avx2::<true, 4>(qh, hd, (kb, bs), out),
                 }
             }
         }
         return;
     }
-    let _ = wide;
     // The portable build, or shapes without whole SIMD steps: the same arithmetic per key.
     let mut k = vec![0f32; hd];
     for j in 0..len {
@@ -219,174 +208,60 @@ pub(super) fn key_scores(
     }
 }
 
-/// Where the scores go: probabilities `[heads, n]`, the first head, `n`, the block's first
-/// position and its keys.
-#[cfg(x86_v3)]
-type ScoreOut<'a> = (&'a mut [f32], usize, usize, usize, usize);
-
-/// [`scores`] in AVX2's eight lanes.
+/// The scores of `H` heads (from head `h0`) with a block's first `len` keys, eight at a time,
+/// into `p[(h0 + h) * n + start..]`.
 #[cfg(x86_v3)]
 #[inline(always)]
 unsafe fn scores_avx2<const PROMPT: bool, const H: usize>(
     q: &[f32],
     hd: usize,
-    k: (&[f16], usize),
-    out: ScoreOut<'_>,
-) {
-    scores::<std::arch::x86_64::__m256, PROMPT, H>(q, hd, k, out)
-}
-
-/// [`scores`] in AVX-512's sixteen lanes (each lane's arithmetic as in AVX2's, twice the
-/// keys per instruction).
-#[cfg(x86_v3)]
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_avx512<const PROMPT: bool, const H: usize>(
-    q: &[f32],
-    hd: usize,
-    k: (&[f16], usize),
-    out: ScoreOut<'_>,
-) {
-    scores::<std::arch::x86_64::__m512, PROMPT, H>(q, hd, k, out)
-}
-
-/// The scores of `H` heads (from head `h0`) with a block's first `len` keys, `V::N` at a
-/// time, into `p[(h0 + h) * n + start..]`.
-#[cfg(x86_v3)]
-#[inline(always)]
-unsafe fn scores<V: F32Lanes, const PROMPT: bool, const H: usize>(
-    q: &[f32],
-    hd: usize,
     (kb, bs): (&[f16], usize),
-    (p, h0, n, start, len): ScoreOut<'_>,
+    (p, h0, n, start, len): (&mut [f32], usize, usize, usize, usize),
 ) {
-    for j in (0..len).step_by(V::N) {
-        let s = dot_keys::<V, PROMPT, H>(q, hd, (kb, bs, j));
-        let m = (len - j).min(V::N);
+    for j in (0..len).step_by(8) {
+        let s = dot8_avx2::<PROMPT, H>(q, hd, (kb, bs, j));
+        let m = (len - j).min(8);
         for (h, lanes) in s.iter().enumerate() {
             p[(h0 + h) * n + start + j..][..m].copy_from_slice(&lanes[..m]);
         }
     }
 }
 
-/// f32 vectors the score lanes run in: AVX2's eight or AVX-512's sixteen.
 #[cfg(x86_v3)]
-pub(super) trait F32Lanes: Copy {
-    const N: usize;
-    unsafe fn zero() -> Self;
-    unsafe fn splat(x: f32) -> Self;
-    /// `N` f16 values at `p`, widened.
-    unsafe fn load_f16(p: *const f16) -> Self;
-    unsafe fn mul(a: Self, b: Self) -> Self;
-    /// `a * b + c`, one rounding.
-    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn add(a: Self, b: Self) -> Self;
-    /// The `N` lanes at `p`.
-    unsafe fn store(self, p: *mut f32);
-}
+pub(super) type Lanes = [f32; 8];
 
-#[cfg(x86_v3)]
-impl F32Lanes for std::arch::x86_64::__m256 {
-    const N: usize = 8;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        std::arch::x86_64::_mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        std::arch::x86_64::_mm256_set1_ps(x)
-    }
-    #[inline(always)]
-    unsafe fn load_f16(p: *const f16) -> Self {
-        use std::arch::x86_64::*;
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
-    #[inline(always)]
-    unsafe fn mul(a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm256_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm256_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        std::arch::x86_64::_mm256_storeu_ps(p, self)
-    }
-}
-
-/// Only inside functions that enable AVX-512F (the caller's probe found it).
-#[cfg(x86_v3)]
-impl F32Lanes for std::arch::x86_64::__m512 {
-    const N: usize = 16;
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        std::arch::x86_64::_mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        std::arch::x86_64::_mm512_set1_ps(x)
-    }
-    #[inline(always)]
-    unsafe fn load_f16(p: *const f16) -> Self {
-        use std::arch::x86_64::*;
-        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
-    }
-    #[inline(always)]
-    unsafe fn mul(a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm512_mul_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
-        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: Self, b: Self) -> Self {
-        std::arch::x86_64::_mm512_add_ps(a, b)
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        std::arch::x86_64::_mm512_storeu_ps(p, self)
-    }
-}
-
-/// `V::N` keys of a block of the f16 cache `[head_dim, block_size]`: the block, its size, and
+/// Eight keys of a block of the f16 cache `[head_dim, block_size]`: the block, its size, and
 /// the first key.
 #[cfg(x86_v3)]
 pub(super) type KeyLanes<'a> = (&'a [f16], usize, usize);
 
 /// `dot_f16` (`PROMPT`: `dot_f16_tiled`) of each of `H` heads (`q: [H, hd]`, hd a whole
-/// number of 64-wide (16) steps) with keys `j..j + V::N` of `kb`, one key per lane: the same
-/// lanes and tree as llama.cpp, each key vector loaded once for the `H` heads. A lane's chain
-/// starts from its first product and adds the next by FMA (exact products of f16 values:
-/// llama.cpp's multiply-then-add; its chains start from +0, which differs only in the sign of
-/// an all-zero sum, which no score can tell). Returns each head's first `V::N` lanes.
+/// number of 64-wide (16) steps) with keys `j..j + 8` of `kb` in AVX2 vectors, one key per
+/// lane: the same lanes and tree as llama.cpp, each key vector loaded once for the `H` heads.
+/// A lane's chain starts from its first product and adds the next by FMA (exact products of
+/// f16 values: llama.cpp's multiply-then-add; its chains start from +0, which differs only in
+/// the sign of an all-zero sum, which no score can tell).
 ///
 /// # Safety
-/// AVX2, FMA and F16C (and AVX-512F for 16 lanes); `j + V::N <= bs`, `kb.len() >= hd * bs`,
-/// `q.len() >= H * hd`, `hd` a positive multiple of the lane width (64, or 16 in prompt order).
+/// AVX2, FMA and F16C; `j + 8 <= bs`, `kb.len() >= hd * bs`, `q.len() >= H * hd`, `hd` a
+/// positive multiple of the lane width (64, or 16 in prompt order).
 #[cfg(x86_v3)]
 #[inline(always)]
-unsafe fn dot_keys<V: F32Lanes, const PROMPT: bool, const H: usize>(
+unsafe fn dot8_avx2<const PROMPT: bool, const H: usize>(
     q: &[f32],
     hd: usize,
     (kb, bs, j): KeyLanes<'_>,
-) -> [[f32; 16]; H] {
+) -> [Lanes; H] {
+    use std::arch::x86_64::*;
     let width = if PROMPT { 16 } else { 64 };
     let k = (q.as_ptr(), kb.as_ptr().add(j), bs, hd, width);
     // Each of the 16 values the final tree reduces, taken in the tree's order so that few
     // are live: t3[i] = s[i + 8] + s[i], t6[i] = t3[i + 4] + t3[i], then the last three.
-    let a = add_h(t6_h::<V, PROMPT, H>(k, 0), t6_h::<V, PROMPT, H>(k, 2));
-    let r = add_h(
-        a,
-        add_h(t6_h::<V, PROMPT, H>(k, 1), t6_h::<V, PROMPT, H>(k, 3)),
-    );
-    let mut out = [[0f32; 16]; H];
+    let a = add_h(t6_h::<PROMPT, H>(k, 0), t6_h::<PROMPT, H>(k, 2));
+    let r = add_h(a, add_h(t6_h::<PROMPT, H>(k, 1), t6_h::<PROMPT, H>(k, 3)));
+    let mut out = [[0f32; 8]; H];
     for h in 0..H {
-        r[h].store(out[h].as_mut_ptr());
+        _mm256_storeu_ps(out[h].as_mut_ptr(), r[h]);
     }
     out
 }
@@ -394,44 +269,48 @@ unsafe fn dot_keys<V: F32Lanes, const PROMPT: bool, const H: usize>(
 /// `t6[i] = t3[i + 4] + t3[i]` with `t3[i] = s[i + 8] + s[i]` of the tree's 16 inputs.
 #[cfg(x86_v3)]
 #[inline(always)]
-unsafe fn t6_h<V: F32Lanes, const PROMPT: bool, const H: usize>(k: ScoreLanes, i: usize) -> [V; H] {
+unsafe fn t6_h<const PROMPT: bool, const H: usize>(
+    k: ScoreLanes,
+    i: usize,
+) -> [std::arch::x86_64::__m256; H] {
     let a = add_h(
-        tree_input::<V, PROMPT, H>(k, i + 12),
-        tree_input::<V, PROMPT, H>(k, i + 4),
+        tree_input::<PROMPT, H>(k, i + 12),
+        tree_input::<PROMPT, H>(k, i + 4),
     );
     add_h(
         a,
         add_h(
-            tree_input::<V, PROMPT, H>(k, i + 8),
-            tree_input::<V, PROMPT, H>(k, i),
+            tree_input::<PROMPT, H>(k, i + 8),
+            tree_input::<PROMPT, H>(k, i),
         ),
     )
 }
 
-/// Where the score lanes read: q, the block's keys from the first of the pass, the block
-/// size, the head dim, and the lane width (16 or 64).
+/// Where the score lanes read: q, the block's keys from the first of eight, the block size,
+/// the head dim, and the lane width (16 or 64).
 #[cfg(x86_v3)]
 type ScoreLanes = (*const f32, *const f16, usize, usize, usize);
 
-/// Lane `x` of every head's dot product with the pass's keys: the products of dims x,
-/// x + width, ... in order, from the first product, then by FMA.
+/// Lane `x` of every head's dot product with eight keys: the products of dims x, x + width,
+/// ... in order, from the first product, then by FMA.
 #[cfg(x86_v3)]
 #[inline(always)]
-unsafe fn lane_h<V: F32Lanes, const H: usize>(
+unsafe fn lane_h<const H: usize>(
     (qp, kp, bs, hd, width): ScoreLanes,
     x: usize,
-) -> [V; H] {
-    let load = |d: usize| V::load_f16(kp.add(d * bs));
+) -> [std::arch::x86_64::__m256; H] {
+    use std::arch::x86_64::*;
+    let load = |d: usize| _mm256_cvtph_ps(_mm_loadu_si128(kp.add(d * bs) as *const __m128i));
     let k = load(x);
-    let mut s = [V::zero(); H];
+    let mut s = [_mm256_setzero_ps(); H];
     for (h, sh) in s.iter_mut().enumerate() {
-        *sh = V::mul(V::splat(*qp.add(h * hd + x)), k);
+        *sh = _mm256_mul_ps(_mm256_set1_ps(*qp.add(h * hd + x)), k);
     }
     let mut d = x + width;
     while d < hd {
         let k = load(d);
         for (h, sh) in s.iter_mut().enumerate() {
-            *sh = V::fmadd(V::splat(*qp.add(h * hd + d)), k, *sh);
+            *sh = _mm256_fmadd_ps(_mm256_set1_ps(*qp.add(h * hd + d)), k, *sh);
         }
         d += width;
     }
@@ -442,27 +321,28 @@ unsafe fn lane_h<V: F32Lanes, const H: usize>(
 /// c[48 + l])` of lanes `c` in decode order.
 #[cfg(x86_v3)]
 #[inline(always)]
-unsafe fn tree_input<V: F32Lanes, const PROMPT: bool, const H: usize>(
+unsafe fn tree_input<const PROMPT: bool, const H: usize>(
     k: ScoreLanes,
     l: usize,
-) -> [V; H] {
+) -> [std::arch::x86_64::__m256; H] {
     if PROMPT {
-        lane_h::<V, H>(k, l)
+        lane_h::<H>(k, l)
     } else {
-        let a = add_h(lane_h::<V, H>(k, l), lane_h::<V, H>(k, 32 + l));
-        add_h(
-            a,
-            add_h(lane_h::<V, H>(k, 16 + l), lane_h::<V, H>(k, 48 + l)),
-        )
+        let a = add_h(lane_h::<H>(k, l), lane_h::<H>(k, 32 + l));
+        add_h(a, add_h(lane_h::<H>(k, 16 + l), lane_h::<H>(k, 48 + l)))
     }
 }
 
 #[cfg(x86_v3)]
 #[inline(always)]
-unsafe fn add_h<V: F32Lanes, const H: usize>(a: [V; H], b: [V; H]) -> [V; H] {
+unsafe fn add_h<const H: usize>(
+    a: [std::arch::x86_64::__m256; H],
+    b: [std::arch::x86_64::__m256; H],
+) -> [std::arch::x86_64::__m256; H] {
+    use std::arch::x86_64::*;
     let mut r = a;
     for h in 0..H {
-        r[h] = V::add(a[h], b[h]);
+        r[h] = _mm256_add_ps(a[h], b[h]);
     }
     r
 }

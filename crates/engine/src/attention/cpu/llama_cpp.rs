@@ -6,7 +6,6 @@ use rayon::prelude::*;
 
 use super::lanes::*;
 use super::reference::{PagedAttentionShape, QueryKv, StepRows};
-use crate::quant::CpuIsa;
 
 /// The CPU backend's attention, in llama.cpp's arithmetic (its default CPU build: f16 K and
 /// V, flash attention off, single-token decode; see [`crate::ops::ggml_arith`]) so that outputs
@@ -29,7 +28,6 @@ pub fn paged_attention_cpu_f16(
     shape: PagedAttentionShape,
     (q, k_t, v_cache): QueryKv<'_, f16>,
     step: StepRows<'_>,
-    isa: CpuIsa,
     out: &mut [f32],
 ) {
     let rows = q.len() / (shape.num_heads * shape.head_dim).max(1);
@@ -39,7 +37,7 @@ pub fn paged_attention_cpu_f16(
     } else {
         1
     };
-    attention_by_tasks(shape, heads_per_task, (q, k_t, v_cache), step, isa, out)
+    attention_by_tasks(shape, heads_per_task, (q, k_t, v_cache), step, out)
 }
 
 /// The kernel with `heads_per_task` query heads of one KV group per task (1 or the group).
@@ -48,7 +46,6 @@ pub(super) fn attention_by_tasks(
     heads_per_task: usize,
     (q, k_t, v_cache): QueryKv<'_, f16>,
     step: StepRows<'_>,
-    isa: CpuIsa,
     out: &mut [f32],
 ) {
     let (num_heads, hd) = (shape.num_heads, shape.head_dim);
@@ -70,7 +67,6 @@ pub(super) fn attention_by_tasks(
                 first_key: shape.first_key(pos),
                 kvh: h0 / group,
                 prompt_order: prompt_order(pos, prompt_len) && hd.is_multiple_of(16),
-                wide: isa == CpuIsa::Avx512Vnni,
             };
             keys.attend(&q[first * hd..(first + heads_per_task) * hd], o);
         });
@@ -101,8 +97,6 @@ struct Keys<'a> {
     kvh: usize,
     /// llama.cpp's prompt-processing order (16 lanes) rather than its decode order (64).
     prompt_order: bool,
-    /// The machine runs AVX-512 (probed): 16 keys' scores per vector.
-    wide: bool,
 }
 
 impl Keys<'_> {
@@ -118,30 +112,36 @@ impl Keys<'_> {
         })
     }
 
-    /// Asks for memory ahead of use: the blocks lie wherever the block table puts them, so
-    /// the hardware prefetcher finds each one only after a miss. Spread over the score loop
-    /// (the next block's keys, this block's value rows), since a burst of hundreds of
-    /// prefetches stalls on the line fill buffers.
-    fn prefetch(&self, lines: impl Iterator<Item = usize>, of: &[f16]) {
+    /// Asks for this task's K blocks and V rows ahead of use: the blocks lie wherever the
+    /// block table puts them, so the hardware prefetcher finds each one only after a miss.
+    fn prefetch(&self, v_rows: &[usize]) {
         #[cfg(x86_v3)]
-        for i in lines {
+        {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: a prefetch reads nothing the program sees; the address is in `of`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(of[i..].as_ptr().cast()) };
+            let (nkv, hd, bs) = (
+                self.shape.num_kv_heads,
+                self.shape.head_dim,
+                self.shape.block_size,
+            );
+            // f16 elements per 64-byte line.
+            const LINE: usize = 32;
+            for (_, block, _) in self.segments() {
+                let kb = &self.k_t[(block * nkv + self.kvh) * hd * bs..][..hd * bs];
+                for i in (0..kb.len()).step_by(LINE) {
+                    // SAFETY: a prefetch reads nothing the program sees; the address is in `kb`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(kb.as_ptr().add(i).cast()) };
+                }
+            }
+            for &r in v_rows {
+                let row = &self.v_cache[r..][..hd];
+                for i in (0..hd).step_by(LINE) {
+                    // SAFETY: as above; the address is in the V row.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i).cast()) };
+                }
+            }
         }
         #[cfg(not(x86_v3))]
-        let _ = (lines, of);
-    }
-
-    /// The first f16 of each 64-byte line of block `block`'s keys.
-    fn key_lines(&self, block: usize) -> impl Iterator<Item = usize> {
-        let (nkv, hd, bs) = (
-            self.shape.num_kv_heads,
-            self.shape.head_dim,
-            self.shape.block_size,
-        );
-        let first = (block * nkv + self.kvh) * hd * bs;
-        (first..first + hd * bs).step_by(32)
+        let _ = v_rows;
     }
 
     /// Query heads of this KV head: `q`, `out` are `[heads, head_dim]`.
@@ -165,27 +165,16 @@ impl Keys<'_> {
         for (_, block, len) in self.segments() {
             rows.extend((0..len).map(|i| ((block * bs + i) * nkv + kvh) * hd));
         }
+        self.prefetch(rows);
         // q as llama.cpp's matmul converts it to the K cache's type.
         let qh = sized(qh, q.len());
         qh.copy_from_slice(q);
         crate::ops::ggml_arith::round_to_f16(qh);
         // Scores, then probabilities: [heads, n].
         let p = sized(p, heads * n);
-        let mut segments = self.segments().peekable();
-        if let Some(&(_, first, _)) = segments.peek() {
-            self.prefetch(self.key_lines(first), self.k_t);
-        }
-        while let Some((start, block, len)) = segments.next() {
-            if let Some(&(_, next, _)) = segments.peek() {
-                self.prefetch(self.key_lines(next), self.k_t);
-            }
-            let v_lines = rows[start..start + len]
-                .iter()
-                .flat_map(|&r| (r..r + hd).step_by(32));
-            self.prefetch(v_lines, self.v_cache);
+        for (start, block, len) in self.segments() {
             let kb = &self.k_t[(block * nkv + kvh) * hd * bs..][..hd * bs];
-            let order = (self.prompt_order, self.wide);
-            key_scores(qh, hd, (kb, bs), p, (n, start, len), order);
+            key_scores(qh, hd, (kb, bs), p, (n, start, len), self.prompt_order);
         }
         for h in 0..heads {
             p[h * n..][..self.first_key].fill(f32::NEG_INFINITY);
